@@ -1,0 +1,5 @@
+"""``python -m lilypad`` runs the CLI."""
+
+from lilypad.cli import main
+
+main()

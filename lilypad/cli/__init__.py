@@ -1,0 +1,83 @@
+"""The ``lilypad`` command line.
+
+Only this package prints. Every command raises :class:`~lilypad.errors.LilypadError` on failure;
+:func:`main` turns it into one red line and an exit code (2 for bad input, 1 for a failure), with
+the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import typer
+from rich.markup import escape
+
+from lilypad import __version__
+from lilypad.cli import module as module_cli
+from lilypad.cli.output import console, emit, err_console, state
+from lilypad.errors import LilypadError
+
+app = typer.Typer(
+    name="lilypad",
+    help="Run deterministic AI jobs on a decentralized compute network.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(module_cli.app, name="module")
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    json_output: bool = typer.Option(
+        False, "--json", help="Print data as JSON (same as --json on the command)."
+    ),
+) -> None:
+    state.debug = debug
+    state.json = json_output
+
+
+@app.command()
+def version(
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show the version of lilypad and of the Python it runs on."""
+    data = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+    emit(
+        data,
+        json_output,
+        lambda: console.print(
+            f"lilypad {__version__} (Python {data['python']}, {data['platform']})"
+        ),
+    )
+
+
+def main() -> None:
+    """Entry point of the ``lilypad`` console script."""
+    try:
+        app()
+    except LilypadError as exc:
+        if state.debug:
+            err_console.print_exception()
+        err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"  {escape(exc.hint)}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+        if state.debug:
+            raise
+        err_console.print(
+            f"[bold red]Internal error:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True
+        )
+        err_console.print("  Run again with --debug for the traceback, and please report it.")
+        sys.exit(1)

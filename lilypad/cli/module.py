@@ -1,0 +1,194 @@
+"""``lilypad module``: list, show and render job modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from lilypad import modules
+from lilypad.cli.output import console, emit, note
+from lilypad.errors import InvalidTunable
+from lilypad.modules import ResolvedModule, version_key
+
+app = typer.Typer(help="List, inspect and render job modules.", no_args_is_help=True)
+
+INPUT_HELP = 'A tunable as KEY=VALUE; repeat for more (-i Prompt="a cat" -i Seed=24).'
+
+
+#: Words after the reference that belong to no option; caught to explain `-i Key Value`.
+STRAY_ARGS: Any = typer.Argument(None, hidden=True, show_default=False)
+
+
+def check_inputs(inputs: list[str], stray: list[str] | None) -> list[str]:
+    """Refuse stray words, explaining the common slip ``-i VideoSteps 70`` (no ``=``)."""
+    if stray:
+        lone = next((i for i in inputs if "=" not in i), None)
+        if lone is not None:
+            raise InvalidTunable(
+                f"-i {lone} {stray[0]}: expected KEY=VALUE; write -i {lone}={stray[0]}"
+            )
+        raise InvalidTunable(f"unexpected argument {stray[0]!r}; tunables go as -i KEY=VALUE")
+    return inputs
+
+
+def _json_option() -> Any:
+    return typer.Option(False, "--json", help="Print as JSON.")
+
+
+@app.command("list")
+def list_modules(json_output: bool = _json_option()) -> None:
+    """List the built-in modules and their versions."""
+    data: list[dict[str, Any]] = [
+        {
+            "name": manifest.name,
+            "versions": sorted(manifest.versions, key=version_key),
+            "description": manifest.description,
+        }
+        for manifest, _ in modules.list_builtin()
+    ]
+
+    def human() -> None:
+        table = Table("module", "versions", "description", box=None, pad_edge=False)
+        for item in data:
+            table.add_row(item["name"], "\n".join(item["versions"]), item["description"])
+        console.print(table)
+        console.print("\nSee a module's tunables with: lilypad module show NAME")
+
+    emit(data, json_output, human)
+
+
+def _resolve(ref: str) -> ResolvedModule:
+    module = modules.resolve(ref)
+    if module.chose_newest:
+        n = len(module.versions)
+        which = "its only version" if n == 1 else f"the newest of {n} versions"
+        note(f"{ref} resolved to {module.ref} ({which}: {', '.join(module.versions)})")
+    return module
+
+
+def describe(module: ResolvedModule) -> dict[str, Any]:
+    """The ``module show`` document: everything a user needs to call the module."""
+    spec = module.spec
+    return {
+        "name": module.name,
+        "version": module.version,
+        "ref": module.ref,
+        "resolved_newest": module.chose_newest,
+        "description": module.description,
+        "summary": spec.summary,
+        "source": {
+            "kind": module.source.kind.value,
+            "location": module.source.location,
+            "commit": module.source.commit,
+        },
+        "image": spec.image_ref,
+        "entrypoint": list(spec.entrypoint),
+        "machine": spec.machine.model_dump(mode="json"),
+        "timeout_s": spec.timeout_s,
+        "network": modules.NETWORK,
+        "outputs": modules.OUTPUTS_PATH,
+        "verification": spec.verification.model_dump(mode="json"),
+        "tiny_weights": spec.tiny_weights,
+        "tunables": [
+            {
+                "name": t.name,
+                "type": t.type.value,
+                "default": t.default,
+                "min": t.min,
+                "max": t.max,
+                "choices": list(t.choices) if t.choices is not None else None,
+                "multiple_of": t.multiple_of,
+                "max_length": t.max_length if t.type.value == "string" else None,
+                "aliases": list(t.aliases),
+                "env": t.env,
+                "description": t.description,
+            }
+            for t in spec.tunables
+        ],
+        "legacy_inputs": [
+            {"name": item.name, "variable": item.variable, "tunable": item.tunable}
+            for item in spec.legacy_inputs
+        ],
+    }
+
+
+@app.command()
+def show(
+    ref: str = typer.Argument(
+        ..., help="Module reference, e.g. sdxl:v0.9-lilypad1 or sdv-pipeline."
+    ),
+    json_output: bool = _json_option(),
+) -> None:
+    """Show a module version: image, machine needs, timeout and every tunable."""
+    module = _resolve(ref)
+    data = describe(module)
+    emit(data, json_output, lambda: _print_show(data))
+
+
+def _print_show(data: dict[str, Any]) -> None:
+    m = data["machine"]
+    console.print(f"[bold]{escape(data['ref'])}[/]  {escape(data['description'])}")
+    if data["summary"]:
+        console.print(f"  {escape(data['summary'])}")
+    console.print(f"  image      {escape(data['image'])}")
+    console.print(
+        f"  machine    {m['gpus']} GPU ({m['vram_gb']:g} GB VRAM), {m['cpus']:g} CPU, "
+        f"{m['ram_gb']:g} GB RAM, {m['disk_gb']:g} GB disk"
+    )
+    console.print(
+        f"  timeout    {data['timeout_s']} s;  network {data['network']};  outputs "
+        f"{data['outputs']};  results compared {data['verification']['method']}"
+    )
+    if data["tiny_weights"]:
+        console.print(f"  tiny mode  {escape(data['tiny_weights'])}")
+    console.print("\n[bold]Tunables[/] (-i NAME=VALUE)")
+    for t in data["tunables"]:
+        default = repr(t["default"]) if t["type"] == "string" else str(t["default"])
+        aliases = "".join(f", alias {a}" for a in t["aliases"])
+        console.print(
+            f"  [bold]{t['name']}[/] ({t['type']}, env {t['env']}{aliases})  "
+            f"default {escape(default)}",
+            soft_wrap=True,
+        )
+        console.print(
+            f"      {escape(t['description'])}. Allowed: {escape(_allowed(t))}", soft_wrap=True
+        )
+    for item in data["legacy_inputs"]:
+        console.print(
+            f'  legacy input {item["name"]}="{item["variable"]}=..." sets {item["tunable"]}'
+        )
+
+
+def _allowed(t: dict[str, Any]) -> str:
+    if t["choices"] is not None:
+        return ", ".join(str(c) for c in t["choices"])
+    if t["min"] is not None or t["max"] is not None:
+        low = "" if t["min"] is None else _number(t["min"])
+        high = "" if t["max"] is None else _number(t["max"])
+        step = f", multiple of {t['multiple_of']}" if t["multiple_of"] else ""
+        return f"{low}..{high}{step}"
+    if t["type"] == "string":
+        return f"text, up to {t['max_length']} characters"
+    return "any"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@app.command()
+def render(
+    ref: str = typer.Argument(..., help="Module reference, e.g. sdxl:v0.9-lilypad1."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    json_output: bool = _json_option(),
+    stray: list[str] = STRAY_ARGS,
+) -> None:
+    """Print the fully resolved job spec: image, env, machine needs, tunables and spec_hash."""
+    inputs = check_inputs(inputs, stray)
+    module = _resolve(ref)
+    spec = modules.render(module, inputs)
+    # The spec is data either way; both forms are stable, byte for byte, for the same inputs.
+    emit(spec.model_dump(mode="json"), json_output, lambda: print(spec.to_json()))

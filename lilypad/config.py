@@ -1,0 +1,36 @@
+"""Settings read from the environment (``LILYPAD_*``), with defaults that work on one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "lilypad"
+
+
+class Settings(BaseSettings):
+    """Process-wide settings.
+
+    Attributes:
+        data_dir: Where results and local state live (``LILYPAD_DATA_DIR``); results are saved under
+            ``<data_dir>/downloaded-files/<CID>/``.
+        cache_dir: Where fetched git modules and generated tiny weights are cached
+            (``LILYPAD_CACHE_DIR``).
+        modules_dir: Where the built-in modules are (``LILYPAD_MODULES_DIR``); by default the
+            ``module/`` folder of the checkout or the copy shipped inside the package.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LILYPAD_", extra="ignore")
+
+    data_dir: Path = Path("/tmp/lilypad/data")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    modules_dir: Path | None = None
+
+
+def get_settings() -> Settings:
+    """Read the settings afresh, so a changed environment (tests, subprocesses) is honoured."""
+    return Settings()

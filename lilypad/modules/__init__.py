@@ -1,0 +1,161 @@
+"""Job modules: references, manifests, typed tunables and rendered job specs.
+
+The public surface:
+
+* :func:`resolve` turns ``name[:version]`` (or a folder, or a git repository at a tag) into a
+  :class:`ResolvedModule`;
+* :func:`render` validates ``-i KEY=VALUE`` inputs against it and returns a :class:`JobSpec`;
+* :func:`list_builtin` lists the modules that ship with the project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lilypad.modules.manifest import (
+    NETWORK,
+    OUTPUTS_PATH,
+    Manifest,
+    ModuleVersion,
+    load_manifest,
+    version_key,
+)
+from lilypad.modules.sources import (
+    ModuleSource,
+    SourceKind,
+    builtin_modules_dir,
+    builtin_names,
+    fetch,
+    parse_reference,
+    pick_version,
+)
+from lilypad.modules.spec import JobSpec, SpecSource
+from lilypad.modules.tunables import (
+    Tunable,
+    TunableValue,
+    parse_inputs,
+    resolve_tunables,
+    tunables_env,
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModule:
+    """One version of one module, ready to render.
+
+    Attributes:
+        name: The module's name from its manifest.
+        version: The resolved version (a git tag for git modules).
+        chose_newest: True when the reference named no version and the newest was picked.
+        description: The module's description.
+        spec: The version's fixed fields (image, entrypoint, machine needs, tunables...).
+        directory: The module's folder on disk (code, Dockerfile).
+        source: Where it came from; for git modules, the commit.
+        versions: Every version the source offers, oldest first.
+    """
+
+    name: str
+    version: str
+    chose_newest: bool
+    description: str
+    spec: ModuleVersion
+    directory: Path
+    source: ModuleSource
+    versions: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        """The reference that names exactly this version."""
+        base = self.name if self.source.kind is SourceKind.BUILTIN else self.source.location
+        return f"{base}:{self.version}"
+
+    def tunable(self, name: str) -> Tunable | None:
+        return next((t for t in self.spec.tunables if t.name == name), None)
+
+
+def resolve(ref: str) -> ResolvedModule:
+    """Resolve a module reference to one version.
+
+    Raises:
+        UnknownModule, UnknownVersion, InvalidManifest, ModuleSourceError.
+    """
+    parsed = parse_reference(ref)
+    fetched = fetch(parsed)
+    version, chose_newest = pick_version(fetched, parsed.version)
+    return ResolvedModule(
+        name=fetched.manifest.name,
+        version=version,
+        chose_newest=chose_newest,
+        description=fetched.manifest.description,
+        spec=fetched.manifest.versions[version],
+        directory=fetched.directory,
+        source=fetched.source,
+        versions=tuple(sorted(fetched.manifest.versions, key=version_key)),
+    )
+
+
+def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, TunableValue]:
+    """Validate raw ``KEY=VALUE`` inputs and return every tunable's value, defaults filled."""
+    return resolve_tunables(
+        module.spec.tunables, module.spec.legacy_inputs, parse_inputs(inputs), module.ref
+    )
+
+
+def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:
+    """Render the job spec of a module version with the given inputs.
+
+    Tunables reach the job only as the environment variables the manifest declares for them;
+    image, entrypoint, network and outputs come from the manifest and constants alone.
+
+    Raises:
+        InvalidTunable: for any input that is unknown, malformed or out of range.
+    """
+    if isinstance(module, str):
+        module = resolve(module)
+    values = validate_inputs(module, inputs)
+    spec = module.spec
+    fields = {
+        "module": module.ref,
+        "name": module.name,
+        "version": module.version,
+        "source": SpecSource(
+            kind=module.source.kind.value,
+            location=module.source.location,
+            commit=module.source.commit,
+        ).model_dump(mode="json"),
+        "image": spec.image_ref,
+        "entrypoint": list(spec.entrypoint),
+        "env": {**spec.env, **tunables_env(spec.tunables, values)},
+        "machine": spec.machine.model_dump(mode="json"),
+        "network": NETWORK,
+        "outputs": OUTPUTS_PATH,
+        "timeout_s": spec.timeout_s,
+        "tunables": values,
+        "verification": spec.verification.model_dump(mode="json"),
+    }
+    return JobSpec.model_validate({**fields, "spec_hash": JobSpec.hash_of(fields)})
+
+
+def list_builtin() -> list[tuple[Manifest, Path]]:
+    """Every built-in module's manifest and folder, by name."""
+    root = builtin_modules_dir()
+    return [(load_manifest(root / name), root / name) for name in builtin_names()]
+
+
+__all__ = [
+    "NETWORK",
+    "OUTPUTS_PATH",
+    "JobSpec",
+    "Manifest",
+    "ModuleVersion",
+    "ResolvedModule",
+    "Tunable",
+    "TunableValue",
+    "list_builtin",
+    "render",
+    "resolve",
+    "validate_inputs",
+    "version_key",
+]

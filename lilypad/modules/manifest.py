@@ -1,0 +1,208 @@
+"""Module manifests: ``lilypad_module.toml``, one per module folder or repository.
+
+A manifest names the module and describes its versions. Top-level fields are shared by every
+version; each ``[versions."vX"]`` table replaces whichever of them it sets. A manifest without a
+``versions`` table describes a single version: the tag of a git module, or ``version`` (default
+``local``) for a plain folder.
+
+Network (``none``) and the outputs path (``/outputs``) are not manifest fields: no module and no
+input can change them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from lilypad.errors import InvalidManifest
+from lilypad.modules.tunables import (
+    RESERVED_ENV,
+    RESERVED_ENV_PREFIXES,
+    EnvName,
+    LegacyInput,
+    Tunable,
+    validate_tunable_set,
+)
+
+MANIFEST_FILE = "lilypad_module.toml"
+NETWORK = "none"
+OUTPUTS_PATH = "/outputs"
+
+MODULE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+ModuleName = Annotated[str, StringConstraints(pattern=MODULE_NAME)]
+Version = Annotated[str, StringConstraints(pattern=VERSION)]
+
+_SHARED_KEYS = {
+    "image",
+    "image_digest",
+    "entrypoint",
+    "env",
+    "machine",
+    "timeout_s",
+    "tunables",
+    "legacy_inputs",
+    "verification",
+    "tiny_weights",
+    "summary",
+}
+
+
+class MachineSpec(BaseModel):
+    """What a machine needs to run a module version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpus: int = Field(default=0, ge=0, le=16)
+    vram_gb: float = Field(default=0, ge=0)
+    cpus: float = Field(default=1, gt=0)
+    ram_gb: float = Field(default=1, gt=0)
+    disk_gb: float = Field(default=1, gt=0)
+
+
+class VerificationMethod(StrEnum):
+    EXACT = "exact"
+    PERCEPTUAL = "perceptual"
+
+
+class Verification(BaseModel):
+    """How a mediator compares a re-run with a submitted result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: VerificationMethod = VerificationMethod.EXACT
+    #: For ``perceptual``: the largest mean absolute pixel difference (0-255) still a match.
+    tolerance: float | None = Field(default=None, ge=0)
+
+
+class ModuleVersion(BaseModel):
+    """Everything fixed about one version of a module. Immutable once published."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    summary: str = ""
+    image: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._/:@-]*$", max_length=255)]
+    image_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    entrypoint: tuple[str, ...] = Field(min_length=1)
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    machine: MachineSpec = MachineSpec()
+    timeout_s: int = Field(default=600, gt=0, le=86_400)
+    tunables: tuple[Tunable, ...] = ()
+    legacy_inputs: tuple[LegacyInput, ...] = ()
+    verification: Verification = Verification()
+    #: What ``--weights tiny`` changes for this version, shown by ``module show``.
+    tiny_weights: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        validate_tunable_set(self.tunables, self.legacy_inputs)
+        for name in self.env:
+            if name in RESERVED_ENV or name.startswith(("LD_", "DYLD_")):
+                raise ValueError(f"env {name!r} is reserved")
+        clash = set(self.env) & {t.env for t in self.tunables}
+        if clash:
+            raise ValueError(f"env {sorted(clash)} is both fixed and filled by a tunable")
+        return self
+
+    @property
+    def image_ref(self) -> str:
+        """The image to run: pinned by digest when the manifest knows one."""
+        return f"{self.image}@{self.image_digest}" if self.image_digest else self.image
+
+
+class Manifest(BaseModel):
+    """A parsed manifest: the module's name, description and its versions."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: ModuleName
+    description: str
+    versions: dict[Version, ModuleVersion]
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural sort key: ``v1.10-lilypad2`` sorts after ``v1.9-lilypad2``."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.findall(r"\d+|[^\d]+", version)
+    )
+
+
+def newest(versions: list[str]) -> str:
+    return max(versions, key=version_key)
+
+
+def load_manifest(directory: Path, single_version: str | None = None) -> Manifest:
+    """Read and validate ``directory/lilypad_module.toml``.
+
+    Args:
+        directory: The module folder (a built-in ``module/<name>/``, a local folder or a checkout).
+        single_version: The version name to give a manifest that has no ``versions`` table
+            (a git tag); defaults to the manifest's ``version`` field or ``local``.
+
+    Raises:
+        InvalidManifest: naming the file and the first problem found.
+    """
+    path = directory / MANIFEST_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidManifest(f"{directory} is not a module: it has no {MANIFEST_FILE}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidManifest(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _build(data, single_version)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidManifest(f"{path}: {where}: {first['msg']}") from None
+    except ValueError as exc:
+        raise InvalidManifest(f"{path}: {exc}") from None
+
+
+def _build(data: dict[str, Any], single_version: str | None) -> Manifest:
+    data = dict(data)
+    name = data.pop("name", None)
+    description = data.pop("description", "")
+    own_version = data.pop("version", None)
+    tables = data.pop("versions", None)
+    unknown = set(data) - _SHARED_KEYS
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SHARED_KEYS)}")
+    if tables is None:
+        tables = {single_version or own_version or "local": {}}
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError("versions must be a table with at least one version")
+    versions = {}
+    for version, overrides in tables.items():
+        if not isinstance(overrides, dict):
+            raise ValueError(f"versions.{version} must be a table")
+        versions[version] = {**data, **overrides}
+    return Manifest.model_validate({"name": name, "description": description, "versions": versions})
+
+
+__all__ = [
+    "MANIFEST_FILE",
+    "NETWORK",
+    "OUTPUTS_PATH",
+    "RESERVED_ENV_PREFIXES",
+    "MachineSpec",
+    "Manifest",
+    "ModuleVersion",
+    "Verification",
+    "load_manifest",
+    "newest",
+    "version_key",
+]

@@ -1,0 +1,1 @@
+"""The resource-provider daemon, its executors and the mediator role."""

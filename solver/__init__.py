@@ -1,0 +1,1 @@
+"""The solver: matches job offers with resource offers and submits deals."""
