@@ -7,13 +7,24 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint format demo clean
 
-install: $(STAMP)
-
+# --- Python environment -------------------------------------------------------------------------
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Each part adds what it needs here (node packages, compiled contracts, test images...).
+INSTALL_DEPS := $(STAMP)
+
+# --- storage (IPFS) -----------------------------------------------------------------------------
+
+# --- chain (contracts) --------------------------------------------------------------------------
+
+# --- module runtime -----------------------------------------------------------------------------
+
+# --- common targets -----------------------------------------------------------------------------
+install: $(INSTALL_DEPS)
 
 test: install
 	$(BIN)/pytest
