@@ -305,3 +305,14 @@ def test_console_script_runs() -> None:
     )
     assert done.returncode == 2
     assert "sdxl" in done.stderr
+
+
+def test_spec_hash_is_the_hash_of_the_canonical_spec(cli: CliRunner) -> None:
+    import hashlib
+
+    spec = json.loads(
+        cli("module", "render", "sdxl:v1.0-lilypad1", "-i", "Width=768", "--json").stdout
+    )
+    claimed = spec.pop("spec_hash")
+    body = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert claimed == "sha256:" + hashlib.sha256(body.encode()).hexdigest()

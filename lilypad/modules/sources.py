@@ -102,9 +102,7 @@ def parse_reference(ref: str) -> Reference:
     if "/" not in location and not location.startswith((".", "~")):
         return Reference(SourceKind.BUILTIN, location, version)
     path = Path(location).expanduser()
-    if location.startswith(("/", ".", "~", "file://")) or path.exists():
-        if location.startswith("file://"):
-            path = Path(location.removeprefix("file://"))
+    if location.startswith(("/", ".", "~")) or path.exists():
         if version is not None and _is_git_repo(path):
             return Reference(SourceKind.GIT, str(path.resolve()), version)
         return Reference(SourceKind.LOCAL, str(path.resolve()), version)
@@ -183,8 +181,10 @@ def _git(*args: str, cwd: Path | None = None) -> str:
     except subprocess.TimeoutExpired:
         raise ModuleSourceError(f"git {args[0]} took over {GIT_TIMEOUT_S}s; try again") from None
     if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
-        raise ModuleSourceError(f"git {args[0]} failed: {detail[0]}")
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        fatal = [line for line in lines if line.startswith("fatal:")]
+        detail = (fatal or lines or ["no message"])[0]
+        raise ModuleSourceError(f"git {args[0]} failed: {detail}")
     return done.stdout
 
 
