@@ -1,0 +1,200 @@
+"""The order book against a brute-force reference: cheapest eligible offer, oldest job first,
+never an ineligible match, never a slot booked twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from solver.matching import JobRequest, Machine, Match, OrderBook, ResourceOffer
+
+MODULES = ["cowsay:v0.0.4", "sdxl:v0.9-lilypad1", "sdv-pipeline:v1.1-lilypad2"]
+MEDIATORS = ["0xm1", "0xm2", "0xm3"]
+SLOT_MACHINES = [Machine(0, 0, 4, 8, 50), Machine(1, 24, 8, 32, 200), Machine(2, 80, 32, 128, 500)]
+NEEDS = [
+    Machine(0, 0, 1, 1, 1),
+    Machine(1, 12, 4, 16, 30),
+    Machine(1, 40, 4, 16, 30),
+    Machine(2, 24, 16, 64, 100),
+    Machine(0, 0, 8, 8, 10),
+]
+
+mediator_sets = st.frozensets(st.sampled_from(MEDIATORS), min_size=1, max_size=3)
+
+
+@st.composite
+def offers(draw: st.DrawFn) -> list[ResourceOffer]:
+    count = draw(st.integers(0, 8))
+    result = []
+    for i in range(count):
+        served = draw(st.lists(st.sampled_from(MODULES), min_size=1, max_size=3, unique=True))
+        result.append(
+            ResourceOffer(
+                id=f"ro{i}",
+                provider=f"0xp{i % 3}",
+                machine=draw(st.sampled_from(SLOT_MACHINES)),
+                prices={m: draw(st.integers(1, 10)) for m in served},
+                mediators=draw(mediator_sets),
+                slots=draw(st.integers(1, 3)),
+                seq=draw(st.integers(0, 5)) * 100 + i,  # equal prices, different ages
+                expires_at=draw(st.sampled_from([5.0, 1e9])),
+            )
+        )
+    return result
+
+
+@st.composite
+def jobs(draw: st.DrawFn, start: int = 0) -> list[JobRequest]:
+    count = draw(st.integers(0, 15))
+    return [
+        JobRequest(
+            id=f"jo{start + i}",
+            module=draw(st.sampled_from(MODULES)),
+            needs=draw(st.sampled_from(NEEDS)),
+            max_price=draw(st.integers(1, 10)),
+            mediators=draw(mediator_sets),
+            seq=1000 + start + i,
+            expires_at=draw(st.sampled_from([5.0, 1e9])),
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass
+class Reference:
+    """The rules, as plainly as possible: for each job, oldest first, look at every offer."""
+
+    offers: list[ResourceOffer]
+    free: dict[str, int]
+
+    def eligible(self, job: JobRequest, offer: ResourceOffer, now: float) -> bool:
+        price = offer.prices.get(job.module)
+        return (
+            price is not None
+            and price <= job.max_price
+            and offer.machine.covers(job.needs)
+            and bool(offer.mediators & job.mediators)
+            and self.free[offer.id] > 0
+            and offer.expires_at > now
+            and job.expires_at > now
+        )
+
+    def match(self, pending: list[JobRequest], now: float) -> list[Match]:
+        matches = []
+        for job in sorted(pending, key=lambda j: j.seq):
+            candidates = [o for o in self.offers if self.eligible(job, o, now)]
+            if not candidates:
+                continue
+            best = min(candidates, key=lambda o: (o.prices[job.module], o.seq))
+            self.free[best.id] -= 1
+            matches.append(Match(job.id, best.id, best.provider, best.prices[job.module]))
+        return matches
+
+
+@settings(max_examples=150, deadline=None)
+@given(offer_list=offers(), first=jobs(), later=jobs(start=100), data=st.data())
+def test_book_matches_like_the_reference(
+    offer_list: list[ResourceOffer],
+    first: list[JobRequest],
+    later: list[JobRequest],
+    data: st.DataObject,
+) -> None:
+    book = OrderBook()
+    ref = Reference(offer_list, {o.id: o.slots for o in offer_list})
+    for offer in offer_list:
+        book.add_offer(offer)
+    for job in first:
+        book.add_job(job)
+    now = data.draw(st.sampled_from([0.0, 10.0]))
+
+    got = book.match(now)
+    expected = ref.match(first, now)
+    assert got == expected
+
+    # Deals end and free their slots, an offer is withdrawn, new jobs arrive: still the same.
+    for match in data.draw(st.lists(st.sampled_from(got), unique=True)) if got else []:
+        book.release(match.job_id)
+        ref.free[match.offer_id] += 1
+    if offer_list and data.draw(st.booleans()):
+        gone = data.draw(st.sampled_from(offer_list))
+        book.remove_offer(gone.id)
+        ref.offers = [o for o in ref.offers if o.id != gone.id]
+    matched = {m.job_id for m in got}
+    still_pending = [j for j in first if j.id not in matched and j.expires_at > now]
+    for job in later:
+        book.add_job(job)
+    assert book.match(now) == ref.match(still_pending + later, now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(offer_list=offers(), job_list=jobs())
+def test_matches_are_eligible_and_never_overbook(
+    offer_list: list[ResourceOffer], job_list: list[JobRequest]
+) -> None:
+    book = OrderBook()
+    for offer in offer_list:
+        book.add_offer(offer)
+    for job in job_list:
+        book.add_job(job)
+    matches = book.match(now=0.0)
+    by_id = {o.id: o for o in offer_list}
+    jobs_by_id = {j.id: j for j in job_list}
+    used: dict[str, int] = {}
+    for m in matches:
+        offer, job = by_id[m.offer_id], jobs_by_id[m.job_id]
+        assert m.price == offer.prices[job.module] <= job.max_price
+        assert offer.machine.covers(job.needs)
+        assert offer.mediators & job.mediators
+        used[offer.id] = used.get(offer.id, 0) + 1
+    assert all(used[o] <= by_id[o].slots for o in used)
+    assert len({m.job_id for m in matches}) == len(matches)
+    # Whatever is left over could not have been matched with what was left.
+    for job in book.pending_jobs:
+        for offer in offer_list:
+            free = offer.slots - used.get(offer.id, 0)
+            price = offer.prices.get(job.module)
+            assert not (
+                free > 0
+                and price is not None
+                and price <= job.max_price
+                and offer.machine.covers(job.needs)
+                and offer.mediators & job.mediators
+            ), (job, offer)
+
+
+def test_oldest_job_gets_the_last_slot() -> None:
+    book = OrderBook()
+    book.add_offer(
+        ResourceOffer(
+            "ro", "0xp", SLOT_MACHINES[1], {MODULES[1]: 5}, frozenset(MEDIATORS), slots=1, seq=0
+        )
+    )
+    young = JobRequest("young", MODULES[1], NEEDS[1], 9, frozenset(MEDIATORS), seq=2)
+    old = JobRequest("old", MODULES[1], NEEDS[1], 5, frozenset(MEDIATORS), seq=1)
+    book.add_job(young)
+    book.add_job(old)
+    assert [m.job_id for m in book.match(0.0)] == ["old"]
+    assert [j.id for j in book.pending_jobs] == ["young"]
+    book.release("old")
+    assert [m.job_id for m in book.match(0.0)] == ["young"]
+
+
+def test_cheapest_wins_and_ties_go_to_the_older_offer() -> None:
+    book = OrderBook()
+    for seq, (name, price) in enumerate([("dear", 9), ("cheap-new", 3), ("cheap-old", 3)]):
+        book.add_offer(
+            ResourceOffer(
+                name,
+                "0xp",
+                SLOT_MACHINES[1],
+                {MODULES[1]: price},
+                frozenset(MEDIATORS),
+                slots=1,
+                seq=10 - seq,
+            )
+        )
+    for i in range(3):
+        book.add_job(JobRequest(f"j{i}", MODULES[1], NEEDS[1], 10, frozenset(MEDIATORS), seq=i))
+    assert [m.offer_id for m in book.match(0.0)] == ["cheap-old", "cheap-new", "dear"]
