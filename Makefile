@@ -18,10 +18,64 @@ $(STAMP): pyproject.toml
 INSTALL_DEPS := $(STAMP)
 
 # --- storage (IPFS) -----------------------------------------------------------------------------
+# The reference UnixFS importer the storage tests compare CIDs with (ipfs-unixfs-importer and
+# blockstore-core from npm, pinned by tests/storage/js/package-lock.json).
+STORAGE_JS_STAMP := tests/storage/js/node_modules/.stamp
+$(STORAGE_JS_STAMP): tests/storage/js/package.json tests/storage/js/package-lock.json
+	cd tests/storage/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+INSTALL_DEPS += $(STORAGE_JS_STAMP)
+
+.PHONY: storage-js bench-ipfs
+storage-js: $(STORAGE_JS_STAMP)
+
+# Add throughput (256 MiB file, 10,000 small files) as a ratio of plain hashlib.sha256.
+bench-ipfs: install
+	$(BIN)/python bench/ipfs_add.py
 
 # --- chain (contracts) --------------------------------------------------------------------------
+# Node tools pinned in contracts/package-lock.json: solc (compiler), OpenZeppelin, anvil (dev chain).
+# NOTE: not `npm ci`: the lock lists only the anvil binary packages the registry here serves
+# (linux), and `npm ci` refuses a lock without every platform's optional package.
+CONTRACTS_STAMP := contracts/node_modules/.stamp
+$(CONTRACTS_STAMP): contracts/package.json contracts/package-lock.json
+	cd contracts && npm install --no-save --no-audit --no-fund --loglevel=error
+	touch $@
+INSTALL_DEPS += $(CONTRACTS_STAMP)
+
+.PHONY: contracts contracts-deps contracts-check gas
+contracts-deps: $(CONTRACTS_STAMP)
+
+# Compile contracts/src with the pinned solc into lilypad/chain/artifacts/ (shipped in the wheel).
+contracts: $(CONTRACTS_STAMP)
+	cd contracts && node compile.js
+
+# Fails when the committed artifacts differ from what the sources compile to.
+contracts-check: $(CONTRACTS_STAMP)
+	cd contracts && node compile.js --check
+
+# Gas per job on a local anvil; the last line is `gas per job: N`.
+gas: install
+	$(BIN)/python bench/gas.py
 
 # --- module runtime -----------------------------------------------------------------------------
+# Docker images that build offline (no registry): the busybox base made with `docker import`, the
+# cowsay module and the test fixtures. Needs a running Docker Engine and busybox-static.
+OFFLINE_IMAGE_DIRS := module/cowsay $(patsubst %/Dockerfile,%,$(wildcard tests/fixtures/modules/*/Dockerfile))
+
+.PHONY: images
+images: install
+	@for dir in $(OFFLINE_IMAGE_DIRS); do $(BIN)/lilypad module build ./$$dir || exit 1; done
+
+# ML modules (sdxl, sdv-pipeline): torch first, pinned to the CPU build on disk (any other torch
+# spec pulls a CUDA build of several GB), then the `ml` extra, which that torch already satisfies.
+ML_STAMP := $(VENV)/.ml-installed
+$(ML_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[ml]'
+	touch $(ML_STAMP)
+
+INSTALL_DEPS += $(ML_STAMP)
 
 # --- common targets -----------------------------------------------------------------------------
 install: $(INSTALL_DEPS)

@@ -11,10 +11,18 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   │   ├── UnknownVersion (LookupError)
     │   │   ├── InvalidManifest
     │   │   └── InvalidTunable
-    │   └── ConfigError
+    │   ├── ConfigError
+    │   │   └── UnknownNetwork (LookupError)
+    │   ├── InvalidCID
+    │   └── InvalidIPFSPath
     ├── ModuleSourceError                  a git/local module could not be fetched or moved tag
     ├── ChainError
+    │   ├── ChainUnavailable
+    │   └── ContractReverted           names the custom error / revert reason
     ├── StorageError
+    │   ├── BlockNotFound (LookupError)
+    │   ├── CorruptBlock
+    │   └── UnsafeEntryName
     ├── ExecutorError
     └── SolverError
 
@@ -92,3 +100,68 @@ class ExecutorError(LilypadError):
 
 class SolverError(LilypadError):
     """The solver refused a request or could not be reached."""
+
+
+class OutputDirInUse(InputError):
+    """``--output`` names a folder that holds something other than a previous job result."""
+
+
+class ExecutorUnavailable(ExecutorError):
+    """The chosen executor cannot run here (no Docker Engine answers, no sandbox...)."""
+
+
+class ImageNotFound(ExecutorError):
+    """A module's image is not on the Docker Engine; the message says how to build it."""
+
+
+class JobFailed(ExecutorError):
+    """The module ran but did not succeed: non-zero exit, timeout or too much output."""
+
+
+class InvalidCID(InputError):
+    """A string is not a valid IPFS content identifier (CID)."""
+
+
+class InvalidIPFSPath(InputError):
+    """An ``/ipfs/<cid>/<path>`` has a segment that could escape its root (``..``, ``/``)."""
+
+
+class BlockNotFound(StorageError, LookupError):
+    """A block (or the content behind a CID) is not in the store or could not be found in time."""
+
+
+class CorruptBlock(StorageError):
+    """A block's bytes do not hash to its CID: the store or the peer returned wrong data."""
+
+
+class UnsafeEntryName(StorageError):
+    """A directory entry in IPFS data has a name that could escape the download directory."""
+
+
+class InferenceError(LilypadError):
+    """A module's inference could not run: missing weights, bad job settings, a failed encoder."""
+
+
+class UnknownNetwork(ConfigError, LookupError):
+    """No network profile by that name."""
+
+
+class ChainUnavailable(ChainError):
+    """The chain's RPC endpoint cannot be reached or answered with an error."""
+
+
+class ContractReverted(ChainError):
+    """A contract call reverted; ``error`` names the custom error or revert reason.
+
+    Attributes:
+        error: The Solidity custom error name (``NonceUsed``), ``Error`` for a ``require`` reason,
+            ``Panic`` for an assertion, or ``unknown`` when the revert data could not be decoded.
+        details: The decoded arguments of that error, by parameter name.
+    """
+
+    def __init__(
+        self, message: str, *, error: str, details: dict[str, object], hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.error = error
+        self.details = details

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 INF = float("inf")
+#: The module key of an offer that serves any module at one price.
+ANY_MODULE = "*"
 
 
 class Machine(NamedTuple):
@@ -83,7 +85,7 @@ class ResourceOffer:
         id: The resource offer's id.
         provider: The provider's address.
         machine: What each slot has.
-        prices: Price per job for each module version it serves.
+        prices: Price per job for each module version it serves (key ``ANY_MODULE``: any).
         mediators: Mediator addresses the provider trusts.
         slots: How many jobs it runs at once.
         seq: Arrival order (older wins a price tie).
@@ -264,11 +266,15 @@ class OrderBook:
             module, needs, mediators = kind
             fitting = [
                 cls
-                for (mediator, machine), cls in self._classes.get(module, {}).items()
+                for key in (module, ANY_MODULE)
+                for (mediator, machine), cls in self._classes.get(key, {}).items()
                 if mediator in mediators and machine.covers(needs)
             ]
             self._fitting[kind] = fitting
         return fitting
 
     def _forget_fitting(self, module: str) -> None:
-        self._fitting = {kind: v for kind, v in self._fitting.items() if kind[0] != module}
+        if module == ANY_MODULE:
+            self._fitting.clear()
+        else:
+            self._fitting = {kind: v for kind, v in self._fitting.items() if kind[0] != module}

@@ -14,7 +14,13 @@ import typer
 from rich.markup import escape
 
 from lilypad import __version__
+from lilypad.cli import chain as chain_cli
+from lilypad.cli import ipfs as ipfs_cli
 from lilypad.cli import module as module_cli
+from lilypad.cli import network as network_cli
+from lilypad.cli import provider as provider_cli
+from lilypad.cli import run as run_cli
+from lilypad.cli import solver as solver_cli
 from lilypad.cli.output import console, emit, err_console, state
 from lilypad.errors import LilypadError
 
@@ -27,6 +33,15 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(module_cli.app, name="module")
+app.command("solver")(solver_cli.solver)
+app.command("resource-provider")(provider_cli.resource_provider)
+app.command("mediator")(provider_cli.mediator)
+app.command("jobcreator")(provider_cli.jobcreator)
+app.command("run")(run_cli.run)
+app.add_typer(run_cli.jobs_app, name="jobs")
+app.add_typer(network_cli.app, name="network")
+app.add_typer(chain_cli.app, name="chain")
+app.add_typer(ipfs_cli.app, name="ipfs")
 
 
 @app.callback()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solver.matching import JobRequest, Machine, Match, OrderBook, ResourceOffer
+from solver.matching import ANY_MODULE, JobRequest, Machine, Match, OrderBook, ResourceOffer
 
 MODULES = ["cowsay:v0.0.4", "sdxl:v0.9-lilypad1", "sdv-pipeline:v1.1-lilypad2"]
 MEDIATORS = ["0xm1", "0xm2", "0xm3"]
@@ -29,7 +29,9 @@ def offers(draw: st.DrawFn) -> list[ResourceOffer]:
     count = draw(st.integers(0, 8))
     result = []
     for i in range(count):
-        served = draw(st.lists(st.sampled_from(MODULES), min_size=1, max_size=3, unique=True))
+        served = draw(
+            st.lists(st.sampled_from([*MODULES, ANY_MODULE]), min_size=1, max_size=3, unique=True)
+        )
         result.append(
             ResourceOffer(
                 id=f"ro{i}",
@@ -62,6 +64,12 @@ def jobs(draw: st.DrawFn, start: int = 0) -> list[JobRequest]:
     ]
 
 
+def price_for(offer: ResourceOffer, module: str) -> int | None:
+    """An offer's price for a module: its own price for it, or its any-module price."""
+    prices = [p for key, p in offer.prices.items() if key in (module, ANY_MODULE)]
+    return min(prices) if prices else None
+
+
 @dataclass
 class Reference:
     """The rules, as plainly as possible: for each job, oldest first, look at every offer."""
@@ -70,7 +78,7 @@ class Reference:
     free: dict[str, int]
 
     def eligible(self, job: JobRequest, offer: ResourceOffer, now: float) -> bool:
-        price = offer.prices.get(job.module)
+        price = price_for(offer, job.module)
         return (
             price is not None
             and price <= job.max_price
@@ -87,9 +95,9 @@ class Reference:
             candidates = [o for o in self.offers if self.eligible(job, o, now)]
             if not candidates:
                 continue
-            best = min(candidates, key=lambda o: (o.prices[job.module], o.seq))
+            best = min(candidates, key=lambda o: (price_for(o, job.module), o.seq))
             self.free[best.id] -= 1
-            matches.append(Match(job.id, best.id, best.provider, best.prices[job.module]))
+            matches.append(Match(job.id, best.id, best.provider, price_for(best, job.module) or 0))
         return matches
 
 
@@ -144,7 +152,8 @@ def test_matches_are_eligible_and_never_overbook(
     used: dict[str, int] = {}
     for m in matches:
         offer, job = by_id[m.offer_id], jobs_by_id[m.job_id]
-        assert m.price == offer.prices[job.module] <= job.max_price
+        assert m.price == price_for(offer, job.module)
+        assert m.price <= job.max_price
         assert offer.machine.covers(job.needs)
         assert offer.mediators & job.mediators
         used[offer.id] = used.get(offer.id, 0) + 1
@@ -154,7 +163,7 @@ def test_matches_are_eligible_and_never_overbook(
     for job in book.pending_jobs:
         for offer in offer_list:
             free = offer.slots - used.get(offer.id, 0)
-            price = offer.prices.get(job.module)
+            price = price_for(offer, job.module)
             assert not (
                 free > 0
                 and price is not None

@@ -1,0 +1,311 @@
+"""A web3.py connection to one chain: contracts, transactions, nonces and revert decoding.
+
+This module is the one boundary where web3/requests exceptions become
+:class:`~lilypad.errors.ChainError`: an unreachable RPC endpoint is
+:class:`~lilypad.errors.ChainUnavailable`, a revert is :class:`~lilypad.errors.ContractReverted`
+naming the contract's custom error and its arguments (``NonceUsed(signer=0x…, nonce=7)``).
+
+Transactions are signed locally (eth-account) and sent raw, so the node needs no unlocked
+accounts. Nonces are handed out by a :class:`NonceManager` per sender, so several threads can
+send transactions for the same account at once without clashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+import requests
+from eth_abi.abi import decode
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from web3 import HTTPProvider, Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
+from web3.types import BlockIdentifier, TxParams, TxReceipt
+
+from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
+
+T = TypeVar("T")
+
+#: The contracts whose artifacts ship in ``lilypad/chain/artifacts/``.
+CONTRACT_NAMES = ("LilypadToken", "JobMarket", "JobCreator", "ExampleClient", "ILilypadJobClient")
+
+_HINTS = {
+    "InsufficientBalance": "deposit more into the JobMarket first (JobMarketClient.deposit)",
+    "NotSolver": "the market owner must register this address with setSolver",
+    "NoMutualMediator": "both offers must name a registered mediator in common",
+    "NonceUsed": "sign a fresh offer with an unused nonce",
+    "OfferExpired": "sign a fresh offer with a later expiry",
+    "DeadlineNotReached": "wait until the deadline has passed",
+}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled contract as ``make contracts`` writes it."""
+
+    name: str
+    abi: list[dict[str, Any]]
+    bytecode: str
+
+
+@functools.cache
+def load_artifact(name: str) -> Artifact:
+    """The ABI and creation bytecode of contract ``name`` shipped with the package."""
+    if name not in CONTRACT_NAMES:
+        raise ChainError(f"no contract artifact {name!r}; known: {', '.join(CONTRACT_NAMES)}")
+    text = resources.files("lilypad.chain").joinpath("artifacts", f"{name}.json").read_text()
+    data = json.loads(text)
+    return Artifact(name=name, abi=data["abi"], bytecode=data["bytecode"])
+
+
+@dataclass(frozen=True)
+class _ErrorAbi:
+    name: str
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+
+
+@functools.cache
+def _error_registry() -> dict[bytes, _ErrorAbi]:
+    """Custom errors of every shipped contract, keyed by their 4-byte selector."""
+    registry = {
+        bytes.fromhex("08c379a0"): _ErrorAbi("Error", ("reason",), ("string",)),
+        bytes.fromhex("4e487b71"): _ErrorAbi("Panic", ("code",), ("uint256",)),
+    }
+    for name in CONTRACT_NAMES:
+        for entry in load_artifact(name).abi:
+            if entry["type"] != "error":
+                continue
+            types = tuple(_abi_type(i) for i in entry["inputs"])
+            signature = f"{entry['name']}({','.join(types)})"
+            registry[keccak(text=signature)[:4]] = _ErrorAbi(
+                entry["name"], tuple(i["name"] for i in entry["inputs"]), types
+            )
+    return registry
+
+
+def _abi_type(param: dict[str, Any]) -> str:
+    kind: str = param["type"]
+    if kind.startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in param["components"])
+        return f"({inner}){kind[5:]}"
+    return kind
+
+
+def decode_revert(data: str | bytes | None) -> tuple[str, dict[str, object]]:
+    """Name and arguments of the error in revert ``data`` (``("unknown", {...})`` if unknown)."""
+    raw = (
+        bytes.fromhex(data[2:] if data.startswith("0x") else data)
+        if isinstance(data, str)
+        else data
+    )
+    if not raw or len(raw) < 4:
+        return "unknown", {}
+    abi = _error_registry().get(raw[:4])
+    if abi is None:
+        return "unknown", {"data": "0x" + raw.hex()}
+    try:
+        values = decode(list(abi.types), raw[4:])
+    except Exception:  # malformed revert data: say so rather than guess
+        return abi.name, {"data": "0x" + raw.hex()}
+    return abi.name, {n: _plain(v) for n, v in zip(abi.names, values, strict=True)}
+
+
+def _plain(value: Any) -> object:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
+        return to_checksum_address(value)
+    return value
+
+
+def _reverted(action: str, data: str | bytes | None, message: str | None) -> ContractReverted:
+    error, details = decode_revert(data)
+    if error == "unknown" and message:
+        text = f"{action} reverted: {message}"
+    else:
+        args = ", ".join(f"{k}={v}" for k, v in details.items())
+        text = f"{action} reverted with {error}({args})"
+    return ContractReverted(text, error=error, details=details, hint=_HINTS.get(error))
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a mined transaction left: its hash, block, gas and raw receipt (for event decoding)."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+    raw: TxReceipt
+
+
+class NonceManager:
+    """Hands out consecutive nonces per sender, safe across threads.
+
+    The first nonce of a sender is read from the node (``pending``); after that the manager counts
+    locally, so concurrent senders never reuse a nonce. If sending fails, the sender is re-read
+    from the node on its next transaction.
+    """
+
+    def __init__(self, w3: Web3) -> None:
+        self._w3 = w3
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._next: dict[str, int] = {}
+
+    @contextmanager
+    def reserve(self, address: str) -> Iterator[int]:
+        """Hold the sender's lock and yield its next nonce, counted used if the block succeeds."""
+        with self._guard:
+            lock = self._locks.setdefault(address, threading.Lock())
+        with lock:
+            if address not in self._next:
+                self._next[address] = self._w3.eth.get_transaction_count(
+                    to_checksum_address(address), "pending"
+                )
+            nonce = self._next[address]
+            try:
+                yield nonce
+            except BaseException:
+                self._next.pop(address, None)
+                raise
+            self._next[address] = nonce + 1
+
+    def reset(self, address: str | None = None) -> None:
+        """Forget the counted nonces (all, or one sender's), e.g. after the chain was reverted."""
+        with self._guard:
+            if address is None:
+                self._next.clear()
+            else:
+                self._next.pop(address, None)
+
+
+class Chain:
+    """A connection to one EVM chain over JSON-RPC.
+
+    Args:
+        rpc_url: The node's HTTP JSON-RPC URL.
+        request_timeout: Seconds to wait for one RPC answer.
+        receipt_timeout: Seconds to wait for a transaction to be mined.
+    """
+
+    def __init__(
+        self, rpc_url: str, *, request_timeout: float = 30.0, receipt_timeout: float = 120.0
+    ) -> None:
+        self.rpc_url = rpc_url
+        self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
+        self.nonces = NonceManager(self.w3)
+        self._receipt_timeout = receipt_timeout
+
+    @functools.cached_property
+    def chain_id(self) -> int:
+        """The chain id the node reports."""
+        return self.rpc("chain id", lambda: int(self.w3.eth.chain_id))
+
+    def rpc(self, action: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (web3 calls), translating web3 and connection errors into ``ChainError``."""
+        try:
+            return fn()
+        except ContractLogicError as exc:
+            raise _reverted(action, _revert_data(exc), exc.message) from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ChainUnavailable(
+                f"{action}: cannot reach the chain at {self.rpc_url}",
+                hint="is the node running? (lilypad chain up starts a local one)",
+            ) from exc
+        except TimeExhausted as exc:
+            raise ChainError(
+                f"{action}: transaction not mined in {self._receipt_timeout:g}s"
+            ) from exc
+        except Web3RPCError as exc:
+            raise ChainError(f"{action}: the node refused: {exc.message or exc}") from exc
+        except Web3Exception as exc:
+            raise ChainError(f"{action}: {exc}") from exc
+
+    def contract(self, name: str, address: str) -> Contract:
+        """The shipped contract ``name`` at ``address``."""
+        return self.w3.eth.contract(
+            address=to_checksum_address(address), abi=load_artifact(name).abi
+        )
+
+    def has_code(self, address: str) -> bool:
+        """Whether a contract is deployed at ``address``."""
+        return bool(
+            self.rpc("get code", lambda: self.w3.eth.get_code(to_checksum_address(address)))
+        )
+
+    def deploy(self, name: str, *args: Any, sender: LocalAccount) -> tuple[str, Receipt]:
+        """Deploy contract ``name`` with constructor ``args``; returns its address and receipt."""
+        artifact = load_artifact(name)
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        receipt = self._send(f"deploy {name}", factory.constructor(*args), sender)
+        address = receipt.raw["contractAddress"]
+        if address is None:
+            raise ChainError(f"deploy {name}: the receipt names no contract address")
+        return to_checksum_address(address), receipt
+
+    def transact(self, fn: ContractFunction, sender: LocalAccount) -> Receipt:
+        """Send a contract call as a transaction from ``sender`` and wait until it is mined.
+
+        Raises:
+            ContractReverted: The call would revert (found while estimating gas) or did revert.
+            ChainUnavailable: The node cannot be reached.
+        """
+        return self._send(fn.fn_name, fn, sender)
+
+    def call(self, fn: ContractFunction, *, block: BlockIdentifier = "latest") -> Any:
+        """Call a view function (or simulate a transaction) and return its result."""
+        return self.rpc(fn.fn_name, lambda: fn.call(block_identifier=block))
+
+    def _send(self, action: str, fn: Any, sender: LocalAccount) -> Receipt:
+        def send() -> Any:
+            with self.nonces.reserve(sender.address) as nonce:
+                tx = fn.build_transaction(
+                    {"from": sender.address, "nonce": nonce, "chainId": self.chain_id}
+                )
+                signed = sender.sign_transaction(tx)
+                return tx, self.w3.eth.send_raw_transaction(signed.raw_transaction)
+
+        tx, tx_hash = self.rpc(action, send)
+        raw = self.rpc(
+            action,
+            lambda: self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self._receipt_timeout, poll_latency=0.05
+            ),
+        )
+        receipt = Receipt("0x" + bytes(tx_hash).hex(), raw["blockNumber"], raw["gasUsed"], raw)
+        if raw["status"] != 1:
+            raise self._explain_failure(action, tx, receipt)
+        return receipt
+
+    def _explain_failure(self, action: str, tx: Any, receipt: Receipt) -> ChainError:
+        """Replay a mined, failed transaction to learn its revert reason.
+
+        The replay runs on the state after its block, with that block's timestamp: the failed
+        transaction changed nothing, and a deadline check sees the same time it saw.
+        """
+        replay = cast(TxParams, {k: tx[k] for k in ("from", "to", "data", "value") if k in tx})
+        try:
+            self.w3.eth.call(replay, block_identifier=receipt.block_number)
+        except ContractLogicError as exc:
+            return _reverted(action, _revert_data(exc), exc.message)
+        except Web3Exception:
+            pass
+        return ChainError(f"{action}: transaction {receipt.tx_hash} failed on chain")
+
+
+def _revert_data(exc: ContractLogicError) -> str | None:
+    data = exc.data
+    if isinstance(data, dict):
+        return data.get("data")
+    return data

@@ -1,0 +1,470 @@
+"""Wire models of the market — offers and deals — and their EIP-712 hashing and signing.
+
+The EIP-712 domain is ``{name: "LilypadJobMarket", version: "1", chainId, verifyingContract:
+<JobMarket address>}``. The exact type strings (``JobMarket.JOB_OFFER_TYPEHASH`` and
+``RESOURCE_OFFER_TYPEHASH`` on chain) are::
+
+    JobOffer(address jobCreator,bytes32 module,bytes32 specHash,uint256 machine,uint96 maxPrice,
+             uint32 timeout,address[] mediators,uint64 expiry,uint256 nonce)
+    ResourceOffer(address provider,bytes32 module,uint256 machine,uint96 price,uint96 collateral,
+                  address[] mediators,uint64 expiry,uint256 nonce)
+
+(each on one line, no spaces). ``module`` is ``keccak256`` of the module reference
+(:func:`module_id`; a resource offer may use zero for "any module"), ``specHash`` the SHA-256
+digest of the rendered job spec (``JobSpec.spec_hash`` without its ``sha256:`` prefix), so
+provider and mediator can check they run exactly what was paid for. ``machine`` packs eight 32-bit
+lanes (:class:`Machine`); a deal needs every offered lane to be at least the needed one.
+``mediators`` are tried in the job creator's order; the first one the provider also names and that
+is registered becomes the deal's mediator. Each ``(signer, nonce)`` makes at most one deal, in any
+order; nonce ``2**256 - 1`` is reserved. Sequential nonces are cheapest (128 share a storage word).
+
+A :class:`Deal` holds the settlement terms; ``deal_id = keccak256(abi.encode(deal))``. The market
+stores only the deal's state under that id, so every settlement call passes the :class:`Deal`
+back (the ``DealCreated`` event carries it).
+
+Amounts are integers in the token's smallest unit; addresses are checksummed strings, 32-byte
+values ``0x``-prefixed lowercase hex, so the models travel as JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Self
+
+from eth_abi.abi import encode
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import is_address, to_checksum_address
+from eth_utils.crypto import keccak
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from lilypad.errors import ConfigError
+from lilypad.modules.spec import JobSpec
+
+JOB_OFFER_TYPE = (
+    "JobOffer(address jobCreator,bytes32 module,bytes32 specHash,uint256 machine,uint96 maxPrice,"
+    "uint32 timeout,address[] mediators,uint64 expiry,uint256 nonce)"
+)
+RESOURCE_OFFER_TYPE = (
+    "ResourceOffer(address provider,bytes32 module,uint256 machine,uint96 price,uint96 collateral,"
+    "address[] mediators,uint64 expiry,uint256 nonce)"
+)
+DOMAIN_NAME = "LilypadJobMarket"
+DOMAIN_VERSION = "1"
+ZERO_BYTES32 = "0x" + "00" * 32
+#: Seconds a provider gets beyond the module's own timeout (image pull, upload of the outputs).
+RESULT_MARGIN_S = 600
+
+_EIP712_FIELDS: dict[str, list[dict[str, str]]] = {
+    "JobOffer": [
+        {"name": "jobCreator", "type": "address"},
+        {"name": "module", "type": "bytes32"},
+        {"name": "specHash", "type": "bytes32"},
+        {"name": "machine", "type": "uint256"},
+        {"name": "maxPrice", "type": "uint96"},
+        {"name": "timeout", "type": "uint32"},
+        {"name": "mediators", "type": "address[]"},
+        {"name": "expiry", "type": "uint64"},
+        {"name": "nonce", "type": "uint256"},
+    ],
+    "ResourceOffer": [
+        {"name": "provider", "type": "address"},
+        {"name": "module", "type": "bytes32"},
+        {"name": "machine", "type": "uint256"},
+        {"name": "price", "type": "uint96"},
+        {"name": "collateral", "type": "uint96"},
+        {"name": "mediators", "type": "address[]"},
+        {"name": "expiry", "type": "uint64"},
+        {"name": "nonce", "type": "uint256"},
+    ],
+}
+
+
+def _checksum(value: str) -> str:
+    if not is_address(value):
+        raise ValueError(f"not an Ethereum address: {value!r}")
+    return to_checksum_address(value)
+
+
+def _bytes32(value: str) -> str:
+    text = value.lower()
+    if (
+        len(text) != 66
+        or not text.startswith("0x")
+        or any(c not in "0123456789abcdef" for c in text[2:])
+    ):
+        raise ValueError(f"not a 0x-prefixed 32-byte hex value: {value!r}")
+    return text
+
+
+Address = Annotated[str, AfterValidator(_checksum)]
+Bytes32 = Annotated[str, AfterValidator(_bytes32)]
+Uint96 = Annotated[int, Field(ge=0, lt=2**96)]
+Uint64 = Annotated[int, Field(ge=0, lt=2**64)]
+Uint32 = Annotated[int, Field(ge=0, lt=2**32)]
+Uint256 = Annotated[int, Field(ge=0, lt=2**256)]
+#: Any uint256 but the largest, which the market reserves.
+Nonce = Annotated[int, Field(ge=0, lt=2**256 - 1)]
+
+
+def _b32(value: str) -> bytes:
+    return bytes.fromhex(value[2:])
+
+
+def module_id(reference: str) -> str:
+    """The ``bytes32`` a module reference is known by on chain: keccak256 of its UTF-8 text."""
+    return "0x" + keccak(text=reference).hex()
+
+
+def spec_digest(spec_hash: str) -> str:
+    """``JobSpec.spec_hash`` (``sha256:<hex>``) as the ``bytes32`` a JobOffer commits to."""
+    algorithm, _, digest = spec_hash.partition(":")
+    if algorithm != "sha256" or len(digest) != 64:
+        raise ConfigError(f"spec hash {spec_hash!r} is not of the form sha256:<64 hex digits>")
+    try:
+        return _bytes32("0x" + digest)
+    except ValueError as exc:
+        raise ConfigError(f"spec hash {spec_hash!r} is not hex") from exc
+
+
+class Machine(BaseModel):
+    """A machine as eight 32-bit lanes of one ``uint256``; lanes 5-7 are reserved (zero).
+
+    Attributes:
+        gpus: Number of GPUs (lane 0).
+        vram_mb: Memory per GPU in MiB (lane 1).
+        cpu_millis: CPU in thousandths of a core (lane 2).
+        ram_mb: Memory in MiB (lane 3).
+        disk_mb: Disk in MiB (lane 4).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    gpus: Uint32 = 0
+    vram_mb: Uint32 = 0
+    cpu_millis: Uint32 = 0
+    ram_mb: Uint32 = 0
+    disk_mb: Uint32 = 0
+
+    @classmethod
+    def from_requirements(
+        cls, *, gpus: int, vram_gb: float, cpus: float, ram_gb: float, disk_gb: float
+    ) -> Self:
+        """From the units a module manifest uses (``JobSpec.machine``), rounding up."""
+        return cls(
+            gpus=gpus,
+            vram_mb=_ceil(vram_gb * 1024),
+            cpu_millis=_ceil(cpus * 1000),
+            ram_mb=_ceil(ram_gb * 1024),
+            disk_mb=_ceil(disk_gb * 1024),
+        )
+
+    def encode(self) -> int:
+        """The ``uint256`` the offers carry."""
+        lanes = (self.gpus, self.vram_mb, self.cpu_millis, self.ram_mb, self.disk_mb)
+        return sum(value << (32 * lane) for lane, value in enumerate(lanes))
+
+    @classmethod
+    def decode(cls, value: int) -> Self:
+        """The inverse of :meth:`encode`."""
+        lane = [(value >> (32 * i)) & 0xFFFFFFFF for i in range(5)]
+        return cls(
+            gpus=lane[0], vram_mb=lane[1], cpu_millis=lane[2], ram_mb=lane[3], disk_mb=lane[4]
+        )
+
+    def satisfies(self, needed: Machine) -> bool:
+        """Whether this (offered) machine meets ``needed`` in every lane, as the contract checks."""
+        have, want = self.encode(), needed.encode()
+        return all(
+            (have >> (32 * i)) & 0xFFFFFFFF >= (want >> (32 * i)) & 0xFFFFFFFF for i in range(8)
+        )
+
+
+def _ceil(value: float) -> int:
+    whole = int(value)
+    return whole if whole == value else whole + 1
+
+
+class _Offer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    _TYPE_NAME = ""
+    _TYPE = ""
+
+    def _values(self) -> list[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def struct_hash(self) -> str:
+        """The EIP-712 ``hashStruct`` of this offer (what a :class:`Deal` records)."""
+        types, values = ["bytes32"], [keccak(text=self._TYPE)]
+        for abi_type, value in self._values():
+            if abi_type == "address[]":
+                types.append("bytes32")
+                values.append(keccak(b"".join(encode(["address"], [a]) for a in value)))
+            else:
+                types.append(abi_type)
+                values.append(_b32(value) if abi_type == "bytes32" else value)
+        return "0x" + keccak(encode(types, values)).hex()
+
+    def typed_data(self, chain_id: int, market: str) -> dict[str, Any]:
+        """The full EIP-712 message (domain, types, message), as a wallet would be asked to sign."""
+        message = {
+            field["name"]: value
+            for field, (_, value) in zip(
+                _EIP712_FIELDS[self._TYPE_NAME], self._values(), strict=True
+            )
+        }
+        return {
+            "domain": domain(chain_id, market),
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                self._TYPE_NAME: _EIP712_FIELDS[self._TYPE_NAME],
+            },
+            "primaryType": self._TYPE_NAME,
+            "message": message,
+        }
+
+    def digest(self, chain_id: int, market: str) -> str:
+        """The EIP-712 digest signed: ``keccak256(0x1901 ‖ domainSeparator ‖ structHash)``."""
+        separator = keccak(
+            encode(
+                ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+                [
+                    keccak(
+                        text="EIP712Domain(string name,string version,uint256 chainId,"
+                        "address verifyingContract)"
+                    ),
+                    keccak(text=DOMAIN_NAME),
+                    keccak(text=DOMAIN_VERSION),
+                    chain_id,
+                    market,
+                ],
+            )
+        )
+        return "0x" + keccak(b"\x19\x01" + separator + _b32(self.struct_hash())).hex()
+
+    def signer(self, signature: str, chain_id: int, market: str) -> str | None:
+        """The address an ECDSA ``signature`` of this offer recovers to (None if malformed).
+
+        Compare it with the offer's signer; a contract signer (ERC-1271) needs the chain:
+        :meth:`lilypad.chain.market.JobMarketClient.signature_valid`.
+        """
+        try:
+            raw = bytes.fromhex(signature.removeprefix("0x"))
+            message = encode_typed_data(full_message=self.typed_data(chain_id, market))
+            return str(Account.recover_message(message, signature=raw))
+        except Exception:  # any malformed signature: no signer, as the contract sees it
+            return None
+
+    def sign(self, account: LocalAccount | str, chain_id: int, market: str) -> str:
+        """Sign with ``account`` (an account or private key); returns the 65-byte signature hex."""
+        signer = Account.from_key(account) if isinstance(account, str) else account
+        signed = signer.sign_typed_data(full_message=self.typed_data(chain_id, market))
+        return "0x" + bytes(signed.signature).hex()
+
+
+class JobOffer(_Offer):
+    """What a job creator signs: run this module and spec, on such a machine, for at most this."""
+
+    _TYPE_NAME = "JobOffer"
+    _TYPE = JOB_OFFER_TYPE
+
+    job_creator: Address
+    module: Bytes32
+    spec_hash: Bytes32
+    machine: Uint256 = 0
+    max_price: Uint96
+    timeout: Uint32
+    mediators: tuple[Address, ...]
+    expiry: Uint64
+    nonce: Nonce
+
+    @classmethod
+    def for_spec(
+        cls,
+        spec: JobSpec,
+        *,
+        job_creator: str,
+        max_price: int,
+        mediators: Sequence[str],
+        expiry: int,
+        nonce: int,
+        timeout: int | None = None,
+    ) -> Self:
+        """The offer to run a rendered job spec: its module, spec hash and machine needs.
+
+        Args:
+            spec: From ``lilypad.modules`` rendering (``module render``).
+            job_creator: The address that signs and pays.
+            max_price: The most the job creator pays, in token units.
+            mediators: Mediators the job creator trusts, in order of preference.
+            expiry: Unix time after which no deal can be made from the offer.
+            nonce: Unused nonce of ``job_creator``.
+            timeout: Seconds the provider gets for a result; by default the module's timeout
+                plus :data:`RESULT_MARGIN_S` for fetching the image and uploading outputs.
+        """
+        machine = spec.machine
+        return cls(
+            job_creator=job_creator,
+            module=module_id(spec.module),
+            spec_hash=spec_digest(spec.spec_hash),
+            machine=Machine.from_requirements(
+                gpus=machine.gpus,
+                vram_gb=machine.vram_gb,
+                cpus=machine.cpus,
+                ram_gb=machine.ram_gb,
+                disk_gb=machine.disk_gb,
+            ).encode(),
+            max_price=max_price,
+            timeout=spec.timeout_s + RESULT_MARGIN_S if timeout is None else timeout,
+            mediators=tuple(mediators),
+            expiry=expiry,
+            nonce=nonce,
+        )
+
+    def _values(self) -> list[tuple[str, Any]]:
+        return [
+            ("address", self.job_creator),
+            ("bytes32", self.module),
+            ("bytes32", self.spec_hash),
+            ("uint256", self.machine),
+            ("uint96", self.max_price),
+            ("uint32", self.timeout),
+            ("address[]", list(self.mediators)),
+            ("uint64", self.expiry),
+            ("uint256", self.nonce),
+        ]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The ABI tuple ``JobMarket.JobOffer`` takes."""
+        return tuple(_b32(v) if t == "bytes32" else v for t, v in self._values())
+
+
+class ResourceOffer(_Offer):
+    """What a provider signs: this machine, at this price and collateral, with these mediators."""
+
+    _TYPE_NAME = "ResourceOffer"
+    _TYPE = RESOURCE_OFFER_TYPE
+
+    provider: Address
+    module: Bytes32 = ZERO_BYTES32
+    machine: Uint256 = 0
+    price: Uint96
+    collateral: Uint96
+    mediators: tuple[Address, ...]
+    expiry: Uint64
+    nonce: Nonce
+
+    def _values(self) -> list[tuple[str, Any]]:
+        return [
+            ("address", self.provider),
+            ("bytes32", self.module),
+            ("uint256", self.machine),
+            ("uint96", self.price),
+            ("uint96", self.collateral),
+            ("address[]", list(self.mediators)),
+            ("uint64", self.expiry),
+            ("uint256", self.nonce),
+        ]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The ABI tuple ``JobMarket.ResourceOffer`` takes."""
+        return tuple(_b32(v) if t == "bytes32" else v for t, v in self._values())
+
+
+class SignedJobOffer(BaseModel):
+    """A job offer with its job creator's signature (65 bytes hex, or an ERC-1271 blob)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    offer: JobOffer
+    signature: str
+
+
+class SignedResourceOffer(BaseModel):
+    """A resource offer with its provider's signature."""
+
+    model_config = ConfigDict(frozen=True)
+
+    offer: ResourceOffer
+    signature: str
+
+
+class Deal(BaseModel):
+    """The settlement terms of a deal, as ``DealCreated`` emits them and every call passes back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_creator: Address
+    provider: Address
+    mediator: Address
+    price: Uint96
+    collateral: Uint96
+    mediation_fee: Uint96
+    job_offer_hash: Bytes32
+    resource_offer_hash: Bytes32
+
+    @property
+    def deal_id(self) -> str:
+        """``keccak256(abi.encode(deal))``: the id the market stores the deal's state under."""
+        types = [
+            "address",
+            "address",
+            "address",
+            "uint96",
+            "uint96",
+            "uint96",
+            "bytes32",
+            "bytes32",
+        ]
+        return "0x" + keccak(encode(types, list(self.as_tuple()))).hex()
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The ABI tuple ``JobMarket.Deal`` takes."""
+        return (
+            self.job_creator,
+            self.provider,
+            self.mediator,
+            self.price,
+            self.collateral,
+            self.mediation_fee,
+            _b32(self.job_offer_hash),
+            _b32(self.resource_offer_hash),
+        )
+
+    @classmethod
+    def from_event(cls, deal: Any) -> Self:
+        """From the ``deal`` argument of a decoded ``DealCreated`` event (a dict or a tuple)."""
+        if not isinstance(deal, Mapping):
+            names = ("jobCreator", "provider", "mediator", "price", "collateral", "mediationFee")
+            deal = dict(zip((*names, "jobOfferHash", "resourceOfferHash"), deal, strict=True))
+        return cls(
+            job_creator=deal["jobCreator"],
+            provider=deal["provider"],
+            mediator=deal["mediator"],
+            price=deal["price"],
+            collateral=deal["collateral"],
+            mediation_fee=deal["mediationFee"],
+            job_offer_hash=_hex(deal["jobOfferHash"]),
+            resource_offer_hash=_hex(deal["resourceOfferHash"]),
+        )
+
+
+def _hex(value: str | bytes) -> str:
+    return value if isinstance(value, str) else "0x" + bytes(value).hex()
+
+
+def domain(chain_id: int, market: str) -> dict[str, Any]:
+    """The EIP-712 domain of the JobMarket at ``market`` on chain ``chain_id``."""
+    return {
+        "name": DOMAIN_NAME,
+        "version": DOMAIN_VERSION,
+        "chainId": chain_id,
+        "verifyingContract": to_checksum_address(market),
+    }

@@ -1,0 +1,254 @@
+"""``lilypad chain``: run a local chain, deploy the contracts, show a network's chain state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
+from rich.table import Table
+
+from lilypad.chain import (
+    Chain,
+    Deployment,
+    deploy,
+    setup_dev_accounts,
+)
+from lilypad.chain.anvil import Anvil, port_in_use
+from lilypad.cli.output import console, emit, note
+from lilypad.errors import ConfigError, UnknownNetwork
+from lilypad.network import NetworkProfile, config_dir, connect, load_network, save_network
+
+app = typer.Typer(
+    help="Run a local chain, deploy the contracts, inspect a network.", no_args_is_help=True
+)
+
+#: Roles of anvil's pre-funded development accounts on a local network, by account index.
+DEV_ROLES = {"owner": 0, "solver": 1, "mediator": 2, "provider": 3, "job_creator": 4}
+KEY_ENV = "LILYPAD_PRIVATE_KEY"
+
+
+def _network_option(default: str = "local") -> Any:
+    return typer.Option(default, "--network", "-n", help="The network profile to write or read.")
+
+
+def _json_option() -> Any:
+    return typer.Option(False, "--json", help="Print as JSON.")
+
+
+@app.command()
+def up(
+    port: int = typer.Option(8545, "--port", "-p", min=1, max=65535, help="Port on 127.0.0.1."),
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Leave anvil running in the background."
+    ),
+    network: str = _network_option(),
+    json_output: bool = _json_option(),
+) -> None:
+    """Start a local anvil chain, deploy the contracts and write the network profile.
+
+    Anvil's ten pre-funded test accounts get roles (owner, solver, mediator, provider,
+    job_creator...) and 1,000,000 LP each; the solver and mediator are registered.
+    """
+    if port_in_use(port):
+        raise ConfigError(f"port {port} on 127.0.0.1 is already in use; pick another with --port")
+    node = Anvil(port).start(detach=detach)
+    try:
+        profile = _deploy_dev(node, network)
+    except BaseException:
+        node.stop()
+        raise
+    data = _summary(profile) | {"pid": node.pid}
+    if detach:
+        _pid_file(network).write_text(str(data["pid"]))
+    emit(data, json_output, lambda: _print_summary(profile, detach))
+    if detach:
+        return
+    try:
+        while node.process is not None and node.process.poll() is None:  # until anvil or Ctrl-C
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        note("stopping anvil")
+    finally:
+        node.stop()
+
+
+@app.command()
+def down(network: str = _network_option()) -> None:
+    """Stop an anvil started with ``lilypad chain up --detach``."""
+    pid_file = _pid_file(network)
+    if not pid_file.is_file():
+        raise ConfigError(f"no detached chain for network {network!r} ({pid_file} is missing)")
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        note(f"anvil (pid {pid}) had already stopped")
+    pid_file.unlink()
+    note(f"stopped the chain of network {network!r}")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    rpc_url: str = typer.Option(..., "--rpc-url", help="JSON-RPC URL of any EVM chain."),
+    network: str = _network_option("default"),
+    token: str = typer.Option(
+        None, "--token", help="Settle in this ERC-20 instead of a new LilypadToken."
+    ),
+    challenge_window: int = typer.Option(3600, min=1, help="Seconds to challenge a result."),
+    mediation_timeout: int = typer.Option(86400, min=1, help="Seconds a mediator has to rule."),
+    json_output: bool = _json_option(),
+) -> None:
+    """Deploy the contracts to any EVM chain and write the network profile.
+
+    The deployer's private key is read from $LILYPAD_PRIVATE_KEY (never from the command line).
+    """
+    key = os.environ.get(KEY_ENV)
+    if not key:
+        raise ConfigError(f"${KEY_ENV} is not set: export the deployer's private key first")
+    try:
+        owner: LocalAccount = Account.from_key(key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"${KEY_ENV} is not a valid private key") from exc
+    chain = Chain(rpc_url)
+    deployment = deploy(
+        chain,
+        owner,
+        token=token,
+        challenge_window=challenge_window,
+        mediation_timeout=mediation_timeout,
+    )
+    profile = _profile(network, rpc_url, deployment, {"owner": owner.address})
+    save_network(profile)
+    emit(_summary(profile), json_output, lambda: _print_summary(profile, detach=False))
+
+
+@app.command()
+def status(network: str = _network_option(), json_output: bool = _json_option()) -> None:
+    """Show the chain of a network: its head, the contracts, and the balances of its accounts."""
+    conn = connect(network, request_timeout=10)
+    profile, chain, market, token = conn.profile, conn.chain, conn.market, conn.token
+    market_address, token_address = market.address, token.address
+    head = chain.rpc("block number", lambda: chain.w3.eth.block_number)
+    contracts = {
+        "token": token_address,
+        "market": market_address,
+        "job_creator": profile.job_creator,
+    }
+    accounts = [
+        {
+            "role": role,
+            "address": address,
+            "eth": _eth_balance(chain, address),
+            "token": token.balance_of(address),
+            "market": market.balance_of(address),
+        }
+        for role, address in profile.accounts.items()
+    ]
+    data = {
+        "network": profile.name,
+        "rpc_url": profile.rpc_url,
+        "chain_id": chain.chain_id,
+        "block": head,
+        "contracts": {
+            k: {"address": v, "deployed": v is not None and chain.has_code(v)}
+            for k, v in contracts.items()
+        },
+        "escrow_and_deposits": token.balance_of(market_address),
+        "accounts": accounts,
+    }
+    emit(data, json_output, lambda: _print_status(data))
+
+
+def _eth_balance(chain: Chain, address: str) -> int:
+    return int(chain.rpc("balance", lambda: chain.w3.eth.get_balance(to_checksum_address(address))))
+
+
+def _deploy_dev(node: Anvil, network: str) -> NetworkProfile:
+    chain = Chain(node.rpc_url)
+    accounts = node.accounts
+    owner = accounts[DEV_ROLES["owner"]]
+    deployment = deploy(chain, owner)
+    roles: dict[str, str] = {role: accounts[i].address for role, i in DEV_ROLES.items()}
+    setup_dev_accounts(
+        chain,
+        deployment,
+        owner,
+        solvers=[roles["solver"]],
+        mediators=[roles["mediator"]],
+        funded=[a.address for a in accounts],
+    )
+    profile = _profile(network, node.rpc_url, deployment, roles)
+    save_network(profile)
+    return profile
+
+
+def _profile(
+    name: str, rpc_url: str, deployment: Deployment, accounts: dict[str, str]
+) -> NetworkProfile:
+    """A new profile, keeping the service URLs of an existing one of the same name."""
+    try:
+        old: dict[str, Any] = load_network(name).model_dump()
+    except UnknownNetwork:
+        old = {}
+    keep = {k: old.get(k) for k in ("solver_url", "ipfs_api_url", "gateway_url")}
+    return NetworkProfile(
+        name=name,
+        chain_id=deployment.chain_id,
+        rpc_url=rpc_url,
+        token=deployment.token,
+        market=deployment.market,
+        job_creator=deployment.job_creator,
+        deployed_block=deployment.block,
+        accounts=accounts,
+        **keep,
+    )
+
+
+def _summary(profile: NetworkProfile) -> dict[str, Any]:
+    return profile.model_dump(mode="json")
+
+
+def _print_summary(profile: NetworkProfile, detach: bool) -> None:
+    console.print(f"network [bold]{profile.name}[/]: chain {profile.chain_id} at {profile.rpc_url}")
+    console.print("contracts:")
+    for label in ("token", "market", "job_creator"):
+        console.print(f"  {label:<12} {getattr(profile, label)}")
+    if profile.accounts:
+        console.print("accounts:")
+    for role, address in profile.accounts.items():
+        console.print(f"  {role:<12} {address}")
+    if detach:
+        console.print(f"Stop it with: lilypad chain down --network {profile.name}")
+    elif profile.accounts.get("solver"):
+        console.print("Press Ctrl-C to stop the chain.")
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    console.print(
+        f"network [bold]{data['network']}[/]: chain {data['chain_id']} at {data['rpc_url']}, "
+        f"block {data['block']}"
+    )
+    for name, info in data["contracts"].items():
+        mark = "" if info["deployed"] else "  [red](no code)[/]"
+        console.print(f"  {name:<12} {info['address']}{mark}")
+    console.print(f"  held by the market (deposits + escrow): {_lp(data['escrow_and_deposits'])}")
+    if data["accounts"]:
+        table = Table("role", "address", "ETH", "LP wallet", "LP in market", box=None)
+        for a in data["accounts"]:
+            table.add_row(a["role"], a["address"], _lp(a["eth"]), _lp(a["token"]), _lp(a["market"]))
+        console.print(table)
+
+
+def _lp(wei: int) -> str:
+    return f"{wei / 10**18:,.4f}"
+
+
+def _pid_file(network: str) -> Path:
+    return config_dir() / f"anvil-{network}.pid"

@@ -1,0 +1,261 @@
+"""``lilypad ipfs``: add, serve, get, cat and pin content, with kubo-identical CIDs."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from lilypad.cli.output import console, emit, note
+from lilypad.errors import InputError
+from lilypad.storage import dag
+from lilypad.storage.backends import LocalStorage, Storage, StorageSettings, open_storage
+from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.cid import CID
+from lilypad.storage.client import KuboClient, PinningServiceClient
+from lilypad.storage.importer import AddedEntry, Importer, ImportProfile
+
+app = typer.Typer(
+    help="Add, serve, fetch and pin IPFS content (CIDs identical to kubo's).",
+    no_args_is_help=True,
+)
+pin_app = typer.Typer(help="Pin content so garbage collection keeps it.", no_args_is_help=True)
+app.add_typer(pin_app, name="pin")
+
+API_HELP = "A Kubo RPC API (kubo or `lilypad ipfs serve`); default LILYPAD_IPFS_API, else local."
+GATEWAY_HELP = "Fetch from this trustless gateway (every block verified)."
+
+
+def _json_option() -> Any:
+    return typer.Option(False, "--json", help="Print as JSON.")
+
+
+def _api_option() -> Any:
+    return typer.Option(None, "--api", help=API_HELP)
+
+
+def _settings() -> StorageSettings:
+    return StorageSettings()
+
+
+@app.command()
+def add(
+    path: Path = typer.Argument(..., help="File or directory to add."),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Add a directory tree."),
+    only_hash: bool = typer.Option(
+        False, "-n", "--only-hash", help="Only compute the CID; store nothing."
+    ),
+    cid_version: int = typer.Option(1, "--cid-version", help="CID version: 1 (default) or 0."),
+    raw_leaves: bool | None = typer.Option(
+        None,
+        "--raw-leaves/--no-raw-leaves",
+        help="Raw leaf blocks (default: on for CIDv1, off for CIDv0, as kubo).",
+        show_default=False,
+    ),
+    chunk_size: int = typer.Option(262_144, "--chunk-size", help="Bytes per chunk (kubo size-N)."),
+    hidden: bool = typer.Option(
+        False, "-H", "--hidden", help="Include files whose names start with '.' (as kubo -H)."
+    ),
+    pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin what is added."),
+    quiet: bool = typer.Option(False, "-Q", "--quieter", help="Print only the root CID."),
+    api: str | None = _api_option(),
+    json_output: bool = _json_option(),
+) -> None:
+    """Add a file or directory; prints the CIDs as `ipfs add` does (root last).
+
+    Default import profile: the network's (CIDv1, raw leaves, 256 KiB chunks, balanced DAG with
+    174 links per node). `--cid-version 0` gives kubo's default CIDs (Qm...).
+    """
+    profile = ImportProfile(
+        cid_version=cid_version,
+        raw_leaves=cid_version == 1 if raw_leaves is None else raw_leaves,
+        chunk_size=chunk_size,
+    )
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir() and not recursive:
+        raise InputError(f"{path} is a directory; use -r to add a directory tree")
+    api = api or _settings().ipfs_api
+    if api:
+        with KuboClient(api, _settings().ipfs_timeout) as client:
+            raw = client.add(path, profile, pin=pin, only_hash=only_hash, hidden=hidden)
+        entries = [AddedEntry(e["Name"], CID.parse(e["Hash"]), int(e.get("Size", 0))) for e in raw]
+    else:
+        entries = []
+        if only_hash:
+            Importer(None, profile).add_path(path, hidden=hidden, on_entry=entries.append)
+        else:
+            store = Blockstore(_settings().repo())
+            with store.lock():
+                with store.writer() as sink:
+                    Importer(sink, profile).add_path(path, hidden=hidden, on_entry=entries.append)
+                if pin:
+                    store.pin(entries[-1].cid, check=False)  # every block was just stored
+    data = [{"name": e.path, "cid": str(e.cid), "size": e.size} for e in entries]
+
+    def human() -> None:
+        for entry in entries[-1:] if quiet else entries:
+            print(str(entry.cid) if quiet else f"added {entry.cid} {entry.path}")
+
+    emit(data[-1:] if quiet else data, json_output, human)
+
+
+@app.command()
+def serve(
+    api: str = typer.Option("127.0.0.1:5001", "--api", help="HOST:PORT for the Kubo RPC API."),
+    gateway: str = typer.Option("127.0.0.1:8080", "--gateway", help="HOST:PORT for the gateway."),
+    pinning_token: str | None = typer.Option(
+        None,
+        "--pinning-token",
+        envvar="LILYPAD_NODE_PINNING_TOKEN",
+        help="Also serve the Pinning Service API (/pins) for this bearer token.",
+    ),
+) -> None:
+    """Run the embedded IPFS node: gateway + Kubo RPC over the local repository."""
+    from lilypad.storage.node import EmbeddedNode
+
+    repo = _settings().repo()
+    node = EmbeddedNode(Blockstore(repo), api=api, gateway=gateway, pinning_token=pinning_token)
+    note(f"repository   {repo}")
+    note(f"Kubo RPC API {node.api_url}/api/v0")
+    note(f"gateway      {node.gateway_url}/ipfs/<CID>")
+    if pinning_token:
+        note(f"pinning API  {node.api_url}/pins")
+    note("Press Ctrl+C to stop.")
+    node.run()
+    note("stopped")
+
+
+def _storage(api: str | None, gateway: str | None, timeout: float | None = None) -> Storage:
+    if api and gateway:
+        raise InputError("give either --api or --gateway, not both")
+    settings = _settings()
+    if timeout is not None:
+        if timeout <= 0:
+            raise InputError(f"--timeout {timeout:g} must be a positive number of seconds")
+        settings.ipfs_timeout = timeout
+    settings.pinning_endpoint = None  # NOTE: fetching never needs the pinning service.
+    return open_storage(settings, api=api, gateway=gateway)
+
+
+def _timeout_option() -> Any:
+    return typer.Option(
+        None, "--timeout", help="Seconds to wait for content (default LILYPAD_IPFS_TIMEOUT, 30)."
+    )
+
+
+@app.command()
+def get(
+    cid: str = typer.Argument(..., help="The CID to download."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Where to save (default ./CID)."
+    ),
+    api: str | None = _api_option(),
+    gateway: str | None = typer.Option(None, "--gateway", help=GATEWAY_HELP),
+    timeout: float | None = _timeout_option(),
+    json_output: bool = _json_option(),
+) -> None:
+    """Download a file or directory, verifying every block against its CID."""
+    root = CID.parse(cid)
+    dest = output or Path(str(root))
+    with closing(_storage(api, gateway, timeout)) as storage:
+        saved = storage.get(root, dest)
+    emit(
+        {"cid": str(root), "path": str(saved)},
+        json_output,
+        lambda: console.print(f"saved {root} to {escape(str(saved))}"),
+    )
+
+
+@app.command()
+def cat(
+    path: str = typer.Argument(..., help="CID or CID/path inside a directory."),
+    api: str | None = _api_option(),
+    gateway: str | None = typer.Option(None, "--gateway", help=GATEWAY_HELP),
+    timeout: float | None = _timeout_option(),
+) -> None:
+    """Write a file's bytes to stdout, verified block by block."""
+    dag.parse_ipfs_path(path)  # refuse a bad CID or path before any network traffic
+    binary = getattr(sys.stdout, "buffer", None)  # NOTE: absent when stdout is captured text
+    with closing(_storage(api, gateway, timeout)) as storage:
+        for chunk in storage.cat(path):
+            if binary is not None:
+                binary.write(chunk)
+            else:
+                sys.stdout.write(chunk.decode(errors="replace"))
+    sys.stdout.flush()
+
+
+@app.command()
+def gc() -> None:
+    """Delete every block of the local repository that no pin holds."""
+    removed = Blockstore(_settings().repo()).gc()
+    console.print(f"removed {removed} unpinned blocks")
+
+
+def _pin_target(api: str | None, service: str | None) -> Storage:
+    if service:
+        from lilypad.storage.backends import RemotePinning
+
+        settings = _settings()
+        token = settings.pinning_token.get_secret_value() if settings.pinning_token else ""
+        client = PinningServiceClient(service, token, settings.ipfs_timeout)
+        return RemotePinning(LocalStorage(settings.repo()), client)
+    return _storage(api, None)
+
+
+def _service_option() -> Any:
+    return typer.Option(
+        None,
+        "--service",
+        help="An IPFS Pinning Service API endpoint (token from LILYPAD_PINNING_TOKEN).",
+        envvar="LILYPAD_PINNING_ENDPOINT",
+        show_envvar=False,
+    )
+
+
+@pin_app.command("add")
+def pin_add(
+    cid: str = typer.Argument(..., help="The CID to pin (recursively)."),
+    api: str | None = _api_option(),
+    service: str | None = _service_option(),
+) -> None:
+    """Pin a CID and its whole DAG."""
+    root = CID.parse(cid)
+    with closing(_pin_target(api, service)) as storage:
+        storage.pin(root)
+    console.print(f"pinned {root} recursively")
+
+
+@pin_app.command("rm")
+def pin_rm(
+    cid: str = typer.Argument(..., help="The CID to unpin."),
+    api: str | None = _api_option(),
+    service: str | None = _service_option(),
+) -> None:
+    """Remove a pin (the blocks go at the next `lilypad ipfs gc`)."""
+    root = CID.parse(cid)
+    with closing(_pin_target(api, service)) as storage:
+        storage.unpin(root)
+    console.print(f"unpinned {root}")
+
+
+@pin_app.command("ls")
+def pin_ls(
+    api: str | None = _api_option(),
+    service: str | None = _service_option(),
+    json_output: bool = _json_option(),
+) -> None:
+    """List pinned CIDs."""
+    with closing(_pin_target(api, service)) as storage:
+        pins = [str(c) for c in storage.pins()]
+
+    def human() -> None:
+        for pinned in pins:
+            print(pinned)
+
+    emit(pins, json_output, human)

@@ -1,0 +1,165 @@
+"""``lilypad module run`` and ``lilypad module build``: run a module here, build its image.
+
+``module run`` is to a module what ``cog predict`` is to a Cog model: the job runs on this machine
+with the executor a resource provider would use, and leaves the result layout every later step
+(IPFS, the chain, the mediator) works with: ``DIR/outputs/``, ``DIR/stdout``, ``DIR/stderr`` and
+``DIR/exitCode``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from lilypad import modules
+from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, _resolve, check_inputs
+from lilypad.cli.output import console, emit, err_console, note
+from lilypad.errors import JobFailed
+from resource_provider.executors import (
+    ExecutionResult,
+    ExecutorKind,
+    Job,
+    Selection,
+    Weights,
+    create_executor,
+    tail,
+)
+from resource_provider.executors.images import build_module
+from resource_provider.executors.layout import OUTPUTS, STDERR
+
+#: Lines of the module's stderr shown when it fails.
+TAIL_LINES = 20
+
+
+def run(
+    ref: str = typer.Argument(..., help="Module reference, e.g. cowsay or sdxl:v0.9-lilypad1."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="Folder for the result (outputs/, stdout, stderr, exitCode): new, empty, "
+        "or a previous result, which is replaced.",
+    ),
+    executor: ExecutorKind | None = typer.Option(
+        None,
+        "--executor",
+        envvar="LILYPAD_EXECUTOR",
+        help="docker or process; default: docker when a Docker Engine answers, else process.",
+        show_default=False,
+    ),
+    weights: Weights = typer.Option(
+        Weights.REAL,
+        "--weights",
+        envvar="LILYPAD_WEIGHTS",
+        help="real: the weights baked into the image; tiny: generated tiny weights (tests).",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    stray: list[str] = STRAY_ARGS,
+) -> None:
+    """Run a module on this machine and leave its result in --output."""
+    inputs = check_inputs(inputs, stray)
+    module = _resolve(ref)
+    spec = modules.render(module, inputs)
+    selection = create_executor(executor)
+    _say_executor(selection, chosen=executor is None)
+    with selection.executor:
+        result = _run_with_progress(selection, Job.of(module, spec, output, weights))
+    for remark in result.notes:
+        note(f"[yellow]note:[/] {escape(remark)}")
+    data = {
+        "output_dir": str(result.output_dir),
+        "exit_code": result.exit_code,
+        "duration_ms": result.duration_ms,
+        "spec_hash": spec.spec_hash,
+    }
+    if not result.ok:
+        if json_output:
+            emit(data, True, lambda: None)
+        _show_failure(result)
+        raise JobFailed(
+            f"{spec.module} {result.message}; its result is in {result.output_dir}",
+            hint=f"the whole log: {result.output_dir / STDERR}",
+        )
+    emit(data, json_output, lambda: _show_success(spec.module, result))
+
+
+def build(
+    ref: str = typer.Argument(..., help="Module reference, e.g. cowsay:v0.0.4 or a folder."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Build a module version's Docker image from its folder's Dockerfile."""
+    module = _resolve(ref)
+    with err_console.status(f"Building {escape(module.spec.image)} from {module.directory}"):
+        tag, image_id = build_module(module)
+    emit(
+        {"image": tag, "id": image_id},
+        json_output,
+        lambda: console.print(f"Built [bold]{escape(tag)}[/] ({image_id})"),
+    )
+
+
+def _say_executor(selection: Selection, *, chosen: bool) -> None:
+    how = f"chosen automatically: {selection.reason}" if chosen else "as asked"
+    note(f"executor: {escape(selection.executor.describe())} ({escape(how)})")
+
+
+def _run_with_progress(selection: Selection, job: Job) -> ExecutionResult:
+    """Run the job, showing a spinner with the module's latest stderr line (or, when stderr is
+    not a terminal, each line as it comes)."""
+    title = f"Running {escape(job.spec.module)} with the {selection.executor.kind} executor"
+    if not err_console.is_terminal:
+        note(title)
+        stream = Job(job.spec, job.module_dir, job.output_dir, job.weights, _print_line)
+        return selection.executor.run(stream)
+    with err_console.status(title) as status:
+
+        def show(line: str) -> None:
+            status.update(f"{title}\n  [dim]{escape(line[:200])}[/]")
+
+        live = Job(job.spec, job.module_dir, job.output_dir, job.weights, show)
+        return selection.executor.run(live)
+
+
+def _print_line(line: str) -> None:
+    err_console.print(f"  [dim]│ {escape(line)}[/]", soft_wrap=True)
+
+
+def _show_success(module: str, result: ExecutionResult) -> None:
+    console.print(
+        f"[green]✓[/] {escape(module)} finished in {result.duration_ms} ms "
+        f"({result.executor} executor)"
+    )
+    console.print(f"  result   {escape(str(result.output_dir))}")
+    files = _output_files(result.output_dir / OUTPUTS)
+    if not files:
+        console.print("  [yellow]the module wrote no files to its outputs[/]")
+    for name, size in files[:10]:
+        console.print(f"  outputs/{escape(name)}  ({size} bytes)")
+    if len(files) > 10:
+        console.print(f"  ... and {len(files) - 10} more files")
+
+
+def _show_failure(result: ExecutionResult) -> None:
+    lines = tail(result.output_dir / STDERR, TAIL_LINES)
+    if lines:
+        err_console.print(
+            f"[bold]Last lines of the module's stderr[/] (exit code {result.exit_code}):"
+        )
+        for line in lines.splitlines():
+            err_console.print(f"  [dim]│[/] {escape(line)}", soft_wrap=True)
+    else:
+        err_console.print("The module wrote nothing to stderr.")
+
+
+def _output_files(root: Path) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            found.append((str(path.relative_to(root)), path.lstat().st_size))
+    return found

@@ -1,0 +1,161 @@
+"""``lilypad network``: the whole system on this machine (chain, IPFS, solver, provider,
+mediator, bridge)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from lilypad.cli.output import console, emit, note
+from lilypad.errors import UnknownNetwork
+
+app = typer.Typer(help="Run a complete local network.", no_args_is_help=True)
+
+
+def _network_option() -> Any:
+    return typer.Option("local", "--network", "-n", help="Name of the network profile.")
+
+
+@app.command()
+def up(
+    network: str = _network_option(),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Leave it running and return."),
+    executor: str | None = typer.Option(
+        None, "--executor", help="docker or process (default: docker when an engine answers)."
+    ),
+    weights: str = typer.Option(
+        "auto", "--weights", help="real, tiny, or auto (real where MODEL_DIR holds weights)."
+    ),
+    chain_port: int = typer.Option(8545, "--chain-port", min=1, max=65535),
+    json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Start anvil with the contracts, IPFS, solver, provider, mediator and bridge."""
+    from lilypad import localnet
+
+    if weights == "auto":
+        weights = "real" if _real_weights() else "tiny"
+        if weights == "tiny":
+            note(
+                "No real model weights here (MODEL_DIR): the provider runs the ML modules with "
+                "tiny random weights of the real architectures. Outputs are noise, but every "
+                "step of the real pipelines runs."
+            )
+    localnet.stop_all(network)  # leftovers of a network that was not brought down
+    note(f"starting the chain on 127.0.0.1:{chain_port} and deploying the contracts")
+    profile = localnet.start_chain(network, chain_port)
+    ports = localnet.PORTS
+    profile = localnet.write_profile(
+        profile.model_copy(
+            update={
+                "solver_url": f"http://127.0.0.1:{ports['solver']}",
+                "ipfs_api_url": f"http://127.0.0.1:{ports['ipfs_api']}",
+                "gateway_url": f"http://127.0.0.1:{ports['gateway']}",
+            }
+        )
+    )
+    try:
+        for service in localnet.services(profile, executor, weights):
+            note(f"starting {service.name}")
+            localnet.start_service(network, service)
+    except BaseException:
+        localnet.stop_all(network)
+        raise
+    _show(network, json_output)
+    if detach:
+        note(
+            f"Run a job: lilypad run cowsay:v0.0.4 --network {network} "
+            f"--key-file {localnet.key_file(network, 'job_creator')}\n"
+            f"Stop it: lilypad network down --network {network}"
+        )
+        return
+    note("Press Ctrl-C to stop the network.")
+    try:
+        while all(row["running"] for row in localnet.status(network, profile)):
+            time.sleep(1)
+        note("a service stopped: bringing the network down (lilypad network logs)")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        localnet.stop_all(network)
+
+
+@app.command()
+def down(network: str = _network_option()) -> None:
+    """Stop every service of the local network."""
+    from lilypad import localnet
+
+    stopped = localnet.stop_all(network)
+    note(f"stopped {', '.join(stopped)}" if stopped else f"network {network!r} was not running")
+
+
+@app.command()
+def status(
+    network: str = _network_option(),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Each service: running or not, its pid, address and log."""
+    _show(network, json_output)
+
+
+@app.command()
+def logs(
+    service: str | None = typer.Argument(
+        None, help="chain, ipfs, solver, provider, mediator or bridge (default: all)."
+    ),
+    network: str = _network_option(),
+    lines: int = typer.Option(40, "--lines", "-l", min=1, help="Lines from the end of each log."),
+) -> None:
+    """Show the end of a service's log."""
+    from lilypad import localnet
+    from lilypad.errors import InputError
+
+    names = ["chain", "ipfs", "solver", "provider", "mediator", "bridge"]
+    if service is not None and service not in names:
+        raise InputError(f"unknown service {service!r}; choose one of {', '.join(names)}")
+    for name in [service] if service else names:
+        path = localnet.state_dir(network) / f"{name}.log"
+        if not path.is_file():
+            continue
+        console.rule(name)
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        console.print("\n".join(text), markup=False, highlight=False, soft_wrap=True)
+
+
+def _show(network: str, json_output: bool) -> None:
+    from lilypad import localnet
+    from lilypad.network import load_network
+
+    try:
+        profile = load_network(network)
+    except UnknownNetwork:
+        profile = None
+    rows = localnet.status(network, profile)
+    data = {
+        "network": network,
+        "services": rows,
+        "profile": profile.model_dump(mode="json") if profile else None,
+    }
+
+    def human() -> None:
+        table = Table("service", "state", "pid", "address", box=None)
+        for row in rows:
+            state = "[green]running[/]" if row["running"] else "[red]stopped[/]"
+            table.add_row(row["service"], state, str(row["pid"] or "-"), row["address"] or "")
+        console.print(table)
+        if profile is not None:
+            console.print(f"gateway {profile.gateway_url}   solver {profile.solver_url}")
+
+    emit(data, json_output, human)
+
+
+def _real_weights() -> bool:
+    import os
+    from pathlib import Path
+
+    model_dir = os.environ.get("MODEL_DIR")
+    return (
+        bool(model_dir) and Path(model_dir or "").is_dir() and any(Path(model_dir or "").iterdir())
+    )

@@ -1,0 +1,321 @@
+"""``lilypad resource-provider``, ``lilypad mediator`` and ``lilypad jobcreator``: the node daemons.
+
+Each reads a network profile (chain, market, solver, IPFS), signs with the key from
+``--key-file`` or ``$WEB3_PRIVATE_KEY``, keeps its state under the data dir, logs plain lines
+(or JSON with ``--log-json``) and runs until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import typer
+
+from lilypad.cli.output import note
+from lilypad.config import get_settings
+from lilypad.errors import ConfigError, InputError
+from lilypad.network import NetworkProfile, load_network
+from resource_provider.executors import ExecutorKind, Weights
+
+#: Token amounts on the command line are in whole tokens (18 decimals).
+DECIMALS = 18
+UINT96_MAX = 2**96 - 1
+
+
+def parse_amount(text: str, option: str) -> int:
+    """``"0.5"`` tokens -> wei; a clear error naming the option and the value otherwise."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise InputError(f"{option} {text!r} is not a number of tokens, e.g. 0.5") from None
+    wei = value * 10**DECIMALS
+    if not value.is_finite() or value < 0 or wei != int(wei) or wei > UINT96_MAX:
+        raise InputError(
+            f"{option} {text!r} must be between 0 and {UINT96_MAX / 10**DECIMALS:.0f} tokens "
+            f"with at most {DECIMALS} decimals"
+        )
+    return int(wei)
+
+
+def parse_listen(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` (port 0: any free port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InputError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:9100")
+    return host, int(port)
+
+
+def split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _require(profile: NetworkProfile, field: str, what: str) -> str:
+    value = getattr(profile, field)
+    if not value:
+        raise ConfigError(
+            f"network {profile.name!r} has no {field} ({what})",
+            hint=f'add {field} = "..." to the profile (lilypad chain status -n {profile.name})',
+        )
+    return str(value)
+
+
+def _mediators(text: str | None, profile: NetworkProfile) -> tuple[str, ...]:
+    from eth_utils.address import is_address, to_checksum_address
+
+    names = split_list(text) or (
+        [profile.accounts["mediator"]] if "mediator" in profile.accounts else []
+    )
+    if not names:
+        raise ConfigError(
+            "no mediator to trust: pass --mediators 0x...,0x...",
+            hint=f"or name one under [accounts] mediator = ... in the {profile.name!r} profile",
+        )
+    for name in names:
+        if not is_address(name):
+            raise InputError(f"--mediators: {name!r} is not an Ethereum address")
+    return tuple(to_checksum_address(n) for n in names)
+
+
+def _modules(text: str | None) -> tuple[str, ...]:
+    from lilypad.modules.sources import builtin_names
+    from resource_provider.runner import served_modules
+
+    refs = split_list(text) or builtin_names()
+    return tuple(sorted(served_modules(refs)))
+
+
+def _gpus(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise InputError(f"--gpus {text!r} must be 'auto' or a number of GPUs, e.g. 1")
+    return int(text)
+
+
+def _run_until_signal(daemon: Any) -> None:
+    """Run ``daemon`` until Ctrl-C or SIGTERM, then stop it cleanly."""
+
+    def _terminate(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    daemon.start()
+    try:
+        daemon.wait()
+    except KeyboardInterrupt:
+        note("stopping")
+    finally:
+        daemon.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+NETWORK_OPTION = typer.Option("local", "--network", "-n", help="Network profile to serve.")
+KEY_OPTION = typer.Option(
+    None, "--key-file", help="File with this node's private key (else $WEB3_PRIVATE_KEY)."
+)
+LOG_JSON_OPTION = typer.Option(False, "--log-json", help="Log one JSON object per line.")
+DATA_DIR_OPTION = typer.Option(
+    None, "--data-dir", help="Where state and results live (default: <LILYPAD_DATA_DIR>/<role>)."
+)
+EXECUTOR_OPTION = typer.Option(
+    None,
+    "--executor",
+    envvar="LILYPAD_EXECUTOR",
+    help="docker or process; default: docker when a Docker Engine answers, else process.",
+    show_default=False,
+)
+WEIGHTS_OPTION = typer.Option(
+    Weights.REAL, "--weights", envvar="LILYPAD_WEIGHTS", help="real or tiny (tests) weights."
+)
+METRICS_OPTION = typer.Option(
+    "127.0.0.1:9100", "--metrics", help="HOST:PORT serving /metrics (port 0: any free port)."
+)
+
+
+def resource_provider(
+    network: str = NETWORK_OPTION,
+    executor: ExecutorKind | None = EXECUTOR_OPTION,
+    weights: Weights = WEIGHTS_OPTION,
+    gpus: str = typer.Option("auto", "--gpus", help="GPUs to offer: auto (detect) or a number."),
+    max_concurrent: int = typer.Option(
+        1, "--max-concurrent", min=1, max=256, help="Jobs run at once (one offer per free slot)."
+    ),
+    price: str = typer.Option("1", "--price", help="Price per job, in tokens."),
+    collateral: str = typer.Option("1", "--collateral", help="Collateral per job, in tokens."),
+    modules: str | None = typer.Option(
+        None, "--modules", help="Comma-separated modules to serve (default: every built-in)."
+    ),
+    mediators: str | None = typer.Option(
+        None, "--mediators", help="Comma-separated mediators to trust (default: the profile's)."
+    ),
+    data_dir: Path | None = DATA_DIR_OPTION,
+    key_file: Path | None = KEY_OPTION,
+    metrics: str = METRICS_OPTION,
+    offer_ttl: int = typer.Option(
+        600, "--offer-ttl", min=30, help="Seconds an offer stays valid before a fresh one."
+    ),
+    log_json: bool = LOG_JSON_OPTION,
+) -> None:
+    """Offer this machine to the market: run the deals it gets, submit results, get paid."""
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobMarketClient
+    from lilypad.keys import load_account
+    from lilypad.storage import open_storage
+    from resource_provider import logs
+    from resource_provider.daemon import ProviderConfig, ResourceProvider
+    from resource_provider.executors import create_executor
+    from resource_provider.machine import detect
+    from resource_provider.metrics import Metrics, MetricsServer
+    from resource_provider.solver_client import SolverClient
+
+    profile = load_network(network)
+    market_address, _ = profile.require_contracts()
+    solver_url = _require(profile, "solver_url", "the solver's URL")
+    metrics_host, metrics_port = parse_listen(metrics, "--metrics")
+    config = ProviderConfig(
+        modules=_modules(modules),
+        price=parse_amount(price, "--price"),
+        collateral=parse_amount(collateral, "--collateral"),
+        mediators=_mediators(mediators, profile),
+        max_concurrent=max_concurrent,
+        weights=weights,
+        gpus=_gpus(gpus),
+        offer_ttl_s=offer_ttl,
+        start_block=profile.deployed_block,
+    )
+    account = load_account(key_file, role="the resource provider")
+    logs.configure(json_lines=log_json, secrets=[account.key.hex()])
+    state_dir = data_dir or get_settings().data_dir / "provider" / network / account.address
+    hardware = detect(state_dir)
+    selection = create_executor(executor)
+    counters = Metrics()
+    server = MetricsServer(counters, metrics_host, metrics_port)
+    note(f"executor: {selection.executor.describe()}; metrics on {server.url}")
+    daemon = ResourceProvider(
+        account=account,
+        market=JobMarketClient(Chain(profile.rpc_url), market_address),
+        solver=SolverClient(solver_url),
+        storage=open_storage(api=profile.ipfs_api_url),
+        executor=selection.executor,
+        hardware=hardware,
+        state_dir=state_dir,
+        config=config,
+        metrics=counters,
+    )
+    try:
+        _run_until_signal(daemon)
+    finally:
+        server.stop()
+        selection.executor.close()
+
+
+def mediator(
+    network: str = NETWORK_OPTION,
+    executor: ExecutorKind | None = EXECUTOR_OPTION,
+    weights: Weights = WEIGHTS_OPTION,
+    data_dir: Path | None = DATA_DIR_OPTION,
+    key_file: Path | None = KEY_OPTION,
+    metrics: str = typer.Option(
+        "127.0.0.1:9101", "--metrics", help="HOST:PORT serving /metrics (port 0: any free port)."
+    ),
+    log_json: bool = LOG_JSON_OPTION,
+) -> None:
+    """Re-run challenged deals that name this mediator and rule on chain."""
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobMarketClient
+    from lilypad.keys import load_account
+    from lilypad.storage import open_storage
+    from resource_provider import logs
+    from resource_provider.executors import create_executor
+    from resource_provider.mediator import Mediator
+    from resource_provider.metrics import Metrics, MetricsServer
+    from resource_provider.solver_client import SolverClient
+
+    profile = load_network(network)
+    market_address, _ = profile.require_contracts()
+    solver_url = _require(profile, "solver_url", "the solver's URL, where job specs are")
+    metrics_host, metrics_port = parse_listen(metrics, "--metrics")
+    account = load_account(key_file, role="the mediator")
+    logs.configure(json_lines=log_json, secrets=[account.key.hex()])
+    market = JobMarketClient(Chain(profile.rpc_url), market_address)
+    active, fee = market.mediator(account.address)
+    if not active:
+        raise ConfigError(
+            f"{account.address} is not a registered mediator of the market {market_address}",
+            hint="the market owner registers mediators (lilypad chain up does it for dev accounts)",
+        )
+    selection = create_executor(executor)
+    counters = Metrics()
+    server = MetricsServer(counters, metrics_host, metrics_port)
+    note(f"mediator {account.address} (fee {fee}); executor: {selection.executor.describe()}")
+    daemon = Mediator(
+        account=account,
+        market=market,
+        solver=SolverClient(solver_url),
+        storage=open_storage(api=profile.ipfs_api_url),
+        executor=selection.executor,
+        state_dir=data_dir or get_settings().data_dir / "mediator" / network / account.address,
+        weights=weights,
+        start_block=profile.deployed_block,
+        metrics=counters,
+    )
+    try:
+        _run_until_signal(daemon)
+    finally:
+        server.stop()
+        selection.executor.close()
+
+
+def jobcreator(
+    network: str = NETWORK_OPTION,
+    mediators: str | None = typer.Option(
+        None, "--mediators", help="Comma-separated mediators job offers trust (default: profile's)."
+    ),
+    offer_ttl: int = typer.Option(
+        600, "--offer-ttl", min=30, help="Seconds a job waits for a provider before it is refunded."
+    ),
+    data_dir: Path | None = DATA_DIR_OPTION,
+    key_file: Path | None = KEY_OPTION,
+    log_json: bool = LOG_JSON_OPTION,
+) -> None:
+    """Bridge the JobCreator contract: run contract-submitted jobs and call the clients back."""
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobCreatorClient, JobMarketClient
+    from lilypad.keys import load_account
+    from resource_provider import logs
+    from resource_provider.bridge import BridgeConfig, JobCreatorBridge
+    from resource_provider.solver_client import SolverClient
+
+    profile = load_network(network)
+    market_address, _ = profile.require_contracts()
+    job_creator_address = _require(profile, "job_creator", "the JobCreator contract")
+    solver_url = _require(profile, "solver_url", "the solver's URL")
+    account = load_account(key_file, role="the job-creator bridge")
+    logs.configure(json_lines=log_json, secrets=[account.key.hex()])
+    chain = Chain(profile.rpc_url)
+    job_creator = JobCreatorClient(chain, job_creator_address)
+    bridge_address = chain.call(job_creator.contract.functions.bridge())
+    if bridge_address != account.address:
+        raise ConfigError(
+            f"{account.address} is not the bridge of JobCreator {job_creator_address} "
+            f"(that is {bridge_address})",
+            hint="run with the bridge's key, or have the owner call setBridge",
+        )
+    daemon = JobCreatorBridge(
+        account=account,
+        market=JobMarketClient(chain, market_address),
+        job_creator=job_creator,
+        solver=SolverClient(solver_url),
+        state_dir=data_dir or get_settings().data_dir / "bridge" / network / account.address,
+        config=BridgeConfig(
+            mediators=_mediators(mediators, profile),
+            offer_ttl_s=offer_ttl,
+            start_block=profile.deployed_block,
+        ),
+    )
+    note(f"bridge {account.address} for JobCreator {job_creator_address}")
+    _run_until_signal(daemon)

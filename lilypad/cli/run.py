@@ -1,0 +1,194 @@
+"""``lilypad run`` (the job creator flow) and ``lilypad jobs`` (past jobs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.status import Status
+from rich.table import Table
+
+from lilypad import modules
+from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs
+from lilypad.cli.output import console, emit, err_console, note
+from lilypad.errors import InputError
+
+jobs_app = typer.Typer(help="Jobs you ran from this machine.", no_args_is_help=True)
+
+_STEP_TEXT = {
+    "posted": "offer posted ({job_offer_id:.18}…), waiting for a provider",
+    "matched": "matched with provider {provider}",
+    "deal": "deal {deal_id:.18}… on chain with {provider} (tx {tx:.18}…)",
+    "running": "running on the provider",
+    "result": "result submitted: {cid} (tx {tx:.18}…)",
+    "downloading": "downloading and verifying {cid}",
+    "verified": "verified every block into {dest}",
+    "accepted": "result accepted on chain (tx {tx:.18}…)",
+    "retry": "retrying (attempt {attempt}): {reason}",
+}
+
+
+def run(
+    ref: str = typer.Argument(..., help="Module, e.g. sdxl:v0.9-lilypad1 or cowsay:v0.0.4."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    network: str = typer.Option("local", "--network", "-n", help="Network profile."),
+    max_price: str = typer.Option("10", "--max-price", help="Most you pay, in tokens."),
+    timeout: int | None = typer.Option(
+        None,
+        "--timeout",
+        min=1,
+        help="Seconds a provider has for the result (default: the module's timeout plus 300).",
+    ),
+    expires_in: int = typer.Option(
+        300, "--expires-in", min=15, help="Seconds the offer waits for a provider."
+    ),
+    mediators: list[str] = typer.Option(
+        [], "--mediator", help="A mediator you trust (repeat); default: the network's."
+    ),
+    retries: int = typer.Option(0, "--retries", min=0, help="New offers after a provider fails."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Deposit what is needed without asking."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    stray: list[str] = STRAY_ARGS,
+) -> None:
+    """Run a module on the network: offer, match, deal, result, verified download, accept."""
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobMarketClient
+    from lilypad.creator import JobRunner, RunOptions, Step, format_tokens, parse_tokens
+    from lilypad.keys import load_account
+    from lilypad.network import load_network
+
+    inputs = check_inputs(inputs, stray)
+    module = modules.resolve(ref)
+    spec = modules.render(module, inputs)  # bad input stops here, before anything is signed
+    price = parse_tokens(max_price, "--max-price")
+    profile = load_network(network)
+    market_address, _ = profile.require_contracts()
+    account = load_account(key_file, role="the job creator")
+    trusted = tuple(mediators) or tuple(
+        address for role, address in sorted(profile.accounts.items()) if role.startswith("mediator")
+    )
+    if not trusted:
+        raise InputError(f"network {network!r} names no mediator; pass --mediator ADDRESS")
+    options = RunOptions(
+        max_price=price,
+        timeout_s=timeout or spec.timeout_s + 300,
+        expires_in_s=expires_in,
+        mediators=trusted,
+        retries=retries,
+    )
+    market = JobMarketClient(Chain(profile.rpc_url), market_address)
+    status = Status("starting", console=err_console)
+    quiet = json_output
+
+    def on_step(step: Step) -> None:
+        text = _STEP_TEXT.get(step.name, step.name).format(**step.detail)
+        status.update(escape(text))
+        if not quiet:
+            err_console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True)
+
+    runner = JobRunner(profile, account, market, on_step)
+    try:
+        needed = runner.deposit_needed(price)
+        if needed:
+            _consent(needed, yes, format_tokens)
+            on_step(Step("deposit", {}))
+            runner.deposit(needed)
+        if not quiet:
+            note(
+                f"running {spec.module} as {account.address} on {network!r} "
+                f"(max price {format_tokens(price)})"
+            )
+        with status if sys.stderr.isatty() and not quiet else _nothing():
+            record = _run_interruptibly(runner, spec, options)
+    finally:
+        runner.close()
+    emit(record.to_dict(), json_output, lambda: _summary(record))
+
+
+def _run_interruptibly(runner: Any, spec: modules.JobSpec, options: Any) -> Any:
+    from lilypad.creator import JobRecord
+
+    try:
+        return runner.run(spec, options)
+    except KeyboardInterrupt:
+        records = [r for r in _records() if r.module == spec.module]
+        last: JobRecord | None = records[-1] if records else None
+        if last is not None and last.deal_id is None:
+            runner.cancel(last)
+            note("Interrupted: the job offer was withdrawn; no funds moved.")
+        elif last is not None:
+            note(
+                f"Interrupted: deal {last.deal_id} stays on chain. If the provider delivers, "
+                "the result is yours to fetch with `lilypad ipfs get`; if not, anyone can time "
+                "the deal out after its deadline and your payment is refunded."
+            )
+        raise
+
+
+def _records() -> list[Any]:
+    from lilypad.creator import load_records
+
+    return load_records()
+
+
+class _nothing:  # noqa: N801 - a context manager standing in for a status display
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _consent(needed: int, yes: bool, fmt: Any) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError(
+            f"your market deposit is {fmt(needed)} tokens short for this job; "
+            "rerun with --yes to deposit it"
+        )
+    if not typer.confirm(f"Deposit {fmt(needed)} tokens into the market for this job?"):
+        raise InputError("no deposit made; the job was not posted")
+
+
+def _summary(record: Any) -> None:
+    console.print(f"\n[bold]Job complete[/] {escape(record.module)}")
+    console.print(f"  CID        {record.result_cid}")
+    console.print(f"  deal       {record.deal_id}  (provider {record.provider})")
+    console.print(f"  outputs    {escape(record.output_dir or '')}")
+    console.print(f"  IPFS link  {escape(record.gateway_url or '')}")
+    console.print(f"\nOpen the results:\n\n    open {escape(record.output_dir or '')}\n")
+
+
+@jobs_app.command("list")
+def jobs_list(json_output: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Jobs run from this machine, oldest first."""
+    records = _records()
+    table = Table("job offer", "module", "state", "result CID", box=None)
+    for r in records:
+        table.add_row((r.job_offer_id or "")[:14] + "…", r.module, r.state, r.result_cid or "")
+    emit([r.to_dict() for r in records], json_output, lambda: console.print(table))
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str = typer.Argument(..., help="A job offer or deal id (a unique prefix is enough)."),
+    json_output: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Everything recorded about one job."""
+    from lilypad.creator import find_record
+
+    record = find_record(job_id)
+    data = record.to_dict()
+
+    def human() -> None:
+        for key in sorted(data):
+            console.print(f"  {key:<14} {escape(str(data[key]))}", soft_wrap=True)
+
+    emit(data, json_output, human)

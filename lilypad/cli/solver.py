@@ -1,0 +1,73 @@
+"""``lilypad solver``: run the matching service of a network."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from lilypad.cli.output import note
+from lilypad.config import get_settings
+from lilypad.errors import ConfigError
+from lilypad.keys import load_account
+from lilypad.network import load_network
+
+
+def solver(
+    network: str = typer.Option("local", "--network", "-n", help="Network profile to serve."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="SQLAlchemy URL; default sqlite:///<data dir>/solver/<network>.db. "
+        "PostgreSQL: postgresql+psycopg://user:password@host/dbname",
+    ),
+    listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to serve on."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="File with the solver's private key (else $WEB3_PRIVATE_KEY)."
+    ),
+    confirmations: int = typer.Option(
+        0, "--confirmations", min=0, help="Blocks to wait before acting on a chain event."
+    ),
+    rate: float = typer.Option(
+        5.0, "--rate", min=0.001, help="Offers per second per signer, on average."
+    ),
+    burst: int = typer.Option(50, "--burst", min=1, help="Offers a signer may send at once."),
+) -> None:
+    """Run the solver: take signed offers, match them, create deals on chain, stream events."""
+    import uvicorn
+
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobMarketClient
+    from solver.app import create_app
+    from solver.service import Solver, SolverConfig
+    from solver.store import Store
+
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"--listen {listen!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    profile = load_network(network)
+    market_address, _ = profile.require_contracts()
+    account = load_account(key_file, role="the solver")
+    if db is None:
+        folder = get_settings().data_dir / "solver"
+        folder.mkdir(parents=True, exist_ok=True)
+        db = f"sqlite:///{folder / f'{network}.db'}"
+    market = JobMarketClient(Chain(profile.rpc_url), market_address)
+    if not market.is_solver(account.address):
+        raise ConfigError(
+            f"{account.address} is not a registered solver of the market {market_address}",
+            hint="the market owner registers solvers (lilypad chain up does it for dev accounts)",
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = SolverConfig(
+        confirmations=confirmations, start_block=profile.deployed_block, rate=rate, burst=burst
+    )
+    service = Solver(Store(db), market, account, config)
+    service.start()
+    note(f"solver {account.address} for network {network!r} on http://{host}:{port_text}")
+    try:
+        uvicorn.run(create_app(service), host=host, port=int(port_text), log_level="warning")
+    finally:
+        service.stop()
+        service.store.close()

@@ -1,0 +1,104 @@
+"""What a job creator posts: a signed job offer together with the job spec it commits to.
+
+The offer carries only hashes (``module = keccak256(module reference)``, ``specHash = SHA-256 of
+the canonical spec``); the spec travels beside it through the solver. Nobody has to trust that
+copy: :func:`check_submission` ties it to the signed hashes, and a provider or mediator calls
+:func:`rerender` to rebuild the spec from the module and the tunables on its own machine and
+compare hashes before running anything.
+"""
+
+from __future__ import annotations
+
+import time
+
+from lilypad.chain.market import JobMarketClient
+from lilypad.chain.offers import SignedJobOffer, module_id, spec_digest
+from lilypad.errors import ChainError, InputError
+from lilypad.modules import JobSpec, render
+
+
+class SpecMismatch(InputError):
+    """A job spec does not match the hashes its signed offer commits to."""
+
+
+class JobSubmission(SignedJobOffer):
+    """``POST /api/v1/job_offers``: the signed offer and its job spec."""
+
+    spec: JobSpec
+
+
+def check_submission(submission: JobSubmission) -> None:
+    """Refuse a spec that is not the one the offer's signature covers.
+
+    Raises:
+        SpecMismatch: the spec's own hash is wrong, or the offer names another module or spec.
+    """
+    spec = submission.spec
+    fields = spec.model_dump(mode="json")
+    if JobSpec.hash_of(fields) != spec.spec_hash:
+        raise SpecMismatch(f"job spec hash {spec.spec_hash} is not the hash of its contents")
+    if spec_digest(spec.spec_hash) != submission.offer.spec_hash:
+        raise SpecMismatch(
+            f"job offer commits to spec {submission.offer.spec_hash}, not {spec.spec_hash}"
+        )
+    if module_id(spec.module) != submission.offer.module:
+        raise SpecMismatch(f"job offer names another module than {spec.module!r}")
+
+
+def rerender(spec: JobSpec) -> JobSpec:
+    """Render ``spec``'s module and tunables here, and check the result is the same spec.
+
+    Raises:
+        SpecMismatch: this machine renders something else (another module version, a moved tag).
+        ModuleError, InvalidTunable: the module or a tunable is not valid here.
+    """
+    inputs = [f"{name}={_text(value)}" for name, value in spec.tunables.items()]
+    mine = render(spec.module, inputs)
+    if mine.spec_hash != spec.spec_hash:
+        raise SpecMismatch(
+            f"{spec.module} renders to {mine.spec_hash} here, not {spec.spec_hash}; "
+            "refusing to run a job whose spec differs"
+        )
+    return mine
+
+
+class ChainClock:
+    """An estimate of the timestamp the chain's next block will carry.
+
+    Deadlines and expiries are checked against block time, which may differ from the wall clock:
+    a dev chain can be moved ahead (time travel in tests) or back (snapshot revert), and a quiet
+    chain's latest block is old. The pending block's timestamp is what the next transaction will
+    see; it is read every few seconds and the wall clock fills the gaps.
+    """
+
+    def __init__(self, market: JobMarketClient, refresh_s: float = 3.0) -> None:
+        self._market = market
+        self._refresh = refresh_s
+        self._lead = 0.0
+        self._checked = float("-inf")
+
+    def __call__(self) -> float:
+        now = time.time()
+        if now - self._checked > self._refresh:
+            self._checked = now
+            self._lead = self._block_time() - now
+        return now + self._lead
+
+    def _block_time(self) -> float:
+        chain = self._market.chain
+        try:
+            block = chain.rpc("pending block", lambda: chain.w3.eth.get_block("pending"))
+        except ChainError:  # some nodes do not serve "pending"
+            block = chain.rpc("latest block", lambda: chain.w3.eth.get_block("latest"))
+        return float(block["timestamp"])
+
+
+def cancel_message(offer_id: str) -> str:
+    """The text an offer's signer signs (EIP-191) to withdraw it from the solver."""
+    return f"lilypad: cancel offer {offer_id}"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)

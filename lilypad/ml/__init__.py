@@ -1,0 +1,14 @@
+"""Inference code shared by the built-in ML modules (``module/sdxl``, ``module/sdv-pipeline``).
+
+Only module entrypoints import this package: it needs the optional ``ml`` extra (torch, diffusers,
+transformers), which the CLI, the solver and the provider daemon never load.
+
+    determinism  seeded CPU generators, deterministic kernels, no TF32
+    schedules    ComfyUI's sigma schedules over a model's noise levels
+    samplers     the k-diffusion samplers by ComfyUI name, driving a denoiser
+    denoisers    diffusers UNets wrapped as ``denoised = D(x, sigma)``
+    tiny         deterministic tiny weights of the real architectures
+    weights      where a module's weights come from (``MODEL_DIR`` or tiny)
+    sdxl, svd    the text-to-image and image-to-video jobs
+    media        byte-deterministic PNG, APNG, WebP and MP4 writers
+"""

@@ -1,0 +1,63 @@
+"""Bake real weights into a module image: ``python -m lilypad.ml.download FOLDER...``.
+
+Runs at image build time only (the one step with network access): downloads each model's
+diffusers folder from the Hugging Face Hub into ``$MODEL_DIR/<folder>``, preferring the fp16
+variant of each weight file where the repository has one (the GPU pipelines run in fp16). Gated
+repositories (SDXL 0.9, SVD) need ``HF_TOKEN`` with their licence accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lilypad.errors import InferenceError
+from lilypad.ml import job
+
+MODELS = {m.folder: m for m in (job.SDXL_BASE_09, job.SDXL_BASE_10, job.SDXL_REFINER_10,
+                                job.SVD_10, job.SVD_11)}  # fmt: skip
+_WEIGHTS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".h5")
+
+
+def pick_files(files: list[str]) -> list[str]:
+    """Configs, tokenizers and, per component, the fp16 safetensors if present, else fp32.
+
+    Only files inside component folders (``unet/``, ``vae/``...) and ``model_index.json``: the
+    single-file checkpoints at a repository's top level are a second copy of the same weights.
+    """
+    chosen = [
+        f for f in files if f == "model_index.json" or ("/" in f and not f.endswith(_WEIGHTS))
+    ]
+    components = {f.split("/")[0] for f in files if "/" in f}
+    for component in sorted(components):
+        weights = [f for f in files if f.startswith(component + "/") and f.endswith(".safetensors")]
+        fp16 = [f for f in weights if f.endswith(".fp16.safetensors")]
+        chosen += fp16 or [f for f in weights if ".fp16." not in f]
+    return sorted(set(chosen))
+
+
+def download(folder: str, model_dir: Path) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        model = MODELS[folder]
+    except KeyError:
+        raise InferenceError(
+            f"unknown model folder {folder!r}; known: {', '.join(MODELS)}"
+        ) from None
+    token = os.environ.get("HF_TOKEN") or None
+    files = HfApi().list_repo_files(model.hub_id, token=token)
+    target = model_dir / folder
+    snapshot_download(model.hub_id, local_dir=target, allow_patterns=pick_files(files), token=token)
+    return target
+
+
+def main() -> None:
+    model_dir = Path(os.environ.get("MODEL_DIR", "/models"))
+    for folder in sys.argv[1:]:
+        print(f"{folder}: {download(folder, model_dir)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

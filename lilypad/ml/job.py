@@ -1,0 +1,174 @@
+"""What every ML module entrypoint shares: its settings from the environment, where its weights
+and outputs live, logging, and turning errors into one line and an exit code.
+
+The runtime contract: tunables arrive as environment variables named by the manifest; the
+executor adds ``LILYPAD_OUTPUTS_DIR``, ``LILYPAD_WEIGHTS`` (``real`` | ``tiny``) and
+``LILYPAD_TINY_WEIGHTS_DIR``; real images set ``MODEL_DIR``. Progress goes to stderr and a
+deterministic list of written files to stdout; neither contains timings or absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+
+__all__ = ["Callable"]
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TextIO
+
+from lilypad.errors import InferenceError, LilypadError
+
+# Before diffusers/transformers are imported: their import-time notices and progress bars would
+# otherwise land in the job's stderr.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+class WeightsMode(StrEnum):
+    REAL = "real"
+    TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A set of weights a module loads: its folder under ``MODEL_DIR``, where it comes from."""
+
+    folder: str
+    hub_id: str
+    tiny: str
+
+
+SDXL_BASE_09 = Model("sdxl-base-0.9", "stabilityai/stable-diffusion-xl-base-0.9", "sdxl-base")
+SDXL_BASE_10 = Model("sdxl-base-1.0", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl-base")
+SDXL_REFINER_10 = Model(
+    "sdxl-refiner-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0", "sdxl-refiner"
+)
+SVD_10 = Model("svd-1.0", "stabilityai/stable-video-diffusion-img2vid", "svd")
+SVD_11 = Model("svd-xt-1.1", "stabilityai/stable-video-diffusion-img2vid-xt-1-1", "svd")
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # NOTE: stderr is part of a job's result and must not depend on where Python is installed
+    # (a venv here, /opt/venv in an image): say what the warning is, not which file raised it.
+    log(f"warning: {category.__name__}: {message}")
+
+
+def log(message: str) -> None:
+    """One progress line on stderr (never timings or absolute paths: stderr is a job output)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise InferenceError(f"environment variable {name} is not set; the module runtime sets it")
+    return value
+
+
+def env_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InferenceError(f"{name}={raw!r} is not an integer") from None
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise InferenceError(f"{name}={value} is out of range; allowed: {allowed}")
+    return value
+
+
+def env_float(name: str, default: float, low: float, high: float) -> float:
+    raw = env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InferenceError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise InferenceError(f"{name}={value} is out of range; allowed: {low}..{high}")
+    return value
+
+
+def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    value = env(name, default)
+    if value not in choices:
+        raise InferenceError(f"{name}={value!r} is not allowed; allowed: {', '.join(choices)}")
+    return value
+
+
+def weights_mode() -> WeightsMode:
+    raw = env("LILYPAD_WEIGHTS", WeightsMode.REAL)
+    try:
+        return WeightsMode(raw)
+    except ValueError:
+        raise InferenceError(
+            f"LILYPAD_WEIGHTS={raw!r} is not allowed; allowed: real, tiny"
+        ) from None
+
+
+def weights_path(model: Model) -> Path:
+    """The folder to load ``model`` from: baked real weights, or (generated) tiny ones.
+
+    Raises:
+        InferenceError: when real weights are not there, naming the model and how to get them.
+    """
+    if weights_mode() is WeightsMode.TINY:
+        from lilypad.ml import tiny
+
+        return tiny.ensure(model.tiny, Path(env("LILYPAD_TINY_WEIGHTS_DIR")))
+    model_dir = os.environ.get("MODEL_DIR")
+    path = Path(model_dir or "/models") / model.folder
+    if not (path / "model_index.json").is_file():
+        raise InferenceError(
+            f"weights of {model.hub_id} not found in MODEL_DIR/{model.folder}",
+            hint="run the module's image, which bakes them in (see README: module images), "
+            "set MODEL_DIR to a folder holding them, or run with --weights tiny",
+        )
+    return path
+
+
+def outputs_dir() -> Path:
+    path = Path(env("LILYPAD_OUTPUTS_DIR", "/outputs"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def quiet_libraries() -> None:
+    """No progress bars or advisory warnings from diffusers/transformers on stderr."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def run_main(job: Callable[[], list[str]]) -> None:
+    """Run an entrypoint: print the files it wrote, or its error as one line; exit accordingly."""
+    warnings.showwarning = _show_warning
+    try:
+        written = job()
+    except LilypadError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2 if exc.exit_code == 2 else 1)
+    except Exception as exc:  # the process boundary: torch/diffusers failures become one line
+        if os.environ.get("LILYPAD_DEBUG"):
+            traceback.print_exc()
+        print(f"error: inference failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    for name in written:
+        print(name, flush=True)

@@ -1,0 +1,42 @@
+"""What a text-to-image or image-to-video job asks for (light: no torch or diffusers import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """One text-to-image job."""
+
+    prompt: str
+    seed: int
+    steps: int
+    width: int
+    height: int
+    guidance_scale: float
+    negative_prompt: str = ""
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    batch: int = 1
+    #: Fraction of the schedule after which the refiner takes over; 0 for no refiner.
+    refiner_switch: float = 0.0
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """One image-to-video job (per still)."""
+
+    seed: int
+    steps: int
+    sampler: str
+    scheduler: str
+    fps: int
+    width: int
+    height: int
+    #: diffusers' defaults for SVD: linear per-frame guidance from 1 to 3, bucket 127, aug 0.02.
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    decode_chunk_size: int = 8

@@ -1,0 +1,304 @@
+"""Tiny weights: the real architectures at a fraction of their width, random and deterministic.
+
+``LILYPAD_WEIGHTS=tiny`` (a provider-side setting) makes a module load these instead of the real
+weights, so that every line of the real pipeline code runs on a machine without a GPU or the
+gigabytes of real weights. They are generated once, offline, from fixed seeds, into
+``$LILYPAD_TINY_WEIGHTS_DIR/<model>-<TINY_VERSION>/`` and reused by later jobs; the same torch
+version gives the same bytes. They draw noise, not pictures.
+
+What tiny mode also changes in a job (the module logs it on stderr) is in :data:`TINY_LIMITS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lilypad.errors import InferenceError
+from lilypad.ml import tokenizer
+
+#: Bump when an architecture below changes: cached tiny weights of another version are not reused.
+TINY_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class TinyLimits:
+    """How tiny mode caps a job so that it takes seconds on a CPU."""
+
+    width: int = 64
+    height: int = 64
+    max_steps: int = 4
+    video_frames: int = 4
+
+
+TINY_LIMITS = TinyLimits()
+
+# The SDXL noise schedule (scaled-linear betas over 1000 training steps), as in its model card.
+_SDXL_SCHEDULER: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+}
+_TEXT_WIDTH = 32  # both text encoders' hidden size (real: 768 and 1280)
+_TEXT_PROJECTION = 32  # the pooled embedding of text_encoder_2 (real: 1280)
+_TIME_EMBED = 8  # addition_time_embed_dim (real: 256)
+
+
+def _tokenizer(directory: Path, pad_token: str) -> Any:
+    from transformers import CLIPTokenizer
+
+    tokenizer.write_vocab(directory)
+    config = {
+        "model_max_length": 77,
+        "bos_token": tokenizer.BOS,
+        "eos_token": tokenizer.EOS,
+        "unk_token": tokenizer.EOS,
+        "pad_token": pad_token,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return CLIPTokenizer.from_pretrained(directory)
+
+
+def _text_config(vocab: Any, act: str) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=_TEXT_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,  # SDXL reads the penultimate hidden state
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=_TEXT_PROJECTION,
+        bos_token_id=vocab.convert_tokens_to_ids(tokenizer.BOS),
+        eos_token_id=vocab.convert_tokens_to_ids(tokenizer.EOS),
+        pad_token_id=vocab.convert_tokens_to_ids(vocab.pad_token),
+    )
+
+
+def _vae(scaling_factor: float) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,  # 4 levels: 8x downsampling, as real
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        sample_size=TINY_LIMITS.width,
+        scaling_factor=scaling_factor,
+        force_upcast=True,
+    )
+
+
+def _sdxl_base(directory: Path) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tok_1 = _tokenizer(directory / "_tok1", tokenizer.EOS)
+    tok_2 = _tokenizer(directory / "_tok2", "!")
+    unet = UNet2DConditionModel(
+        sample_size=TINY_LIMITS.width // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        attention_head_dim=(2, 4, 4),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=2 * _TEXT_WIDTH,  # both encoders' hidden states, concatenated
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_TIME_EMBED,
+        # pooled text (text_encoder_2) + 6 size/crop ids
+        projection_class_embeddings_input_dim=_TEXT_PROJECTION + 6 * _TIME_EMBED,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(0.13025),
+        text_encoder=CLIPTextModel(_text_config(tok_1, "quick_gelu")),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(tok_2, "gelu")),
+        tokenizer=tok_1,
+        tokenizer_2=tok_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SDXL_SCHEDULER),
+    )
+    shutil.rmtree(directory / "_tok1")
+    shutil.rmtree(directory / "_tok2")
+    pipe.save_pretrained(directory, safe_serialization=True)
+
+
+def _sdxl_refiner(directory: Path) -> None:
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    tok_2 = _tokenizer(directory / "_tok2", "!")
+    unet = UNet2DConditionModel(
+        sample_size=TINY_LIMITS.width // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=(
+            "DownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        attention_head_dim=(2, 2, 4, 4),
+        transformer_layers_per_block=1,
+        cross_attention_dim=_TEXT_WIDTH,  # the refiner reads text_encoder_2 only
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_TIME_EMBED,
+        # pooled text + 5 ids (size, crop, aesthetic score)
+        projection_class_embeddings_input_dim=_TEXT_PROJECTION + 5 * _TIME_EMBED,
+    )
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(0.13025),
+        text_encoder=None,
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(tok_2, "gelu")),
+        tokenizer=None,
+        tokenizer_2=tok_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SDXL_SCHEDULER),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+    shutil.rmtree(directory / "_tok2")
+    pipe.save_pretrained(directory, safe_serialization=True)
+
+
+def _svd(directory: Path) -> None:
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=TINY_LIMITS.width // 8,
+        in_channels=8,  # noisy latents + the conditioning image's latents
+        out_channels=4,
+        down_block_types=(
+            "CrossAttnDownBlockSpatioTemporal",
+            "CrossAttnDownBlockSpatioTemporal",
+            "CrossAttnDownBlockSpatioTemporal",
+            "DownBlockSpatioTemporal",
+        ),
+        up_block_types=(
+            "UpBlockSpatioTemporal",
+            "CrossAttnUpBlockSpatioTemporal",
+            "CrossAttnUpBlockSpatioTemporal",
+            "CrossAttnUpBlockSpatioTemporal",
+        ),
+        block_out_channels=(32, 32, 64, 64),
+        addition_time_embed_dim=_TIME_EMBED,
+        projection_class_embeddings_input_dim=3 * _TIME_EMBED,  # fps, motion bucket, noise aug
+        layers_per_block=1,
+        cross_attention_dim=32,
+        transformer_layers_per_block=1,
+        num_attention_heads=(2, 2, 4, 4),
+        num_frames=TINY_LIMITS.video_frames,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        sample_size=TINY_LIMITS.width,
+        scaling_factor=0.18215,
+        force_upcast=True,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,  # the pipeline always resizes the conditioning image to 224x224
+            patch_size=32,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        **{**_SDXL_SCHEDULER, "prediction_type": "v_prediction"},
+        sigma_min=0.002,
+        sigma_max=700.0,
+        timestep_type="continuous",
+        use_karras_sigmas=True,
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=scheduler,
+        feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+
+
+_BUILDERS: dict[str, tuple[int, Callable[[Path], None]]] = {
+    "sdxl-base": (1, _sdxl_base),
+    "sdxl-refiner": (2, _sdxl_refiner),
+    "svd": (3, _svd),
+}
+
+
+def ensure(model: str, cache_dir: Path) -> Path:
+    """The directory of tiny weights for ``model``, generating them on first use.
+
+    Generation is atomic (a temporary folder renamed into place), so two jobs starting at once
+    never read a half-written model.
+
+    Raises:
+        InferenceError: for a model with no tiny variant.
+    """
+    try:
+        seed, build = _BUILDERS[model]
+    except KeyError:
+        raise InferenceError(
+            f"no tiny weights for model {model!r}; known: {', '.join(_BUILDERS)}"
+        ) from None
+    target = cache_dir / f"{model}-{TINY_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=cache_dir))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            build(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,389 @@
+"""HTTP clients: Kubo RPC (any kubo node or the embedded one), trustless gateways, and the IPFS
+Pinning Service API. All speak httpx; every httpx error is translated here into the project's
+errors (:func:`_http_errors` is the one boundary).
+
+Blocks fetched by :class:`KuboClient` and :class:`GatewayClient` are hashed and checked against
+their CID before they are returned (they are :class:`~lilypad.storage.dag.BlockSource`\\ s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any, Self
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from lilypad.errors import BlockNotFound, CorruptBlock, InputError, StorageError
+from lilypad.storage.cid import CID, as_cid
+from lilypad.storage.dag import CarReader
+from lilypad.storage.importer import BlockSink, ImportProfile
+
+#: How long to wait for content nobody has before giving up (kubo would search forever).
+DEFAULT_TIMEOUT = 30.0
+
+
+class _HTTPClient:
+    """Holds one httpx connection pool; close it, or use the client in a ``with`` block."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def _http_errors(what: str, url: str, timeout: float) -> Iterator[None]:
+    """Translate httpx failures into StorageError with the URL and a next step."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise BlockNotFound(
+            f"{what}: no answer from {url} within {timeout:g} s",
+            hint="the content may not be available on the network; try another node or gateway",
+        ) from None
+    except httpx.ConnectError as exc:
+        raise StorageError(
+            f"{what}: cannot connect to {url} ({exc})",
+            hint="is the IPFS node running? start one with `lilypad ipfs serve`",
+        ) from None
+    except httpx.HTTPError as exc:
+        raise StorageError(f"{what}: HTTP error talking to {url}: {exc}") from None
+
+
+def _check_url(url: str, what: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"{what} {url!r} is not an http(s) URL, e.g. http://127.0.0.1:5001")
+    return url.rstrip("/")
+
+
+class KuboClient(_HTTPClient):
+    """A client for the Kubo RPC API (``/api/v0``), as kubo and the embedded node serve it.
+
+    Args:
+        url: The API root, e.g. ``http://127.0.0.1:5001``.
+        timeout: Seconds to wait for content before :class:`BlockNotFound`.
+    """
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = _check_url(url, "Kubo API URL")
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._last: tuple[CID, bytes] | None = None
+
+    def _post(self, command: str, params: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        # kubo's own `timeout` option bounds the node's search for content we ask for.
+        params = {**params, "timeout": f"{self.timeout:g}s"}
+        with _http_errors(f"ipfs {command.replace('/', ' ')}", self.url, self.timeout):
+            response = self._http.post(f"/api/v0/{command}", params=params, **kwargs)
+        if response.status_code != 200:
+            raise self._error(command, params.get("arg"), response)
+        return response
+
+    def _error(self, command: str, arg: Any, response: httpx.Response) -> StorageError:
+        try:
+            message = str(response.json().get("Message", response.text))
+        except ValueError:
+            message = response.text.strip() or response.reason_phrase
+        what = f"ipfs {command.replace('/', ' ')}" + (f" {arg}" if arg else "")
+        lowered = message.lower()
+        if "not found" in lowered or "deadline exceeded" in lowered or "timeout" in lowered:
+            return BlockNotFound(f"{what}: {message} (after up to {self.timeout:g} s)")
+        return StorageError(f"{what}: the node answered {response.status_code}: {message}")
+
+    def version(self) -> dict[str, Any]:
+        """The node's ``/api/v0/version`` document."""
+        result: dict[str, Any] = self._post("version", {}).json()
+        return result
+
+    def add(
+        self,
+        path: Path,
+        profile: ImportProfile,
+        *,
+        pin: bool = True,
+        only_hash: bool = False,
+        hidden: bool = True,
+    ) -> list[dict[str, str]]:
+        """Upload a file or directory tree; returns kubo's entries, the root last."""
+        params = {
+            "cid-version": profile.cid_version,
+            "raw-leaves": str(profile.raw_leaves).lower(),
+            "chunker": f"size-{profile.chunk_size}",
+            "pin": str(pin).lower(),
+            "only-hash": str(only_hash).lower(),
+        }
+        with ExitStack() as stack:
+            parts = list(_multipart_parts(path, hidden, stack))
+            response = self._post("add", params, files=parts)
+        entries = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+        return [e for e in entries if "Hash" in e]
+
+    def get(self, cid: CID) -> bytes:
+        """A block's bytes via ``block/get``, checked against the CID."""
+        if self._last is not None and self._last[0] == cid:
+            return self._last[1]
+        data = self._post("block/get", {"arg": str(cid)}).content
+        cid.check(data)
+        self._last = (cid, data)
+        return data
+
+    def cat(self, cid: CID) -> bytes:
+        """``cat`` as the node does it (unverified: use :mod:`lilypad.storage.dag` to verify)."""
+        return self._post("cat", {"arg": str(cid)}).content
+
+    def pin_add(self, cid: CID) -> None:
+        """Pin recursively on the node."""
+        self._post("pin/add", {"arg": str(cid), "recursive": "true"})
+
+    def pin_rm(self, cid: CID) -> None:
+        """Remove a recursive pin on the node."""
+        self._post("pin/rm", {"arg": str(cid)})
+
+    def pin_ls(self) -> dict[CID, str]:
+        """The node's pins and their types."""
+        keys = self._post("pin/ls", {}).json().get("Keys", {})
+        return {CID.parse(k): v.get("Type", "") for k, v in keys.items()}
+
+
+def _multipart_parts(
+    path: Path, hidden: bool, stack: ExitStack
+) -> Iterator[tuple[str, tuple[str, IO[bytes] | bytes, str]]]:
+    """Multipart parts as kubo clients send them: directories first, paths URL-escaped."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    root = path.resolve()
+    if root.is_file():
+        yield (
+            "file",
+            (
+                quote(root.name, safe=""),
+                stack.enter_context(root.open("rb")),
+                "application/octet-stream",
+            ),
+        )
+        return
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
+        rel = Path(current).relative_to(root.parent).as_posix()
+        yield "file", (quote(rel, safe=""), b"", "application/x-directory")
+        for name in sorted(files):
+            if hidden or not name.startswith("."):
+                handle = stack.enter_context((Path(current) / name).open("rb"))
+                yield "file", (quote(f"{rel}/{name}", safe=""), handle, "application/octet-stream")
+
+
+class GatewayClient(_HTTPClient):
+    """A trustless gateway (``/ipfs/<cid>?format=raw``): every block fetched is verified.
+
+    Args:
+        url: The gateway root, e.g. ``http://127.0.0.1:8080`` or ``https://gateway.example``.
+        timeout: Seconds to wait for one block before :class:`BlockNotFound`.
+    """
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = _check_url(url, "gateway URL")
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._last: tuple[CID, bytes] | None = None
+
+    def get(self, cid: CID) -> bytes:
+        """One block, checked against its CID."""
+        if self._last is not None and self._last[0] == cid:
+            return self._last[1]
+        with _http_errors(f"fetching block {cid}", self.url, self.timeout):
+            response = self._http.get(
+                f"/ipfs/{cid}",
+                params={"format": "raw"},
+                headers={"Accept": "application/vnd.ipld.raw"},
+            )
+        if response.status_code in (404, 410, 504):
+            raise BlockNotFound(
+                f"block {cid} is not available from {self.url} ({response.status_code})"
+            )
+        if response.status_code != 200:
+            raise StorageError(
+                f"fetching block {cid} from {self.url}: HTTP {response.status_code} "
+                f"{response.text[:200]}"
+            )
+        data = response.content
+        cid.check(data)
+        self._last = (cid, data)
+        return data
+
+    def fetch_car(self, root: CID, sink: BlockSink) -> int:
+        """Fetch the whole DAG as one CAR (``?format=car``), verifying every block into ``sink``.
+
+        Returns the number of blocks received; 0 if the gateway does not serve CARs (the caller
+        then fetches block by block).
+
+        Raises:
+            CorruptBlock: A block does not match its CID (the download must stop).
+        """
+        headers = {"Accept": "application/vnd.ipld.car"}
+        count = 0
+        with (
+            _http_errors(f"fetching {root}", self.url, self.timeout),
+            self._http.stream(
+                "GET", f"/ipfs/{root}", params={"format": "car"}, headers=headers
+            ) as response,
+        ):
+            kind = response.headers.get("content-type", "")
+            if response.status_code != 200 or not kind.startswith("application/vnd.ipld.car"):
+                return 0
+            try:
+                for cid, data in CarReader(response.iter_bytes()):
+                    sink.put(cid, data)
+                    count += 1
+            except CorruptBlock:
+                raise
+            except (StorageError, httpx.HTTPError):
+                return count  # a broken stream: what arrived is verified; fetch the rest
+        return count
+
+
+# --- IPFS Pinning Service API ----------------------------------------------------------------
+
+
+class PinStatus(StrEnum):
+    """Status of a pin request at a pinning service."""
+
+    QUEUED = "queued"
+    PINNING = "pinning"
+    PINNED = "pinned"
+    FAILED = "failed"
+
+    def is_terminal(self) -> bool:
+        """Whether the service will not change this status by itself."""
+        return self in (PinStatus.PINNED, PinStatus.FAILED)
+
+
+class Pin(BaseModel):
+    """The object to pin (Pinning Service API ``Pin``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cid: str
+    name: str | None = None
+    origins: list[str] = Field(default_factory=list)
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class PinStatusResponse(BaseModel):
+    """A pin request as the service tracks it (Pinning Service API ``PinStatus``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    requestid: str
+    status: PinStatus
+    created: datetime
+    pin: Pin
+    delegates: list[str] = Field(default_factory=list)
+    info: dict[str, str] = Field(default_factory=dict)
+
+
+class PinResults(BaseModel):
+    """A page of pin requests."""
+
+    count: int
+    results: list[PinStatusResponse]
+
+
+class PinningServiceClient(_HTTPClient):
+    """A client for the IPFS Pinning Service API (``/pins`` with a bearer token).
+
+    Args:
+        endpoint: The service root, e.g. ``https://pinning.example/psa``.
+        token: The access token; sent only in the Authorization header, never logged.
+        timeout: Seconds per HTTP request.
+    """
+
+    def __init__(self, endpoint: str, token: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = _check_url(endpoint, "pinning service endpoint")
+        if not token:
+            raise InputError("a pinning service needs an access token (LILYPAD_PINNING_TOKEN)")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with _http_errors(f"pinning service {method} {path}", self.url, self.timeout):
+            response = self._http.request(method, path, **kwargs)
+        if response.status_code in (200, 202):
+            return response
+        if response.status_code == 401:
+            raise StorageError(f"the pinning service {self.url} refused the access token (401)")
+        try:
+            reason = response.json().get("error", {}).get("details") or response.text
+        except ValueError:
+            reason = response.text
+        raise StorageError(
+            f"pinning service {method} {path}: HTTP {response.status_code}: {reason!s:.200}"
+        )
+
+    def add(
+        self, cid: CID | str, name: str | None = None, origins: list[str] | None = None
+    ) -> PinStatusResponse:
+        """Ask the service to pin ``cid``; returns the request (usually ``queued``)."""
+        pin = Pin(cid=str(as_cid(cid)), name=name, origins=origins or [])
+        body = pin.model_dump(exclude_none=True)
+        return PinStatusResponse.model_validate(self._request("POST", "/pins", json=body).json())
+
+    def status(self, requestid: str) -> PinStatusResponse:
+        """The current state of a pin request."""
+        return PinStatusResponse.model_validate(
+            self._request("GET", f"/pins/{quote(requestid, safe='')}").json()
+        )
+
+    def list(
+        self, cid: CID | str | None = None, status: list[PinStatus] | None = None
+    ) -> list[PinStatusResponse]:
+        """Pin requests, optionally for one CID and/or in some statuses (default: pinned)."""
+        params: dict[str, str] = {}
+        if cid is not None:
+            params["cid"] = str(as_cid(cid))
+        if status:
+            params["status"] = ",".join(s.value for s in status)
+        results = PinResults.model_validate(self._request("GET", "/pins", params=params).json())
+        return results.results
+
+    def remove(self, requestid: str) -> None:
+        """Withdraw a pin request."""
+        self._request("DELETE", f"/pins/{quote(requestid, safe='')}")
+
+    def wait(self, requestid: str, timeout: float = 300.0, poll: float = 1.0) -> PinStatusResponse:
+        """Poll until the request is pinned or failed.
+
+        Raises:
+            StorageError: The pin failed, or did not finish within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.status(requestid)
+            if current.status is PinStatus.PINNED:
+                return current
+            if current.status is PinStatus.FAILED:
+                raise StorageError(f"the pinning service failed to pin {current.pin.cid}")
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"pin {current.pin.cid} still {current.status.value} after {timeout:g} s"
+                )
+            time.sleep(poll)

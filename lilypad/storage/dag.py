@@ -1,0 +1,346 @@
+"""Reading UnixFS DAGs from any source of verified blocks: paths, files, directories, downloads.
+
+Everything here goes through a :class:`BlockSource` whose ``get`` returns bytes already checked
+against their CID (the local blockstore, a Kubo RPC node, a trustless gateway), so no unverified
+byte is ever returned or written.
+
+:func:`export` is the verified download: it writes into a temporary folder beside the target and
+renames it into place only when every block has been fetched and checked, so nothing partial is
+ever left under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from lilypad.errors import (
+    BlockNotFound,
+    InvalidIPFSPath,
+    StorageError,
+    UnsafeEntryName,
+)
+from lilypad.storage.cid import CID, DAG_PB, RAW, decode_varint, encode_varint
+from lilypad.storage.unixfs import Link, NodeType, PBNode, decode_node
+
+
+class BlockSource(Protocol):
+    """Anything that returns a block's bytes, verified against the CID."""
+
+    def get(self, cid: CID) -> bytes:
+        """The block's bytes; raises BlockNotFound or CorruptBlock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a CID is: ``kind`` is ``file``, ``directory`` or ``symlink``; ``size`` in bytes."""
+
+    cid: CID
+    kind: str
+    size: int
+
+
+def load(source: BlockSource, cid: CID) -> PBNode | bytes:
+    """A decoded dag-pb node, or the bytes of a raw block."""
+    data = source.get(cid)
+    if cid.codec == RAW:
+        return data
+    if cid.codec != DAG_PB:
+        raise StorageError(f"{cid}: codec 0x{cid.codec:x} is not UnixFS (dag-pb or raw)")
+    node = decode_node(data)
+    if node.unixfs is None:
+        raise StorageError(f"{cid}: dag-pb node without UnixFS data")
+    return node
+
+
+def stat(source: BlockSource, cid: CID) -> Entry:
+    """The kind and size of the UnixFS object at ``cid``."""
+    node = load(source, cid)
+    if isinstance(node, bytes):
+        return Entry(cid, "file", len(node))
+    assert node.unixfs is not None
+    kind = node.unixfs.type
+    if kind in (NodeType.DIRECTORY, NodeType.HAMT_SHARD):
+        return Entry(cid, "directory", 0)
+    if kind is NodeType.SYMLINK:
+        return Entry(cid, "symlink", len(node.unixfs.data or b""))
+    if kind in (NodeType.FILE, NodeType.RAW):
+        size = node.unixfs.filesize
+        return Entry(cid, "file", size if size is not None else len(node.unixfs.data or b""))
+    raise StorageError(f"{cid}: UnixFS type {kind.name} is not supported")
+
+
+def list_directory(source: BlockSource, cid: CID) -> list[Link]:
+    """The entries of a directory (plain or HAMT-sharded), sorted by name."""
+    node = load(source, cid)
+    if (
+        isinstance(node, bytes)
+        or node.unixfs is None
+        or node.unixfs.type
+        not in (
+            NodeType.DIRECTORY,
+            NodeType.HAMT_SHARD,
+        )
+    ):
+        raise StorageError(f"{cid} is not a directory")
+    if node.unixfs.type is NodeType.DIRECTORY:
+        return list(node.links)
+    entries = list(_shard_entries(source, node))
+    return sorted(entries, key=lambda link: link.name.encode())
+
+
+def _shard_entries(source: BlockSource, node: PBNode) -> Iterator[Link]:
+    for link in node.links:
+        if len(link.name) > 2:
+            yield Link(link.cid, link.name[2:], link.tsize)
+        else:
+            child = load(source, link.cid)
+            if isinstance(child, bytes):
+                raise StorageError(f"{link.cid}: a HAMT shard link points at a raw block")
+            yield from _shard_entries(source, child)
+
+
+def split_path(path: str) -> list[str]:
+    """Split ``a/b/c`` into names, refusing anything that could climb out of the root.
+
+    Raises:
+        InvalidIPFSPath: A segment is ``..`` or ``.``, or the path holds a NUL or backslash.
+    """
+    names = [part for part in path.split("/") if part]
+    for name in names:
+        if name in (".", "..") or "\x00" in name or "\\" in name:
+            raise InvalidIPFSPath(
+                f"path {path!r} is not allowed: segment {name!r} could escape the root; "
+                "use plain names separated by /"
+            )
+    return names
+
+
+def parse_ipfs_path(text: str) -> tuple[CID, str]:
+    """``<cid>[/path]`` or ``/ipfs/<cid>[/path]`` to the root CID and the path inside it.
+
+    Raises:
+        InvalidCID: The CID part is malformed.
+        InvalidIPFSPath: The path holds ``..`` or ``.``.
+    """
+    text = text.strip()
+    if text.startswith("/ipfs/"):
+        text = text[len("/ipfs/") :]
+    cid_text, _, subpath = text.partition("/")
+    split_path(subpath)
+    return CID.parse(cid_text), subpath
+
+
+def resolve(source: BlockSource, cid: CID, path: str) -> CID:
+    """The CID at ``<cid>/<path>``.
+
+    Raises:
+        BlockNotFound: No entry by one of the names.
+        InvalidIPFSPath: The path holds ``..`` or ``.``.
+    """
+    current = cid
+    for name in split_path(path):
+        links = {link.name: link.cid for link in list_directory(source, current)}
+        if name not in links:
+            raise BlockNotFound(f"{name!r} not found in /ipfs/{cid}/{path}")
+        current = links[name]
+    return current
+
+
+def read_file(
+    source: BlockSource, cid: CID, offset: int = 0, length: int | None = None
+) -> Iterator[bytes]:
+    """The bytes of a file, from ``offset`` for ``length`` bytes (to the end if ``None``).
+
+    Only the blocks that hold the wanted range are fetched.
+    """
+    end = None if length is None else offset + length
+    yield from _read_range(source, cid, offset, end)
+
+
+def _read_range(source: BlockSource, cid: CID, start: int, end: int | None) -> Iterator[bytes]:
+    node = load(source, cid)
+    if isinstance(node, bytes):
+        yield node[start:end]
+        return
+    assert node.unixfs is not None
+    if node.unixfs.type not in (NodeType.FILE, NodeType.RAW):
+        raise StorageError(f"{cid} is a {node.unixfs.type.name.lower()}, not a file")
+    data = node.unixfs.data or b""
+    if data:
+        yield data[start:end]
+    base = len(data)
+    sizes = node.unixfs.blocksizes
+    if len(sizes) != len(node.links):
+        raise StorageError(
+            f"{cid}: malformed file node ({len(sizes)} sizes, {len(node.links)} links)"
+        )
+    for link, size in zip(node.links, sizes, strict=True):
+        lo, hi = base, base + size
+        base = hi
+        if hi <= start or (end is not None and lo >= end):
+            continue
+        child_end = None if end is None or end >= hi else end - lo
+        yield from _read_range(source, link.cid, max(start - lo, 0), child_end)
+
+
+def walk_blocks(source: BlockSource, cid: CID) -> Iterator[tuple[CID, bytes]]:
+    """Every block of the DAG under ``cid``, depth first (the order of a trustless CAR)."""
+    stack = [cid]
+    while stack:
+        current = stack.pop()
+        data = source.get(current)
+        yield current, data
+        if current.codec == DAG_PB:
+            stack.extend(link.cid for link in reversed(decode_node(data).links))
+
+
+def car_stream(source: BlockSource, cid: CID, *, whole_dag: bool = True) -> Iterator[bytes]:
+    """A CARv1 of the DAG (or of the one block), as ``?format=car`` serves it."""
+    import libipld
+
+    header = libipld.encode_dag_cbor({"roots": [b"\x00" + bytes(cid)], "version": 1})
+    yield encode_varint(len(header)) + header
+    blocks = walk_blocks(source, cid) if whole_dag else iter([(cid, source.get(cid))])
+    for block_cid, data in blocks:
+        raw = bytes(block_cid)
+        yield encode_varint(len(raw) + len(data)) + raw + data
+
+
+def check_name(name: str, where: str) -> str:
+    """Refuse a directory entry name that would not stay one plain name on disk."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise UnsafeEntryName(
+            f"refusing to write entry {name!r} in {where}: a name must be one plain file name "
+            "(no '/', '..' or NUL); the data may be hostile"
+        )
+    return name
+
+
+def export(source: BlockSource, cid: CID, dest: Path) -> Path:
+    """Download ``cid`` to ``dest`` (a file or a directory tree), verifying every block.
+
+    The content is written under a temporary name in ``dest``'s folder and renamed to ``dest``
+    only when complete; on any error the temporary copy is removed.
+
+    Raises:
+        StorageError: ``dest`` exists (and is not an empty folder), a block is missing or
+            corrupt, or an entry name is unsafe.
+    """
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        raise StorageError(
+            f"{dest} already exists; remove it or choose another destination",
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        _write(source, cid, tmp / "content", str(cid))
+        if dest.is_dir():
+            dest.rmdir()
+        os.replace(tmp / "content", dest)
+    except OSError as exc:
+        raise StorageError(f"cannot write {dest}: {exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _write(source: BlockSource, cid: CID, target: Path, where: str) -> None:
+    entry = stat(source, cid)
+    if entry.kind == "directory":
+        target.mkdir()
+        for link in list_directory(source, cid):
+            name = check_name(link.name, where)
+            _write(source, link.cid, target / name, f"{where}/{name}")
+    elif entry.kind == "file":
+        with target.open("xb") as out:
+            for chunk in read_file(source, cid):
+                out.write(chunk)
+    else:
+        raise StorageError(
+            f"{where} is a symlink; downloads do not create symlinks, which could point "
+            "outside the download folder"
+        )
+
+
+def read_car(data: bytes) -> tuple[list[CID], list[tuple[CID, bytes]]]:
+    """Parse a whole CARv1: its roots and blocks, each block checked against its CID.
+
+    Raises:
+        StorageError: The CAR is malformed.
+        CorruptBlock: A block does not match its CID.
+    """
+    reader = CarReader(iter([data]))
+    return reader.roots, list(reader)
+
+
+class CarReader:
+    """Reads a CARv1 from a stream of byte chunks; yields ``(CID, bytes)``, each verified.
+
+    Raises (on construction or iteration):
+        StorageError: The stream is not a CAR or ends inside a section.
+        CorruptBlock: A block does not match its CID.
+    """
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+        import libipld
+
+        header = self._section()
+        if header is None:
+            raise StorageError("malformed CAR: empty")
+        try:
+            decoded = libipld.decode_dag_cbor(bytes(header))
+            self.roots = [CID.from_bytes(bytes(root)[1:]) for root in decoded["roots"]]
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise StorageError(f"malformed CAR header: {exc}") from None
+
+    def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._buffer += chunk
+        return True
+
+    def _section(self) -> bytes | None:
+        """The next length-prefixed section, or ``None`` at a clean end."""
+        if not self._fill(1):
+            return None
+        self._fill(10)
+        try:
+            length, pos = decode_varint(self._buffer)
+        except ValueError:
+            raise StorageError("malformed CAR: bad section length") from None
+        if length > 8 * 1024 * 1024 or not self._fill(pos + length):
+            raise StorageError("malformed CAR: a section is truncated or too large")
+        section = bytes(self._buffer[pos : pos + length])
+        del self._buffer[: pos + length]
+        return section
+
+    def __iter__(self) -> Iterator[tuple[CID, bytes]]:
+        while (section := self._section()) is not None:
+            try:
+                cid, offset = _cid_prefix(section)
+            except (ValueError, IndexError) as exc:
+                raise StorageError(f"malformed CAR block: {exc}") from None
+            block = section[offset:]
+            cid.check(block)
+            yield cid, block
+
+
+def _cid_prefix(section: bytes) -> tuple[CID, int]:
+    """The CID at the start of a CAR section and where the block bytes begin."""
+    if section[:2] == b"\x12\x20":  # CIDv0: a bare sha2-256 multihash
+        return CID.parse(section[:34]), 34
+    _, pos = decode_varint(section)  # version
+    _, pos = decode_varint(section, pos)  # codec
+    _, pos = decode_varint(section, pos)  # hash function
+    size, pos = decode_varint(section, pos)
+    return CID.parse(section[: pos + size]), pos + size

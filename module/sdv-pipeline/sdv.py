@@ -1,0 +1,106 @@
+"""The sdv-pipeline module's entrypoint: ``python sdv.py VERSION`` (1.0 or 1.1), cwd = here.
+
+An SDXL 1.0 still from the prompt (``Sampler``/``Scheduler``/``Steps``/``Seed``), then Stable
+Video Diffusion on it (``VideoSampler``/``VideoScheduler``/``VideoSteps``/``VideoSeed``), for each
+of ``Batching`` stills. Writes into ``$LILYPAD_OUTPUTS_DIR``, for each still n: ``image-n.png``,
+``video-n.apng``, ``video-n.webp`` and ``video-n.mp4`` at ``Framerate`` frames per second.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lilypad.ml import determinism, job
+from lilypad.ml.job import env, env_choice, env_int, log
+from lilypad.ml.samplers import SAMPLERS, STEP_NOTES
+from lilypad.ml.schedules import SCHEDULES
+
+#: SVD's native resolution (both versions), used for the still too.
+WIDTH, HEIGHT = 1024, 576
+#: Classifier-free guidance of the SDXL still (not a tunable of this module).
+STILL_GUIDANCE = 7.0
+
+
+def main() -> list[str]:
+    import dataclasses
+
+    from lilypad.errors import InferenceError
+    from lilypad.ml.settings import ImageSettings, VideoSettings
+    from lilypad.ml.tiny import TINY_LIMITS
+
+    version = sys.argv[1] if len(sys.argv) > 1 else "1.1"
+    models = {"1.0": job.SVD_10, "1.1": job.SVD_11}
+    if version not in models:
+        raise InferenceError(f"unknown SDV version {version!r}; allowed: 1.0, 1.1")
+    determinism.configure()
+    job.quiet_libraries()
+    samplers, schedules = list(SAMPLERS), list(SCHEDULES)
+    still = ImageSettings(
+        prompt=env("PROMPT", "question mark floating in space"),
+        seed=env_int("SEED", 42, 0),
+        steps=env_int("STEPS", 50, 5, 200),
+        width=WIDTH,
+        height=HEIGHT,
+        guidance_scale=STILL_GUIDANCE,
+        sampler=env_choice("SAMPLER", "euler_ancestral", samplers),
+        scheduler=env_choice("SCHEDULER", "normal", schedules),
+        batch=int(env_choice("BATCHING", "1", ["1", "2", "4", "8"])),
+    )
+    video = VideoSettings(
+        seed=env_int("VIDEO_SEED", 42, 0),
+        steps=env_int("VIDEO_STEPS", 50, 5, 70),
+        sampler=env_choice("VIDEO_SAMPLER", "euler_ancestral", samplers),
+        scheduler=env_choice("VIDEO_SCHEDULER", "normal", schedules),
+        fps=env_int("FRAMERATE", 8, 1, 20),
+        width=WIDTH,
+        height=HEIGHT,
+    )
+    if job.weights_mode() is job.WeightsMode.TINY:
+        size = {"width": TINY_LIMITS.width, "height": TINY_LIMITS.height}
+        cap = TINY_LIMITS.max_steps
+        log(
+            "tiny weights: random SDXL 1.0 and SVD of the same architectures; "
+            f"{TINY_LIMITS.width}x{TINY_LIMITS.height} instead of {WIDTH}x{HEIGHT}, "
+            f"{min(still.steps, cap)} image steps instead of {still.steps}, "
+            f"{min(video.steps, cap)} video steps instead of {video.steps}, "
+            f"{TINY_LIMITS.video_frames} frames per video"
+        )
+        still = dataclasses.replace(still, steps=min(still.steps, cap), **size)
+        video = dataclasses.replace(video, steps=min(video.steps, cap), **size)
+
+    def progress(stage: str) -> job.Callable[[int, int], None]:
+        return lambda done, total: log(f"{stage}: step {done}/{total}")
+
+    image_path = job.weights_path(job.SDXL_BASE_10)
+    video_path = job.weights_path(models[version])
+    # NOTE: diffusers takes seconds to import; a job without weights fails before that.
+    from diffusers import StableDiffusionXLPipeline, StableVideoDiffusionPipeline
+
+    from lilypad.ml import media, sdxl, svd
+
+    log(f"loading {job.SDXL_BASE_10.hub_id}")
+    pipe = sdxl.load(StableDiffusionXLPipeline, image_path)
+    log(f"image: sampler {still.sampler}, schedule {still.scheduler}, {still.steps} steps")
+    for sampler in sorted({still.sampler, video.sampler} & set(STEP_NOTES)):
+        log(STEP_NOTES[sampler])
+    stills = sdxl.generate(pipe, still, progress("image"))
+    del pipe  # free the GPU memory of SDXL before SVD loads
+    determinism.release_memory()
+    log(f"loading {models[version].hub_id}")
+    video_pipe = sdxl.load(StableVideoDiffusionPipeline, video_path)
+    log(f"video: sampler {video.sampler}, schedule {video.scheduler}, {video.steps} steps")
+    generator = determinism.generator(video.seed)
+    out = job.outputs_dir()
+    names: list[str] = []
+    for n, image in enumerate(stills):
+        frames = svd.generate(video_pipe, image, video, generator, progress(f"video {n}"))
+        media.write_png(image, out / f"image-{n}.png")
+        media.write_apng(frames, out / f"video-{n}.apng", video.fps)
+        media.write_webp(frames, out / f"video-{n}.webp", video.fps)
+        media.write_mp4(frames, out / f"video-{n}.mp4", video.fps)
+        names += [f"image-{n}.png", f"video-{n}.apng", f"video-{n}.webp", f"video-{n}.mp4"]
+    return names
+
+
+if __name__ == "__main__":
+    job.run_main(main)

@@ -1,0 +1,553 @@
+"""The resource-provider daemon: offers slots, runs the deals it gets, submits and gets paid.
+
+:class:`ResourceProvider` runs three kinds of threads:
+
+* the **main loop** reads the market's events (the truth: ``DealCreated`` naming this provider,
+  and how each deal settled), resuming from the block saved in ``meta.json``; it also keeps one
+  signed resource offer at the solver per free slot (a fresh offer, with a fresh nonce, before an
+  old one expires), submits results that are ready, and claims payment once a challenge window
+  has passed;
+* the **event stream** thread listens to the solver's server-sent events for ``deal.created`` so
+  that a job starts at once rather than at the next chain poll (the chain is still checked before
+  anything is run or submitted);
+* a pool of ``max_concurrent`` **workers** runs jobs: fetch the spec from the solver, check and
+  re-render it, refuse what cannot be served or finished before the deadline, run it, add the
+  result folder to IPFS (pinned) and submit its CID.
+
+Every step is written to disk (:mod:`resource_provider.state`) before the next begins. After a
+``kill -9`` the daemon resumes each deal from its last written phase: a job that was running runs
+again (same spec, same bytes, same CID); a result already in IPFS is submitted; and before any
+submission the deal's state on chain is read, so a result that reached the chain before the crash
+is never submitted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+
+from lilypad.chain.events import ChainEvent, EventFollower
+from lilypad.chain.market import DealState, JobMarketClient
+from lilypad.chain.offers import Deal, Machine, ResourceOffer, SignedResourceOffer, module_id
+from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError, SolverError
+from lilypad.storage import CID, Storage
+from resource_provider.executors import Executor, Weights
+from resource_provider.machine import Hardware
+from resource_provider.metrics import Metrics
+from resource_provider.runner import JobRefused, run_job, verified_spec
+from resource_provider.solver_client import SolverClient, SolverRefused
+from resource_provider.state import DealRecord, JsonStore, Outcome, Phase
+
+log = logging.getLogger("lilypad.provider")
+
+#: Market events the provider follows.
+EVENTS = (
+    "DealCreated",
+    "ResultSubmitted",
+    "ResultAccepted",
+    "PaymentClaimed",
+    "ResultChallenged",
+    "MediationResolved",
+    "DealTimedOut",
+)
+#: ``DealTimedOut.kind`` values (the contract's ``Timeout`` enum).
+TIMEOUT_OUTCOMES = {0: Outcome.TIMED_OUT, 1: Outcome.PAID, 2: Outcome.MEDIATION_TIMED_OUT}
+#: Seconds before retrying a deal whose last attempt hit a passing failure (solver, chain).
+RETRY_S = 3.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """How the provider offers and works.
+
+    Attributes:
+        modules: Exact module references served (``cowsay:v0.0.4``); offers rotate over them.
+        price: Price per job, in the token's smallest unit.
+        collateral: Collateral per job, same unit.
+        mediators: Mediators this provider trusts (offers name them).
+        max_concurrent: Jobs run at once (and offers listed at once).
+        weights: Real or tiny weights for ML modules.
+        gpus: GPUs to offer; None offers what was detected.
+        offer_ttl_s: How long an offer is valid; a fresh one replaces it before it expires.
+        submit_margin_s: Time kept after a job's timeout for IPFS and the submit transaction.
+        poll_interval_s: Seconds between chain polls.
+        start_block: Where to start reading events when no position is saved.
+        confirmations: Blocks an event must be buried under before it is acted upon.
+        event_stream: Listen to the solver's event stream (faster than chain polling alone).
+    """
+
+    modules: tuple[str, ...]
+    price: int
+    collateral: int
+    mediators: tuple[str, ...]
+    max_concurrent: int = 1
+    weights: Weights = Weights.REAL
+    gpus: int | None = None
+    offer_ttl_s: int = 600
+    submit_margin_s: int = 30
+    poll_interval_s: float = 1.0
+    start_block: int = 0
+    confirmations: int = 0
+    event_stream: bool = True
+
+
+@dataclass
+class _Offer:
+    offer_id: str
+    nonce: int
+    expiry: int
+    module: str
+
+
+@dataclass
+class _Pending:
+    """Deals the workers own right now, and when the others may be retried."""
+
+    running: set[str] = field(default_factory=set)
+    retry_at: dict[str, float] = field(default_factory=dict)
+
+
+class ResourceProvider:
+    """One provider account serving one market.
+
+    Args:
+        account: Signs offers and transactions.
+        market: The JobMarket.
+        solver: The solver's API.
+        storage: Where results are added and pinned.
+        executor: Runs jobs.
+        hardware: The detected machine (offers carry its lanes).
+        state_dir: Where the provider's state lives.
+        config: Offers, concurrency, timing.
+        metrics: Counters to update (a fresh set when None).
+
+    The daemon owns ``solver`` and ``storage`` from then on: :meth:`stop` closes them.
+    """
+
+    def __init__(
+        self,
+        *,
+        account: LocalAccount,
+        market: JobMarketClient,
+        solver: SolverClient,
+        storage: Storage,
+        executor: Executor,
+        hardware: Hardware,
+        state_dir: Path,
+        config: ProviderConfig,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if config.max_concurrent < 1:
+            raise InputError(f"max concurrent jobs must be at least 1, not {config.max_concurrent}")
+        if not config.modules:
+            raise InputError("a provider must serve at least one module")
+        self.account, self.market, self.solver = account, market, solver
+        self.storage, self.executor, self.hardware = storage, executor, hardware
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.store = JsonStore(state_dir)
+        self.results_dir = state_dir / "results"
+        self.machine: Machine = hardware.machine(config.gpus)
+        self._lock = threading.RLock()
+        self._pending = _Pending()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._incoming: queue.Queue[Deal] = queue.Queue()
+        self._pool = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="provider-job")
+        self._threads: list[threading.Thread] = []
+        # Deals not yet settled or refused, by id: what each pass looks at (settled deals stay on
+        # disk but are never read again).
+        self._open: dict[str, Phase] = {
+            r.deal_id: r.phase
+            for r in self.store.all("deals", DealRecord)
+            if not r.phase.is_terminal()
+        }
+        self._offers: dict[str, _Offer] = {
+            k: _Offer(**v) for k, v in self.store.meta("offers", {}).items()
+        }
+        self._follower = EventFollower(
+            market.chain,
+            [market.contract],
+            from_block=int(self.store.meta("next_block", config.start_block)),
+            confirmations=config.confirmations,
+            events=EVENTS,
+        )
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Resume saved deals, then run the main loop and the event stream in the background."""
+        log.info(
+            "provider %s: %s; serving %s at price %d, collateral %d, %d slot(s)",
+            self.address,
+            self.hardware.describe(),
+            ", ".join(self.config.modules),
+            self.config.price,
+            self.config.collateral,
+            self.config.max_concurrent,
+        )
+        for deal_id, phase in sorted(self._open.items()):
+            log.info("resuming deal %s from phase %s", deal_id, phase)
+        targets = [("main", self._main_loop)]
+        if self.config.event_stream:
+            targets.append(("events", self._stream_loop))
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"provider-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, cancel_offers: bool = True) -> None:
+        """Stop taking work, withdraw open offers, and wait for running jobs to end."""
+        self._stop.set()
+        self._wake.set()
+        if cancel_offers:
+            for offer in list(self._offers.values()):
+                self._cancel(offer)
+        self.solver.close()  # ends the event stream's read
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._pool.shutdown(wait=True)
+        self.storage.close()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` (or Ctrl-C in the caller)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    # ------------------------------------------------------------------------------ main loop
+    def _main_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except ChainError as exc:
+                log.warning("chain: %s", exc)
+            except Exception:  # one bad pass must not end the daemon; the state is on disk
+                log.exception("provider pass failed")
+            self._wake.wait(self.config.poll_interval_s)
+            self._wake.clear()
+
+    def step(self) -> None:
+        """One pass: chain events, new deals, work to (re)start, submissions, claims, offers."""
+        events = self._follower.poll()
+        for event in events:
+            self._apply(event)
+        self.store.set_meta(next_block=self._follower.next_block)
+        while not self._incoming.empty():
+            self._accept(self._incoming.get_nowait())
+        for deal_id, phase in list(self._open.items()):
+            if phase in (Phase.NEW, Phase.RUNNING, Phase.RAN):
+                self._schedule(deal_id)
+            elif phase is Phase.SUBMITTED:
+                record = self.store.get("deals", deal_id, DealRecord)
+                if record is not None:
+                    self._maybe_claim(record)
+        if not self._stop.is_set():
+            self._refresh_offers()
+
+    def _apply(self, event: ChainEvent) -> None:
+        if event.name == "DealCreated":
+            if event.args["provider"] == self.address:
+                self._accept(Deal.from_event(event.args["deal"]))
+            return
+        deal_id = _hex(event.args["dealId"])
+        record = self.store.get("deals", deal_id, DealRecord)
+        if record is None:
+            return
+        outcome: Outcome | None = None
+        if event.name == "ResultAccepted":
+            outcome = Outcome.ACCEPTED
+        elif event.name == "PaymentClaimed":
+            outcome = Outcome.PAID
+        elif event.name == "MediationResolved":
+            outcome = Outcome.WON if event.args["providerWins"] else Outcome.SLASHED
+        elif event.name == "DealTimedOut":
+            outcome = TIMEOUT_OUTCOMES.get(int(event.args["kind"]))
+        elif event.name == "ResultChallenged":
+            log.warning("deal %s: result challenged; mediator %s", deal_id, event.args["mediator"])
+        if outcome is not None:
+            self._settled(record, outcome)
+
+    def _settled(self, record: DealRecord, outcome: Outcome) -> None:
+        if record.phase is Phase.SETTLED:
+            return
+        self._save(record, phase=Phase.SETTLED, outcome=outcome)
+        deal = record.deal
+        if outcome in (Outcome.PAID, Outcome.ACCEPTED, Outcome.WON):
+            self.metrics.earnings.inc(deal.price)
+        elif outcome in (Outcome.SLASHED, Outcome.TIMED_OUT):
+            self.metrics.slashed.inc(deal.collateral)
+        log.info("deal %s settled: %s", record.deal_id, outcome)
+
+    # ------------------------------------------------------------------------------- deals
+    def _accept(self, deal: Deal) -> None:
+        """Record a new deal naming this provider (once) and free its offer's slot."""
+        if deal.provider != self.address:
+            return
+        with self._lock:
+            if self._offers.pop(deal.resource_offer_hash, None) is not None:
+                self._save_offers()
+            if self.store.get("deals", deal.deal_id, DealRecord) is not None:
+                return
+            self._save(DealRecord(deal=deal))
+        log.info("new deal %s from %s at price %d", deal.deal_id, deal.job_creator, deal.price)
+        self._schedule(deal.deal_id)
+
+    def _schedule(self, deal_id: str) -> None:
+        with self._lock:
+            if deal_id in self._pending.running or self._stop.is_set():
+                return
+            if self._pending.retry_at.get(deal_id, 0.0) > time.monotonic():
+                return
+            self._pending.running.add(deal_id)
+            self.metrics.active.set(len(self._pending.running))
+        self._pool.submit(self._work, deal_id)
+
+    def _work(self, deal_id: str) -> None:
+        try:
+            record = self.store.get("deals", deal_id, DealRecord)
+            if record is None or record.phase.is_terminal() or self._stop.is_set():
+                return
+            if record.phase in (Phase.NEW, Phase.RUNNING):
+                record = self._run(record)
+            if record.phase is Phase.RAN:
+                self._submit(record)
+        except (JobRefused, InputError) as exc:
+            record = self.store.get("deals", deal_id, DealRecord)
+            if record is not None:
+                self._refuse(record, str(exc))
+        except LilypadError as exc:
+            log.warning("deal %s: %s; retrying in %gs", deal_id, exc, RETRY_S)
+            self._retry_later(deal_id)
+        except Exception:
+            log.exception("deal %s: unexpected failure; retrying", deal_id)
+            self._retry_later(deal_id)
+        finally:
+            with self._lock:
+                self._pending.running.discard(deal_id)
+                self.metrics.active.set(len(self._pending.running))
+            self._wake.set()
+
+    def _retry_later(self, deal_id: str) -> None:
+        with self._lock:
+            self._pending.retry_at[deal_id] = time.monotonic() + RETRY_S
+
+    def _run(self, record: DealRecord) -> DealRecord:
+        deal = record.deal
+        status = self.market.deal_status(deal.deal_id)
+        if status.state is not DealState.CREATED:
+            raise JobRefused(f"deal is {status.state.name.lower()} on chain, not created")
+        spec = verified_spec(self.solver.job_submission(deal.job_offer_hash), deal)
+        if spec.module not in self.config.modules:
+            raise JobRefused(
+                f"module {spec.module} is not served here ({', '.join(self.config.modules)})"
+            )
+        left = status.deadline - self._now()
+        needed = spec.timeout_s + self.config.submit_margin_s
+        if left < needed:
+            raise JobRefused(
+                f"only {left}s left before the deadline; {spec.module} may take {spec.timeout_s}s "
+                f"plus {self.config.submit_margin_s}s to submit"
+            )
+        record = self._save(record, phase=Phase.RUNNING, module=spec.module, runs=record.runs + 1)
+        log.info("deal %s: running %s (run %d)", deal.deal_id, spec.module, record.runs)
+        result = run_job(
+            self.executor,
+            self.storage,
+            spec,
+            self.results_dir / deal.deal_id,
+            self.config.weights,
+        )
+        execution = result.execution
+        self.metrics.jobs_run.labels(spec.module).inc()
+        self.metrics.job_duration.labels(spec.module).observe(execution.duration_ms / 1000)
+        if not execution.ok:
+            self.metrics.jobs_failed.labels(execution.status.value).inc()
+            log.warning(
+                "deal %s: %s (its result is submitted as is)", deal.deal_id, execution.message
+            )
+        log.info("deal %s: result %s in %d ms", deal.deal_id, result.cid, execution.duration_ms)
+        return self._save(
+            record, phase=Phase.RAN, result_cid=str(result.cid), duration_ms=execution.duration_ms
+        )
+
+    def _submit(self, record: DealRecord) -> None:
+        """Put the result CID on chain unless the chain already has it."""
+        deal = record.deal
+        assert record.result_cid is not None
+        cid = bytes(CID.parse(record.result_cid))
+        status = self.market.deal_status(deal.deal_id)
+        if status.state is DealState.CREATED:
+            if self._chain_now() > status.deadline:
+                raise JobRefused(f"the result deadline {status.deadline} has passed")
+            try:
+                receipt = self.market.submit_result(self.account, deal, cid)
+            except ContractReverted as exc:
+                if exc.error != "WrongState":
+                    raise
+                status = self.market.deal_status(deal.deal_id)  # raced with ourselves: re-read
+            else:
+                self.metrics.results_submitted.inc()
+                log.info("deal %s: result submitted in %s", deal.deal_id, receipt.tx_hash)
+                self._save(record, phase=Phase.SUBMITTED)
+                return
+        if status.state is DealState.NONE:
+            self._save(record, phase=Phase.SUBMITTED)  # settled meanwhile; the events say how
+        elif status.result_tag == self.market.result_tag(cid):
+            log.info("deal %s: result already on chain; not submitting again", deal.deal_id)
+            self._save(record, phase=Phase.SUBMITTED)
+        else:
+            raise JobRefused(f"the chain holds another result for deal {deal.deal_id}")
+
+    def _maybe_claim(self, record: DealRecord) -> None:
+        status = self.market.deal_status(record.deal_id)
+        if status.state is not DealState.SUBMITTED or self._chain_now() <= status.deadline:
+            return
+        try:
+            receipt = self.market.claim_payment(self.account, record.deal)
+        except ContractReverted as exc:
+            log.info("deal %s: claim refused (%s); will look again", record.deal_id, exc.error)
+            return
+        log.info("deal %s: payment claimed in %s", record.deal_id, receipt.tx_hash)
+
+    def _refuse(self, record: DealRecord, why: str) -> None:
+        self.metrics.jobs_failed.labels("refused").inc()
+        log.warning("deal %s refused: %s", record.deal_id, why)
+        self._save(record, phase=Phase.REFUSED, error=why[:500])
+
+    def _save(self, record: DealRecord, **changes: Any) -> DealRecord:
+        updated = record.model_copy(update=changes)
+        with self._lock:
+            self.store.put("deals", record.deal_id, updated)
+            if updated.phase.is_terminal():
+                self._open.pop(record.deal_id, None)
+            else:
+                self._open[record.deal_id] = updated.phase
+        return updated
+
+    # ------------------------------------------------------------------------------ offers
+    def _busy_slots(self) -> int:
+        active = Phase.NEW, Phase.RUNNING, Phase.RAN
+        with self._lock:
+            return sum(1 for phase in self._open.values() if phase in active)
+
+    def _refresh_offers(self) -> None:
+        """Withdraw offers about to expire; list a fresh offer for each free slot."""
+        now = self._now()
+        for offer in list(self._offers.values()):
+            if offer.expiry - now < self.config.offer_ttl_s // 3:
+                self._cancel(offer)
+        free = self.config.max_concurrent - self._busy_slots() - len(self._offers)
+        for _ in range(max(0, free)):
+            if not self._post_offer(now):
+                break
+        self.metrics.open_offers.set(len(self._offers))
+
+    def _post_offer(self, now: int) -> bool:
+        nonce = int(self.store.meta("next_nonce", 0)) or _initial_nonce()
+        module = self.config.modules[nonce % len(self.config.modules)]
+        offer = ResourceOffer(
+            provider=self.address,
+            module=module_id(module),
+            machine=self.machine.encode(),
+            price=self.config.price,
+            collateral=self.config.collateral,
+            mediators=self.config.mediators,
+            expiry=now + self.config.offer_ttl_s,
+            nonce=nonce,
+        )
+        chain_id, market = self.market.chain.chain_id, self.market.address
+        signed = SignedResourceOffer(
+            offer=offer, signature=offer.sign(self.account, chain_id, market)
+        )
+        self.store.set_meta(next_nonce=nonce + 1)  # never reuse a nonce, even if posting fails
+        try:
+            offer_id = self.solver.post_resource_offer(signed)
+        except SolverError as exc:
+            log.warning("cannot list an offer: %s", exc)
+            return False
+        with self._lock:
+            self._offers[offer_id] = _Offer(offer_id, nonce, offer.expiry, module)
+            self._save_offers()
+        log.info("offer %s listed for %s until %d", offer_id, module, offer.expiry)
+        return True
+
+    def _cancel(self, offer: _Offer) -> None:
+        try:
+            self.solver.cancel_resource_offer(offer.offer_id, self.account)
+        except SolverRefused as exc:
+            # Matched meanwhile (its deal arrives as an event) or already gone: once it has
+            # expired, it can make no deal, and the slot is free again.
+            if offer.expiry > self._now():
+                log.info("offer %s not withdrawn: %s", offer.offer_id, exc)
+                return
+        except SolverError as exc:
+            log.warning("cannot withdraw offer %s: %s", offer.offer_id, exc)
+            return
+        with self._lock:
+            self._offers.pop(offer.offer_id, None)
+            self._save_offers()
+
+    def _save_offers(self) -> None:
+        self.store.set_meta(offers={k: vars(v) for k, v in self._offers.items()})
+
+    # -------------------------------------------------------------------------- event stream
+    def _stream_loop(self) -> None:
+        after = -1  # from now on: earlier deals are found on chain
+        while not self._stop.is_set():
+            try:
+                for event in self.solver.events(self.address, after):
+                    after = max(after, event.seq)
+                    if event.kind == "deal.created":
+                        self._incoming_deal(event.data)
+                    if self._stop.is_set():
+                        return
+            except SolverError as exc:
+                if not self._stop.is_set():
+                    log.debug("solver event stream: %s; reconnecting", exc)
+            self._stop.wait(1.0)
+
+    def _incoming_deal(self, data: dict[str, Any]) -> None:
+        try:
+            deal = Deal.model_validate(data.get("deal") or {})
+        except ValueError:
+            return
+        if deal.provider == self.address:
+            self._incoming.put(deal)
+            self._wake.set()
+
+    # -------------------------------------------------------------------------------- time
+    def _chain_now(self) -> int:
+        """The latest block's time: what the contract's deadline checks compare with."""
+        chain = self.market.chain
+        block = chain.rpc("latest block", lambda: chain.w3.eth.get_block("latest"))
+        return int(block["timestamp"])
+
+    def _now(self) -> int:
+        """The later of wall and chain time: a safe "now" for deadlines and expiries."""
+        return max(int(time.time()), self._chain_now())
+
+
+def _initial_nonce() -> int:
+    """A nonce range of this provider's own: time-based, so a wiped state never reuses one."""
+    return int(time.time()) << 20
+
+
+def _hex(value: Any) -> str:
+    return value if isinstance(value, str) else "0x" + bytes(value).hex()
+
+
+def deal_records(store: JsonStore) -> Iterable[DealRecord]:
+    """Every deal the provider knows (for status displays and tests)."""
+    return store.all("deals", DealRecord)

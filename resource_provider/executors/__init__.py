@@ -1,0 +1,81 @@
+"""Executors: run one job of a module on this machine and leave its result layout.
+
+The public surface:
+
+* :class:`Executor` with ``run(job) -> ExecutionResult``, backed by :class:`DockerExecutor`
+  (a Docker Engine) and :class:`ProcessExecutor` (a subprocess sandboxed with bubblewrap);
+* :func:`create_executor` picks and builds one from configuration (``docker``, ``process``, or
+  automatically: docker when an engine answers, else process);
+* the layout helpers :func:`result_digest` and :func:`~layout.tail` for reading results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from resource_provider.executors.base import (
+    EXIT_OUTPUT_LIMIT,
+    EXIT_TIMEOUT,
+    ExecutionResult,
+    Executor,
+    ExecutorKind,
+    Job,
+    JobStatus,
+    Weights,
+)
+from resource_provider.executors.docker import DockerExecutor, engine_problem
+from resource_provider.executors.layout import LAYOUT, result_digest, tail
+from resource_provider.executors.process import ProcessExecutor, Sandbox
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The executor chosen for this machine and, for people, why."""
+
+    executor: Executor
+    reason: str
+
+
+def create_executor(
+    kind: ExecutorKind | None = None,
+    *,
+    sandbox: Sandbox = Sandbox.AUTO,
+    output_limit_bytes: int | None = None,
+) -> Selection:
+    """Build the executor of ``kind``; with ``None``, docker when an engine answers, else process.
+
+    Raises:
+        ExecutorUnavailable: the asked-for backend cannot run here.
+    """
+    if kind is ExecutorKind.PROCESS:
+        process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+        return Selection(process, "asked for")
+    if kind is ExecutorKind.DOCKER:
+        return Selection(DockerExecutor(output_limit_bytes=output_limit_bytes), "asked for")
+    problem = engine_problem()
+    if problem is None:
+        docker_executor = DockerExecutor(output_limit_bytes=output_limit_bytes)
+        return Selection(docker_executor, "a Docker Engine answers")
+    process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+    return Selection(process, problem)
+
+
+__all__ = [
+    "EXIT_OUTPUT_LIMIT",
+    "EXIT_TIMEOUT",
+    "LAYOUT",
+    "DockerExecutor",
+    "ExecutionResult",
+    "Executor",
+    "ExecutorKind",
+    "Job",
+    "JobStatus",
+    "ProcessExecutor",
+    "Sandbox",
+    "Selection",
+    "Weights",
+    "create_executor",
+    "engine_problem",
+    "result_digest",
+    "tail",
+]

@@ -1,0 +1,245 @@
+"""The mediator: re-runs challenged deals that name it and rules on chain.
+
+It follows the market's events from the deployment block (resumable): ``DealCreated`` for deals
+naming it as mediator (it needs their terms later), ``ResultSubmitted`` for their result CIDs and
+``ResultChallenged`` for the work. For a challenge it fetches the job spec from the solver,
+checks and re-renders it exactly as a provider does (same module version, same tunables), runs it
+with its own executor, and compares with the submitted result by the module's declared
+verification (:mod:`resource_provider.verify`); then calls ``resolveMediation``. Its own result is
+added to IPFS and pinned, so the correct result is available whoever wins.
+
+A challenge whose job cannot be checked here (the spec does not re-render, the module is unknown)
+is not guessed at: it is left unresolved, the mediation times out and both parties are refunded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
+from pathlib import Path
+
+from eth_account.signers.local import LocalAccount
+from pydantic import BaseModel, ConfigDict
+
+from lilypad.chain.events import ChainEvent, EventFollower
+from lilypad.chain.market import DealState, JobMarketClient
+from lilypad.chain.offers import Deal
+from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError
+from lilypad.modules import JobSpec
+from lilypad.modules.manifest import VerificationMethod
+from lilypad.storage import CID, Storage
+from resource_provider.executors import Executor, Weights
+from resource_provider.metrics import Metrics
+from resource_provider.runner import run_job, verified_spec
+from resource_provider.solver_client import SolverClient
+from resource_provider.state import JsonStore
+from resource_provider.verify import Verdict, compare, compare_exact
+
+log = logging.getLogger("lilypad.mediator")
+
+EVENTS = ("DealCreated", "ResultSubmitted", "ResultChallenged", "MediationResolved", "DealTimedOut")
+
+
+class MediationPhase(StrEnum):
+    WATCHING = "watching"  # a deal naming us; nothing to do unless challenged
+    CHALLENGED = "challenged"  # to re-run and rule on
+    RESOLVED = "resolved"  # we ruled (``provider_wins``)
+    CLOSED = "closed"  # settled without us (accepted, claimed, timed out)
+    UNRESOLVABLE = "unresolvable"  # the job could not be checked; left to time out
+
+    def is_terminal(self) -> bool:
+        return self in (MediationPhase.RESOLVED, MediationPhase.CLOSED, MediationPhase.UNRESOLVABLE)
+
+
+class MediationRecord(BaseModel):
+    """The mediator's state of one deal."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deal: Deal
+    phase: MediationPhase = MediationPhase.WATCHING
+    submitted_cid: str | None = None
+    our_cid: str | None = None
+    provider_wins: bool | None = None
+    reason: str | None = None
+
+
+class Mediator:
+    """One mediator account for one market (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        account: LocalAccount,
+        market: JobMarketClient,
+        solver: SolverClient,
+        storage: Storage,
+        executor: Executor,
+        state_dir: Path,
+        weights: Weights = Weights.REAL,
+        start_block: int = 0,
+        confirmations: int = 0,
+        poll_interval_s: float = 1.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.account, self.market, self.solver = account, market, solver
+        self.storage, self.executor, self.weights = storage, executor, weights
+        self.store = JsonStore(state_dir)
+        self.results_dir = state_dir / "results"
+        self.metrics = metrics or Metrics()
+        self.poll_interval_s = poll_interval_s
+        self._stop = threading.Event()
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mediator-job")
+        self._thread: threading.Thread | None = None
+        self._follower = EventFollower(
+            market.chain,
+            [market.contract],
+            from_block=int(self.store.meta("next_block", start_block)),
+            confirmations=confirmations,
+            events=EVENTS,
+        )
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def start(self) -> None:
+        log.info("mediator %s following market %s", self.address, self.market.address)
+        self._thread = threading.Thread(target=self._loop, name="mediator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True)
+        self.solver.close()
+        self.storage.close()
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except ChainError as exc:
+                log.warning("chain: %s", exc)
+            except Exception:
+                log.exception("mediator pass failed")
+            self._stop.wait(self.poll_interval_s)
+
+    def step(self) -> None:
+        """Apply new events, then start every challenge not yet being worked on."""
+        for event in self._follower.poll():
+            self._apply(event)
+        self.store.set_meta(next_block=self._follower.next_block)
+        for record in self.store.all("deals", MediationRecord):
+            if record.phase is MediationPhase.CHALLENGED:
+                self._schedule(record.deal.deal_id)
+
+    def _apply(self, event: ChainEvent) -> None:
+        if event.name == "DealCreated":
+            deal = Deal.from_event(event.args["deal"])
+            if deal.mediator == self.address and self._get(deal.deal_id) is None:
+                self.store.put("deals", deal.deal_id, MediationRecord(deal=deal))
+            return
+        deal_id = str(event.args["dealId"])
+        record = self._get(deal_id)
+        if record is None or record.phase.is_terminal():
+            return
+        if event.name == "ResultSubmitted":
+            cid = CID.parse(bytes.fromhex(event.args["resultCid"][2:]))
+            self._put(record.model_copy(update={"submitted_cid": str(cid)}))
+        elif event.name == "ResultChallenged" and event.args["mediator"] == self.address:
+            log.info("deal %s challenged; re-running it", deal_id)
+            self._put(record.model_copy(update={"phase": MediationPhase.CHALLENGED}))
+        elif event.name == "DealTimedOut":
+            self._put(record.model_copy(update={"phase": MediationPhase.CLOSED}))
+
+    def _schedule(self, deal_id: str) -> None:
+        with self._lock:
+            if deal_id in self._busy or self._stop.is_set():
+                return
+            self._busy.add(deal_id)
+        self._pool.submit(self._work, deal_id)
+
+    def _work(self, deal_id: str) -> None:
+        try:
+            record = self._get(deal_id)
+            if record is not None and record.phase is MediationPhase.CHALLENGED:
+                self._mediate(record)
+        except InputError as exc:
+            record = self._get(deal_id)
+            log.warning("deal %s cannot be checked (%s); leaving it to time out", deal_id, exc)
+            if record is not None:
+                update = {"phase": MediationPhase.UNRESOLVABLE, "reason": str(exc)[:500]}
+                self._put(record.model_copy(update=update))
+        except LilypadError as exc:
+            log.warning("deal %s: %s; will retry", deal_id, exc)
+        except Exception:
+            log.exception("deal %s: mediation failed; will retry", deal_id)
+        finally:
+            with self._lock:
+                self._busy.discard(deal_id)
+
+    def _mediate(self, record: MediationRecord) -> None:
+        deal = record.deal
+        status = self.market.deal_status(deal.deal_id)
+        if status.state is not DealState.CHALLENGED:
+            self._put(record.model_copy(update={"phase": MediationPhase.CLOSED}))
+            return
+        if record.submitted_cid is None:
+            raise LilypadError(f"no ResultSubmitted seen for deal {deal.deal_id} yet")
+        spec = verified_spec(self.solver.job_submission(deal.job_offer_hash), deal)
+        ours = run_job(
+            self.executor, self.storage, spec, self.results_dir / deal.deal_id, self.weights
+        )
+        verdict = self._verdict(spec, record, ours.cid)
+        log.info(
+            "deal %s: provider %s (%s); the correct result is %s",
+            deal.deal_id,
+            "wins" if verdict.matches else "loses",
+            verdict.reason,
+            ours.cid,
+        )
+        try:
+            self.market.resolve_mediation(self.account, deal, provider_wins=verdict.matches)
+        except ContractReverted as exc:
+            if exc.error not in ("WrongState", "UnknownDeal", "DeadlinePassed"):
+                raise
+            log.warning("deal %s: could not rule: %s", deal.deal_id, exc)
+        self.metrics.mediations.labels(str(verdict.matches).lower()).inc()
+        update = {
+            "phase": MediationPhase.RESOLVED,
+            "our_cid": str(ours.cid),
+            "provider_wins": verdict.matches,
+            "reason": verdict.reason,
+        }
+        self._put(record.model_copy(update=update))
+
+    def _verdict(self, spec: JobSpec, record: MediationRecord, ours: CID) -> Verdict:
+        assert record.submitted_cid is not None
+        exact = compare_exact(str(ours), record.submitted_cid)
+        if spec.verification.method is VerificationMethod.EXACT or exact.matches:
+            return exact
+        theirs = self.results_dir / f"{record.deal.deal_id}.submitted"
+        if theirs.exists():
+            shutil.rmtree(theirs)
+        try:
+            self.storage.get(record.submitted_cid, theirs)
+        except LilypadError as exc:
+            return Verdict(False, f"the submitted result cannot be fetched: {exc}")
+        return compare(spec.verification, self.results_dir / record.deal.deal_id, theirs)
+
+    def _get(self, deal_id: str) -> MediationRecord | None:
+        return self.store.get("deals", deal_id, MediationRecord)
+
+    def _put(self, record: MediationRecord) -> None:
+        self.store.put("deals", record.deal.deal_id, record)

@@ -1,0 +1,61 @@
+"""Following events: confirmations, resumption from a block, filtering by name."""
+
+from __future__ import annotations
+
+from lilypad.chain import Deal, EventFollower
+from tests.chain.conftest import CID, Env
+
+
+def follower(env: Env, **kwargs: object) -> EventFollower:
+    return EventFollower(env.chain, [env.market.contract], **kwargs)  # type: ignore[arg-type]
+
+
+def test_events_wait_for_their_confirmations(env: Env) -> None:
+    start = env.chain.w3.eth.block_number + 1
+    events = follower(env, from_block=start, confirmations=2)
+    deal = env.deal()
+    assert events.poll() == []
+    env.rpc("evm_mine")
+    assert events.poll() == []
+    env.rpc("evm_mine")
+    (created,) = events.poll()
+    assert created.name == "DealCreated"
+    assert created.args["dealId"] == deal.deal_id
+    assert Deal.from_event(created.args["deal"]) == deal
+    assert events.poll() == []
+
+
+def test_a_follower_resumes_where_it_stopped(env: Env) -> None:
+    start = env.chain.w3.eth.block_number + 1
+    first = follower(env, from_block=start)
+    deal = env.deal()
+    assert [e.name for e in first.poll()] == ["DealCreated"]
+    resume_at = first.next_block
+    env.market.submit_result(env.provider, deal, CID)
+    env.market.accept_result(env.jc, deal)
+    # A new process resumes from the persisted block: nothing missed, nothing twice.
+    second = follower(env, from_block=resume_at, batch_blocks=1)
+    seen = second.poll()
+    assert [e.name for e in seen] == ["ResultSubmitted", "ResultAccepted"]
+    assert seen[0].args["resultCid"] == "0x" + CID.hex()
+    assert all(e.args["dealId"] == deal.deal_id for e in seen)
+    assert seen[0].block_number < seen[1].block_number
+
+
+def test_only_the_named_events_are_reported(env: Env) -> None:
+    start = env.chain.w3.eth.block_number + 1
+    events = follower(env, from_block=start, events=["ResultSubmitted"])
+    env.submitted()
+    assert [e.name for e in events.poll()] == ["ResultSubmitted"]
+
+
+def test_follow_stops_when_asked(env: Env) -> None:
+    import threading
+
+    stop = threading.Event()
+    events = follower(env, from_block=env.chain.w3.eth.block_number + 1)
+    env.deal()
+    for event in events.follow(stop, poll_interval=0.01):
+        assert event.name == "DealCreated"
+        stop.set()
+    assert stop.is_set()

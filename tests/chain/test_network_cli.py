@@ -1,0 +1,155 @@
+"""Network profiles and the ``lilypad chain`` commands."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from lilypad.chain.anvil import free_port
+from lilypad.errors import ConfigError, UnknownNetwork
+from lilypad.network import (
+    NetworkProfile,
+    list_networks,
+    load_network,
+    network_path,
+    save_network,
+)
+from tests.chain.conftest import Env
+from tests.conftest import CliRunner
+
+MARKET = "0x" + "12" * 20
+
+
+def profile(name: str = "local", **changes: object) -> NetworkProfile:
+    fields: dict[str, object] = {
+        "name": name,
+        "chain_id": 31337,
+        "rpc_url": "http://127.0.0.1:8545",
+        "market": MARKET,
+        "token": "0x" + "34" * 20,
+    }
+    return NetworkProfile.model_validate(fields | changes)
+
+
+def test_profiles_round_trip_through_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LILYPAD_CONFIG_DIR", str(tmp_path))
+    saved = profile(solver_url="http://127.0.0.1:8080", accounts={"solver": MARKET})
+    path = save_network(saved)
+    assert path == tmp_path / "networks" / "local.toml"
+    assert load_network("local") == saved
+    save_network(profile("testnet", chain_id=84532))
+    assert list_networks() == ["local", "testnet"]
+    assert "solver_url" in path.read_text()
+    assert "ipfs_api_url" not in path.read_text()
+
+
+def test_an_unknown_network_names_the_close_one() -> None:
+    save_network(profile("local"))
+    with pytest.raises(UnknownNetwork) as info:
+        load_network("locl")
+    assert "unknown network 'locl'" in str(info.value)
+    assert "did you mean 'local'" in str(info.value)
+
+
+def test_no_profiles_says_how_to_make_one() -> None:
+    with pytest.raises(UnknownNetwork, match="lilypad chain up"):
+        load_network("local")
+
+
+def test_bad_names_and_files_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="not allowed"):
+        network_path("../etc")
+    path = network_path("broken")
+    path.parent.mkdir(parents=True)
+    path.write_text('name = "broken"\nchain_id = "one"\nrpc_url = "x"\n')
+    with pytest.raises(ConfigError, match="is invalid"):
+        load_network("broken")
+    path.write_text("not toml [")
+    with pytest.raises(ConfigError, match="is invalid"):
+        load_network("broken")
+
+
+def test_a_profile_without_contracts_says_how_to_deploy() -> None:
+    bare = profile(market=None, token=None)
+    with pytest.raises(ConfigError, match="lilypad chain deploy"):
+        bare.require_contracts()
+
+
+def test_deploy_then_status(env: Env, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = cli("chain", "deploy", "--rpc-url", env.chain.rpc_url, "--network", "dev")
+    assert result.exit_code == 2
+    assert "LILYPAD_PRIVATE_KEY" in result.stderr
+    monkeypatch.setenv("LILYPAD_PRIVATE_KEY", "0x" + env.stranger.key.hex().removeprefix("0x"))
+    result = cli("chain", "deploy", "--rpc-url", env.chain.rpc_url, "--network", "dev", "--json")
+    assert result.exit_code == 0, result.stderr
+    deployed = json.loads(result.stdout)
+    assert deployed["chain_id"] == env.chain.chain_id
+    assert env.chain.has_code(deployed["market"])
+    assert load_network("dev").accounts == {"owner": env.stranger.address}
+
+    result = cli("chain", "status", "--network", "dev", "--json")
+    assert result.exit_code == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert all(c["deployed"] for c in status["contracts"].values())
+    assert status["accounts"][0]["address"] == env.stranger.address
+    human = cli("chain", "status", "--network", "dev")
+    assert "market" in human.stdout
+    assert deployed["market"] in human.stdout
+
+
+def test_status_of_an_unknown_network_is_an_input_error(cli: CliRunner) -> None:
+    save_network(profile("local"))
+    result = cli("chain", "status", "--network", "locla")
+    assert result.exit_code == 2
+    assert "did you mean 'local'" in result.stderr
+
+
+def test_status_of_an_unreachable_chain_fails_clearly(cli: CliRunner) -> None:
+    save_network(profile("local", rpc_url=f"http://127.0.0.1:{free_port()}"))
+    result = cli("chain", "status")
+    assert result.exit_code == 1
+    assert "cannot reach the chain" in result.stderr
+
+
+def test_up_detached_deploys_and_down_stops_it(cli: CliRunner) -> None:
+    port = free_port()
+    result = cli("chain", "up", "--port", str(port), "--detach", "--json")
+    assert result.exit_code == 0, result.stderr
+    up = json.loads(result.stdout)
+    try:
+        assert up["rpc_url"] == f"http://127.0.0.1:{port}"
+        assert set(up["accounts"]) >= {"owner", "solver", "mediator", "provider", "job_creator"}
+        result = cli("chain", "status", "--json")
+        assert result.exit_code == 0, result.stderr
+        status = json.loads(result.stdout)
+        solver = next(a for a in status["accounts"] if a["role"] == "solver")
+        assert solver["token"] == 1_000_000 * 10**18
+        assert cli("chain", "down").exit_code == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(up["pid"], signal.SIGKILL)
+    assert cli("chain", "down").exit_code == 2
+
+
+def test_up_on_a_busy_port_is_an_input_error(env: Env, cli: CliRunner) -> None:
+    port = int(env.chain.rpc_url.rsplit(":", 1)[1])
+    result = cli("chain", "up", "--port", str(port))
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+
+
+def test_connect_refuses_a_node_on_another_chain(env: Env) -> None:
+    from lilypad.errors import ChainError
+    from lilypad.network import connect
+
+    right = profile(rpc_url=env.chain.rpc_url, market=env.market.address, token=env.token.address)
+    conn = connect(right)
+    assert conn.market.balance_of(env.jc.address) > 0
+    assert conn.job_creator is None
+    with pytest.raises(ChainError, match="is chain 31337, but network 'local' is chain 1"):
+        connect(right.model_copy(update={"chain_id": 1}))

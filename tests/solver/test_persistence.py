@@ -1,0 +1,208 @@
+"""A solver killed at any moment and restarted loses no offer and no deal, and never creates a
+deal twice — on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy
+
+from lilypad.chain.anvil import free_port
+from lilypad.chain.market import JobMarketClient
+from lilypad.chain.offers import Deal
+from lilypad.errors import ChainUnavailable
+from lilypad.network import NetworkProfile, save_network
+from solver.service import Solver
+from solver.store import DealRowState
+from tests.solver.conftest import Net, SolverFactory, wait_for
+
+POSTGRES_URL = os.environ.get(
+    "LILYPAD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards."""
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"lilypad_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    except sqlalchemy.exc.OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc.orig}")
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL} (run .ci/postgres.sh)")
+    yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'solver.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+class FaultyMarket(JobMarketClient):
+    """The real market client, but the process "dies" around createDeals: before the
+    transaction is sent, or after it is mined and before the solver hears back."""
+
+    def __init__(self, market: JobMarketClient, when: str) -> None:
+        super().__init__(market.chain, market.address)
+        self.when = when
+
+    def create_deals(self, solver: Any, pairs: Any) -> Any:
+        if self.when == "after":
+            super().create_deals(solver, pairs)
+        raise ChainUnavailable("the solver died here")
+
+
+def deals_created_for(net: Net, job_offer_id: str) -> list[Deal]:
+    event = net.market.contract.events.DealCreated()
+    logs = event.get_logs(from_block=net.deployment.block)
+    deals = [Deal.from_event(log["args"]["deal"]) for log in logs]
+    return [d for d in deals if d.job_offer_hash == job_offer_id]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_restart_settles_a_match_whose_transaction_outcome_was_unknown(
+    net: Net, make_solver: SolverFactory, db_url: str, when: str
+) -> None:
+    first = make_solver(db_url)
+    first.market = FaultyMarket(first.market, when)
+    job = first.submit_job_offer(net.job())
+    first.submit_resource_offer(net.resource())
+    assert len(first.match_once()) == 1
+    assert first.store.deal_by_offer(job.id).state == "matched"  # type: ignore[union-attr]
+    first.store.close()  # the process is gone
+
+    second: Solver = make_solver(db_url)
+    second.recover()
+    second.follow_once(second.follower())
+    deal = second.store.deal_by_offer(job.id)
+    assert deal is not None
+    assert deal.state == DealRowState.CREATED.value
+    assert len(deals_created_for(net, job.id)) == 1
+    assert deal.deal_id == deals_created_for(net, job.id)[0].deal_id
+    # and nothing more happens on later passes
+    second.recover()
+    assert second.match_once() == []
+    assert len(deals_created_for(net, job.id)) == 1
+
+
+def test_pending_offers_survive_a_restart(
+    net: Net, make_solver: SolverFactory, db_url: str
+) -> None:
+    first = make_solver(db_url)
+    jobs = [first.submit_job_offer(net.job()).id for _ in range(3)]
+    first.store.close()
+
+    second = make_solver(db_url)
+    second.recover()
+    for provider in net.providers:
+        second.submit_resource_offer(net.resource(provider))
+    assert {row.job_offer_id for row in second.match_once()} == set(jobs)
+    for job_id in jobs:
+        assert second.store.deal_by_offer(job_id).state == "created"  # type: ignore[union-attr]
+
+
+def solver_process(net: Net, db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "WEB3_PRIVATE_KEY": net.solver.key.hex()}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lilypad",
+                "solver",
+                "--network",
+                "killtest",
+                "--db",
+                db,
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("solver did not start")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_flight_loses_nothing_and_doubles_nothing(
+    net: Net, chain_snapshot: None, tmp_path: Path
+) -> None:
+    save_network(
+        NetworkProfile(
+            name="killtest",
+            chain_id=net.chain.chain_id,
+            rpc_url=net.anvil.rpc_url,
+            token=net.deployment.token,
+            market=net.deployment.market,
+            job_creator=net.deployment.job_creator,
+            deployed_block=net.deployment.block,
+        )
+    )
+    db = f"sqlite:///{tmp_path / 'solver.db'}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "solver.log"
+    proc = solver_process(net, db, port, log)
+    wait_healthy(url, proc, log)
+    job_ids = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for provider in net.providers:
+            client.post(
+                "/api/v1/resource_offers", json=net.resource(provider).model_dump(mode="json")
+            ).raise_for_status()
+        for creator in net.creators:
+            response = client.post(
+                "/api/v1/job_offers", json=net.job(creator).model_dump(mode="json")
+            )
+            response.raise_for_status()
+            job_ids.append(response.json()["id"])
+    proc.send_signal(signal.SIGKILL)  # wherever it was: matching, sending, recording
+    proc.wait()
+
+    proc = solver_process(net, db, port, log)
+    try:
+        wait_healthy(url, proc, log)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for job_id in job_ids:
+                wait_for(
+                    lambda job_id=job_id: (
+                        (d := client.get(f"/api/v1/job_offers/{job_id}").json()["deal"])
+                        and d["state"] == "created"
+                    )
+                )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    for job_id in job_ids:
+        assert len(deals_created_for(net, job_id)) == 1

@@ -1,0 +1,236 @@
+"""``lilypad run`` end to end against anvil, the solver, an embedded IPFS node and a provider
+stand-in (a thread that plays the provider with the real chain, solver and IPFS APIs; the real
+daemon is tested in tests/provider)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from lilypad.chain.market import DealState, JobMarketClient
+from lilypad.chain.offers import Deal, Machine, module_id
+from lilypad.network import NetworkProfile, save_network
+from lilypad.storage.backends import KuboStorage
+from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.node import EmbeddedNode
+from tests.conftest import CliRunner
+from tests.solver.conftest import ETH, Net, Server, SolverFactory
+
+HAS = Machine(gpus=0, vram_mb=0, cpu_millis=4000, ram_mb=8192, disk_mb=10240)
+
+
+@pytest.fixture
+def ipfs(tmp_path: Path) -> Iterator[EmbeddedNode]:
+    with EmbeddedNode(
+        Blockstore(tmp_path / "ipfs"), api="127.0.0.1:0", gateway="127.0.0.1:0"
+    ) as node:
+        yield node
+
+
+@dataclass
+class Stack:
+    net: Net
+    server: Server
+    ipfs: EmbeddedNode
+
+
+@pytest.fixture
+def stack(
+    net: Net, make_solver: SolverFactory, ipfs: EmbeddedNode, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stack]:
+    with Server(make_solver()) as server:
+        save_network(
+            NetworkProfile(
+                name="test",
+                chain_id=net.chain.chain_id,
+                rpc_url=net.anvil.rpc_url,
+                token=net.deployment.token,
+                market=net.deployment.market,
+                job_creator=net.deployment.job_creator,
+                deployed_block=net.deployment.block,
+                solver_url=server.url,
+                ipfs_api_url=ipfs.api_url,
+                gateway_url=ipfs.gateway_url,
+                accounts={"mediator": net.mediator.address},
+            )
+        )
+        monkeypatch.setenv("WEB3_PRIVATE_KEY", net.creators[0].key.hex())
+        yield Stack(net, server, ipfs)
+
+
+class StandInProvider(threading.Thread):
+    """Takes one deal and answers it: writes a result folder, adds it to IPFS, submits the CID
+    (or, with ``deliver=False``, never answers)."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        account: LocalAccount,
+        folder: Path,
+        *,
+        deliver: bool = True,
+        corrupt: bool = False,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.account, self.folder = stack, account, folder
+        self.deliver, self.corrupt = deliver, corrupt
+        self.market = JobMarketClient(stack.net.chain, stack.net.deployment.market)
+        self.done = threading.Event()
+        net = stack.net
+        offer = net.resource(
+            account, module=module_id("cowsay:v0.0.4"), machine=HAS.encode(), price=3 * ETH
+        )
+        with httpx.Client(base_url=stack.server.url) as client:
+            client.post(
+                "/api/v1/resource_offers", json=offer.model_dump(mode="json")
+            ).raise_for_status()
+
+    def run(self) -> None:
+        with (
+            httpx.Client(base_url=self.stack.server.url, timeout=30) as client,
+            client.stream(
+                "GET", "/api/v1/events", params={"party": self.account.address}
+            ) as response,
+        ):
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line.removeprefix("data: "))
+                if event["kind"] == "deal.created":
+                    self.answer(Deal.model_validate(event["deal"]), client, event["job_offer_id"])
+                    return
+
+    def answer(self, deal: Deal, client: httpx.Client, job_offer_id: str) -> None:
+        spec = client.get(f"/api/v1/job_offers/{job_offer_id}").json()["offer"]["spec"]
+        message = spec["tunables"]["Message"]
+        (self.folder / "outputs").mkdir(parents=True)
+        (self.folder / "outputs" / "cowsay.txt").write_text(f"< {message} >\n")
+        (self.folder / "stdout").write_text(f"< {message} >\n")
+        (self.folder / "stderr").write_text("")
+        (self.folder / "exitCode").write_text("0")
+        if self.deliver:
+            storage = KuboStorage(self.stack.ipfs.api_url)
+            try:
+                cid = storage.add(self.folder)
+            finally:
+                storage.close()
+            self.market.submit_result(self.account, deal, bytes(cid))
+        self.done.set()
+
+
+def test_run_completes_a_job_and_saves_exactly_the_result(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    net = stack.net
+    provider = StandInProvider(stack, net.providers[0], tmp_path / "result")
+    provider.start()
+    before = net.market.balance_of(net.providers[0].address)
+
+    result = cli(
+        "run",
+        "cowsay:v0.0.4",
+        "-i",
+        "Message=hello from the test",
+        "--network",
+        "test",
+        "--yes",
+        "--json",
+        "--max-price",
+        "5",
+    )
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert set(record) >= {
+        "module",
+        "tunables",
+        "job_offer_id",
+        "deal_id",
+        "result_cid",
+        "output_dir",
+        "gateway_url",
+        "txs",
+        "timings_ms",
+    }
+    assert record["module"] == "cowsay:v0.0.4"
+    assert record["tunables"] == {"Message": "hello from the test"}
+    out = Path(record["output_dir"])
+    assert out.name == record["result_cid"]
+    assert sorted(p.name for p in out.iterdir()) == ["exitCode", "outputs", "stderr", "stdout"]
+    assert (out / "outputs" / "cowsay.txt").read_text() == "< hello from the test >\n"
+    assert record["gateway_url"] == f"{stack.ipfs.gateway_url}/ipfs/{record['result_cid']}"
+    assert net.market.deal_status(record["deal_id"]).state is DealState.NONE  # settled
+    assert net.market.balance_of(net.providers[0].address) == before + 3 * ETH
+    listed = json.loads(cli("jobs", "list", "--json").stdout)
+    assert [j["state"] for j in listed] == ["accepted"]
+    shown = cli("jobs", "show", record["deal_id"][:12])
+    assert record["result_cid"] in shown.stdout
+
+
+def test_bad_input_stops_before_anything_is_posted(stack: Stack, cli: CliRunner) -> None:
+    result = cli("run", "cowsay:v0.0.4", "-i", "Mesage=hi", "--network", "test", "--yes")
+    assert result.exit_code == 2
+    assert "Message" in result.stderr
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []
+
+
+def test_missing_key_is_a_clear_error(
+    stack: Stack, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WEB3_PRIVATE_KEY")
+    result = cli("run", "cowsay:v0.0.4", "--network", "test", "--yes")
+    assert result.exit_code == 2
+    assert "WEB3_PRIVATE_KEY" in result.stderr
+
+
+@pytest.mark.slow
+def test_provider_that_never_delivers_is_timed_out_and_refunded(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    net = stack.net
+    provider = StandInProvider(stack, net.providers[1], tmp_path / "result", deliver=False)
+    provider.start()
+    creator = net.creators[0].address
+    before = net.market.balance_of(creator)
+    # A live chain makes blocks all the time; the dev chain only on transactions, and a deadline
+    # can only be seen to pass in a new block.
+    stop = threading.Event()
+
+    def produce_blocks() -> None:
+        while not stop.wait(1):
+            net.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    threading.Thread(target=produce_blocks, daemon=True).start()
+    try:
+        result = cli(
+            "run",
+            "cowsay:v0.0.4",
+            "--network",
+            "test",
+            "--yes",
+            "--timeout",
+            "2",
+            "--max-price",
+            "5",
+        )
+    finally:
+        stop.set()
+    assert result.exit_code == 1
+    assert "timed out" in result.stderr
+    assert "refunded" in result.stderr
+    # the price came back, and the provider's collateral (2 tokens) went to the job creator
+    assert net.market.balance_of(creator) == before + 2 * ETH
+
+
+@pytest.mark.slow
+def test_no_provider_means_the_offer_is_withdrawn(stack: Stack, cli: CliRunner) -> None:
+    result = cli("run", "cowsay:v0.0.4", "--network", "test", "--yes", "--expires-in", "15")
+    assert result.exit_code == 1
+    assert "no provider took the job" in result.stderr
+    assert [j["state"] for j in json.loads(cli("jobs", "list", "--json").stdout)] == ["cancelled"]

@@ -1,0 +1,124 @@
+"""Fixtures for the storage tests: the reference importers and a running embedded node."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.importer import ImportProfile
+from lilypad.storage.node import EmbeddedNode
+
+JS_DIR = Path(__file__).parent / "js"
+NODE_TOKEN = "test-pinning-token"
+
+Reference = Callable[[Path, ImportProfile], str]
+
+
+def _missing(what: str, how: str) -> None:
+    """Fail loudly in CI (the component must be installed there), skip with a reason locally."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI; {how}")
+    pytest.skip(f"{what} is not installed; {how}")
+
+
+@pytest.fixture(scope="session")
+def js_reference() -> Reference:
+    """Root CID from the reference JS importer (ipfs-unixfs-importer) with kubo's layout."""
+    node = shutil.which("node")
+    if node is None or not (JS_DIR / "node_modules" / "ipfs-unixfs-importer").is_dir():
+        _missing("the reference JS importer", "run `make storage-js` (needs node and npm)")
+    assert node is not None
+
+    def run(path: Path, profile: ImportProfile) -> str:
+        args = [str(profile.cid_version), "1" if profile.raw_leaves else "0"]
+        args += [str(profile.chunk_size), str(profile.max_links)]
+        result = subprocess.run(
+            [node, str(JS_DIR / "reference.mjs"), str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=100,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def ipfs_cid() -> Callable[[Path], dict[str, str]]:
+    """Debian's `ipfs_cid` (package ipfs-cid): kubo-default CIDv0 of a file."""
+    exe = shutil.which("ipfs_cid")
+    if exe is None:
+        _missing("Debian's ipfs-cid", "apt-get install ipfs-cid (.ci/run does)")
+    assert exe is not None
+
+    def run(path: Path) -> dict[str, str]:
+        import json
+
+        out = subprocess.run(
+            [exe, str(path)], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        line = next(line for line in out.splitlines() if line.startswith("{"))
+        result: dict[str, str] = json.loads(line)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Blockstore:
+    """An empty blockstore."""
+    return Blockstore(tmp_path / "repo")
+
+
+@pytest.fixture
+def node(store: Blockstore) -> Iterator[EmbeddedNode]:
+    """The embedded node on free ports of 127.0.0.1, serving ``store``."""
+    with EmbeddedNode(
+        store, api="127.0.0.1:0", gateway="127.0.0.1:0", pinning_token=NODE_TOKEN
+    ) as running:
+        yield running
+
+
+def write_tree(root: Path, files: dict[str, bytes | None]) -> Path:
+    """Create files (``None``: an empty directory) under ``root``; returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        target = root / rel
+        if content is None:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    return root
+
+
+@contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free port of 127.0.0.1; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
