@@ -54,6 +54,8 @@ from lilypad.storage.cid import CID
 TOKEN_DECIMALS = 18
 #: Extra time a provider gets beyond the module's own timeout (download, upload, chain).
 TIMEOUT_MARGIN_S = 300
+#: Record states that already say how a failed job ended (and so what became of the funds).
+FINAL_FAILURES = ("cancelled", "timed_out", "challenged")
 
 
 class JobError(LilypadError):
@@ -247,9 +249,8 @@ class JobRunner:
             return record
         except LilypadError as exc:
             record.error = str(exc)
-            record.state = (
-                "failed" if record.state not in ("cancelled", "timed_out") else record.state
-            )
+            if record.state not in FINAL_FAILURES:
+                record.state = "failed"
             raise
         finally:
             events.close()

@@ -24,19 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_defunct, encode_typed_data
+from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
 
 from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import (
     ZERO_BYTES32,
     Deal,
+    JobOffer,
     Machine,
     SignedJobOffer,
     SignedResourceOffer,
 )
+from lilypad.chain.offers import ResourceOffer as ChainResourceOffer
 from lilypad.errors import ChainError, ChainUnavailable, ContractReverted, SolverError
 from lilypad.jobs import (
     ChainClock,
@@ -192,12 +193,7 @@ class Solver:
             check_submission(signed)
         except SpecMismatch as exc:
             raise OfferRejected(str(exc)) from None
-        self._check_signature(
-            offer.job_creator,
-            offer.typed_data(self.chain_id, self.market.address),
-            signed.signature,
-            "job offer",
-        )
+        self._check_signature(offer, offer.job_creator, signed.signature, "job offer")
         self._limiter.take(offer.job_creator)
         self._check_fresh(offer.job_creator, offer.nonce, offer.expiry)
         self._check_deposit(offer.job_creator, JobOfferRow, offer.max_price, "its maximum price")
@@ -222,12 +218,7 @@ class Solver:
         """Check, store and list a resource offer (one job slot). Raises as for job offers."""
         offer = signed.offer
         offer_id = offer.struct_hash()
-        self._check_signature(
-            offer.provider,
-            offer.typed_data(self.chain_id, self.market.address),
-            signed.signature,
-            "resource offer",
-        )
+        self._check_signature(offer, offer.provider, signed.signature, "resource offer")
         self._limiter.take(offer.provider)
         self._check_fresh(offer.provider, offer.nonce, offer.expiry)
         self._check_deposit(offer.provider, ResourceOfferRow, offer.collateral, "its collateral")
@@ -460,16 +451,16 @@ class Solver:
 
     # ----------------------------------------------------------------------------- checks
     def _check_signature(
-        self, signer: str, typed: dict[str, Any], signature: str, what: str
+        self, offer: JobOffer | ChainResourceOffer, signer: str, signature: str, what: str
     ) -> None:
-        try:
-            recovered = Account.recover_message(
-                encode_typed_data(full_message=typed), signature=signature
-            )
-        except (ValueError, TypeError) as exc:
-            raise OfferRejected(f"{what} signature is malformed: {exc}") from None
-        if recovered != to_checksum_address(signer):
-            raise OfferRejected(f"{what} is signed by {recovered}, not by {signer}")
+        """ECDSA by the signer, or ERC-1271 when the signer is a contract (the JobCreator
+        bridge): exactly what ``createDeal`` will accept."""
+        if self.market.signature_valid(offer, signature):
+            return
+        recovered = offer.signer(signature, self.chain_id, self.market.address)
+        if recovered is None:
+            raise OfferRejected(f"{what} signature is malformed")
+        raise OfferRejected(f"{what} is signed by {recovered}, not by {signer}")
 
     def _check_fresh(self, signer: str, nonce: int, expiry: int) -> None:
         now = self._clock()

@@ -16,7 +16,8 @@ from eth_account.signers.local import LocalAccount
 
 from lilypad.chain.market import DealState, JobMarketClient
 from lilypad.chain.offers import Deal, Machine, module_id
-from lilypad.network import NetworkProfile, save_network
+from lilypad.network import NetworkProfile, load_network, save_network
+from lilypad.storage import result_dir
 from lilypad.storage.backends import KuboStorage
 from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.node import EmbeddedNode
@@ -234,3 +235,73 @@ def test_no_provider_means_the_offer_is_withdrawn(stack: Stack, cli: CliRunner) 
     assert result.exit_code == 1
     assert "no provider took the job" in result.stderr
     assert [j["state"] for j in json.loads(cli("jobs", "list", "--json").stdout)] == ["cancelled"]
+
+
+def test_deposit_is_topped_up_only_with_consent(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    net = stack.net
+    creator = net.creators[0].address
+    before = net.market.balance_of(creator)
+    refused = cli("run", "cowsay:v0.0.4", "--network", "test", "--max-price", "150")
+    assert refused.exit_code == 2
+    assert "--yes" in refused.stderr
+    assert net.market.balance_of(creator) == before
+    StandInProvider(stack, net.providers[0], tmp_path / "result").start()
+    done = cli("run", "cowsay:v0.0.4", "--network", "test", "--max-price", "150", "--yes", "--json")
+    assert done.exit_code == 0, done.stderr
+    # topped up to 150, then 3 paid to the provider
+    assert net.market.balance_of(creator) == 150 * ETH - 3 * ETH
+
+
+class LyingIPFS(threading.Thread):
+    """A Kubo RPC endpoint that answers every block request with the wrong bytes."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = b"these are not the bytes you are looking for"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        super().__init__(daemon=True)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.1)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_result_that_fails_verification_is_challenged(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    net = stack.net
+    liar = LyingIPFS()
+    liar.start()
+    try:
+        profile = load_network("test")
+        save_network(profile.model_copy(update={"ipfs_api_url": liar.url}))
+        StandInProvider(stack, net.providers[0], tmp_path / "result").start()
+        result = cli("run", "cowsay:v0.0.4", "--network", "test", "--yes", "--max-price", "5")
+    finally:
+        liar.stop()
+    assert result.exit_code == 1
+    assert "challenged" in result.stderr, result.stderr
+    record = json.loads(cli("jobs", "list", "--json").stdout)[-1]
+    assert record["state"] == "challenged"
+    assert net.market.deal_status(record["deal_id"]).state is DealState.CHALLENGED
+    # nothing was saved as if it were the result
+    assert record["output_dir"] is None
+    assert not result_dir(record["result_cid"]).exists()
