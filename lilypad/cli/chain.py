@@ -6,24 +6,18 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
 from rich.table import Table
 
-from lilypad.chain import (
-    Chain,
-    Deployment,
-    deploy,
-    setup_dev_accounts,
-)
-from lilypad.chain.anvil import Anvil, port_in_use
 from lilypad.cli.output import console, emit, note
 from lilypad.errors import ConfigError, UnknownNetwork
-from lilypad.network import NetworkProfile, config_dir, connect, load_network, save_network
+
+if TYPE_CHECKING:  # the chain libraries take seconds to import: only commands that use them do
+    from lilypad.chain import Chain, Deployment
+    from lilypad.chain.anvil import Anvil
+    from lilypad.network import NetworkProfile
 
 app = typer.Typer(
     help="Run a local chain, deploy the contracts, inspect a network.", no_args_is_help=True
@@ -31,7 +25,6 @@ app = typer.Typer(
 
 #: Roles of anvil's pre-funded development accounts on a local network, by account index.
 DEV_ROLES = {"owner": 0, "solver": 1, "mediator": 2, "provider": 3, "job_creator": 4}
-KEY_ENV = "LILYPAD_PRIVATE_KEY"
 
 
 def _network_option(default: str = "local") -> Any:
@@ -56,6 +49,8 @@ def up(
     Anvil's ten pre-funded test accounts get roles (owner, solver, mediator, provider,
     job_creator...) and 1,000,000 LP each; the solver and mediator are registered.
     """
+    from lilypad.chain.anvil import Anvil, port_in_use
+
     if port_in_use(port):
         raise ConfigError(f"port {port} on 127.0.0.1 is already in use; pick another with --port")
     node = Anvil(port).start(detach=detach)
@@ -103,19 +98,20 @@ def deploy_cmd(
     ),
     challenge_window: int = typer.Option(3600, min=1, help="Seconds to challenge a result."),
     mediation_timeout: int = typer.Option(86400, min=1, help="Seconds a mediator has to rule."),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="File with the deployer's private key (else $WEB3_PRIVATE_KEY)."
+    ),
     json_output: bool = _json_option(),
 ) -> None:
     """Deploy the contracts to any EVM chain and write the network profile.
 
-    The deployer's private key is read from $LILYPAD_PRIVATE_KEY (never from the command line).
+    The deployer's private key comes from $WEB3_PRIVATE_KEY or --key-file, never a flag.
     """
-    key = os.environ.get(KEY_ENV)
-    if not key:
-        raise ConfigError(f"${KEY_ENV} is not set: export the deployer's private key first")
-    try:
-        owner: LocalAccount = Account.from_key(key)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"${KEY_ENV} is not a valid private key") from exc
+    from lilypad.chain import Chain, deploy
+    from lilypad.keys import load_account
+    from lilypad.network import save_network
+
+    owner = load_account(key_file, role="the deployer")
     chain = Chain(rpc_url)
     deployment = deploy(
         chain,
@@ -132,6 +128,8 @@ def deploy_cmd(
 @app.command()
 def status(network: str = _network_option(), json_output: bool = _json_option()) -> None:
     """Show the chain of a network: its head, the contracts, and the balances of its accounts."""
+    from lilypad.network import connect
+
     conn = connect(network, request_timeout=10)
     profile, chain, market, token = conn.profile, conn.chain, conn.market, conn.token
     market_address, token_address = market.address, token.address
@@ -167,10 +165,15 @@ def status(network: str = _network_option(), json_output: bool = _json_option())
 
 
 def _eth_balance(chain: Chain, address: str) -> int:
+    from eth_utils.address import to_checksum_address
+
     return int(chain.rpc("balance", lambda: chain.w3.eth.get_balance(to_checksum_address(address))))
 
 
 def _deploy_dev(node: Anvil, network: str) -> NetworkProfile:
+    from lilypad.chain import Chain, deploy, setup_dev_accounts
+    from lilypad.network import save_network
+
     chain = Chain(node.rpc_url)
     accounts = node.accounts
     owner = accounts[DEV_ROLES["owner"]]
@@ -193,6 +196,8 @@ def _profile(
     name: str, rpc_url: str, deployment: Deployment, accounts: dict[str, str]
 ) -> NetworkProfile:
     """A new profile, keeping the service URLs of an existing one of the same name."""
+    from lilypad.network import NetworkProfile, load_network
+
     try:
         old: dict[str, Any] = load_network(name).model_dump()
     except UnknownNetwork:
@@ -251,4 +256,6 @@ def _lp(wei: int) -> str:
 
 
 def _pid_file(network: str) -> Path:
+    from lilypad.network import config_dir
+
     return config_dir() / f"anvil-{network}.pid"

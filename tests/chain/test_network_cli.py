@@ -83,8 +83,8 @@ def test_a_profile_without_contracts_says_how_to_deploy() -> None:
 def test_deploy_then_status(env: Env, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     result = cli("chain", "deploy", "--rpc-url", env.chain.rpc_url, "--network", "dev")
     assert result.exit_code == 2
-    assert "LILYPAD_PRIVATE_KEY" in result.stderr
-    monkeypatch.setenv("LILYPAD_PRIVATE_KEY", "0x" + env.stranger.key.hex().removeprefix("0x"))
+    assert "WEB3_PRIVATE_KEY" in result.stderr
+    monkeypatch.setenv("WEB3_PRIVATE_KEY", "0x" + env.stranger.key.hex().removeprefix("0x"))
     result = cli("chain", "deploy", "--rpc-url", env.chain.rpc_url, "--network", "dev", "--json")
     assert result.exit_code == 0, result.stderr
     deployed = json.loads(result.stdout)
