@@ -64,8 +64,8 @@ gas: install
 OFFLINE_IMAGE_DIRS := module/cowsay $(patsubst %/Dockerfile,%,$(wildcard tests/fixtures/modules/*/Dockerfile))
 
 .PHONY: images
-images: install
-	@for dir in $(OFFLINE_IMAGE_DIRS); do $(BIN)/lilypad module build ./$$dir || exit 1; done
+images: $(STAMP)  # the venv only: npm may not be installed yet in .ci/run
+	$(BIN)/lilypad module build $(addprefix ./,$(OFFLINE_IMAGE_DIRS))
 
 # ML modules (sdxl, sdv-pipeline): torch first, pinned to the CPU build on disk (any other torch
 # spec pulls a CUDA build of several GB), then the `ml` extra, which that torch already satisfies.

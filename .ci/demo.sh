@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# `make demo`: the most complete thing that works so far, run through the installed CLI.
+# `make demo`: brings the local network up (chain, IPFS, solver, provider, mediator, bridge) and
+# runs real jobs through it end to end with `lilypad run`, then brings it down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lilypad=.venv/bin/lilypad
+network=demo
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-step "$lilypad" version
-step "$lilypad" module list
-step "$lilypad" module show sdv-pipeline
-step "$lilypad" module render sdxl:v0.9-lilypad1 -i Prompt="beautiful view of iceland with a record player" -i Seed=24
+
+# The demo's provider runs modules as local processes: the GPU module images need a registry and
+# a GPU to build. Without real weights in MODEL_DIR the ML modules run with tiny random weights.
+step "$lilypad" network up --network "$network" --detach --executor process
+trap '"$lilypad" network down --network "$network"' EXIT
+key=$(.venv/bin/python -c "from lilypad.localnet import key_file; print(key_file('$network', 'job_creator'))")
+
+step "$lilypad" run cowsay:v0.0.4 -i Message="hello, lilypad" --network "$network" --key-file "$key" --yes
+step "$lilypad" run sdxl:v0.9-lilypad1 -i Prompt="beautiful view of iceland with a record player" \
+    --network "$network" --key-file "$key" --yes
+step "$lilypad" run sdv-pipeline:v1.1-lilypad2 -i Prompt="an astronaut floating" -i Steps=5 \
+    -i VideoSteps=5 --network "$network" --key-file "$key" --yes
+step "$lilypad" jobs list

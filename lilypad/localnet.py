@@ -27,6 +27,7 @@ from lilypad.chain import Chain, deploy, setup_dev_accounts
 from lilypad.chain.anvil import Anvil, port_in_use
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError, LilypadError
+from lilypad.modules import list_builtin
 from lilypad.network import NetworkProfile, save_network
 
 #: Anvil's pre-funded accounts by role (the same as ``lilypad chain up``).
@@ -104,15 +105,21 @@ def services(profile: NetworkProfile, executor: str | None, weights: str) -> lis
     network = profile.name
     assert profile.solver_url
     assert profile.ipfs_api_url
-    provider = [
-        "resource-provider",
-        "--network",
-        network,
-        "--weights",
-        weights,
-        "--metrics",
-        f"127.0.0.1:{PORTS['provider']}",
+    # One resource offer names one module, so the provider keeps a slot per module version: every
+    # built-in module stays on offer. TODO: slot groups (offers for several modules sharing one
+    # slot) would let a provider offer many modules without committing a slot to each.
+    served = [
+        f"{manifest.name}:{version}"
+        for manifest, _ in list_builtin()
+        for version in manifest.versions
     ]
+    provider = [
+        "resource-provider", "--network", network, "--weights", weights,
+        "--metrics", f"127.0.0.1:{PORTS['provider']}",
+        "--modules", ",".join(served), "--max-concurrent", str(len(served)),
+    ]  # fmt: skip
+    if weights == "tiny":
+        provider.append("--emulate-machine")  # the GPU modules' needs, met on the CPU
     if executor:
         provider += ["--executor", executor]
     return [

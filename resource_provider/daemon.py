@@ -27,7 +27,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +62,8 @@ EVENTS = (
 TIMEOUT_OUTCOMES = {0: Outcome.TIMED_OUT, 1: Outcome.PAID, 2: Outcome.MEDIATION_TIMED_OUT}
 #: Seconds before retrying a deal whose last attempt hit a passing failure (solver, chain).
 RETRY_S = 3.0
+#: Seconds before listing offers again after the solver refused one or could not be reached.
+OFFER_RETRY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class ProviderConfig:
     """How the provider offers and works.
 
     Attributes:
-        modules: Exact module references served (``cowsay:v0.0.4``); offers rotate over them.
+        modules: Exact module references served (``cowsay:v0.0.4``); each new offer is for the
+            one with the fewest open offers.
         price: Price per job, in the token's smallest unit.
         collateral: Collateral per job, same unit.
         mediators: Mediators this provider trusts (offers name them).
@@ -83,6 +85,8 @@ class ProviderConfig:
         start_block: Where to start reading events when no position is saved.
         confirmations: Blocks an event must be buried under before it is acted upon.
         event_stream: Listen to the solver's event stream (faster than chain polling alone).
+        auto_deposit: At start, move tokens from the wallet into the market balance when it does
+            not cover the collateral of every slot.
     """
 
     modules: tuple[str, ...]
@@ -98,6 +102,7 @@ class ProviderConfig:
     start_block: int = 0
     confirmations: int = 0
     event_stream: bool = True
+    auto_deposit: bool = False
 
 
 @dataclass
@@ -159,6 +164,7 @@ class ResourceProvider:
         self.machine: Machine = hardware.machine(config.gpus)
         self._lock = threading.RLock()
         self._pending = _Pending()
+        self._offer_retry_at = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._incoming: queue.Queue[Deal] = queue.Queue()
@@ -200,6 +206,8 @@ class ResourceProvider:
         )
         for deal_id, phase in sorted(self._open.items()):
             log.info("resuming deal %s from phase %s", deal_id, phase)
+        if self.config.auto_deposit:
+            self._top_up()
         targets = [("main", self._main_loop)]
         if self.config.event_stream:
             targets.append(("events", self._stream_loop))
@@ -225,6 +233,25 @@ class ResourceProvider:
         """Block until :meth:`stop` (or Ctrl-C in the caller)."""
         while not self._stop.wait(1.0):
             pass
+
+    def _top_up(self) -> None:
+        """Deposit what the collateral of every slot needs beyond the market balance."""
+        needed = self.config.collateral * self.config.max_concurrent
+        missing = needed - self.market.balance_of(self.address)
+        if missing <= 0:
+            return
+        wallet = self.market.token.balance_of(self.address)
+        if wallet < missing:
+            log.warning(
+                "market balance is %d short of the collateral for %d slot(s), and the wallet "
+                "holds only %d: the solver will refuse offers beyond the deposit",
+                missing,
+                self.config.max_concurrent,
+                wallet,
+            )
+            return
+        receipt = self.market.deposit(self.account, missing)
+        log.info("deposited %d into the market for collateral (%s)", missing, receipt.tx_hash)
 
     # ------------------------------------------------------------------------------ main loop
     def _main_loop(self) -> None:
@@ -348,6 +375,8 @@ class ResourceProvider:
         status = self.market.deal_status(deal.deal_id)
         if status.state is not DealState.CREATED:
             raise JobRefused(f"deal is {status.state.name.lower()} on chain, not created")
+        if status.deadline <= self._now():
+            raise JobRefused(f"the result deadline {status.deadline} has passed")
         spec = verified_spec(self.solver.job_submission(deal.job_offer_hash), deal)
         if spec.module not in self.config.modules:
             raise JobRefused(
@@ -448,15 +477,20 @@ class ResourceProvider:
         for offer in list(self._offers.values()):
             if offer.expiry - now < self.config.offer_ttl_s // 3:
                 self._cancel(offer)
-        free = self.config.max_concurrent - self._busy_slots() - len(self._offers)
-        for _ in range(max(0, free)):
-            if not self._post_offer(now):
-                break
         self.metrics.open_offers.set(len(self._offers))
+        free = self.config.max_concurrent - self._busy_slots() - len(self._offers)
+        if free <= 0 or time.monotonic() < self._offer_retry_at:
+            return
+        for _ in range(free):
+            if not self._post_offer(now):
+                # Refused (deposit too small, rate limit) or unreachable: try again later
+                # rather than on every pass.
+                self._offer_retry_at = time.monotonic() + OFFER_RETRY_S
+                break
 
     def _post_offer(self, now: int) -> bool:
         nonce = int(self.store.meta("next_nonce", 0)) or _initial_nonce()
-        module = self.config.modules[nonce % len(self.config.modules)]
+        module = self._least_offered_module()
         offer = ResourceOffer(
             provider=self.address,
             module=module_id(module),
@@ -482,6 +516,16 @@ class ResourceProvider:
             self._save_offers()
         log.info("offer %s listed for %s until %d", offer_id, module, offer.expiry)
         return True
+
+    def _least_offered_module(self) -> str:
+        """The served module with the fewest open offers (the first on a tie), so that with as
+        many slots as modules every module stays on offer while the provider is idle."""
+        with self._lock:
+            counts = {module: 0 for module in self.config.modules}
+            for offer in self._offers.values():
+                if offer.module in counts:
+                    counts[offer.module] += 1
+        return min(self.config.modules, key=lambda module: counts[module])
 
     def _cancel(self, offer: _Offer) -> None:
         try:
@@ -546,8 +590,3 @@ def _initial_nonce() -> int:
 
 def _hex(value: Any) -> str:
     return value if isinstance(value, str) else "0x" + bytes(value).hex()
-
-
-def deal_records(store: JsonStore) -> Iterable[DealRecord]:
-    """Every deal the provider knows (for status displays and tests)."""
-    return store.all("deals", DealRecord)

@@ -174,14 +174,14 @@ class Anvil:
                 os.kill(self.pid, signal.SIGTERM)
                 os.waitpid(self.pid, 0)
             return
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Anvil:
         return self.start()

@@ -88,18 +88,24 @@ def run(
 
 
 def build(
-    ref: str = typer.Argument(..., help="Module reference, e.g. cowsay:v0.0.4 or a folder."),
+    refs: list[str] = typer.Argument(
+        ..., help="Module references, e.g. cowsay:v0.0.4 or a module folder."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Build a module version's Docker image from its folder's Dockerfile."""
-    module = _resolve(ref)
-    with err_console.status(f"Building {escape(module.spec.image)} from {module.directory}"):
-        tag, image_id = build_module(module)
-    emit(
-        {"image": tag, "id": image_id},
-        json_output,
-        lambda: console.print(f"Built [bold]{escape(tag)}[/] ({image_id})"),
-    )
+    """Build module versions' Docker images from their folders' Dockerfiles."""
+    built = []
+    for ref in refs:
+        module = _resolve(ref)
+        with err_console.status(f"Building {escape(module.spec.image)} from {module.directory}"):
+            tag, image_id = build_module(module)
+        built.append({"image": tag, "id": image_id})
+    emit(built, json_output, lambda: _show_built(built))
+
+
+def _show_built(built: list[dict[str, str]]) -> None:
+    for item in built:
+        console.print(f"Built [bold]{escape(item['image'])}[/] ({item['id']})", soft_wrap=True)
 
 
 def _say_executor(selection: Selection, *, chosen: bool) -> None:

@@ -96,6 +96,35 @@ def _gpus(text: str) -> int | None:
     return int(text)
 
 
+def _emulated(hardware: Any, weights: Weights, served: tuple[str, ...]) -> Any:
+    """The detected machine, raised to what every served module needs (dev networks with tiny
+    weights: a small machine stands in for a GPU box)."""
+    import dataclasses
+    import math
+
+    from lilypad import modules
+    from resource_provider.machine import Gpu
+
+    if weights is not Weights.TINY:
+        raise InputError("--emulate-machine needs --weights tiny: real weights need a real GPU")
+    needs = [modules.resolve(ref).spec.machine for ref in served]
+    vram_mb = max((math.ceil(n.vram_gb * 1024) for n in needs), default=0)
+    gpus = hardware.gpus
+    if any(n.gpus for n in needs) and not gpus:
+        gpus = (Gpu(model="emulated: tiny weights on the CPU", vram_mb=vram_mb),)
+    note(
+        "emulating the machine the served modules need: GPU modules run on the CPU with tiny "
+        "weights (dev networks only)"
+    )
+    return dataclasses.replace(
+        hardware,
+        gpus=gpus,
+        cpus=max(hardware.cpus, math.ceil(max((n.cpus for n in needs), default=0))),
+        ram_mb=max(hardware.ram_mb, math.ceil(max((n.ram_gb for n in needs), default=0) * 1024)),
+        disk_mb=max(hardware.disk_mb, math.ceil(max((n.disk_gb for n in needs), default=0) * 1024)),
+    )
+
+
 def _run_until_signal(daemon: Any) -> None:
     """Run ``daemon`` until Ctrl-C or SIGTERM, then stop it cleanly."""
 
@@ -141,6 +170,13 @@ def resource_provider(
     executor: ExecutorKind | None = EXECUTOR_OPTION,
     weights: Weights = WEIGHTS_OPTION,
     gpus: str = typer.Option("auto", "--gpus", help="GPUs to offer: auto (detect) or a number."),
+    emulate_machine: bool = typer.Option(
+        False,
+        "--emulate-machine",
+        help="Dev networks, with --weights tiny only: offer the machine the served modules need "
+        "(GPU, VRAM, CPUs, RAM, disk) even where this one is smaller; the ML modules then run "
+        "on the CPU with tiny weights.",
+    ),
     max_concurrent: int = typer.Option(
         1, "--max-concurrent", min=1, max=256, help="Jobs run at once (one offer per free slot)."
     ),
@@ -157,6 +193,18 @@ def resource_provider(
     metrics: str = METRICS_OPTION,
     offer_ttl: int = typer.Option(
         600, "--offer-ttl", min=30, help="Seconds an offer stays valid before a fresh one."
+    ),
+    submit_margin: int = typer.Option(
+        30,
+        "--submit-margin",
+        min=0,
+        help="Seconds kept after a module's timeout to add the result and submit it; a deal "
+        "leaving less is refused.",
+    ),
+    deposit: bool = typer.Option(
+        True,
+        "--deposit/--no-deposit",
+        help="At start, deposit from the wallet what the collateral of every slot needs.",
     ),
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
@@ -186,11 +234,15 @@ def resource_provider(
         gpus=_gpus(gpus),
         offer_ttl_s=offer_ttl,
         start_block=profile.deployed_block,
+        submit_margin_s=submit_margin,
+        auto_deposit=deposit,
     )
     account = load_account(key_file, role="the resource provider")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
     state_dir = data_dir or get_settings().data_dir / "provider" / network / account.address
     hardware = detect(state_dir)
+    if emulate_machine:
+        hardware = _emulated(hardware, weights, config.modules)
     selection = create_executor(executor)
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)

@@ -19,6 +19,7 @@ from lilypad.errors import InputError
 jobs_app = typer.Typer(help="Jobs you ran from this machine.", no_args_is_help=True)
 
 _STEP_TEXT = {
+    "deposit": "deposited {amount} tokens into the market",
     "posted": "offer posted ({job_offer_id:.18}…), waiting for a provider",
     "matched": "matched with provider {provider}",
     "deal": "deal {deal_id:.18}… on chain with {provider} (tx {tx:.18}…)",
@@ -94,16 +95,16 @@ def run(
 
     runner = JobRunner(profile, account, market, on_step)
     try:
-        needed = runner.deposit_needed(price)
-        if needed:
-            _consent(needed, yes, format_tokens)
-            on_step(Step("deposit", {}))
-            runner.deposit(needed)
         if not quiet:
             note(
                 f"running {spec.module} as {account.address} on {network!r} "
                 f"(max price {format_tokens(price)})"
             )
+        needed = runner.deposit_needed(price)
+        if needed:
+            _consent(needed, yes, format_tokens)
+            runner.deposit(needed)
+            on_step(Step("deposit", {"amount": format_tokens(needed)}))
         with status if sys.stderr.isatty() and not quiet else _nothing():
             record = _run_interruptibly(runner, spec, options)
     finally:
@@ -158,12 +159,16 @@ def _consent(needed: int, yes: bool, fmt: Any) -> None:
 
 
 def _summary(record: Any) -> None:
-    console.print(f"\n[bold]Job complete[/] {escape(record.module)}")
-    console.print(f"  CID        {record.result_cid}")
-    console.print(f"  deal       {record.deal_id}  (provider {record.provider})")
-    console.print(f"  outputs    {escape(record.output_dir or '')}")
-    console.print(f"  IPFS link  {escape(record.gateway_url or '')}")
-    console.print(f"\nOpen the results:\n\n    open {escape(record.output_dir or '')}\n")
+    lines = [
+        f"\n[bold]Job complete[/] {escape(record.module)}",
+        f"  CID        {record.result_cid}",
+        f"  deal       {record.deal_id}  (provider {record.provider})",
+        f"  outputs    {escape(record.output_dir or '')}",
+        f"  IPFS link  {escape(record.gateway_url or '')}",
+        f"\nOpen the results:\n\n    open {escape(record.output_dir or '')}\n",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True)  # paths and links stay on one line
 
 
 @jobs_app.command("list")

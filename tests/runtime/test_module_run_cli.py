@@ -106,11 +106,14 @@ def test_with_an_engine_docker_is_chosen(cli: CliRunner, tmp_path: Path) -> None
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker_images")
 def test_build_builds_an_offline_image(cli: CliRunner) -> None:
-    result = cli("module", "build", str(FIXTURES / "silent"), "--json")
+    result = cli("module", "build", str(FIXTURES / "silent"), str(FIXTURES / "crash"), "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["image"] == "lilypad-test/silent:local"
-    assert data["id"].startswith("sha256:")
+    assert [item["image"] for item in data] == [
+        "lilypad-test/silent:local",
+        "lilypad-test/crash:local",
+    ]
+    assert all(item["id"].startswith("sha256:") for item in data)
 
 
 @pytest.mark.docker
