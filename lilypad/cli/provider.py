@@ -11,14 +11,13 @@ import signal
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from lilypad.cli.output import note
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError, InputError
-from lilypad.network import NetworkProfile, load_network
 from resource_provider.executors import ExecutorKind, Weights
 
 #: Token amounts on the command line are in whole tokens (18 decimals).
@@ -51,6 +50,10 @@ def parse_listen(text: str, option: str) -> tuple[str, int]:
 
 def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+if TYPE_CHECKING:  # web3 and eth_account take seconds to import: only the commands do
+    from lilypad.network import NetworkProfile
 
 
 def _require(profile: NetworkProfile, field: str, what: str) -> str:
@@ -212,6 +215,7 @@ def resource_provider(
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
+    from lilypad.network import load_network
     from lilypad.storage import open_storage
     from resource_provider import logs
     from resource_provider.daemon import ProviderConfig, ResourceProvider
@@ -280,6 +284,7 @@ def mediator(
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
+    from lilypad.network import load_network
     from lilypad.storage import open_storage
     from resource_provider import logs
     from resource_provider.executors import create_executor
@@ -338,6 +343,7 @@ def jobcreator(
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobCreatorClient, JobMarketClient
     from lilypad.keys import load_account
+    from lilypad.network import load_network
     from resource_provider import logs
     from resource_provider.bridge import BridgeConfig, JobCreatorBridge
     from resource_provider.solver_client import SolverClient

@@ -10,8 +10,6 @@ import typer
 from lilypad.cli.output import note
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError
-from lilypad.keys import load_account
-from lilypad.network import load_network
 
 
 def solver(
@@ -39,6 +37,8 @@ def solver(
 
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
+    from lilypad.keys import load_account
+    from lilypad.network import load_network
     from solver.app import create_app
     from solver.service import Solver, SolverConfig
     from solver.store import Store
