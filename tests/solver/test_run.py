@@ -305,3 +305,48 @@ def test_a_result_that_fails_verification_is_challenged(
     # nothing was saved as if it were the result
     assert record["output_dir"] is None
     assert not result_dir(record["result_cid"]).exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_withdraws_a_pending_offer(stack: Stack) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lilypad", "run", "cowsay:v0.0.4", "--network", "test", "--yes"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert proc.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:  # no provider: the offer waits, and we interrupt it
+        seen.append(line)
+        if "offer posted" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 130
+    assert "withdrawn" in rest, "".join(seen) + rest
+    with httpx.Client(base_url=stack.server.url) as client:
+        deals = client.get("/api/v1/deals").json()
+        assert deals == []
+    records = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "lilypad", "jobs", "list", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ.copy(),
+        ).stdout
+    )
+    assert [r["state"] for r in records] == ["cancelled"]
+    with httpx.Client(base_url=stack.server.url) as client:
+        offer = client.get(f"/api/v1/job_offers/{records[0]['job_offer_id']}").json()
+        assert offer["state"] == "cancelled"  # withdrawn at the solver, not just locally
