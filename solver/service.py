@@ -187,27 +187,14 @@ class Solver:
             RateLimited: the signer is over its rate.
             Duplicate: already known.
         """
-        offer = signed.offer
-        offer_id = offer.struct_hash()
         try:
             check_submission(signed)
         except SpecMismatch as exc:
             raise OfferRejected(str(exc)) from None
-        self._check_signature(offer, offer.job_creator, signed.signature, "job offer")
-        self._limiter.take(offer.job_creator)
-        self._check_fresh(offer.job_creator, offer.nonce, offer.expiry)
+        offer = signed.offer
+        self._check_offer(offer, offer.job_creator, signed.signature, "job offer")
         self._check_deposit(offer.job_creator, JobOfferRow, offer.max_price, "its maximum price")
-        row = JobOfferRow(
-            id=offer_id,
-            signer=offer.job_creator,
-            nonce=str(offer.nonce),
-            module=offer.module,
-            max_price=str(offer.max_price),
-            expires_at=offer.expiry,
-            state=OfferState.PENDING.value,
-            body=signed.model_dump(mode="json"),
-            created_at=self._clock(),
-        )
+        row = JobOfferRow(max_price=str(offer.max_price), **self._row_fields(signed, offer))
         with self._lock:
             row.seq = self.store.add_offer(row, [offer.job_creator])
             self._book.add_job(self._job_request(row))
@@ -217,27 +204,38 @@ class Solver:
     def submit_resource_offer(self, signed: SignedResourceOffer) -> ResourceOfferRow:
         """Check, store and list a resource offer (one job slot). Raises as for job offers."""
         offer = signed.offer
-        offer_id = offer.struct_hash()
-        self._check_signature(offer, offer.provider, signed.signature, "resource offer")
-        self._limiter.take(offer.provider)
-        self._check_fresh(offer.provider, offer.nonce, offer.expiry)
+        self._check_offer(offer, offer.provider, signed.signature, "resource offer")
         self._check_deposit(offer.provider, ResourceOfferRow, offer.collateral, "its collateral")
-        row = ResourceOfferRow(
-            id=offer_id,
-            signer=offer.provider,
-            nonce=str(offer.nonce),
-            module=offer.module,
-            collateral=str(offer.collateral),
-            expires_at=offer.expiry,
-            state=OfferState.PENDING.value,
-            body=signed.model_dump(mode="json"),
-            created_at=self._clock(),
-        )
+        row = ResourceOfferRow(collateral=str(offer.collateral), **self._row_fields(signed, offer))
         with self._lock:
             row.seq = self.store.add_offer(row, [offer.provider])
             self._book.add_offer(self._resource_request(row))
         self._notify()
         return row
+
+    def _check_offer(
+        self, offer: JobOffer | ChainResourceOffer, signer: str, signature: str, what: str
+    ) -> None:
+        """The checks every offer passes, cheapest first: signature, the signer's rate, expiry
+        and nonce."""
+        self._check_signature(offer, signer, signature, what)
+        self._limiter.take(signer)
+        self._check_fresh(signer, offer.nonce, offer.expiry)
+
+    def _row_fields(
+        self, signed: SignedJobOffer | SignedResourceOffer, offer: JobOffer | ChainResourceOffer
+    ) -> dict[str, Any]:
+        signer = offer.job_creator if isinstance(offer, JobOffer) else offer.provider
+        return {
+            "id": offer.struct_hash(),
+            "signer": signer,
+            "nonce": str(offer.nonce),
+            "module": offer.module,
+            "expires_at": offer.expiry,
+            "state": OfferState.PENDING.value,
+            "body": signed.model_dump(mode="json"),
+            "created_at": self._clock(),
+        }
 
     def cancel_offer(self, kind: str, offer_id: str, signature: str) -> None:
         """Withdraw a pending offer; ``signature`` is its signer's EIP-191 signature of

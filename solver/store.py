@@ -84,36 +84,33 @@ class Base(DeclarativeBase):
     pass
 
 
-class JobOfferRow(Base):
+class _OfferColumns:
+    """What job and resource offers both store: the signed body as received, and the fields the
+    solver queries by."""
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(66), unique=True, index=True)
+    signer: Mapped[str] = mapped_column(String(42), index=True)
+    nonce: Mapped[str] = mapped_column(String(80))
+    module: Mapped[str] = mapped_column(String(66), index=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class JobOfferRow(_OfferColumns, Base):
     __tablename__ = "job_offers"
     __table_args__ = (UniqueConstraint("signer", "nonce", name="job_offer_signer_nonce"),)
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(66), unique=True, index=True)
-    signer: Mapped[str] = mapped_column(String(42), index=True)
-    nonce: Mapped[str] = mapped_column(String(80))
-    module: Mapped[str] = mapped_column(String(66), index=True)
     max_price: Mapped[str] = mapped_column(String(40))
-    expires_at: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[float] = mapped_column(Float)
 
 
-class ResourceOfferRow(Base):
+class ResourceOfferRow(_OfferColumns, Base):
     __tablename__ = "resource_offers"
     __table_args__ = (UniqueConstraint("signer", "nonce", name="resource_offer_signer_nonce"),)
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(66), unique=True, index=True)
-    signer: Mapped[str] = mapped_column(String(42), index=True)
-    nonce: Mapped[str] = mapped_column(String(80))
-    module: Mapped[str] = mapped_column(String(66), index=True)
     collateral: Mapped[str] = mapped_column(String(40))
-    expires_at: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    body: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[float] = mapped_column(Float)
 
 
 class DealRow(Base):
