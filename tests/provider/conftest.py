@@ -20,7 +20,6 @@ from lilypad.jobs import JobSubmission
 from lilypad.modules import render
 from lilypad.network import NetworkProfile, save_network
 from lilypad.storage.backends import KuboStorage
-from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.node import EmbeddedNode
 from resource_provider.daemon import ProviderConfig, ResourceProvider
 from resource_provider.executors import Executor, ProcessExecutor
@@ -35,6 +34,7 @@ from tests.solver.conftest import (  # noqa: F401 - fixtures used by the tests h
     Server,
     SolverFactory,
     chain_snapshot,
+    ipfs,
     make_solver,
     net,
     wait_for,
@@ -47,14 +47,6 @@ COLLATERAL = 2 * ETH
 CHALLENGE_WINDOW = 3600
 #: A plain CPU box: what the provider offers in tests, whatever this machine has.
 HARDWARE = Hardware(gpus=(), cpus=4, ram_mb=8192, disk_mb=20480)
-
-
-@pytest.fixture
-def ipfs(tmp_path: Path) -> Iterator[EmbeddedNode]:
-    with EmbeddedNode(
-        Blockstore(tmp_path / "ipfs"), api="127.0.0.1:0", gateway="127.0.0.1:0"
-    ) as node:
-        yield node
 
 
 @dataclass
@@ -243,7 +235,7 @@ def wait_outcome(state_dir: Path, outcome: Outcome, timeout: float = 30) -> Deal
 def world(
     net: Net,  # noqa: F811 - the fixture imported above
     make_solver: SolverFactory,  # noqa: F811
-    ipfs: EmbeddedNode,
+    ipfs: EmbeddedNode,  # noqa: F811
     tmp_path: Path,
 ) -> Iterator[World]:
     with Server(make_solver()) as server:

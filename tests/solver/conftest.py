@@ -30,6 +30,8 @@ from lilypad.chain.offers import (
 from lilypad.errors import ChainError
 from lilypad.jobs import JobSubmission
 from lilypad.modules import render
+from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.node import EmbeddedNode
 from solver.app import create_app
 from solver.service import Solver, SolverConfig
 from solver.store import Store
@@ -174,6 +176,15 @@ class Server:
 
 
 SolverFactory = Callable[..., Solver]
+
+
+@pytest.fixture
+def ipfs(tmp_path: Path) -> Iterator[EmbeddedNode]:
+    """An embedded IPFS node (Kubo RPC and gateway) on free ports."""
+    with EmbeddedNode(
+        Blockstore(tmp_path / "ipfs"), api="127.0.0.1:0", gateway="127.0.0.1:0"
+    ) as node:
+        yield node
 
 
 @pytest.fixture

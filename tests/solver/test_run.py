@@ -19,20 +19,11 @@ from lilypad.chain.offers import Deal, Machine, module_id
 from lilypad.network import NetworkProfile, load_network, save_network
 from lilypad.storage import result_dir
 from lilypad.storage.backends import KuboStorage
-from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.node import EmbeddedNode
 from tests.conftest import CliRunner
 from tests.solver.conftest import ETH, Net, Server, SolverFactory
 
 HAS = Machine(gpus=0, vram_mb=0, cpu_millis=4000, ram_mb=8192, disk_mb=10240)
-
-
-@pytest.fixture
-def ipfs(tmp_path: Path) -> Iterator[EmbeddedNode]:
-    with EmbeddedNode(
-        Blockstore(tmp_path / "ipfs"), api="127.0.0.1:0", gateway="127.0.0.1:0"
-    ) as node:
-        yield node
 
 
 @dataclass
