@@ -55,7 +55,7 @@ TOKEN_DECIMALS = 18
 #: Extra time a provider gets beyond the module's own timeout (download, upload, chain).
 TIMEOUT_MARGIN_S = 300
 #: Record states that already say how a failed job ended (and so what became of the funds).
-FINAL_FAILURES = ("cancelled", "timed_out", "challenged")
+FINAL_FAILURES = ("cancelled", "timed_out", "challenged", "module_failed")
 
 
 class JobError(LilypadError):
@@ -68,6 +68,10 @@ class NoMatch(JobError):
 
 class ResultTimeout(JobError):
     """The provider delivered no result in time; the deal was timed out and refunded."""
+
+
+class ModuleFailed(JobError):
+    """The module ran on the provider and exited with an error (the result holds its logs)."""
 
 
 class VerificationFailed(JobError):
@@ -246,6 +250,7 @@ class JobRunner:
             record.state = "accepted"
             self._mark(record, "accepted", start)
             self.on_step(Step("accepted", {"tx": record.txs["accept"]}))
+            self._check_exit(record)
             return record
         except LilypadError as exc:
             record.error = str(exc)
@@ -348,6 +353,24 @@ class JobRunner:
             f"provider {deal.provider} sent no result by the deadline; the deal was timed out "
             f"(tx {record.txs['timeout']}): your payment was refunded and the provider's "
             "collateral was paid to you"
+        )
+
+    def _check_exit(self, record: JobRecord) -> None:
+        """A module that failed on the provider failed deterministically: the provider did the
+        work and was paid, but the job is not a success, so say so with the module's words."""
+        folder = Path(record.output_dir or "")
+        code = (folder / "exitCode").read_text().strip() if (folder / "exitCode").is_file() else ""
+        if code == "0":
+            return
+        record.state = "module_failed"
+        stderr = folder / "stderr"
+        tail = (
+            stderr.read_text(errors="replace").strip().splitlines()[-5:] if stderr.is_file() else []
+        )
+        raise ModuleFailed(
+            f"the module exited with {code or 'no exit code'} on the provider; its stderr ends: "
+            + (" | ".join(tail) or "(empty)"),
+            hint=f"the full result is in {folder}",
         )
 
     def _timeout(self, deal: Deal) -> str:

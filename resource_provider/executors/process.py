@@ -130,8 +130,7 @@ class ProcessExecutor(Executor):
         )
         env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
         argv = [
-            *bwrap_base_args(),
-            *("--bind", str(scratch), SANDBOX_SCRATCH),
+            *bwrap_base_args(scratch),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
             *("--bind", str(job.output_dir / OUTPUTS), SANDBOX_OUTPUTS),
             *("--bind", str(tiny), SANDBOX_TINY_WEIGHTS),
@@ -214,8 +213,12 @@ class ProcessExecutor(Executor):
         )
 
 
-def bwrap_base_args() -> list[str]:
-    """bubblewrap's arguments for a job: namespaces, user and the read-only system view."""
+def bwrap_base_args(scratch: Path | None = None) -> list[str]:
+    """bubblewrap's arguments for a job: namespaces, user and the read-only system view.
+
+    ``scratch`` becomes the job's ``/tmp``. It is mounted before Python's folders, because a
+    venv or checkout that itself lives under ``/tmp`` must stay visible on top of it.
+    """
     args = [
         shutil.which("bwrap") or "bwrap",
         "--unshare-all",  # network, PID, IPC, UTS, cgroup namespaces
@@ -233,6 +236,8 @@ def bwrap_base_args() -> list[str]:
             args += ["--ro-bind", path, path]
     for path in _ETC_FILES:
         args += ["--ro-bind-try", path, path]
+    if scratch is not None:
+        args += ["--bind", str(scratch), SANDBOX_SCRATCH]
     for path in _python_dirs():
         args += ["--ro-bind", path, path]
     return args

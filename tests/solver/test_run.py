@@ -68,11 +68,11 @@ class StandInProvider(threading.Thread):
         folder: Path,
         *,
         deliver: bool = True,
-        corrupt: bool = False,
+        exit_code: int = 0,
     ) -> None:
         super().__init__(daemon=True)
         self.stack, self.account, self.folder = stack, account, folder
-        self.deliver, self.corrupt = deliver, corrupt
+        self.deliver, self.exit_code = deliver, exit_code
         self.market = JobMarketClient(stack.net.chain, stack.net.deployment.market)
         self.done = threading.Event()
         net = stack.net
@@ -105,8 +105,8 @@ class StandInProvider(threading.Thread):
         (self.folder / "outputs").mkdir(parents=True)
         (self.folder / "outputs" / "cowsay.txt").write_text(f"< {message} >\n")
         (self.folder / "stdout").write_text(f"< {message} >\n")
-        (self.folder / "stderr").write_text("")
-        (self.folder / "exitCode").write_text("0")
+        (self.folder / "stderr").write_text("" if self.exit_code == 0 else "boom: out of ideas\n")
+        (self.folder / "exitCode").write_text(str(self.exit_code))
         if self.deliver:
             storage = KuboStorage(self.stack.ipfs.api_url)
             try:
@@ -341,3 +341,16 @@ def test_ctrl_c_withdraws_a_pending_offer(stack: Stack) -> None:
     with httpx.Client(base_url=stack.server.url) as client:
         offer = client.get(f"/api/v1/job_offers/{records[0]['job_offer_id']}").json()
         assert offer["state"] == "cancelled"  # withdrawn at the solver, not just locally
+
+
+def test_a_module_that_failed_on_the_provider_is_reported(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    StandInProvider(stack, stack.net.providers[0], tmp_path / "result", exit_code=3).start()
+    result = cli("run", "cowsay:v0.0.4", "--network", "test", "--yes", "--max-price", "5")
+    assert result.exit_code == 1
+    assert "exited with 3" in result.stderr
+    assert "boom: out of ideas" in result.stderr
+    record = json.loads(cli("jobs", "list", "--json").stdout)[-1]
+    assert record["state"] == "module_failed"
+    assert (Path(record["output_dir"]) / "exitCode").read_text() == "3"  # the logs are kept
