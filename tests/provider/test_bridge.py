@@ -8,7 +8,7 @@ from lilypad.storage import compute_cid
 from resource_provider.bridge import BridgeConfig, BridgeJob, BridgePhase, JobCreatorBridge
 from resource_provider.solver_client import SolverClient
 from resource_provider.state import Phase
-from tests.provider.conftest import ETH, World, wait_for, wait_phase
+from tests.provider.conftest import ETH, World, records, wait_for
 
 JOB_COST = ETH  # the deployment's default job cost
 PRICE = ETH // 2
@@ -49,7 +49,18 @@ def test_contract_job_gets_its_callback_with_the_cid(world: World) -> None:
 
         result, error = wait_for(outcome, 60)
         assert result, f"the bridge gave up: {error}"
-        (record,) = wait_phase(world.state_dir(provider), Phase.SUBMITTED)
+        # The bridge accepts as soon as it delivers, so the provider's deal may already be settled.
+        (record,) = wait_for(
+            lambda: (
+                [
+                    r
+                    for r in records(world.state_dir(provider))
+                    if r.phase in (Phase.SUBMITTED, Phase.SETTLED)
+                ]
+                or None
+            ),
+            60,
+        )
         folder = world.state_dir(provider) / "results" / record.deal_id
         assert result == bytes(compute_cid(folder))
         assert "from a contract" in (folder / "outputs" / "cowsay.txt").read_text()
