@@ -30,9 +30,59 @@ from lilypad.errors import ConfigError, LilypadError
 from lilypad.modules import list_builtin
 from lilypad.network import NetworkProfile, save_network
 
-#: Anvil's pre-funded accounts by role (the same as ``lilypad chain up``).
+#: Anvil's pre-funded accounts by role (the same as ``lilypad chain up``); extra providers take
+#: the accounts left (5..9), so a local network has at most :data:`MAX_PROVIDERS`.
 DEV_ROLES = {"owner": 0, "solver": 1, "mediator": 2, "provider": 3, "job_creator": 4}
-PORTS = {"chain": 8545, "ipfs_api": 5001, "gateway": 8080, "solver": 8090, "provider": 8091}
+MAX_PROVIDERS = 6
+#: The default ports; ``--port-offset K`` adds K to each. Providers take ``provider`` onwards.
+PORTS = {
+    "chain": 8545,
+    "ipfs_api": 5001,
+    "gateway": 8080,
+    "solver": 8090,
+    "provider": 8091,
+    "mediator": 8099,
+}
+#: Services in start order (``provider`` stands for every provider); stopped in reverse.
+SERVICE_ORDER = ("chain", "ipfs", "solver", "provider", "mediator", "bridge")
+
+
+def provider_role(index: int) -> str:
+    """The key role and service name of the ``index``-th provider: provider, provider-2, ..."""
+    return "provider" if index == 0 else f"provider-{index + 1}"
+
+
+def dev_roles() -> dict[str, int]:
+    """Every role with its anvil account index, extra providers included."""
+    extra = {provider_role(i): 4 + i for i in range(1, MAX_PROVIDERS)}
+    return {**DEV_ROLES, **extra}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the services of one local network listen and how many providers it runs.
+
+    Attributes:
+        host: The address every service listens on and the profile names. 127.0.0.1 keeps the
+            network on this machine; a LAN address lets providers on other machines join.
+        port_offset: Added to every default port, so several networks can run side by side.
+        providers: Resource providers to start here (0: only providers elsewhere).
+    """
+
+    host: str = "127.0.0.1"
+    port_offset: int = 0
+    providers: int = 1
+
+    def port(self, name: str, index: int = 0) -> int:
+        return PORTS[name] + self.port_offset + index
+
+    def url(self, name: str) -> str:
+        return f"http://{self.host}:{self.port(name)}"
+
+    def service_names(self) -> list[str]:
+        """Every service in start order."""
+        providers = [provider_role(i) for i in range(self.providers)]
+        return ["chain", "ipfs", "solver", *providers, "mediator", "bridge"]
 
 
 class NetworkError(LilypadError):
@@ -57,24 +107,37 @@ def key_file(network: str, role: str) -> Path:
     return state_dir(network) / "keys" / f"{role}.key"
 
 
-def start_chain(network: str, port: int) -> NetworkProfile:
+def check_ports(topology: Topology) -> None:
+    """Refuse to start over a port something else already listens on.
+
+    Raises:
+        ConfigError: a port is taken.
+    """
+    ports = [topology.port(name) for name in ("chain", "ipfs_api", "gateway", "solver")]
+    ports += [topology.port("provider", i) for i in range(topology.providers)]
+    ports.append(topology.port("mediator"))
+    busy = [port for port in ports if port_in_use(port, topology.host)]
+    if busy:
+        raise ConfigError(
+            f"ports {', '.join(map(str, busy))} on {topology.host} are in use: is a network "
+            "already up? (lilypad network status)",
+            hint="bring it down, or run this one beside it with --port-offset 1000",
+        )
+
+
+def start_chain(network: str, topology: Topology) -> NetworkProfile:
     """Start anvil (a block every second, so deadlines pass on a quiet chain), deploy the
     contracts, fund and register the dev accounts, and write their keys."""
-    if port_in_use(port):
-        raise ConfigError(
-            f"port {port} is in use: is a network already up? (lilypad network "
-            "status) — or pick another with --chain-port"
-        )
     folder = state_dir(network)
     folder.mkdir(parents=True, exist_ok=True)
-    node = Anvil(port, block_time=1).start(detach=True)
+    node = Anvil(topology.port("chain"), block_time=1, host=topology.host).start(detach=True)
     assert node.pid is not None
     (folder / "chain.pid").write_text(str(node.pid))
     chain = Chain(node.rpc_url)
     accounts = node.accounts
     owner = accounts[DEV_ROLES["owner"]]
     deployment = deploy(chain, owner)
-    roles = {role: accounts[i] for role, i in DEV_ROLES.items()}
+    roles = {role: accounts[i] for role, i in dev_roles().items()}
     setup_dev_accounts(
         chain,
         deployment,
@@ -97,32 +160,36 @@ def start_chain(network: str, port: int) -> NetworkProfile:
         job_creator=deployment.job_creator,
         deployed_block=deployment.block,
         accounts={role: account.address for role, account in roles.items()},
+        solver_url=topology.url("solver"),
+        ipfs_api_url=topology.url("ipfs_api"),
+        gateway_url=topology.url("gateway"),
     )
 
 
-def services(profile: NetworkProfile, executor: str | None, weights: str) -> list[Service]:
-    """The services after the chain, in start order."""
+def services(
+    profile: NetworkProfile,
+    topology: Topology,
+    executor: str | None,
+    weights: str,
+    executor_for: dict[str, str] | None = None,
+) -> list[Service]:
+    """The services after the chain, in start order.
+
+    ``executor_for`` maps modules to another executor than ``executor`` (see
+    :func:`modules_without_image`); the mediator, which re-runs challenged jobs, gets the same.
+    """
     network = profile.name
     assert profile.solver_url
     assert profile.ipfs_api_url
     # One resource offer names one module, so the provider keeps a slot per module version: every
     # built-in module stays on offer. TODO: slot groups (offers for several modules sharing one
     # slot) would let a provider offer many modules without committing a slot to each.
-    served = [
-        f"{manifest.name}:{version}"
-        for manifest, _ in list_builtin()
-        for version in manifest.versions
-    ]
-    provider = [
-        "resource-provider", "--network", network, "--weights", weights,
-        "--metrics", f"127.0.0.1:{PORTS['provider']}",
-        "--modules", ",".join(served), "--max-concurrent", str(len(served)),
-    ]  # fmt: skip
-    if weights == "tiny":
-        provider.append("--emulate-machine")  # the GPU modules' needs, met on the CPU
-    if executor:
-        provider += ["--executor", executor]
-    return [
+    served = served_modules()
+    executors: list[str] = ["--executor", executor] if executor else []
+    for module, kind in sorted((executor_for or {}).items()):
+        executors += ["--executor-for", f"{module}={kind}"]
+    common = ["--network", network, "--weights", weights, *executors]
+    found = [
         Service(
             "ipfs",
             (
@@ -142,15 +209,72 @@ def services(profile: NetworkProfile, executor: str | None, weights: str) -> lis
             "solver",
             lambda: _http_ok("GET", f"{profile.solver_url}/healthz"),
         ),
+    ]
+    for index in range(topology.providers):
+        metrics = f"127.0.0.1:{topology.port('provider', index)}"
+        args = [
+            "resource-provider", *common, "--metrics", metrics,
+            "--modules", ",".join(served), "--max-concurrent", str(len(served)),
+        ]  # fmt: skip
+        if weights == "tiny":
+            args.append("--emulate-machine")  # the GPU modules' needs, met on the CPU
+        role = provider_role(index)
+        found.append(Service(role, tuple(args), role, _probe(f"http://{metrics}/metrics")))
+    mediator_metrics = f"127.0.0.1:{topology.port('mediator')}"
+    found += [
         Service(
-            "provider",
-            tuple(provider),
-            "provider",
-            lambda: _http_ok("GET", f"http://127.0.0.1:{PORTS['provider']}/metrics"),
+            "mediator",
+            ("mediator", *common, "--metrics", mediator_metrics),
+            "mediator",
+            _probe(f"http://{mediator_metrics}/metrics"),
         ),
-        Service("mediator", ("mediator", "--network", network), "mediator", lambda: True),
         Service("bridge", ("jobcreator", "--network", network), "owner", lambda: True),
     ]
+    return found
+
+
+def served_modules() -> list[str]:
+    """Every version of every built-in module: what a local provider serves."""
+    return [
+        f"{manifest.name}:{version}"
+        for manifest, _ in list_builtin()
+        for version in manifest.versions
+    ]
+
+
+def modules_without_image(modules: list[str]) -> list[str]:
+    """The modules whose image the local Docker Engine lacks (all of them if none answers).
+
+    On a dev network these run with the process executor: the ML modules' images start from a
+    CUDA base that only a registry has, while their tiny-weights runs work as local processes.
+    """
+    import docker  # the network command only: the rest of the CLI must not wait for it
+
+    images = {
+        f"{manifest.name}:{version}": spec.image_ref
+        for manifest, _ in list_builtin()
+        for version, spec in manifest.versions.items()
+    }
+    try:
+        client = docker.from_env(timeout=5)
+    except docker.errors.DockerException:
+        return list(modules)
+    missing = []
+    try:
+        for module in modules:
+            try:
+                client.images.get(images[module])
+            except docker.errors.ImageNotFound:
+                missing.append(module)
+    except docker.errors.DockerException:
+        return list(modules)
+    finally:
+        client.close()
+    return missing
+
+
+def _probe(url: str) -> Callable[[], bool]:
+    return lambda: _http_ok("GET", url)
 
 
 def start_service(network: str, service: Service, timeout: float = 60) -> int:
@@ -186,12 +310,28 @@ def start_service(network: str, service: Service, timeout: float = 60) -> int:
     return process.pid
 
 
+def record_services(network: str, names: list[str]) -> None:
+    """Remember which services this network runs (``status`` and ``down`` read it)."""
+    state_dir(network).mkdir(parents=True, exist_ok=True)
+    (state_dir(network) / "services").write_text("\n".join(names) + "\n")
+
+
+def service_names(network: str) -> list[str]:
+    """The services of ``network`` in start order (the default set if it never came up)."""
+    path = state_dir(network) / "services"
+    if path.is_file():
+        return path.read_text().split()
+    return list(SERVICE_ORDER)
+
+
 def stop_all(network: str) -> list[str]:
     """Stop every service of ``network`` (newest first); returns the names stopped."""
     folder = state_dir(network)
+    names = service_names(network)
+    # any pid file left by another layout of this network too
+    names += sorted(p.stem for p in folder.glob("*.pid") if p.stem not in names)
     stopped = []
-    order = ["bridge", "mediator", "provider", "solver", "ipfs", "chain"]
-    for name in order:
+    for name in reversed(names):
         pid_file = folder / f"{name}.pid"
         if not pid_file.is_file():
             continue
@@ -211,18 +351,17 @@ def stop_all(network: str) -> list[str]:
 def status(network: str, profile: NetworkProfile | None) -> list[dict[str, Any]]:
     """Each service's pid, whether it runs and answers, and its address."""
     folder = state_dir(network)
-    urls = {}
+    urls: dict[str, str | None] = {}
     if profile is not None:
         urls = {
+            **profile.accounts,  # providers and the mediator: their account
             "chain": profile.rpc_url,
             "ipfs": profile.ipfs_api_url,
             "solver": profile.solver_url,
-            "provider": profile.accounts.get("provider"),
-            "mediator": profile.accounts.get("mediator"),
             "bridge": profile.job_creator,
         }
     rows = []
-    for name in ("chain", "ipfs", "solver", "provider", "mediator", "bridge"):
+    for name in service_names(network):
         pid_file = folder / f"{name}.pid"
         pid = int(pid_file.read_text()) if pid_file.is_file() else None
         rows.append(

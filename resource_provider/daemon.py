@@ -457,6 +457,9 @@ class ResourceProvider:
 
     def _save(self, record: DealRecord, **changes: Any) -> DealRecord:
         updated = record.model_copy(update=changes)
+        if updated.phase.value not in updated.times:
+            times = {**updated.times, updated.phase.value: time.time()}
+            updated = updated.model_copy(update={"times": times})
         with self._lock:
             self.store.put("deals", record.deal_id, updated)
             if updated.phase.is_terminal():

@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lilypad.chain.offers import Deal
 from lilypad.errors import ConfigError
@@ -152,6 +152,8 @@ class DealRecord(BaseModel):
         runs: How many times the job was started (more than one after a crash).
         outcome: How it ended, once settled.
         error: Why it was refused or failed.
+        times: When (Unix time) each phase was first reached: for operators and for
+            ``bench/e2e_overhead.py``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -164,6 +166,7 @@ class DealRecord(BaseModel):
     duration_ms: int | None = None
     outcome: Outcome | None = None
     error: str | None = None
+    times: dict[str, float] = Field(default_factory=dict)
 
     @property
     def deal_id(self) -> str:

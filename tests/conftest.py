@@ -1,8 +1,12 @@
-"""Fixtures shared by every test: an isolated home and data dir, and an in-process CLI runner."""
+"""Fixtures shared by every test: an isolated home and data dir, an in-process CLI runner, and the
+reference UnixFS importer."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -12,6 +16,42 @@ from pathlib import Path
 import pytest
 
 from lilypad.cli import main
+from lilypad.storage.importer import ImportProfile
+
+JS_DIR = Path(__file__).parent / "storage" / "js"
+
+#: Root CID of a path from the reference importer, with an import profile.
+Reference = Callable[[Path, ImportProfile], str]
+
+
+def missing(what: str, how: str) -> None:
+    """Fail loudly in CI (the component must be installed there), skip with a reason locally."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI; {how}")
+    pytest.skip(f"{what} is not installed; {how}")
+
+
+@pytest.fixture(scope="session")
+def js_reference() -> Reference:
+    """Root CID from the reference JS importer (ipfs-unixfs-importer) with kubo's layout."""
+    node = shutil.which("node")
+    if node is None or not (JS_DIR / "node_modules" / "ipfs-unixfs-importer").is_dir():
+        missing("the reference JS importer", "run `make storage-js` (needs node and npm)")
+    assert node is not None
+
+    def run(path: Path, profile: ImportProfile) -> str:
+        args = [str(profile.cid_version), "1" if profile.raw_leaves else "0"]
+        args += [str(profile.chunk_size), str(profile.max_links)]
+        result = subprocess.run(
+            [node, str(JS_DIR / "reference.mjs"), str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=100,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    return run
 
 
 @pytest.fixture(autouse=True)

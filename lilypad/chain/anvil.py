@@ -65,13 +65,14 @@ def free_port() -> int:
 
 
 class Anvil:
-    """An anvil process on 127.0.0.1.
+    """An anvil process (on 127.0.0.1 unless ``host`` says otherwise).
 
     Args:
         port: The port to listen on (a free one when None).
         chain_id: The chain id to report.
         block_time: Seconds between blocks; None mines each transaction at once.
         state_file: Load the chain from, and save it to, this file (``--state``).
+        host: The address to listen on (another machine's providers need a reachable one).
     """
 
     def __init__(
@@ -81,7 +82,9 @@ class Anvil:
         chain_id: int = 31337,
         block_time: float | None = None,
         state_file: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
         self.port = port or free_port()
         self.chain_id = chain_id
         self._block_time = block_time
@@ -93,13 +96,13 @@ class Anvil:
     @property
     def rpc_url(self) -> str:
         """The node's JSON-RPC URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         """The command line that starts this node."""
         cmd = [
             str(find_anvil()),
-            "--host", "127.0.0.1",
+            "--host", self.host,
             "--port", str(self.port),
             "--chain-id", str(self.chain_id),
             "--config-out", str(self._dir / "anvil.json"),
@@ -137,7 +140,7 @@ class Anvil:
                 )
             self.pid = self.process.pid
         deadline = time.monotonic() + timeout
-        while not (self._dir / "anvil.json").exists() or not _listening(self.port):
+        while not (self._dir / "anvil.json").exists() or not _listening(self.port, self.host):
             code = self._exit_code()
             if code is not None:
                 output = log_path.read_text(errors="replace")[-500:]
@@ -190,12 +193,12 @@ class Anvil:
         self.stop()
 
 
-def port_in_use(port: int) -> bool:
-    """Whether something already listens on ``port`` of 127.0.0.1."""
-    return _listening(port)
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``port`` of ``host``."""
+    return _listening(port, host)
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0

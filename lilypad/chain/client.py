@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ from web3.types import BlockIdentifier, TxParams, TxReceipt
 from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
 
 T = TypeVar("T")
+
+#: How often a transaction is re-signed with a fresh nonce when another sender took its nonce.
+NONCE_RETRIES = 8
+#: What nodes (anvil, geth) say when a transaction's nonce was used meanwhile.
+NONCE_TAKEN = ("nonce too low", "already imported", "already known", "replacement transaction")
 
 #: The contracts whose artifacts ship in ``lilypad/chain/artifacts/``.
 CONTRACT_NAMES = ("LilypadToken", "JobMarket", "JobCreator", "ExampleClient", "ILilypadJobClient")
@@ -276,7 +282,16 @@ class Chain:
                 signed = sender.sign_transaction(tx)
                 return tx, self.w3.eth.send_raw_transaction(signed.raw_transaction)
 
-        tx, tx_hash = self.rpc(action, send)
+        for attempt in range(NONCE_RETRIES + 1):
+            try:
+                tx, tx_hash = self.rpc(action, send)
+                break
+            except ChainError as exc:
+                # Another process signs for this account too (two `lilypad run` at once) and took
+                # the nonce: the manager forgot it on the error, so the next try reads it afresh.
+                if attempt == NONCE_RETRIES or not _nonce_taken(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         raw = self.rpc(
             action,
             lambda: self.w3.eth.wait_for_transaction_receipt(
@@ -302,6 +317,12 @@ class Chain:
         except Web3Exception:
             pass
         return ChainError(f"{action}: transaction {receipt.tx_hash} failed on chain")
+
+
+def _nonce_taken(exc: ChainError) -> bool:
+    """Whether the node refused a transaction because its nonce was used meanwhile."""
+    text = str(exc.__cause__ or exc).lower()
+    return any(sign in text for sign in NONCE_TAKEN)
 
 
 def _revert_data(exc: ContractLogicError) -> str | None:

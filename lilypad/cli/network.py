@@ -24,17 +24,52 @@ def up(
     network: str = _network_option(),
     detach: bool = typer.Option(False, "--detach", "-d", help="Leave it running and return."),
     executor: str | None = typer.Option(
-        None, "--executor", help="docker or process (default: docker when an engine answers)."
+        None,
+        "--executor",
+        help="docker or process (default: docker when an engine answers). With docker, modules "
+        "whose image is not built here run with the process executor.",
     ),
     weights: str = typer.Option(
         "auto", "--weights", help="real, tiny, or auto (real where MODEL_DIR holds weights)."
     ),
-    chain_port: int = typer.Option(8545, "--chain-port", min=1, max=65535),
+    providers: int = typer.Option(
+        1, "--providers", min=0, help="Resource providers to run here (0: only other machines')."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address every service listens on; a LAN address lets providers on other machines "
+        "join (see the README: running across machines).",
+    ),
+    port_offset: int = typer.Option(
+        0,
+        "--port-offset",
+        min=0,
+        max=50000,
+        help="Added to every port, to run networks side by side.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Start anvil with the contracts, IPFS, solver, provider, mediator and bridge."""
-    from lilypad import localnet
+    """Start anvil with the contracts, IPFS, solver, providers, mediator and bridge."""
+    import ipaddress
 
+    from lilypad import localnet
+    from lilypad.errors import InputError
+
+    if executor not in (None, "docker", "process"):
+        raise InputError(f"--executor {executor!r} is not one of docker, process")
+    if weights not in ("auto", "real", "tiny"):
+        raise InputError(f"--weights {weights!r} is not one of real, tiny, auto")
+    if providers > localnet.MAX_PROVIDERS:
+        raise InputError(
+            f"--providers {providers}: a local network has dev accounts for at most "
+            f"{localnet.MAX_PROVIDERS} providers"
+        )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError(f"--host {host!r} is not an IP address, e.g. 192.168.1.10") from None
+    topology = localnet.Topology(host=host, port_offset=port_offset, providers=providers)
     if weights == "auto":
         weights = "real" if _real_weights() else "tiny"
         if weights == "tiny":
@@ -43,21 +78,14 @@ def up(
                 "tiny random weights of the real architectures. Outputs are noise, but every "
                 "step of the real pipelines runs."
             )
+    executor, executor_for = _executors(executor)
     localnet.stop_all(network)  # leftovers of a network that was not brought down
-    note(f"starting the chain on 127.0.0.1:{chain_port} and deploying the contracts")
-    profile = localnet.start_chain(network, chain_port)
-    ports = localnet.PORTS
-    profile = localnet.write_profile(
-        profile.model_copy(
-            update={
-                "solver_url": f"http://127.0.0.1:{ports['solver']}",
-                "ipfs_api_url": f"http://127.0.0.1:{ports['ipfs_api']}",
-                "gateway_url": f"http://127.0.0.1:{ports['gateway']}",
-            }
-        )
-    )
+    localnet.check_ports(topology)
+    localnet.record_services(network, topology.service_names())
+    note(f"starting the chain on {host}:{topology.port('chain')} and deploying the contracts")
+    profile = localnet.write_profile(localnet.start_chain(network, topology))
     try:
-        for service in localnet.services(profile, executor, weights):
+        for service in localnet.services(profile, topology, executor, weights, executor_for):
             note(f"starting {service.name}")
             localnet.start_service(network, service)
     except BaseException:
@@ -82,6 +110,29 @@ def up(
         localnet.stop_all(network)
 
 
+def _executors(executor: str | None) -> tuple[str, dict[str, str]]:
+    """The providers' default executor, and the modules that run with the process executor
+    because their image is not on the local Docker Engine."""
+    from lilypad import localnet
+    from resource_provider.executors import engine_problem
+
+    if executor is None:
+        problem = engine_problem()
+        executor = "process" if problem else "docker"
+        note(
+            f"executor: {executor}" + (f" ({problem})" if problem else " (a Docker Engine answers)")
+        )
+    if executor == "process":
+        return executor, {}
+    missing = localnet.modules_without_image(localnet.served_modules())
+    if missing:
+        note(
+            f"no image built here for {', '.join(missing)}: those run with the process executor "
+            "(build one with lilypad module build)"
+        )
+    return executor, dict.fromkeys(missing, "process")
+
+
 @app.command()
 def down(network: str = _network_option()) -> None:
     """Stop every service of the local network."""
@@ -103,7 +154,8 @@ def status(
 @app.command()
 def logs(
     service: str | None = typer.Argument(
-        None, help="chain, ipfs, solver, provider, mediator or bridge (default: all)."
+        None,
+        help="chain, ipfs, solver, provider (provider-2...), mediator or bridge (default: all).",
     ),
     network: str = _network_option(),
     lines: int = typer.Option(40, "--lines", "-l", min=1, help="Lines from the end of each log."),
@@ -112,7 +164,7 @@ def logs(
     from lilypad import localnet
     from lilypad.errors import InputError
 
-    names = ["chain", "ipfs", "solver", "provider", "mediator", "bridge"]
+    names = localnet.service_names(network)
     if service is not None and service not in names:
         raise InputError(f"unknown service {service!r}; choose one of {', '.join(names)}")
     for name in [service] if service else names:

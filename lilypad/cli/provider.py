@@ -91,6 +91,24 @@ def _modules(text: str | None) -> tuple[str, ...]:
     return tuple(sorted(served_modules(refs)))
 
 
+def _executor_for(values: list[str] | None) -> dict[str, ExecutorKind]:
+    """``["sdxl:v0.9-lilypad1=process"]`` -> ``{"sdxl:v0.9-lilypad1": ExecutorKind.PROCESS}``."""
+    kinds = ", ".join(k.value for k in ExecutorKind)
+    routes: dict[str, ExecutorKind] = {}
+    for value in values or []:
+        module, _, kind = value.rpartition("=")
+        name, _, version = module.partition(":")
+        if not name or not version:
+            raise InputError(
+                f"--executor-for {value!r} is not MODULE:VERSION=KIND, "
+                "e.g. sdxl:v0.9-lilypad1=process"
+            )
+        if kind not in {k.value for k in ExecutorKind}:
+            raise InputError(f"--executor-for {value!r}: executor {kind!r} is not one of {kinds}")
+        routes[module] = ExecutorKind(kind)
+    return routes
+
+
 def _gpus(text: str) -> int | None:
     if text == "auto":
         return None
@@ -160,6 +178,13 @@ EXECUTOR_OPTION = typer.Option(
     help="docker or process; default: docker when a Docker Engine answers, else process.",
     show_default=False,
 )
+EXECUTOR_FOR_OPTION = typer.Option(
+    None,
+    "--executor-for",
+    help="MODULE:VERSION=KIND: run that module with another executor than --executor, e.g. "
+    "sdxl:v0.9-lilypad1=process where its image is not built (repeatable).",
+    show_default=False,
+)
 WEIGHTS_OPTION = typer.Option(
     Weights.REAL, "--weights", envvar="LILYPAD_WEIGHTS", help="real or tiny (tests) weights."
 )
@@ -171,6 +196,7 @@ METRICS_OPTION = typer.Option(
 def resource_provider(
     network: str = NETWORK_OPTION,
     executor: ExecutorKind | None = EXECUTOR_OPTION,
+    executor_for: list[str] | None = EXECUTOR_FOR_OPTION,
     weights: Weights = WEIGHTS_OPTION,
     gpus: str = typer.Option("auto", "--gpus", help="GPUs to offer: auto (detect) or a number."),
     emulate_machine: bool = typer.Option(
@@ -247,7 +273,7 @@ def resource_provider(
     hardware = detect(state_dir)
     if emulate_machine:
         hardware = _emulated(hardware, weights, config.modules)
-    selection = create_executor(executor)
+    selection = create_executor(executor, by_module=_executor_for(executor_for))
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)
     note(f"executor: {selection.executor.describe()}; metrics on {server.url}")
@@ -272,6 +298,7 @@ def resource_provider(
 def mediator(
     network: str = NETWORK_OPTION,
     executor: ExecutorKind | None = EXECUTOR_OPTION,
+    executor_for: list[str] | None = EXECUTOR_FOR_OPTION,
     weights: Weights = WEIGHTS_OPTION,
     data_dir: Path | None = DATA_DIR_OPTION,
     key_file: Path | None = KEY_OPTION,
@@ -305,7 +332,7 @@ def mediator(
             f"{account.address} is not a registered mediator of the market {market_address}",
             hint="the market owner registers mediators (lilypad chain up does it for dev accounts)",
         )
-    selection = create_executor(executor)
+    selection = create_executor(executor, by_module=_executor_for(executor_for))
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)
     note(f"mediator {account.address} (fee {fee}); executor: {selection.executor.describe()}")

@@ -5,12 +5,14 @@ The public surface:
 * :class:`Executor` with ``run(job) -> ExecutionResult``, backed by :class:`DockerExecutor`
   (a Docker Engine) and :class:`ProcessExecutor` (a subprocess sandboxed with bubblewrap);
 * :func:`create_executor` picks and builds one from configuration (``docker``, ``process``, or
-  automatically: docker when an engine answers, else process);
+  automatically: docker when an engine answers, else process), with per-module exceptions
+  (:class:`~resource_provider.executors.routing.ByModule`);
 * the layout helpers :func:`result_digest` and :func:`~layout.tail` for reading results.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from resource_provider.executors.base import (
@@ -26,6 +28,7 @@ from resource_provider.executors.base import (
 from resource_provider.executors.docker import DockerExecutor, engine_problem
 from resource_provider.executors.layout import LAYOUT, result_digest, tail
 from resource_provider.executors.process import ProcessExecutor, Sandbox
+from resource_provider.executors.routing import ByModule
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,30 @@ def create_executor(
     *,
     sandbox: Sandbox = Sandbox.AUTO,
     output_limit_bytes: int | None = None,
+    by_module: Mapping[str, ExecutorKind] | None = None,
 ) -> Selection:
     """Build the executor of ``kind``; with ``None``, docker when an engine answers, else process.
+    ``by_module`` names modules (``name:version``) that run with another backend than that.
 
     Raises:
-        ExecutorUnavailable: the asked-for backend cannot run here.
+        ExecutorUnavailable: an asked-for backend cannot run here.
     """
+    selection = _create(kind, sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+    if not by_module:
+        return selection
+    default = selection.executor
+    backends: dict[ExecutorKind, Executor] = {default.kind: default}
+    for other in set(by_module.values()) - {default.kind}:
+        backends[other] = _create(
+            other, sandbox=sandbox, output_limit_bytes=output_limit_bytes
+        ).executor
+    routed = {module: backends[k] for module, k in by_module.items() if k is not default.kind}
+    return Selection(ByModule(default, routed), selection.reason)
+
+
+def _create(
+    kind: ExecutorKind | None, *, sandbox: Sandbox, output_limit_bytes: int | None
+) -> Selection:
     if kind is ExecutorKind.PROCESS:
         process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
         return Selection(process, "asked for")
@@ -64,6 +85,7 @@ __all__ = [
     "EXIT_OUTPUT_LIMIT",
     "EXIT_TIMEOUT",
     "LAYOUT",
+    "ByModule",
     "DockerExecutor",
     "ExecutionResult",
     "Executor",

@@ -1,56 +1,64 @@
-"""The whole system through the CLI, as a user runs it: ``lilypad network up``, ``lilypad run``,
-``lilypad network down`` — every service its own process."""
+"""``lilypad network up`` on one machine, as a developer uses it: cowsay in Docker, SDXL with
+tiny weights as a local process (its GPU image cannot be built here), both through the market."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
+import docker
 import pytest
+from PIL import Image
 
-from lilypad.chain.anvil import port_in_use
-from lilypad.localnet import PORTS, key_file
-from lilypad.storage import compute_cid
+from lilypad.storage import CID, NETWORK_PROFILE
+from resource_provider.executors import engine_problem
+from tests.conftest import Reference, missing
+from tests.e2e.conftest import Up, chain_events, lilypad, run_job
 
 NETWORK = "e2e"
+COWSAY_IMAGE = "lilypad/cowsay:v0.0.4"
 
 
-def lilypad(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lilypad", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-        check=False,
-    )
+def containers_started(image: str, since: float) -> int:
+    """How many containers of ``image`` the Docker Engine started since ``since``."""
+    client = docker.from_env()
+    try:
+        events = client.events(
+            since=int(since),
+            until=int(time.time()) + 1,
+            filters={"type": "container", "event": "start", "image": image},
+            decode=True,
+        )
+        return sum(1 for _ in events)
+    finally:
+        client.close()
 
 
 @pytest.fixture
-def network() -> Iterator[None]:
-    busy = [port for port in (8545, *PORTS.values()) if port_in_use(port)]
-    if busy:
-        message = f"ports {busy} are in use; the local network needs them"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    up = lilypad("network", "up", "--network", NETWORK, "--detach", "--executor", "process")
+def engine_with_cowsay() -> None:
+    problem = engine_problem()
+    if problem:
+        missing("a Docker Engine", f"start one (bash .ci/dockerd.sh): {problem}")
+    client = docker.from_env()
     try:
-        assert up.returncode == 0, up.stderr
-        yield
+        client.images.get(COWSAY_IMAGE)
+    except docker.errors.ImageNotFound:
+        missing(f"the {COWSAY_IMAGE} image", "build it with `make images`")
     finally:
-        down = lilypad("network", "down", "--network", NETWORK)
-        assert down.returncode == 0, down.stderr
+        client.close()
 
 
 @pytest.mark.slow
-def test_network_up_runs_jobs_end_to_end(network: None) -> None:
-    status = json.loads(lilypad("network", "status", "--network", NETWORK, "--json").stdout)
-    assert {s["service"]: s["running"] for s in status["services"]} == {
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_network_up_runs_jobs_end_to_end(
+    network_up: Up, engine_with_cowsay: None, js_reference: Reference
+) -> None:
+    profile = network_up(NETWORK, "--port-offset", "3000")  # the executor is left to pick
+    status = lilypad("network", "status", "--network", NETWORK, "--json")
+    services = json.loads(status.stdout)["services"]
+    assert {s["service"]: s["running"] for s in services} == {
         "chain": True,
         "ipfs": True,
         "solver": True,
@@ -58,41 +66,28 @@ def test_network_up_runs_jobs_end_to_end(network: None) -> None:
         "mediator": True,
         "bridge": True,
     }
-    key = str(key_file(NETWORK, "job_creator"))
-    result = lilypad(
-        "run",
-        "cowsay:v0.0.4",
-        "-i",
-        "Message=hello from the network",
-        "--network",
-        NETWORK,
-        "--key-file",
-        key,
-        "--yes",
-        "--json",
-    )
-    assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout)
+
+    since = time.time()
+    record = run_job(NETWORK, "cowsay:v0.0.4", "Message=hello from the network")
     out = Path(record["output_dir"])
     assert "hello from the network" in (out / "outputs" / "cowsay.txt").read_text()
     assert (out / "exitCode").read_text() == "0"
-    # the CID on chain is the CID of exactly what was saved
-    assert str(compute_cid(out)) == record["result_cid"]
+    assert containers_started(COWSAY_IMAGE, since) >= 1, "cowsay did not run in Docker"
+    # the CID on chain is the reference importer's CID of exactly what was saved
+    submitted = {
+        e.args["dealId"]: e.args["resultCid"] for e in chain_events(profile, "ResultSubmitted")
+    }
+    on_chain = bytes.fromhex(submitted[record["deal_id"]].removeprefix("0x"))
+    assert str(CID.parse(on_chain)) == record["result_cid"]
+    assert js_reference(out, NETWORK_PROFILE) == record["result_cid"]
 
-    # an ML module with tiny weights, through the same network
-    sdxl = lilypad(
-        "run",
-        "sdxl:v0.9-lilypad1",
-        "-i",
-        "Prompt=a lighthouse",
-        "--network",
-        NETWORK,
-        "--key-file",
-        key,
-        "--yes",
-        "--json",
-        timeout=600,
-    )
-    assert sdxl.returncode == 0, sdxl.stderr
-    image = Path(json.loads(sdxl.stdout)["output_dir"]) / "outputs" / "image-0.png"
-    assert image.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # an ML module with tiny weights, through the same network, as a local process
+    since = time.time()
+    sdxl = run_job(NETWORK, "sdxl:v0.9-lilypad1", "Prompt=a lighthouse", timeout=600)
+    sdxl_out = Path(sdxl["output_dir"])
+    with Image.open(sdxl_out / "outputs" / "image-0.png") as image:
+        image.load()  # decodes every pixel
+        assert image.size[0] > 0
+        assert image.mode in ("RGB", "RGBA")
+    assert js_reference(sdxl_out, NETWORK_PROFILE) == sdxl["result_cid"]
+    assert containers_started("lilypad/sdxl:v0.9-lilypad1", since) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -17,43 +16,10 @@ import pytest
 import uvicorn
 
 from lilypad.storage.blockstore import Blockstore
-from lilypad.storage.importer import ImportProfile
 from lilypad.storage.node import EmbeddedNode
+from tests.conftest import missing
 
-JS_DIR = Path(__file__).parent / "js"
 NODE_TOKEN = "test-pinning-token"
-
-Reference = Callable[[Path, ImportProfile], str]
-
-
-def _missing(what: str, how: str) -> None:
-    """Fail loudly in CI (the component must be installed there), skip with a reason locally."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing in CI; {how}")
-    pytest.skip(f"{what} is not installed; {how}")
-
-
-@pytest.fixture(scope="session")
-def js_reference() -> Reference:
-    """Root CID from the reference JS importer (ipfs-unixfs-importer) with kubo's layout."""
-    node = shutil.which("node")
-    if node is None or not (JS_DIR / "node_modules" / "ipfs-unixfs-importer").is_dir():
-        _missing("the reference JS importer", "run `make storage-js` (needs node and npm)")
-    assert node is not None
-
-    def run(path: Path, profile: ImportProfile) -> str:
-        args = [str(profile.cid_version), "1" if profile.raw_leaves else "0"]
-        args += [str(profile.chunk_size), str(profile.max_links)]
-        result = subprocess.run(
-            [node, str(JS_DIR / "reference.mjs"), str(path), *args],
-            capture_output=True,
-            text=True,
-            timeout=100,
-            check=True,
-        )
-        return result.stdout.strip()
-
-    return run
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +27,7 @@ def ipfs_cid() -> Callable[[Path], dict[str, str]]:
     """Debian's `ipfs_cid` (package ipfs-cid): kubo-default CIDv0 of a file."""
     exe = shutil.which("ipfs_cid")
     if exe is None:
-        _missing("Debian's ipfs-cid", "apt-get install ipfs-cid (.ci/run does)")
+        missing("Debian's ipfs-cid", "apt-get install ipfs-cid (.ci/run does)")
     assert exe is not None
 
     def run(path: Path) -> dict[str, str]:

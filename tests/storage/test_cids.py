@@ -10,7 +10,8 @@ import pytest
 
 from lilypad.storage import compute_cid
 from lilypad.storage.importer import NETWORK_PROFILE, ImportProfile
-from tests.storage.conftest import Reference, write_tree
+from tests.conftest import Reference
+from tests.storage.conftest import write_tree
 
 CHUNK = 262_144
 PROFILES = {
