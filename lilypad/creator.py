@@ -17,6 +17,7 @@ Failures end the job with a :class:`JobError` subclass and leave funds safe:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -184,6 +185,9 @@ class JobRunner:
         account: The job creator's signing account.
         market: The market client (from the profile when None).
         on_step: Called for every :class:`Step`.
+        fund: Deposits the amount it is given into the market (asking first if it must); called
+            when this account's deposit cannot cover one more offer. None: no deposit is made
+            and a short deposit is an error.
     """
 
     def __init__(
@@ -192,11 +196,12 @@ class JobRunner:
         account: LocalAccount,
         market: JobMarketClient,
         on_step: Callable[[Step], None] = lambda _: None,
+        fund: Callable[[int], None] | None = None,
     ) -> None:
         if not profile.solver_url:
             raise ConfigError(f"network {profile.name!r} names no solver_url")
         self.profile, self.account, self.market = profile, account, market
-        self.on_step = on_step
+        self.on_step, self.fund = on_step, fund
         self.http = httpx.Client(base_url=profile.solver_url, timeout=30)
         self.clock = ChainClock(market)
 
@@ -205,8 +210,21 @@ class JobRunner:
 
     # ---------------------------------------------------------------------------- deposit
     def deposit_needed(self, amount: int) -> int:
-        """How much must be deposited before an offer of ``amount`` can be posted."""
-        return max(0, amount - self.market.balance_of(self.account.address))
+        """How much must be deposited before an offer of ``amount`` can be posted: the solver
+        counts what this account's open offers (other jobs running now) may still take."""
+        balance = self.market.balance_of(self.account.address)
+        return max(0, amount + self._committed() - balance)
+
+    def _committed(self) -> int:
+        try:
+            response = self.http.get(f"/api/v1/accounts/{self.account.address}")
+        except httpx.TransportError as exc:
+            raise SolverError(
+                f"cannot reach the solver at {self.profile.solver_url}: {exc}"
+            ) from None
+        if response.status_code != 200:
+            return 0  # a solver without the endpoint: its refusal will say what is short
+        return int(response.json().get("committed_by_job_offers", 0))
 
     def deposit(self, amount: int) -> str:
         receipt = self.market.deposit(self.account, amount)
@@ -235,7 +253,11 @@ class JobRunner:
         events = _EventStream(self.http, self.account.address)
         try:
             submission = self._submission(spec, options)
-            record.job_offer_id = self._post(submission)
+            # Several `lilypad run` of one account at once: each tops up and posts in turn, so
+            # each sees the others' offers committed and no two approvals race.
+            with _account_lock(self.account.address):
+                self._top_up(options.max_price)
+                record.job_offer_id = self._post(submission)
             save_record(record)
             self._mark(record, "posted")
             self.on_step(Step("posted", {"job_offer_id": record.job_offer_id}))
@@ -277,6 +299,17 @@ class JobRunner:
         )
         signature = offer.sign(self.account, self.market.chain.chain_id, self.market.address)
         return JobSubmission(offer=offer, signature=signature, spec=spec)
+
+    def _top_up(self, amount: int) -> None:
+        needed = self.deposit_needed(amount)
+        if not needed:
+            return
+        if self.fund is None:
+            raise InputError(
+                f"the market deposit of {self.account.address} is {format_tokens(needed)} tokens "
+                "short for this job (open offers of yours hold the rest)"
+            )
+        self.fund(needed)
 
     def _post(self, submission: JobSubmission) -> str:
         try:
@@ -450,6 +483,19 @@ class JobRunner:
         """Milliseconds from the record's start to ``phase`` (posted, matched, deal, result,
         downloaded, accepted): what ``bench/e2e_overhead.py`` breaks the overhead down by."""
         record.timings_ms[phase] = int((time.time() - record.started_at) * 1000)
+
+
+@contextlib.contextmanager
+def _account_lock(address: str) -> Iterator[None]:
+    """Hold this machine's lock on ``address`` (a file lock, so across processes)."""
+    folder = get_settings().data_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{address}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _EventStream:

@@ -106,6 +106,25 @@ def create_app(solver: Solver) -> FastAPI:
         solver.cancel_offer("resource", offer_id, body.signature)
         return {"id": offer_id, "state": "cancelled"}
 
+    @app.get("/api/v1/accounts/{address}")
+    def get_account(address: str) -> JSONResponse:
+        """What an account's open offers may still take from its market deposit: a client adds
+        this to an offer's price to know how much deposit it needs."""
+        from eth_utils.address import is_address, to_checksum_address
+
+        if not is_address(address):
+            return JSONResponse({"error": f"{address!r} is not an address"}, status_code=400)
+        signer = to_checksum_address(address)
+        return JSONResponse(
+            {
+                "address": signer,
+                "committed_by_job_offers": str(solver.store.committed(signer, JobOfferRow)),
+                "committed_by_resource_offers": str(
+                    solver.store.committed(signer, ResourceOfferRow)
+                ),
+            }
+        )
+
     @app.get("/api/v1/deals")
     def list_deals(party: str | None = None) -> list[dict[str, Any]]:
         return [_deal(row) for row in solver.store.deals(party=_checksum_or_none(party))]

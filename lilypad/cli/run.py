@@ -100,11 +100,19 @@ def run(
                 f"running {spec.module} as {account.address} on {network!r} "
                 f"(max price {format_tokens(price)})"
             )
+        # Ask now, before the progress display; the runner deposits when it posts the offer
+        # (other jobs of this account may have changed what is needed by then).
         needed = runner.deposit_needed(price)
         if needed:
             _consent(needed, yes, format_tokens)
-            runner.deposit(needed)
-            on_step(Step("deposit", {"amount": format_tokens(needed)}))
+
+        def fund(amount: int) -> None:
+            if not (needed or yes):
+                _consent(amount, yes, format_tokens)  # not asked yet: refuses without a terminal
+            runner.deposit(amount)
+            on_step(Step("deposit", {"amount": format_tokens(amount)}))
+
+        runner.fund = fund
         with status if sys.stderr.isatty() and not quiet else _nothing():
             record = _run_interruptibly(runner, spec, options)
     finally:

@@ -97,8 +97,10 @@ def holdings(profile: NetworkProfile) -> dict[str, int]:
     }
 
 
-def market_token_balance(profile: NetworkProfile) -> int:
-    """Tokens the market contract holds: every deposit plus every open deal's escrow."""
+def escrow(profile: NetworkProfile) -> int:
+    """Tokens the market holds beyond every account's deposit: what open deals lock."""
     assert profile.market is not None
     market = JobMarketClient(Chain(profile.rpc_url), profile.market)
-    return market.token.balance_of(profile.market)
+    owners = [*profile.accounts.values(), profile.job_creator]
+    deposits = sum(market.balance_of(address) for address in owners if address)
+    return market.token.balance_of(profile.market) - deposits

@@ -191,3 +191,19 @@ def test_a_spec_the_offer_does_not_commit_to_is_refused(net: Net, served: Served
     assert "commits to spec" in response.json()["error"]
     stored = client.get(f"/api/v1/job_offers/{post(client, 'job', honest).json()['id']}").json()
     assert stored["offer"]["spec"]["tunables"]["Prompt"] == "a lighthouse"
+
+
+def test_an_account_shows_what_its_open_offers_commit(net: Net, served: Served) -> None:
+    _, client = served
+    creator = net.creators[0]
+    account = f"/api/v1/accounts/{creator.address.lower()}"
+    assert client.get(account).json()["committed_by_job_offers"] == "0"
+    job = net.job()
+    job_id = post(client, "job", job).json()["id"]
+    assert client.get(account).json()["committed_by_job_offers"] == str(job.offer.max_price)
+    own = Account.sign_message(encode_defunct(text=cancel_message(job_id)), creator.key)
+    client.post(f"/api/v1/job_offers/{job_id}/cancel", json={"signature": own.signature.hex()})
+    assert client.get(account).json()["committed_by_job_offers"] == "0"
+    bad = client.get("/api/v1/accounts/0xnope")
+    assert bad.status_code == 400
+    assert "0xnope" in bad.json()["error"]
