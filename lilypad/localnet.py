@@ -11,6 +11,7 @@ service through ``WEB3_PRIVATE_KEY`` — never on a command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -388,7 +389,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie child of ours counts as gone
+    # a process that exited but is not reaped yet (a zombie) is gone: here, or where a slow
+    # init reaps the orphans of a detached network
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
