@@ -7,9 +7,10 @@ lilypad=.venv/bin/lilypad
 network=demo
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
-# The demo's provider runs modules as local processes: the GPU module images need a registry and
-# a GPU to build. Without real weights in MODEL_DIR the ML modules run with tiny random weights.
-step "$lilypad" network up --network "$network" --detach --executor process
+# The provider runs modules in Docker when an engine answers and the module's image is built here
+# (cowsay's builds offline: make images), else as sandboxed local processes: the GPU module images
+# need a registry to build. Without real weights in MODEL_DIR the ML modules run with tiny weights.
+step "$lilypad" network up --network "$network" --detach
 trap '"$lilypad" network down --network "$network"' EXIT
 key=$(.venv/bin/python -c "from lilypad.localnet import key_file; print(key_file('$network', 'job_creator'))")
 
