@@ -266,6 +266,19 @@ BAD_INPUTS = [
         ["module", "render", "sdxl:v1.0-lilypad1", "-i", "RefinerSwitch=1.5"],
         ["RefinerSwitch", "1.5", "1"],
     ),
+    (["network", "up", "--providers", "9"], ["--providers 9", "at most 6"]),
+    (["network", "up", "--host", "lab-box"], ["--host", "lab-box", "IP address"]),
+    (["network", "up", "--executor", "vm"], ["--executor", "vm", "docker, process"]),
+    (["network", "up", "--weights", "huge"], ["--weights", "huge", "real, tiny, auto"]),
+    (["network", "logs", "dashboard"], ["dashboard", "chain", "provider"]),
+    (
+        ["resource-provider", "--executor-for", "sdxl=process"],
+        ["sdxl=process", "MODULE:VERSION=KIND"],
+    ),
+    (
+        ["mediator", "--executor-for", "sdxl:v0.9-lilypad1=vm"],
+        ["sdxl:v0.9-lilypad1=vm", "'vm'", "docker, process"],
+    ),
 ]
 
 

@@ -250,6 +250,7 @@ def resource_provider(
     from resource_provider.metrics import Metrics, MetricsServer
     from resource_provider.solver_client import SolverClient
 
+    routes = _executor_for(executor_for)  # bad input stops here, before any I/O
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
     solver_url = _require(profile, "solver_url", "the solver's URL")
@@ -273,7 +274,7 @@ def resource_provider(
     hardware = detect(state_dir)
     if emulate_machine:
         hardware = _emulated(hardware, weights, config.modules)
-    selection = create_executor(executor, by_module=_executor_for(executor_for))
+    selection = create_executor(executor, by_module=routes)
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)
     note(f"executor: {selection.executor.describe()}; metrics on {server.url}")
@@ -319,6 +320,7 @@ def mediator(
     from resource_provider.metrics import Metrics, MetricsServer
     from resource_provider.solver_client import SolverClient
 
+    routes = _executor_for(executor_for)  # bad input stops here, before any I/O
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
     solver_url = _require(profile, "solver_url", "the solver's URL, where job specs are")
@@ -332,7 +334,7 @@ def mediator(
             f"{account.address} is not a registered mediator of the market {market_address}",
             hint="the market owner registers mediators (lilypad chain up does it for dev accounts)",
         )
-    selection = create_executor(executor, by_module=_executor_for(executor_for))
+    selection = create_executor(executor, by_module=routes)
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)
     note(f"mediator {account.address} (fee {fee}); executor: {selection.executor.describe()}")
