@@ -563,7 +563,9 @@ class _EventStream:
         response = self._response
         if response is not None:
             response.close()  # ends the reader's blocking read
-        self._thread.join(timeout=5)
+        # A daemon thread: it may still wait for the solver's next byte; nothing is lost by not
+        # waiting for it.
+        self._thread.join(timeout=0.1)
 
 
 def _error(response: httpx.Response) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,17 @@ def check_ports(topology: Topology) -> None:
         )
 
 
+def reset_state(network: str) -> None:
+    """Forget what the services of an earlier ``network`` kept: the new chain starts from block
+    0 with new contracts, so the solver's offers and deals, the providers' deals and every
+    follower's chain position would be wrong on it. Downloaded results and job records stay."""
+    data = get_settings().data_dir
+    for folder in ("provider", "mediator", "bridge"):
+        shutil.rmtree(data / folder / network, ignore_errors=True)
+    for path in (data / "solver").glob(f"{network}.db*"):  # with SQLite's -wal and -shm files
+        path.unlink()
+
+
 def start_chain(network: str, topology: Topology) -> NetworkProfile:
     """Start anvil (a block every second, so deadlines pass on a quiet chain), deploy the
     contracts, fund and register the dev accounts, and write their keys."""
@@ -206,7 +218,15 @@ def services(
         ),
         Service(
             "solver",
-            ("solver", "--network", network, "--listen", _hostport(profile.solver_url)),
+            (
+                "solver",
+                "--network",
+                network,
+                "--listen",
+                _hostport(profile.solver_url),
+                "--poll-interval",
+                "0.1",  # a local chain answers at once: see results sooner
+            ),
             "solver",
             lambda: _http_ok("GET", f"{profile.solver_url}/healthz"),
         ),

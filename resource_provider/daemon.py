@@ -85,8 +85,8 @@ class ProviderConfig:
         start_block: Where to start reading events when no position is saved.
         confirmations: Blocks an event must be buried under before it is acted upon.
         event_stream: Listen to the solver's event stream (faster than chain polling alone).
-        auto_deposit: At start, move tokens from the wallet into the market balance when it does
-            not cover the collateral of every slot.
+        auto_deposit: Move tokens from the wallet into the market balance when it does not
+            cover the collateral of every slot: at start, and whenever fresh offers need more.
     """
 
     modules: tuple[str, ...]
@@ -234,12 +234,21 @@ class ResourceProvider:
         while not self._stop.wait(1.0):
             pass
 
-    def _top_up(self) -> None:
-        """Deposit what the collateral of every slot needs beyond the market balance."""
-        needed = self.config.collateral * self.config.max_concurrent
+    def _top_up(self, offers: int | None = None) -> None:
+        """Deposit what the collateral of ``offers`` open offers (every slot's by default) needs
+        beyond the market balance.
+
+        Later top-ups deposit at least every slot's collateral: a deal's collateral stays locked
+        until it is settled, after its slot is free again, so without them a busy provider's
+        fresh offers would be refused until its deals settle.
+        """
+        slots = self.config.max_concurrent
+        needed = self.config.collateral * (slots if offers is None else offers)
         missing = needed - self.market.balance_of(self.address)
         if missing <= 0:
             return
+        if offers is not None:
+            missing = max(missing, self.config.collateral * slots)
         wallet = self.market.token.balance_of(self.address)
         if wallet < missing:
             log.warning(
@@ -484,6 +493,8 @@ class ResourceProvider:
         free = self.config.max_concurrent - self._busy_slots() - len(self._offers)
         if free <= 0 or time.monotonic() < self._offer_retry_at:
             return
+        if self.config.auto_deposit:
+            self._top_up(len(self._offers) + free)
         for _ in range(free):
             if not self._post_offer(now):
                 # Refused (deposit too small, rate limit) or unreachable: try again later

@@ -38,7 +38,13 @@ from lilypad.chain.offers import (
     SignedResourceOffer,
 )
 from lilypad.chain.offers import ResourceOffer as ChainResourceOffer
-from lilypad.errors import ChainError, ChainUnavailable, ContractReverted, SolverError
+from lilypad.errors import (
+    ChainError,
+    ChainUnavailable,
+    ConfigError,
+    ContractReverted,
+    SolverError,
+)
 from lilypad.jobs import (
     ChainClock,
     JobSubmission,
@@ -168,7 +174,21 @@ class Solver:
         self._threads.clear()
 
     def recover(self) -> None:
-        """Rebuild the order book from the store and settle matches of unknown outcome."""
+        """Rebuild the order book from the store and settle matches of unknown outcome.
+
+        Raises:
+            ConfigError: the store belongs to another market or chain (its offers, deals and
+                chain position would be wrong here).
+        """
+        market = f"{self.chain_id}:{self.market.address}"
+        saved = self.store.get_meta("market")
+        if saved is None:
+            self.store.set_meta("market", market)
+        elif saved != market:
+            raise ConfigError(
+                f"the solver's database belongs to market {saved} (chain id:address), not {market}",
+                hint="give this market a database of its own (--db)",
+            )
         with self._lock:
             self._book = OrderBook()
             for row in self.store.offers(ResourceOfferRow, OfferState.PENDING):

@@ -70,7 +70,8 @@ class Anvil:
     Args:
         port: The port to listen on (a free one when None).
         chain_id: The chain id to report.
-        block_time: Seconds between blocks; None mines each transaction at once.
+        block_time: Seconds between blocks on a quiet chain (transactions are still mined at
+            once); None: a block only for each transaction.
         state_file: Load the chain from, and save it to, this file (``--state``).
         host: The address to listen on (another machine's providers need a reachable one).
     """
@@ -108,7 +109,9 @@ class Anvil:
             "--config-out", str(self._dir / "anvil.json"),
         ]  # fmt: skip
         if self._block_time:
-            cmd += ["--block-time", str(self._block_time)]
+            # a block every block_time seconds, so time passes on a quiet chain, and every
+            # transaction mined at once besides (without it each one waits up to a block)
+            cmd += ["--block-time", str(self._block_time), "--mixed-mining"]
         if self._state_file:
             cmd += ["--state", str(self._state_file)]
         return cmd

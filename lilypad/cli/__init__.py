@@ -7,6 +7,7 @@ the traceback only under ``--debug``.
 
 from __future__ import annotations
 
+import gc
 import platform
 import sys
 
@@ -75,7 +76,17 @@ def version(
 
 
 def main() -> None:
-    """Entry point of the ``lilypad`` console script."""
+    """Entry point of the ``lilypad`` console script and ``python -m lilypad``."""
+    try:
+        run()
+    finally:
+        # The interpreter's exit would visit every object of the ~1,000 modules a command
+        # imports (0.3-0.6 s of each `lilypad run`); frozen, they are left to the OS.
+        gc.freeze()
+
+
+def run() -> None:
+    """Run the CLI on ``sys.argv``; exits with the command's code (2 for bad input)."""
     try:
         app()
     except LilypadError as exc:

@@ -81,6 +81,7 @@ def up(
     executor, executor_for = _executors(executor)
     localnet.stop_all(network)  # leftovers of a network that was not brought down
     localnet.check_ports(topology)
+    localnet.reset_state(network)
     localnet.record_services(network, topology.service_names())
     note(f"starting the chain on {host}:{topology.port('chain')} and deploying the contracts")
     profile = localnet.write_profile(localnet.start_chain(network, topology))

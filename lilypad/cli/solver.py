@@ -31,6 +31,14 @@ def solver(
         5.0, "--rate", min=0.001, help="Offers per second per signer, on average."
     ),
     burst: int = typer.Option(50, "--burst", min=1, help="Offers a signer may send at once."),
+    poll_interval: float = typer.Option(
+        0.5,
+        "--poll-interval",
+        min=0.05,
+        max=60,
+        help="Seconds between reads of the chain's new events (a result on chain is seen this "
+        "late at most); lower on a local chain, about the block time on a public one.",
+    ),
 ) -> None:
     """Run the solver: take signed offers, match them, create deals on chain, stream events."""
     import uvicorn
@@ -61,7 +69,11 @@ def solver(
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = SolverConfig(
-        confirmations=confirmations, start_block=profile.deployed_block, rate=rate, burst=burst
+        confirmations=confirmations,
+        start_block=profile.deployed_block,
+        rate=rate,
+        burst=burst,
+        poll_interval=poll_interval,
     )
     service = Solver(Store(db), market, account, config)
     service.start()

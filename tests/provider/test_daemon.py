@@ -214,6 +214,19 @@ def test_deposits_the_collateral_its_slots_need(world: World) -> None:
     wait_for(lambda: len(daemon._offers) == 2, 10)  # the solver accepts both slots' offers
 
 
+def test_a_freed_slot_is_offered_again_before_its_deal_settles(world: World) -> None:
+    """The deal's collateral stays locked through the challenge window; the provider tops up
+    its deposit and offers the free slot again at once, instead of waiting for the settlement."""
+    account = world.net.providers[1]
+    daemon = world.provider(account, collateral=75 * ETH, max_concurrent=1, auto_deposit=True)
+    wait_for(lambda: len(daemon._offers) == 1, 10)
+    deal_id = world.deal_of(world.post(world.job("keep the slot busy")))["deal_id"]
+    wait_phase(world.state_dir(account), Phase.SUBMITTED)
+    wait_for(lambda: len(daemon._offers) == 1, 10)  # a fresh offer, well before 15 s
+    assert world.market.deal_status(deal_id).state is DealState.SUBMITTED  # not settled yet
+    assert world.market.balance_of(account.address) >= 75 * ETH
+
+
 def test_offers_are_replaced_before_they_expire(world: World) -> None:
     daemon = world.provider(world.net.providers[2], offer_ttl_s=60)
     (first,) = wait_for(lambda: list(daemon._offers), 10)

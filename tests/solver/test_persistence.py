@@ -20,7 +20,7 @@ import sqlalchemy
 from lilypad.chain.anvil import free_port
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal
-from lilypad.errors import ChainUnavailable
+from lilypad.errors import ChainUnavailable, ConfigError
 from lilypad.network import NetworkProfile, save_network
 from solver.service import Solver
 from solver.store import DealRowState
@@ -118,6 +118,19 @@ def test_pending_offers_survive_a_restart(
     assert {row.job_offer_id for row in second.match_once()} == set(jobs)
     for job_id in jobs:
         assert second.store.deal_by_offer(job_id).state == "created"  # type: ignore[union-attr]
+
+
+def test_a_database_of_another_market_is_refused(net: Net, make_solver: SolverFactory) -> None:
+    """A fresh chain with the old database (a dev network brought up again) would match against
+    offers and deals that do not exist there: the solver refuses to start on it."""
+    first = make_solver()
+    first.recover()
+    first.submit_job_offer(net.job())
+    first.store.close()
+    other = make_solver()
+    other.market = JobMarketClient(net.chain, net.deployment.token)  # any other address
+    with pytest.raises(ConfigError, match="belongs to market"):
+        other.recover()
 
 
 def solver_process(net: Net, db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
