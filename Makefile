@@ -95,5 +95,10 @@ format: install
 demo: install
 	@bash .ci/demo.sh
 
+# What `lilypad run` adds to a module's own run time, by phase, on a local network (ports +1000).
+.PHONY: bench-e2e
+bench-e2e: install
+	$(BIN)/python bench/e2e_overhead.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
