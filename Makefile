@@ -95,6 +95,11 @@ format: install
 demo: install
 	@bash .ci/demo.sh
 
+# The node image without a registry (root, debootstrap, ~10 min on vfs): see the README.
+.PHONY: node-image
+node-image:
+	bash solver/deploy/build-offline.sh
+
 # What `lilypad run` adds to a module's own run time, by phase, on a local network (ports +1000).
 .PHONY: bench-e2e
 bench-e2e: install

@@ -64,6 +64,8 @@ TIMEOUT_OUTCOMES = {0: Outcome.TIMED_OUT, 1: Outcome.PAID, 2: Outcome.MEDIATION_
 RETRY_S = 3.0
 #: Seconds before listing offers again after the solver refused one or could not be reached.
 OFFER_RETRY_S = 15.0
+#: Starts of one job (a crash and restart counts too) before the provider gives it up.
+MAX_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,9 @@ class ResourceProvider:
                 self._refuse(record, str(exc))
         except LilypadError as exc:
             log.warning("deal %s: %s; retrying in %gs", deal_id, exc, RETRY_S)
+            failed = self.store.get("deals", deal_id, DealRecord)
+            if failed is not None:
+                self._save(failed, error=str(exc)[:500])
             self._retry_later(deal_id)
         except Exception:
             log.exception("deal %s: unexpected failure; retrying", deal_id)
@@ -391,6 +396,9 @@ class ResourceProvider:
             raise JobRefused(
                 f"module {spec.module} is not served here ({', '.join(self.config.modules)})"
             )
+        if record.runs >= MAX_RUNS:
+            # the same failure each time (a bad mount, a broken engine): stop spending on it
+            raise JobRefused(f"gave up after {record.runs} failed starts: {record.error}")
         left = status.deadline - self._now()
         needed = spec.timeout_s + self.config.submit_margin_s
         if left < needed:

@@ -27,7 +27,6 @@ from resource_provider.executors import (
     create_executor,
     tail,
 )
-from resource_provider.executors.images import build_module
 from resource_provider.executors.layout import OUTPUTS, STDERR
 
 #: Lines of the module's stderr shown when it fails.
@@ -94,6 +93,8 @@ def build(
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Build module versions' Docker images from their folders' Dockerfiles."""
+    from resource_provider.executors.images import build_module  # docker: only when building
+
     built = []
     for ref in refs:
         module = _resolve(ref)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from resource_provider.executors.base import (
     EXIT_OUTPUT_LIMIT,
@@ -25,10 +26,22 @@ from resource_provider.executors.base import (
     JobStatus,
     Weights,
 )
-from resource_provider.executors.docker import DockerExecutor, engine_problem
 from resource_provider.executors.layout import LAYOUT, result_digest, tail
 from resource_provider.executors.process import ProcessExecutor, Sandbox
 from resource_provider.executors.routing import ByModule
+
+if TYPE_CHECKING:
+    from resource_provider.executors.docker import DockerExecutor, engine_problem
+
+
+def __getattr__(name: str) -> Any:
+    # The docker backend is imported when first used: the docker and requests packages cost every
+    # CLI command about 0.15 s, and most never touch an engine.
+    if name in ("DockerExecutor", "engine_problem"):
+        from resource_provider.executors import docker as backend
+
+        return getattr(backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,8 @@ def create_executor(
 def _create(
     kind: ExecutorKind | None, *, sandbox: Sandbox, output_limit_bytes: int | None
 ) -> Selection:
+    from resource_provider.executors.docker import DockerExecutor, engine_problem
+
     if kind is ExecutorKind.PROCESS:
         process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
         return Selection(process, "asked for")

@@ -10,8 +10,10 @@ import pytest
 from lilypad import modules
 from lilypad.chain.events import EventFollower
 from lilypad.chain.market import DealState
+from lilypad.errors import ExecutorError
 from lilypad.storage import CID, compute_cid
 from lilypad.storage.backends import KuboStorage
+from resource_provider import daemon as daemon_module
 from resource_provider.executors import (
     DockerExecutor,
     ExecutionResult,
@@ -238,3 +240,26 @@ def test_offers_are_replaced_before_they_expire(world: World) -> None:
     assert old["state"] == "cancelled"
     assert new["state"] == "pending"
     assert new["offer"]["offer"]["nonce"] == old["offer"]["offer"]["nonce"] + 1
+
+
+class RefusingEngine(ProcessExecutor):
+    """An engine that refuses every container, as Docker does when a provider in a container
+    mounts its data dir at another path than the host's."""
+
+    def run(self, job: Job) -> ExecutionResult:
+        raise ExecutorError(
+            'invalid mount config for type "bind": bind source path does not exist: /data'
+        )
+
+
+def test_a_job_that_cannot_start_is_given_up_after_a_few_tries(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon_module, "RETRY_S", 0.2)
+    account = world.net.providers[2]
+    world.provider(account, executor=RefusingEngine())
+    world.deal_of(world.post(world.job("never runs")))
+    (record,) = wait_phase(world.state_dir(account), Phase.REFUSED, timeout=60)
+    assert record.runs == daemon_module.MAX_RUNS
+    assert "gave up after 5 failed starts" in (record.error or "")
+    assert "bind source path does not exist" in (record.error or "")
