@@ -66,9 +66,14 @@ def up(
             f"{localnet.MAX_PROVIDERS} providers"
         )
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.IPv4Address(host)
     except ValueError:
-        raise InputError(f"--host {host!r} is not an IP address, e.g. 192.168.1.10") from None
+        raise InputError(f"--host {host!r} is not an IPv4 address, e.g. 192.168.1.10") from None
+    if address.is_unspecified:
+        raise InputError(
+            f"--host {host}: name the address other machines reach this one at, e.g. "
+            "192.168.1.10 (it goes into the profile they use)"
+        )
     topology = localnet.Topology(host=host, port_offset=port_offset, providers=providers)
     if weights == "auto":
         weights = "real" if _real_weights() else "tiny"
