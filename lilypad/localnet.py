@@ -1,8 +1,9 @@
 """The local network: every service of the system on one machine, as separate processes.
 
 ``lilypad network up`` starts, in order: anvil (with the contracts deployed and dev accounts
-funded), the embedded IPFS node, the solver, a resource provider, a mediator and the on-chain job
-creator bridge; it writes the network profile (``local`` by default) that ``lilypad run`` uses.
+funded), the embedded IPFS node, the solver, resource providers (one by default), a mediator and
+the on-chain job creator bridge; it writes the network profile (``local`` by default) that
+``lilypad run`` uses and that providers on other machines can join with (:class:`Topology`).
 Each service is a process of its own, started in its own session so it outlives the command with
 ``--detach``; its pid and log live in ``<data dir>/network/<name>/``. The dev accounts' keys are
 anvil's public test keys, written to ``keys/<role>.key`` (mode 600) there, and handed to each
