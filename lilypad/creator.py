@@ -53,6 +53,8 @@ from lilypad.storage import open_storage, result_dir
 from lilypad.storage.cid import CID
 
 TOKEN_DECIMALS = 18
+#: Posts of one offer when the solver finds the deposit short (see JobRunner._fund_and_post).
+POST_ATTEMPTS = 4
 #: Extra time a provider gets beyond the module's own timeout (download, upload, chain).
 TIMEOUT_MARGIN_S = 300
 #: Record states that already say how a failed job ended (and so what became of the funds).
@@ -212,8 +214,11 @@ class JobRunner:
     def deposit_needed(self, amount: int) -> int:
         """How much must be deposited before an offer of ``amount`` can be posted: the solver
         counts what this account's open offers (other jobs running now) may still take."""
+        # Commitments first: a deal made between the two reads lowers the balance by its price
+        # and the commitments by the offer's whole max price, so this order never under-counts.
+        committed = self._committed()
         balance = self.market.balance_of(self.account.address)
-        return max(0, amount + self._committed() - balance)
+        return max(0, amount + committed - balance)
 
     def _committed(self) -> int:
         try:
@@ -256,8 +261,7 @@ class JobRunner:
             # Several `lilypad run` of one account at once: each tops up and posts in turn, so
             # each sees the others' offers committed and no two approvals race.
             with _account_lock(self.account.address):
-                self._top_up(options.max_price)
-                record.job_offer_id = self._post(submission)
+                record.job_offer_id = self._fund_and_post(submission, options.max_price)
             save_record(record)
             self._mark(record, "posted")
             self.on_step(Step("posted", {"job_offer_id": record.job_offer_id}))
@@ -300,6 +304,20 @@ class JobRunner:
         signature = offer.sign(self.account, self.market.chain.chain_id, self.market.address)
         return JobSubmission(offer=offer, signature=signature, spec=spec)
 
+    def _fund_and_post(self, submission: JobSubmission, amount: int) -> str:
+        """Top the deposit up and post the offer. The solver may still find the deposit short
+        (HTTP 402) when one of this account's deals was made while we looked: the deal lowers
+        the balance a moment before the solver stops counting its offer. Look again, then."""
+        for attempt in range(POST_ATTEMPTS):
+            self._top_up(amount)
+            try:
+                return self._post(submission)
+            except _DepositShort:
+                if attempt == POST_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _top_up(self, amount: int) -> None:
         needed = self.deposit_needed(amount)
         if not needed:
@@ -319,6 +337,8 @@ class JobRunner:
                 f"cannot reach the solver at {self.profile.solver_url}: {exc}",
                 hint="is it running? lilypad network status",
             ) from None
+        if response.status_code == 402:
+            raise _DepositShort(f"the solver refused the job offer: {_error(response)}")
         if response.status_code != 201:
             raise SolverError(f"the solver refused the job offer: {_error(response)}")
         return str(response.json()["id"])
@@ -483,6 +503,10 @@ class JobRunner:
         """Milliseconds from the record's start to ``phase`` (posted, matched, deal, result,
         downloaded, accepted): what ``bench/e2e_overhead.py`` breaks the overhead down by."""
         record.timings_ms[phase] = int((time.time() - record.started_at) * 1000)
+
+
+class _DepositShort(SolverError):
+    """The solver found the deposit short of the offer (it may be a moment behind the chain)."""
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from lilypad import __version__
 from lilypad.chain.offers import SignedResourceOffer
 from lilypad.errors import LilypadError
 from lilypad.jobs import JobSubmission
-from solver.service import OfferRejected, RateLimited, Solver
+from solver.service import DepositShort, OfferRejected, RateLimited, Solver
 from solver.store import DealRow, Duplicate, JobOfferRow, ResourceOfferRow
 
 HEARTBEAT_S = 15.0
@@ -59,6 +59,8 @@ def create_app(solver: Solver) -> FastAPI:
             status, headers = 429, {"Retry-After": f"{max(1, round(exc.retry_after))}"}
         elif isinstance(exc, Duplicate):
             status = 409
+        elif isinstance(exc, DepositShort):
+            status = 402
         elif isinstance(exc, OfferRejected):
             status = 400
         return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)

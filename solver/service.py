@@ -77,6 +77,11 @@ class OfferRejected(SolverError):
     exit_code = 2
 
 
+class DepositShort(OfferRejected):
+    """The signer's market deposit does not cover this offer on top of its open ones (HTTP 402:
+    a client tops up and posts again)."""
+
+
 class RateLimited(SolverError):
     """A signer sent offers faster than allowed."""
 
@@ -496,7 +501,7 @@ class Solver:
         balance = self.market.balance_of(signer)
         committed = self.store.committed(signer, model)
         if balance < committed + amount:
-            raise OfferRejected(
+            raise DepositShort(
                 f"deposit of {signer} is {balance}, but its open offers need {committed} and "
                 f"this one {amount} ({what}); deposit more with JobMarket.deposit"
             )

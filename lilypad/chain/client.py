@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
 T = TypeVar("T")
 
 #: How often a transaction is re-signed with a fresh nonce when another sender took its nonce.
-NONCE_RETRIES = 8
+NONCE_RETRIES = 20
 #: What nodes (anvil, geth) say when a transaction's nonce was used meanwhile.
 NONCE_TAKEN = ("nonce too low", "already imported", "already known", "replacement transaction")
 
@@ -291,7 +292,8 @@ class Chain:
                 # the nonce: the manager forgot it on the error, so the next try reads it afresh.
                 if attempt == NONCE_RETRIES or not _nonce_taken(exc):
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                # random, growing waits: senders that clashed once do not clash again in step
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raw = self.rpc(
             action,
             lambda: self.w3.eth.wait_for_transaction_receipt(

@@ -118,7 +118,7 @@ def test_bad_offers_are_refused(net: Net, served: Served) -> None:
     assert "expires" in expired.json()["error"]
 
     greedy = post(client, "job", net.job(max_price=10_000 * ETH))
-    assert greedy.status_code == 400
+    assert greedy.status_code == 402  # Payment Required: top up the deposit and post again
     assert "deposit" in greedy.json()["error"]
 
     offer = net.job()
