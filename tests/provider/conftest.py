@@ -18,7 +18,7 @@ from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import JobOffer, Machine, module_id, spec_digest
 from lilypad.jobs import JobSubmission
 from lilypad.modules import render
-from lilypad.network import NetworkProfile, save_network
+from lilypad.network import NetworkProfile
 from lilypad.storage.backends import KuboStorage
 from lilypad.storage.node import EmbeddedNode
 from resource_provider.daemon import ProviderConfig, ResourceProvider
@@ -188,22 +188,13 @@ class World:
 
     def profile(self) -> NetworkProfile:
         """Save and return the ``test`` network profile naming this world's services."""
-        network = self.net
-        profile = NetworkProfile(
-            name="test",
-            chain_id=network.chain.chain_id,
-            rpc_url=network.anvil.rpc_url,
-            token=network.deployment.token,
-            market=network.deployment.market,
-            job_creator=network.deployment.job_creator,
-            deployed_block=network.deployment.block,
+        return self.net.save_profile(
+            "test",
             solver_url=self.server.url,
             ipfs_api_url=self.ipfs.api_url,
             gateway_url=self.ipfs.gateway_url,
-            accounts={"mediator": network.mediator.address},
+            accounts={"mediator": self.net.mediator.address},
         )
-        save_network(profile)
-        return profile
 
 
 def records(state_dir: Path) -> list[DealRecord]:

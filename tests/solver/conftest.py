@@ -30,6 +30,7 @@ from lilypad.chain.offers import (
 from lilypad.errors import ChainError
 from lilypad.jobs import JobSubmission
 from lilypad.modules import render
+from lilypad.network import NetworkProfile, save_network
 from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.node import EmbeddedNode
 from solver.app import create_app
@@ -59,6 +60,22 @@ class Net:
 
     def now(self) -> int:
         return int(self.chain.w3.eth.get_block("latest")["timestamp"])
+
+    def save_profile(self, name: str, **services: Any) -> NetworkProfile:
+        """Save (and return) a network profile ``name`` of this chain and market, with the
+        service URLs and accounts given (``solver_url=...``, ``accounts=...``)."""
+        profile = NetworkProfile(
+            name=name,
+            chain_id=self.chain.chain_id,
+            rpc_url=self.anvil.rpc_url,
+            token=self.deployment.token,
+            market=self.deployment.market,
+            job_creator=self.deployment.job_creator,
+            deployed_block=self.deployment.block,
+            **services,
+        )
+        save_network(profile)
+        return profile
 
     def nonce(self) -> int:
         self._nonce[0] += 1

@@ -21,7 +21,6 @@ from lilypad.chain.anvil import free_port
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal
 from lilypad.errors import ChainUnavailable, ConfigError
-from lilypad.network import NetworkProfile, save_network
 from solver.service import Solver
 from solver.store import DealRowState
 from tests.solver.conftest import Net, SolverFactory, wait_for
@@ -171,17 +170,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 def test_kill_9_mid_flight_loses_nothing_and_doubles_nothing(
     net: Net, chain_snapshot: None, tmp_path: Path
 ) -> None:
-    save_network(
-        NetworkProfile(
-            name="killtest",
-            chain_id=net.chain.chain_id,
-            rpc_url=net.anvil.rpc_url,
-            token=net.deployment.token,
-            market=net.deployment.market,
-            job_creator=net.deployment.job_creator,
-            deployed_block=net.deployment.block,
-        )
-    )
+    net.save_profile("killtest")
     db = f"sqlite:///{tmp_path / 'solver.db'}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"

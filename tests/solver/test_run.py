@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from lilypad.chain.market import DealState, JobMarketClient
 from lilypad.chain.offers import Deal, Machine, module_id
-from lilypad.network import NetworkProfile, load_network, save_network
+from lilypad.network import load_network, save_network
 from lilypad.storage import result_dir
 from lilypad.storage.backends import KuboStorage
 from lilypad.storage.node import EmbeddedNode
@@ -38,20 +38,12 @@ def stack(
     net: Net, make_solver: SolverFactory, ipfs: EmbeddedNode, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Stack]:
     with Server(make_solver()) as server:
-        save_network(
-            NetworkProfile(
-                name="test",
-                chain_id=net.chain.chain_id,
-                rpc_url=net.anvil.rpc_url,
-                token=net.deployment.token,
-                market=net.deployment.market,
-                job_creator=net.deployment.job_creator,
-                deployed_block=net.deployment.block,
-                solver_url=server.url,
-                ipfs_api_url=ipfs.api_url,
-                gateway_url=ipfs.gateway_url,
-                accounts={"mediator": net.mediator.address},
-            )
+        net.save_profile(
+            "test",
+            solver_url=server.url,
+            ipfs_api_url=ipfs.api_url,
+            gateway_url=ipfs.gateway_url,
+            accounts={"mediator": net.mediator.address},
         )
         monkeypatch.setenv("WEB3_PRIVATE_KEY", net.creators[0].key.hex())
         yield Stack(net, server, ipfs)
