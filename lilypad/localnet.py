@@ -46,8 +46,6 @@ PORTS = {
     "provider": 8091,
     "mediator": 8099,
 }
-#: Services in start order (``provider`` stands for every provider); stopped in reverse.
-SERVICE_ORDER = ("chain", "ipfs", "solver", "provider", "mediator", "bridge")
 
 
 def provider_role(index: int) -> str:
@@ -198,7 +196,7 @@ def services(
     # One resource offer names one module, so the provider keeps a slot per module version: every
     # built-in module stays on offer. TODO: slot groups (offers for several modules sharing one
     # slot) would let a provider offer many modules without committing a slot to each.
-    served = served_modules()
+    served = list(builtin_images())
     executors: list[str] = ["--executor", executor] if executor else []
     for module, kind in sorted((executor_for or {}).items()):
         executors += ["--executor-for", f"{module}={kind}"]
@@ -255,41 +253,37 @@ def services(
     return found
 
 
-def served_modules() -> list[str]:
-    """Every version of every built-in module: what a local provider serves."""
-    return [
-        f"{manifest.name}:{version}"
+def builtin_images() -> dict[str, str]:
+    """Every version of every built-in module (what a local provider serves), with its image."""
+    return {
+        f"{manifest.name}:{version}": spec.image_ref
         for manifest, _ in list_builtin()
-        for version in manifest.versions
-    ]
+        for version, spec in manifest.versions.items()
+    }
 
 
-def modules_without_image(modules: list[str]) -> list[str]:
-    """The modules whose image the local Docker Engine lacks (all of them if none answers).
+def modules_without_image() -> list[str]:
+    """The built-in modules whose image the local Docker Engine lacks (all, if none answers).
 
     On a dev network these run with the process executor: the ML modules' images start from a
     CUDA base that only a registry has, while their tiny-weights runs work as local processes.
     """
     import docker  # the network command only: the rest of the CLI must not wait for it
 
-    images = {
-        f"{manifest.name}:{version}": spec.image_ref
-        for manifest, _ in list_builtin()
-        for version, spec in manifest.versions.items()
-    }
+    images = builtin_images()
     try:
         client = docker.from_env(timeout=5)
     except docker.errors.DockerException:
-        return list(modules)
+        return list(images)
     missing = []
     try:
-        for module in modules:
+        for module, image in images.items():
             try:
-                client.images.get(images[module])
+                client.images.get(image)
             except docker.errors.ImageNotFound:
                 missing.append(module)
     except docker.errors.DockerException:
-        return list(modules)
+        return list(images)
     finally:
         client.close()
     return missing
@@ -343,7 +337,7 @@ def service_names(network: str) -> list[str]:
     path = state_dir(network) / "services"
     if path.is_file():
         return path.read_text().split()
-    return list(SERVICE_ORDER)
+    return Topology().service_names()
 
 
 def stop_all(network: str) -> list[str]:

@@ -130,7 +130,7 @@ def _executors(executor: str | None) -> tuple[str, dict[str, str]]:
         )
     if executor == "process":
         return executor, {}
-    missing = localnet.modules_without_image(localnet.served_modules())
+    missing = localnet.modules_without_image()
     if missing:
         note(
             f"no image built here for {', '.join(missing)}: those run with the process executor "
