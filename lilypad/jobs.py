@@ -10,11 +10,15 @@ compare hashes before running anything.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import SignedJobOffer, module_id, spec_digest
 from lilypad.errors import ChainError, InputError
 from lilypad.modules import JobSpec, render
+
+if TYPE_CHECKING:
+    from lilypad.chain.light import CreatorMarket
+    from lilypad.chain.market import JobMarketClient
 
 
 class SpecMismatch(InputError):
@@ -71,7 +75,7 @@ class ChainClock:
     see; it is read every few seconds and the wall clock fills the gaps.
     """
 
-    def __init__(self, market: JobMarketClient, refresh_s: float = 3.0) -> None:
+    def __init__(self, market: JobMarketClient | CreatorMarket, refresh_s: float = 3.0) -> None:
         self._market = market
         self._refresh = refresh_s
         self._lead = 0.0
@@ -87,10 +91,9 @@ class ChainClock:
     def _block_time(self) -> float:
         chain = self._market.chain
         try:
-            block = chain.rpc("pending block", lambda: chain.w3.eth.get_block("pending"))
+            return float(chain.block_timestamp("pending"))
         except ChainError:  # some nodes do not serve "pending"
-            block = chain.rpc("latest block", lambda: chain.w3.eth.get_block("latest"))
-        return float(block["timestamp"])
+            return float(chain.block_timestamp("latest"))
 
 
 def cancel_message(offer_id: str) -> str:

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-
+from lilypad.chain.crypto import Signer
 from lilypad.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 KEY_ENV = "WEB3_PRIVATE_KEY"
 
 
 def load_account(key_file: Path | None = None, *, role: str = "this node") -> LocalAccount:
-    """The account that signs for ``role``.
+    """:func:`load_signer` as an eth-account account, for the services' web3 transactions."""
+    from eth_account import Account
+
+    account: LocalAccount = Account.from_key(load_signer(key_file, role=role).key)
+    return account
+
+
+def load_signer(key_file: Path | None = None, *, role: str = "this node") -> Signer:
+    """The key that signs for ``role`` (light: no eth-account, see :mod:`lilypad.chain.crypto`).
 
     Args:
         key_file: A file holding the hex private key (one line); else ``$WEB3_PRIVATE_KEY``.
@@ -42,7 +52,6 @@ def load_account(key_file: Path | None = None, *, role: str = "this node") -> Lo
             raise ConfigError(f"no private key for {role}: set {KEY_ENV} or pass --key-file FILE")
         source = KEY_ENV
     try:
-        account: LocalAccount = Account.from_key(text if text.startswith("0x") else "0x" + text)
-        return account
-    except (ValueError, TypeError):
+        return Signer.from_key(text)
+    except ValueError:
         raise ConfigError(f"{source} does not hold a valid private key (64 hex digits)") from None

@@ -28,15 +28,17 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lilypad.chain.client import Chain
-from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
 from lilypad.chain.offers import Address
 from lilypad.errors import ChainError, ConfigError, UnknownNetwork
+
+if TYPE_CHECKING:  # web3: imported by connect(), not by every user of a profile
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -170,6 +172,9 @@ def connect(network: NetworkProfile | str, *, request_timeout: float = 30.0) -> 
         ChainUnavailable: The node cannot be reached.
         ChainError: The node is on another chain than the profile says.
     """
+    from lilypad.chain.client import Chain
+    from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
+
     profile = load_network(network) if isinstance(network, str) else network
     market, token = profile.require_contracts()
     chain = Chain(profile.rpc_url, request_timeout=request_timeout)

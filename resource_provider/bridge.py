@@ -28,7 +28,8 @@ from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, ConfigDict
 
 from lilypad.chain.events import ChainEvent, EventFollower
-from lilypad.chain.market import DealState, JobCreatorClient, JobMarketClient
+from lilypad.chain.light import DealState
+from lilypad.chain.market import JobCreatorClient, JobMarketClient
 from lilypad.chain.offers import Deal, JobOffer, Machine, module_id, spec_digest
 from lilypad.errors import ChainError, InputError, LilypadError
 from lilypad.jobs import JobSubmission

@@ -35,7 +35,8 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from lilypad.chain.events import ChainEvent, EventFollower
-from lilypad.chain.market import DealState, JobMarketClient
+from lilypad.chain.light import DealState
+from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal, Machine, ResourceOffer, SignedResourceOffer, module_id
 from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError, SolverError
 from lilypad.storage import CID, Storage

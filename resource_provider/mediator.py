@@ -25,7 +25,8 @@ from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, ConfigDict
 
 from lilypad.chain.events import ChainEvent, EventFollower
-from lilypad.chain.market import DealState, JobMarketClient
+from lilypad.chain.light import DealState
+from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal
 from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError
 from lilypad.modules import JobSpec

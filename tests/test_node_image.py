@@ -230,7 +230,7 @@ def test_the_wheel_from_the_copied_files_runs_the_node_on_its_own(tmp_path: Path
     # from the package, not from ROOT.
     probe = (
         "import json, lilypad\n"
-        "from lilypad.chain.client import CONTRACT_NAMES, load_artifact\n"
+        "from lilypad.chain.abi import CONTRACT_NAMES, load_artifact\n"
         "from lilypad.modules.sources import builtin_modules_dir, builtin_names\n"
         "print(json.dumps({'file': lilypad.__file__, 'modules': str(builtin_modules_dir()),\n"
         "  'names': builtin_names(),\n"

@@ -9,32 +9,66 @@ Public API (see each module's docstring):
 * :mod:`lilypad.chain.market` — :class:`JobMarketClient`, :class:`TokenClient`,
   :class:`JobCreatorClient`, :class:`DealState`.
 * :mod:`lilypad.chain.events` — :class:`EventFollower` (confirmations, resume from a block).
-* :mod:`lilypad.chain.deploy` — :func:`deploy`, :class:`Deployment`, :func:`setup_dev_accounts`.
+* :mod:`lilypad.chain.deployment` — :func:`deploy`, :class:`Deployment`, :func:`setup_dev_accounts`.
 * :mod:`lilypad.chain.anvil` — :class:`Anvil`, a local dev node.
 """
 
 from __future__ import annotations
 
-from lilypad.chain.client import Chain, Receipt, load_artifact
-from lilypad.chain.deploy import Deployment, deploy, setup_dev_accounts
-from lilypad.chain.events import ChainEvent, EventFollower
-from lilypad.chain.market import (
-    DealState,
-    DealStatus,
-    JobCreatorClient,
-    JobMarketClient,
-    TokenClient,
-)
-from lilypad.chain.offers import (
-    Deal,
-    JobOffer,
-    Machine,
-    ResourceOffer,
-    SignedJobOffer,
-    SignedResourceOffer,
-    module_id,
-    spec_digest,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use (PEP 562): ``lilypad run`` needs only ``offers`` and ``crypto``, and the
+# web3-based modules cost a short-lived process about a second of imports.
+_HOME = {
+    "Chain": "client",
+    "Receipt": "light",
+    "load_artifact": "abi",
+    "Deployment": "deployment",
+    "deploy": "deployment",
+    "setup_dev_accounts": "deployment",
+    "ChainEvent": "events",
+    "EventFollower": "events",
+    "DealState": "light",
+    "DealStatus": "light",
+    "JobCreatorClient": "market",
+    "JobMarketClient": "market",
+    "TokenClient": "market",
+    "Deal": "offers",
+    "JobOffer": "offers",
+    "Machine": "offers",
+    "ResourceOffer": "offers",
+    "SignedJobOffer": "offers",
+    "SignedResourceOffer": "offers",
+    "module_id": "offers",
+    "spec_digest": "offers",
+}
+
+if TYPE_CHECKING:
+    from lilypad.chain.abi import load_artifact
+    from lilypad.chain.client import Chain
+    from lilypad.chain.deployment import Deployment, deploy, setup_dev_accounts
+    from lilypad.chain.events import ChainEvent, EventFollower
+    from lilypad.chain.light import DealState, DealStatus, Receipt
+    from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
+    from lilypad.chain.offers import (
+        Deal,
+        JobOffer,
+        Machine,
+        ResourceOffer,
+        SignedJobOffer,
+        SignedResourceOffer,
+        module_id,
+        spec_digest,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lilypad.chain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lilypad.chain.{home}"), name)
+
 
 __all__ = [
     "Chain",

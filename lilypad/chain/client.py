@@ -13,147 +13,27 @@ send transactions for the same account at once without clashing.
 from __future__ import annotations
 
 import functools
-import json
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar, cast
 
 import requests
-from eth_abi.abi import decode
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
-from web3.types import BlockIdentifier, TxParams, TxReceipt
+from web3.types import BlockIdentifier, TxParams
 
-from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
+from lilypad.chain.abi import load_artifact, reverted
+from lilypad.chain.light import NONCE_RETRIES, Receipt, nonce_taken
+from lilypad.errors import ChainError, ChainUnavailable
 
 T = TypeVar("T")
-
-#: How often a transaction is re-signed with a fresh nonce when another sender took its nonce.
-NONCE_RETRIES = 20
-#: What nodes (anvil, geth) say when a transaction's nonce was used meanwhile.
-NONCE_TAKEN = ("nonce too low", "already imported", "already known", "replacement transaction")
-
-#: The contracts whose artifacts ship in ``lilypad/chain/artifacts/``.
-CONTRACT_NAMES = ("LilypadToken", "JobMarket", "JobCreator", "ExampleClient", "ILilypadJobClient")
-
-_HINTS = {
-    "InsufficientBalance": "deposit more into the JobMarket first (JobMarketClient.deposit)",
-    "NotSolver": "the market owner must register this address with setSolver",
-    "NoMutualMediator": "both offers must name a registered mediator in common",
-    "NonceUsed": "sign a fresh offer with an unused nonce",
-    "OfferExpired": "sign a fresh offer with a later expiry",
-    "DeadlineNotReached": "wait until the deadline has passed",
-}
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A compiled contract as ``make contracts`` writes it."""
-
-    name: str
-    abi: list[dict[str, Any]]
-    bytecode: str
-
-
-@functools.cache
-def load_artifact(name: str) -> Artifact:
-    """The ABI and creation bytecode of contract ``name`` shipped with the package."""
-    if name not in CONTRACT_NAMES:
-        raise ChainError(f"no contract artifact {name!r}; known: {', '.join(CONTRACT_NAMES)}")
-    text = resources.files("lilypad.chain").joinpath("artifacts", f"{name}.json").read_text()
-    data = json.loads(text)
-    return Artifact(name=name, abi=data["abi"], bytecode=data["bytecode"])
-
-
-@dataclass(frozen=True)
-class _ErrorAbi:
-    name: str
-    names: tuple[str, ...]
-    types: tuple[str, ...]
-
-
-@functools.cache
-def _error_registry() -> dict[bytes, _ErrorAbi]:
-    """Custom errors of every shipped contract, keyed by their 4-byte selector."""
-    registry = {
-        bytes.fromhex("08c379a0"): _ErrorAbi("Error", ("reason",), ("string",)),
-        bytes.fromhex("4e487b71"): _ErrorAbi("Panic", ("code",), ("uint256",)),
-    }
-    for name in CONTRACT_NAMES:
-        for entry in load_artifact(name).abi:
-            if entry["type"] != "error":
-                continue
-            types = tuple(_abi_type(i) for i in entry["inputs"])
-            signature = f"{entry['name']}({','.join(types)})"
-            registry[keccak(text=signature)[:4]] = _ErrorAbi(
-                entry["name"], tuple(i["name"] for i in entry["inputs"]), types
-            )
-    return registry
-
-
-def _abi_type(param: dict[str, Any]) -> str:
-    kind: str = param["type"]
-    if kind.startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in param["components"])
-        return f"({inner}){kind[5:]}"
-    return kind
-
-
-def decode_revert(data: str | bytes | None) -> tuple[str, dict[str, object]]:
-    """Name and arguments of the error in revert ``data`` (``("unknown", {...})`` if unknown)."""
-    raw = (
-        bytes.fromhex(data[2:] if data.startswith("0x") else data)
-        if isinstance(data, str)
-        else data
-    )
-    if not raw or len(raw) < 4:
-        return "unknown", {}
-    abi = _error_registry().get(raw[:4])
-    if abi is None:
-        return "unknown", {"data": "0x" + raw.hex()}
-    try:
-        values = decode(list(abi.types), raw[4:])
-    except Exception:  # malformed revert data: say so rather than guess
-        return abi.name, {"data": "0x" + raw.hex()}
-    return abi.name, {n: _plain(v) for n, v in zip(abi.names, values, strict=True)}
-
-
-def _plain(value: Any) -> object:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
-        return to_checksum_address(value)
-    return value
-
-
-def _reverted(action: str, data: str | bytes | None, message: str | None) -> ContractReverted:
-    error, details = decode_revert(data)
-    if error == "unknown" and message:
-        text = f"{action} reverted: {message}"
-    else:
-        args = ", ".join(f"{k}={v}" for k, v in details.items())
-        text = f"{action} reverted with {error}({args})"
-    return ContractReverted(text, error=error, details=details, hint=_HINTS.get(error))
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """What a mined transaction left: its hash, block, gas and raw receipt (for event decoding)."""
-
-    tx_hash: str
-    block_number: int
-    gas_used: int
-    raw: TxReceipt
 
 
 class NonceManager:
@@ -224,7 +104,7 @@ class Chain:
         try:
             return fn()
         except ContractLogicError as exc:
-            raise _reverted(action, _revert_data(exc), exc.message) from exc
+            raise reverted(action, _revert_data(exc), exc.message) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ChainUnavailable(
                 f"{action}: cannot reach the chain at {self.rpc_url}",
@@ -238,6 +118,11 @@ class Chain:
             raise ChainError(f"{action}: the node refused: {exc.message or exc}") from exc
         except Web3Exception as exc:
             raise ChainError(f"{action}: {exc}") from exc
+
+    def block_timestamp(self, tag: str | int = "latest") -> int:
+        """The timestamp of block ``tag`` (``latest``, ``pending``, a number)."""
+        block = self.rpc(f"{tag} block", lambda: self.w3.eth.get_block(cast(BlockIdentifier, tag)))
+        return int(block["timestamp"])
 
     def contract(self, name: str, address: str) -> Contract:
         """The shipped contract ``name`` at ``address``."""
@@ -290,7 +175,7 @@ class Chain:
             except ChainError as exc:
                 # Another process signs for this account too (two `lilypad run` at once) and took
                 # the nonce: the manager forgot it on the error, so the next try reads it afresh.
-                if attempt == NONCE_RETRIES or not _nonce_taken(exc):
+                if attempt == NONCE_RETRIES or not nonce_taken(exc):
                     raise
                 # random, growing waits: senders that clashed once do not clash again in step
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
@@ -315,16 +200,10 @@ class Chain:
         try:
             self.w3.eth.call(replay, block_identifier=receipt.block_number)
         except ContractLogicError as exc:
-            return _reverted(action, _revert_data(exc), exc.message)
+            return reverted(action, _revert_data(exc), exc.message)
         except Web3Exception:
             pass
         return ChainError(f"{action}: transaction {receipt.tx_hash} failed on chain")
-
-
-def _nonce_taken(exc: ChainError) -> bool:
-    """Whether the node refused a transaction because its nonce was used meanwhile."""
-    text = str(exc.__cause__ or exc).lower()
-    return any(sign in text for sign in NONCE_TAKEN)
 
 
 def _revert_data(exc: ContractLogicError) -> str | None:

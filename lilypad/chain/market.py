@@ -17,8 +17,6 @@ Typical flow::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -26,7 +24,8 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3.contract import Contract
 
-from lilypad.chain.client import Chain, Receipt
+from lilypad.chain.client import Chain
+from lilypad.chain.light import DealState, DealStatus, Receipt
 from lilypad.chain.offers import (
     Deal,
     JobOffer,
@@ -36,28 +35,6 @@ from lilypad.chain.offers import (
     domain,
 )
 from lilypad.errors import ChainError
-
-
-class DealState(IntEnum):
-    """A deal's state in the market; ``NONE`` means unknown or already settled."""
-
-    NONE = 0
-    CREATED = 1
-    SUBMITTED = 2
-    CHALLENGED = 3
-
-    def is_terminal(self) -> bool:
-        """A settled (or never created) deal has no state left on chain."""
-        return self is DealState.NONE
-
-
-@dataclass(frozen=True)
-class DealStatus:
-    """What the market stores about a deal."""
-
-    state: DealState
-    deadline: int
-    result_tag: str
 
 
 class TokenClient:

@@ -29,18 +29,23 @@ values ``0x``-prefixed lowercase hex, so the models travel as JSON unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
-from eth_abi.abi import encode
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_account.signers.local import LocalAccount
-from eth_utils.address import is_address, to_checksum_address
-from eth_utils.crypto import keccak
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from lilypad.chain.crypto import (
+    Signer,
+    encode_words,
+    is_address,
+    keccak,
+    recover,
+    to_checksum_address,
+)
 from lilypad.errors import ConfigError
 from lilypad.modules.spec import JobSpec
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 JOB_OFFER_TYPE = (
     "JobOffer(address jobCreator,bytes32 module,bytes32 specHash,uint256 machine,uint96 maxPrice,"
@@ -201,11 +206,11 @@ class _Offer(BaseModel):
         for abi_type, value in self._values():
             if abi_type == "address[]":
                 types.append("bytes32")
-                values.append(keccak(b"".join(encode(["address"], [a]) for a in value)))
+                values.append(keccak(encode_words(["address"] * len(value), value)))
             else:
                 types.append(abi_type)
                 values.append(_b32(value) if abi_type == "bytes32" else value)
-        return "0x" + keccak(encode(types, values)).hex()
+        return "0x" + keccak(encode_words(types, values)).hex()
 
     def typed_data(self, chain_id: int, market: str) -> dict[str, Any]:
         """The full EIP-712 message (domain, types, message), as a wallet would be asked to sign."""
@@ -233,7 +238,7 @@ class _Offer(BaseModel):
     def digest(self, chain_id: int, market: str) -> str:
         """The EIP-712 digest signed: ``keccak256(0x1901 ‖ domainSeparator ‖ structHash)``."""
         separator = keccak(
-            encode(
+            encode_words(
                 ["bytes32", "bytes32", "bytes32", "uint256", "address"],
                 [
                     keccak(
@@ -256,17 +261,15 @@ class _Offer(BaseModel):
         :meth:`lilypad.chain.market.JobMarketClient.signature_valid`.
         """
         try:
-            raw = bytes.fromhex(signature.removeprefix("0x"))
-            message = encode_typed_data(full_message=self.typed_data(chain_id, market))
-            return str(Account.recover_message(message, signature=raw))
-        except Exception:  # any malformed signature: no signer, as the contract sees it
+            return recover(_b32(self.digest(chain_id, market)), signature)
+        except ValueError:  # any malformed signature: no signer, as the contract sees it
             return None
 
-    def sign(self, account: LocalAccount | str, chain_id: int, market: str) -> str:
-        """Sign with ``account`` (an account or private key); returns the 65-byte signature hex."""
-        signer = Account.from_key(account) if isinstance(account, str) else account
-        signed = signer.sign_typed_data(full_message=self.typed_data(chain_id, market))
-        return "0x" + bytes(signed.signature).hex()
+    def sign(self, account: Signer | LocalAccount | str, chain_id: int, market: str) -> str:
+        """Sign with ``account`` (a signer, an eth-account account or a private key); returns the
+        65-byte signature hex."""
+        signer = Signer.from_key(account if isinstance(account, str) else bytes(account.key))
+        return "0x" + signer.sign_hash(_b32(self.digest(chain_id, market))).hex()
 
 
 class JobOffer(_Offer):
@@ -423,7 +426,7 @@ class Deal(BaseModel):
             "bytes32",
             "bytes32",
         ]
-        return "0x" + keccak(encode(types, list(self.as_tuple()))).hex()
+        return "0x" + keccak(encode_words(types, list(self.as_tuple()))).hex()
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The ABI tuple ``JobMarket.Deal`` takes."""

@@ -58,10 +58,10 @@ def run(
     stray: list[str] = STRAY_ARGS,
 ) -> None:
     """Run a module on the network: offer, match, deal, result, verified download, accept."""
-    from lilypad.chain.client import Chain
-    from lilypad.chain.market import JobMarketClient
+    from lilypad.chain.light import CreatorMarket, LightChain
     from lilypad.creator import JobRunner, RunOptions, Step, format_tokens, parse_tokens
-    from lilypad.keys import load_account
+    from lilypad.errors import ChainError
+    from lilypad.keys import load_signer
     from lilypad.network import load_network
 
     inputs = check_inputs(inputs, stray)
@@ -70,7 +70,7 @@ def run(
     price = parse_tokens(max_price, "--max-price")
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
-    account = load_account(key_file, role="the job creator")
+    account = load_signer(key_file, role="the job creator")
     trusted = tuple(mediators) or tuple(
         address for role, address in sorted(profile.accounts.items()) if role.startswith("mediator")
     )
@@ -83,7 +83,14 @@ def run(
         mediators=trusted,
         retries=retries,
     )
-    market = JobMarketClient(Chain(profile.rpc_url), market_address)
+    chain = LightChain(profile.rpc_url)
+    if chain.chain_id != profile.chain_id:
+        chain.close()
+        raise ChainError(
+            f"the node at {profile.rpc_url} is chain {chain.chain_id}, "
+            f"but network {network!r} is chain {profile.chain_id}"
+        )
+    market = CreatorMarket(chain, market_address)
     status = Status("starting", console=err_console)
     quiet = json_output
 

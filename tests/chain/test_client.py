@@ -13,8 +13,8 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from lilypad.chain import Chain, JobOffer, Machine, load_artifact, module_id, spec_digest
+from lilypad.chain.abi import decode_revert
 from lilypad.chain.anvil import free_port
-from lilypad.chain.client import decode_revert
 from lilypad.chain.market import TokenClient
 from lilypad.errors import ChainError, ChainUnavailable, ConfigError
 from tests.chain.conftest import Env

@@ -43,7 +43,7 @@ from tests.solver.conftest import (  # noqa: F401 - fixtures used by the tests h
 COWSAY = "cowsay:v0.0.4"
 PRICE = 3 * ETH
 COLLATERAL = 2 * ETH
-#: The deployment's challenge window (lilypad.chain.deploy default).
+#: The deployment's challenge window (lilypad.chain.deployment default).
 CHALLENGE_WINDOW = 3600
 #: A plain CPU box: what the provider offers in tests, whatever this machine has.
 HARDWARE = Hardware(gpus=(), cpus=4, ram_mb=8192, disk_mb=20480)

@@ -17,7 +17,7 @@ from eth_account.signers.local import LocalAccount
 
 from lilypad.chain.anvil import Anvil, find_anvil, free_port
 from lilypad.chain.client import Chain
-from lilypad.chain.deploy import Deployment, deploy, setup_dev_accounts
+from lilypad.chain.deployment import Deployment, deploy, setup_dev_accounts
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import (
     JobOffer,

@@ -1,0 +1,326 @@
+"""A web3-free chain client for what the job creator (``lilypad run``) does on chain.
+
+``lilypad run`` is a short-lived process, and importing web3 and eth-account costs it about 1.3 s,
+more than the whole protocol takes on a local network (``bench/e2e_overhead.py``). The job
+creator reads a few views and sends a few transactions, so :class:`LightChain` speaks JSON-RPC
+over httpx, asks for everything a transaction needs in one batched request, and signs with
+:mod:`lilypad.chain.crypto`. :class:`CreatorMarket` is the job creator's part of
+:class:`~lilypad.chain.market.JobMarketClient`: the same method names, receipts and errors
+(:class:`~lilypad.errors.ContractReverted` naming the contract's custom error).
+
+The services (solver, provider, mediator, bridge) keep the web3 client
+(:mod:`lilypad.chain.client`): they start once, and they follow events and deploy contracts.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+import httpx
+
+from lilypad.chain.abi import reverted
+from lilypad.chain.crypto import (
+    SignedTransaction,
+    decode_words,
+    encode_words,
+    selector,
+    to_checksum_address,
+)
+from lilypad.chain.offers import Deal
+from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
+
+#: How often a transaction is re-signed with a fresh nonce when another sender took its nonce.
+NONCE_RETRIES = 20
+#: What nodes (anvil, geth) say when a transaction's nonce was used meanwhile.
+NONCE_TAKEN = ("nonce too low", "already imported", "already known", "replacement transaction")
+#: Gas beyond the node's estimate: state can change between the estimate and the block.
+GAS_MARGIN = 0.2
+#: The ABI tuple of ``JobMarket.Deal``.
+_DEAL = "(address,address,address,uint96,uint96,uint96,bytes32,bytes32)"
+_DEAL_TYPES = ["address", "address", "address", "uint96", "uint96", "uint96", "bytes32", "bytes32"]
+
+
+class DealState(IntEnum):
+    """A deal's state in the market; ``NONE`` means unknown or already settled."""
+
+    NONE = 0
+    CREATED = 1
+    SUBMITTED = 2
+    CHALLENGED = 3
+
+    def is_terminal(self) -> bool:
+        """A settled (or never created) deal has no state left on chain."""
+        return self is DealState.NONE
+
+
+@dataclass(frozen=True)
+class DealStatus:
+    """What the market stores about a deal."""
+
+    state: DealState
+    deadline: int
+    result_tag: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a mined transaction left: its hash, block, gas and raw receipt (for event decoding)."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+    raw: Any
+
+
+class Sender(Protocol):
+    """What signs a transaction: a :class:`~lilypad.chain.crypto.Signer` or an eth-account
+    account (whose ``sign_transaction`` returns an object with ``raw_transaction`` too)."""
+
+    @property
+    def address(self) -> str: ...
+
+    def sign_transaction(self, tx: dict[str, Any]) -> SignedTransaction | Any: ...
+
+
+def nonce_taken(exc: ChainError) -> bool:
+    """Whether the node refused a transaction because its nonce was used meanwhile."""
+    text = str(exc.__cause__ or exc).lower()
+    return any(sign in text for sign in NONCE_TAKEN)
+
+
+class LightChain:
+    """JSON-RPC to one EVM chain over httpx.
+
+    Args:
+        rpc_url: The node's HTTP JSON-RPC URL.
+        request_timeout: Seconds to wait for one RPC answer.
+        receipt_timeout: Seconds to wait for a transaction to be mined.
+    """
+
+    def __init__(
+        self, rpc_url: str, *, request_timeout: float = 30.0, receipt_timeout: float = 120.0
+    ) -> None:
+        self.rpc_url = rpc_url
+        self._http = httpx.Client(timeout=request_timeout)
+        self._receipt_timeout = receipt_timeout
+
+    def close(self) -> None:
+        self._http.close()
+
+    @functools.cached_property
+    def chain_id(self) -> int:
+        """The chain id the node reports."""
+        return int(self.request("chain id", "eth_chainId", []), 16)
+
+    def request(self, action: str, method: str, params: list[Any]) -> Any:
+        """One JSON-RPC call; ``action`` names it in errors."""
+        return self.batch(action, [(method, params)])[0]
+
+    def batch(self, action: str, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Several JSON-RPC calls in one HTTP request, their results in order.
+
+        Raises:
+            ChainUnavailable: the node cannot be reached.
+            ContractReverted: a call reverted (decoded from its revert data).
+            ChainError: the node refused a call or answered something else than JSON-RPC.
+        """
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+            for i, (method, params) in enumerate(calls)
+        ]
+        try:
+            response = self._http.post(self.rpc_url, json=body if len(body) > 1 else body[0])
+        except httpx.TransportError as exc:
+            raise ChainUnavailable(
+                f"{action}: cannot reach the chain at {self.rpc_url}",
+                hint="is the node running? (lilypad chain up starts a local one)",
+            ) from exc
+        try:
+            answers = response.json()
+        except ValueError:
+            answers = None
+        if isinstance(answers, dict):
+            answers = [answers]
+        if response.status_code != 200 or not isinstance(answers, list):
+            raise ChainError(
+                f"{action}: {self.rpc_url} answered HTTP {response.status_code}, not JSON-RPC"
+            )
+        by_id = {answer.get("id"): answer for answer in answers if isinstance(answer, dict)}
+        results = []
+        for i, (method, _) in enumerate(calls):
+            answer = by_id.get(i)
+            if answer is None:
+                raise ChainError(f"{action}: the node did not answer {method}")
+            if "error" in answer:
+                raise _refused(action, answer["error"])
+            results.append(answer.get("result"))
+        return results
+
+    def call(self, action: str, to: str, data: bytes, *, block: str | int = "latest") -> bytes:
+        """``eth_call`` of ``data`` at contract ``to``; the raw return data."""
+        tag = hex(block) if isinstance(block, int) else block
+        result = self.request(action, "eth_call", [{"to": to, "data": "0x" + data.hex()}, tag])
+        return bytes.fromhex(str(result).removeprefix("0x"))
+
+    def block_timestamp(self, tag: str = "latest") -> int:
+        """The timestamp of block ``tag`` (``latest``, ``pending``)."""
+        block = self.request(f"{tag} block", "eth_getBlockByNumber", [tag, False])
+        if not isinstance(block, dict):
+            raise ChainError(f"{tag} block: the node has none")
+        return int(block["timestamp"], 16)
+
+    def send(self, action: str, to: str, data: bytes, sender: Sender) -> Receipt:
+        """Send a transaction calling ``to`` with ``data`` and wait until it is mined.
+
+        Raises:
+            ContractReverted: the call would revert (found while estimating gas) or did revert.
+            ChainUnavailable: the node cannot be reached.
+            ChainError: not mined within the receipt timeout, or refused by the node.
+        """
+        for attempt in range(NONCE_RETRIES + 1):
+            try:
+                tx_hash, tx = self._sign_and_send(action, to, data, sender)
+                break
+            except ChainError as exc:
+                # Another process signs for this account too (two `lilypad run` at once) and took
+                # the nonce; random, growing waits keep senders that clashed from clashing again.
+                if attempt == NONCE_RETRIES or not nonce_taken(exc):
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        raw = self._wait_for_receipt(action, tx_hash)
+        receipt = Receipt(tx_hash, int(raw["blockNumber"], 16), int(raw["gasUsed"], 16), raw)
+        if int(raw["status"], 16) != 1:
+            raise self._explain_failure(action, tx, receipt)
+        return receipt
+
+    def _sign_and_send(
+        self, action: str, to: str, data: bytes, sender: Sender
+    ) -> tuple[str, dict[str, Any]]:
+        call = {"from": sender.address, "to": to, "data": "0x" + data.hex()}
+        gas, tip, block, nonce = self.batch(
+            action,
+            [
+                ("eth_estimateGas", [call]),  # a revert shows here, before anything is sent
+                ("eth_maxPriorityFeePerGas", []),
+                ("eth_getBlockByNumber", ["latest", False]),
+                ("eth_getTransactionCount", [sender.address, "pending"]),
+            ],
+        )
+        estimate, priority = int(gas, 16), int(tip, 16)
+        tx = {
+            "chainId": self.chain_id,
+            "nonce": int(nonce, 16),
+            "to": to,
+            "data": data,
+            "value": 0,
+            "gas": estimate + int(estimate * GAS_MARGIN),
+            "maxPriorityFeePerGas": priority,
+            # as web3 does: room for the base fee to double before the transaction is priced out
+            "maxFeePerGas": priority + 2 * int(block.get("baseFeePerGas", "0x0"), 16),
+        }
+        signed = sender.sign_transaction(tx)
+        raw = "0x" + bytes(signed.raw_transaction).hex()
+        return str(self.request(action, "eth_sendRawTransaction", [raw])), tx
+
+    def _wait_for_receipt(self, action: str, tx_hash: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self._receipt_timeout
+        pause = 0.01
+        while True:
+            receipt = self.request(action, "eth_getTransactionReceipt", [tx_hash])
+            if isinstance(receipt, dict) and receipt.get("blockNumber"):
+                return receipt
+            if time.monotonic() > deadline:
+                raise ChainError(
+                    f"{action}: transaction {tx_hash} not mined in {self._receipt_timeout:g}s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def _explain_failure(self, action: str, tx: dict[str, Any], receipt: Receipt) -> ChainError:
+        """Replay a mined, failed transaction on its block's state to learn its revert reason."""
+        replay = {"from": receipt.raw.get("from"), "to": tx["to"], "data": "0x" + tx["data"].hex()}
+        try:
+            self.request(action, "eth_call", [replay, hex(receipt.block_number)])
+        except ContractReverted as exc:
+            return exc
+        except ChainError:
+            pass
+        return ChainError(f"{action}: transaction {receipt.tx_hash} failed on chain")
+
+
+def _refused(action: str, error: dict[str, Any]) -> ChainError:
+    """A JSON-RPC error as a ChainError: a revert decoded into the contract's error."""
+    message = str(error.get("message", error))
+    data = error.get("data")
+    if isinstance(data, dict):  # some nodes nest it: {"data": {"data": "0x…"}}
+        data = data.get("data")
+    if "revert" in message.lower() or error.get("code") == 3:
+        return reverted(action, data if isinstance(data, str) else None, message)
+    return ChainError(f"{action}: the node refused: {message}")
+
+
+class CreatorMarket:
+    """The job creator's calls of a deployed JobMarket (and its token), on a :class:`LightChain`.
+
+    Method names and results are those of :class:`~lilypad.chain.market.JobMarketClient`.
+    """
+
+    def __init__(self, chain: LightChain, address: str) -> None:
+        self.chain = chain
+        self.address = to_checksum_address(address)
+
+    def _view(self, signature: str, types: list[str], args: list[Any], out: list[str]) -> Any:
+        data = selector(signature) + encode_words(types, args)
+        answer = self.chain.call(signature.partition("(")[0], self.address, data)
+        return decode_words(out, answer)
+
+    @functools.cached_property
+    def token(self) -> str:
+        """The address of the token prices and collateral are paid in."""
+        return str(self._view("token()", [], [], ["address"])[0])
+
+    def balance_of(self, account: str) -> int:
+        """``account``'s free balance in the market (deposited, not escrowed)."""
+        return int(self._view("balanceOf(address)", ["address"], [account], ["uint256"])[0])
+
+    def deal_status(self, deal_id: str) -> DealStatus:
+        """State, deadline and result tag of a deal."""
+        state, deadline, tag = self._view(
+            "dealState(bytes32)", ["bytes32"], [deal_id], ["uint8", "uint48", "bytes24"]
+        )
+        return DealStatus(DealState(state), int(deadline), "0x" + bytes(tag).hex())
+
+    def deposit(self, sender: Sender, amount: int) -> Receipt:
+        """Move ``amount`` tokens into the sender's market balance, approving first if needed."""
+        args = encode_words(["address", "address"], [sender.address, self.address])
+        allowance = self.chain.call(
+            "allowance", self.token, selector("allowance(address,address)") + args
+        )
+        if decode_words(["uint256"], allowance)[0] < amount:
+            approve = selector("approve(address,uint256)")
+            data = approve + encode_words(["address", "uint256"], [self.address, amount])
+            self.chain.send("approve", self.token, data, sender)
+        data = selector("deposit(uint256)") + encode_words(["uint256"], [amount])
+        return self.chain.send("deposit", self.address, data, sender)
+
+    def accept_result(self, job_creator: Sender, deal: Deal) -> Receipt:
+        """Accept the submitted result; the provider is paid at once."""
+        return self._settle("acceptResult", job_creator, deal)
+
+    def challenge_result(self, job_creator: Sender, deal: Deal) -> Receipt:
+        """Dispute the result, paying the mediation fee."""
+        return self._settle("challengeResult", job_creator, deal)
+
+    def timeout_result(self, sender: Sender, deal: Deal) -> Receipt:
+        """End a deal whose result is overdue (job creator refunded, provider slashed)."""
+        return self._settle("timeoutResult", sender, deal)
+
+    def _settle(self, name: str, sender: Sender, deal: Deal) -> Receipt:
+        data = selector(f"{name}({_DEAL})") + encode_words(_DEAL_TYPES, list(deal.as_tuple()))
+        return self.chain.send(name, self.address, data, sender)
