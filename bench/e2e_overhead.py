@@ -18,7 +18,8 @@ Overheads, per job (p50 and p95 over the N jobs):
 * **overhead (vs module run)** = the wall time of ``lilypad run`` (measured here around the
   subprocess) - the median wall time of ``lilypad module run`` in this run. Both are whole CLI
   processes, so the bare start-up of the CLI cancels out (not the imports only ``run`` needs:
-  web3, eth-account): this is what the network adds to running the module yourself. **The
+  the job runner, the light chain client and its signing; no web3 or eth-account, see
+  ``lilypad.chain.light``): this is what the network adds to running the module yourself. **The
   target is for this one: under 1 s at p50.**
 * **overhead (vs execution)** = the wall time of ``lilypad run`` - the module's execution inside
   the provider's executor (``duration_ms`` of the provider's deal record): everything the user
