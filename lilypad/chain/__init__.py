@@ -4,8 +4,14 @@ Public API (see each module's docstring):
 
 * :mod:`lilypad.chain.offers` — :class:`JobOffer`, :class:`ResourceOffer`, :class:`Deal`,
   :class:`Machine`, :func:`module_id`, :func:`spec_digest`; EIP-712 type strings and signing.
-* :mod:`lilypad.chain.client` — :class:`Chain` (one RPC connection: transactions with managed
-  nonces, revert decoding into :class:`~lilypad.errors.ContractReverted`), :func:`load_artifact`.
+* :mod:`lilypad.chain.crypto` — Keccak, EIP-55 addresses, static ABI words, :class:`Signer`
+  (secp256k1 via coincurve), RLP and signed transactions; no web3 or eth-account.
+* :mod:`lilypad.chain.light` — :class:`LightChain` (JSON-RPC over httpx) and
+  :class:`CreatorMarket`, the job creator's calls; what ``lilypad run`` uses, so it starts fast.
+* :mod:`lilypad.chain.abi` — :func:`load_artifact`, :func:`decode_revert` into
+  :class:`~lilypad.errors.ContractReverted`.
+* :mod:`lilypad.chain.client` — :class:`Chain` (one web3 connection: transactions with managed
+  nonces), what the services use.
 * :mod:`lilypad.chain.market` — :class:`JobMarketClient`, :class:`TokenClient`,
   :class:`JobCreatorClient`, :class:`DealState`.
 * :mod:`lilypad.chain.events` — :class:`EventFollower` (confirmations, resume from a block).
