@@ -17,11 +17,13 @@ Failures end the job with a :class:`JobError` subclass and leave funds safe:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import queue
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -444,8 +446,12 @@ class JobRunner:
             api=self.profile.ipfs_api_url,
             gateway=None if self.profile.ipfs_api_url else self.profile.gateway_url,
         )
+        # A job run again with the same inputs gives the same CID, and so the same folder: fetch
+        # beside it, then put the verified copy in its place.
+        fresh = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            storage.get(cid, dest)
+            storage.get(cid, fresh)
+            _install(fresh, dest)
         except StorageError as exc:
             if "does not match" in str(exc) or type(exc).__name__ == "CorruptBlock":
                 record.txs["challenge"] = self.market.challenge_result(self.account, deal).tx_hash
@@ -457,6 +463,7 @@ class JobRunner:
             raise
         finally:
             storage.close()
+            shutil.rmtree(fresh, ignore_errors=True)  # gone once installed
         record.output_dir = str(dest)
         gateway = (self.profile.gateway_url or "https://ipfs.io").rstrip("/")
         record.gateway_url = f"{gateway}/ipfs/{cid}"
@@ -502,6 +509,26 @@ class JobRunner:
         """Milliseconds from the record's start to ``phase`` (posted, matched, deal, result,
         downloaded, accepted): what ``bench/e2e_overhead.py`` breaks the overhead down by."""
         record.timings_ms[phase] = int((time.time() - record.started_at) * 1000)
+
+
+def _install(fresh: Path, dest: Path) -> None:
+    """Move a verified download to ``dest``, replacing what is there: an earlier copy of the same
+    CID, possibly edited since, while ``dest`` must hold exactly the CID's content."""
+    for _ in range(5):  # another `lilypad run` of the same job may be installing its copy too
+        try:
+            os.replace(fresh, dest)  # over a file or an empty folder, at once
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise StorageError(f"cannot write {dest}: {exc.strerror}") from None
+        stale = dest.with_name(f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(dest, stale)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    raise StorageError(f"cannot replace {dest}: something keeps writing it")
 
 
 class _DepositShort(SolverError):

@@ -5,19 +5,16 @@ from __future__ import annotations
 import sys
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
 from lilypad.cli.output import console, emit, note
 from lilypad.errors import InputError
-from lilypad.storage import dag
-from lilypad.storage.backends import LocalStorage, Storage, StorageSettings, open_storage
-from lilypad.storage.blockstore import Blockstore
-from lilypad.storage.cid import CID
-from lilypad.storage.client import KuboClient, PinningServiceClient
-from lilypad.storage.importer import AddedEntry, Importer, ImportProfile
+
+if TYPE_CHECKING:  # the storage stack loads with the first ipfs command, not with every command
+    from lilypad.storage.backends import Storage, StorageSettings
 
 app = typer.Typer(
     help="Add, serve, fetch and pin IPFS content (CIDs identical to kubo's).",
@@ -39,6 +36,8 @@ def _api_option() -> Any:
 
 
 def _settings() -> StorageSettings:
+    from lilypad.storage.backends import StorageSettings
+
     return StorageSettings()
 
 
@@ -70,6 +69,11 @@ def add(
     Default import profile: the network's (CIDv1, raw leaves, 256 KiB chunks, balanced DAG with
     174 links per node). `--cid-version 0` gives kubo's default CIDs (Qm...).
     """
+    from lilypad.storage.blockstore import Blockstore
+    from lilypad.storage.cid import CID
+    from lilypad.storage.client import KuboClient
+    from lilypad.storage.importer import AddedEntry, Importer, ImportProfile
+
     profile = ImportProfile(
         cid_version=cid_version,
         raw_leaves=cid_version == 1 if raw_leaves is None else raw_leaves,
@@ -116,6 +120,7 @@ def serve(
     ),
 ) -> None:
     """Run the embedded IPFS node: gateway + Kubo RPC over the local repository."""
+    from lilypad.storage.blockstore import Blockstore
     from lilypad.storage.node import EmbeddedNode
 
     repo = _settings().repo()
@@ -131,6 +136,8 @@ def serve(
 
 
 def _storage(api: str | None, gateway: str | None, timeout: float | None = None) -> Storage:
+    from lilypad.storage.backends import open_storage
+
     if api and gateway:
         raise InputError("give either --api or --gateway, not both")
     settings = _settings()
@@ -160,6 +167,8 @@ def get(
     json_output: bool = _json_option(),
 ) -> None:
     """Download a file or directory, verifying every block against its CID."""
+    from lilypad.storage.cid import CID
+
     root = CID.parse(cid)
     dest = output or Path(str(root))
     with closing(_storage(api, gateway, timeout)) as storage:
@@ -179,6 +188,8 @@ def cat(
     timeout: float | None = _timeout_option(),
 ) -> None:
     """Write a file's bytes to stdout, verified block by block."""
+    from lilypad.storage import dag
+
     dag.parse_ipfs_path(path)  # refuse a bad CID or path before any network traffic
     binary = getattr(sys.stdout, "buffer", None)  # NOTE: absent when stdout is captured text
     with closing(_storage(api, gateway, timeout)) as storage:
@@ -193,13 +204,16 @@ def cat(
 @app.command()
 def gc() -> None:
     """Delete every block of the local repository that no pin holds."""
+    from lilypad.storage.blockstore import Blockstore
+
     removed = Blockstore(_settings().repo()).gc()
     console.print(f"removed {removed} unpinned blocks")
 
 
 def _pin_target(api: str | None, service: str | None) -> Storage:
     if service:
-        from lilypad.storage.backends import RemotePinning
+        from lilypad.storage.backends import LocalStorage, RemotePinning
+        from lilypad.storage.client import PinningServiceClient
 
         settings = _settings()
         token = settings.pinning_token.get_secret_value() if settings.pinning_token else ""
@@ -225,6 +239,8 @@ def pin_add(
     service: str | None = _service_option(),
 ) -> None:
     """Pin a CID and its whole DAG."""
+    from lilypad.storage.cid import CID
+
     root = CID.parse(cid)
     with closing(_pin_target(api, service)) as storage:
         storage.pin(root)
@@ -238,6 +254,8 @@ def pin_rm(
     service: str | None = _service_option(),
 ) -> None:
     """Remove a pin (the blocks go at the next `lilypad ipfs gc`)."""
+    from lilypad.storage.cid import CID
+
     root = CID.parse(cid)
     with closing(_pin_target(api, service)) as storage:
         storage.unpin(root)

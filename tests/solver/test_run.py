@@ -157,6 +157,34 @@ def test_run_completes_a_job_and_saves_exactly_the_result(
     assert record["result_cid"] in shown.stdout
 
 
+def test_the_same_job_run_again_replaces_its_earlier_output_folder(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    """Same inputs, same CID, same folder: the second run must not fail at the download (after
+    paying), and the folder must again hold exactly the CID's content."""
+    args = ("run", "cowsay:v0.0.4", "-i", "Message=again", "--network", "test", "--yes", "--json")
+    records = []
+    for attempt in range(2):
+        # a provider account each: a fresh event stream would replay the first deal to the first
+        provider = StandInProvider(stack, stack.net.providers[attempt], tmp_path / f"r{attempt}")
+        provider.start()
+        result = cli(*args)
+        assert result.exit_code == 0, result.stderr
+        records.append(json.loads(result.stdout))
+        out = Path(records[-1]["output_dir"])
+        if attempt == 0:  # the user edits the saved result, and adds a file of their own
+            (out / "outputs" / "cowsay.txt").write_text("edited")
+            (out / "notes.txt").write_text("mine")
+    first, second = records
+    assert first["result_cid"] == second["result_cid"]
+    assert first["deal_id"] != second["deal_id"]
+    assert second["state"] == "accepted"
+    out = Path(second["output_dir"])
+    assert sorted(p.name for p in out.iterdir()) == ["exitCode", "outputs", "stderr", "stdout"]
+    assert (out / "outputs" / "cowsay.txt").read_text() == "< again >\n"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # nothing left over
+
+
 def test_bad_input_stops_before_anything_is_posted(stack: Stack, cli: CliRunner) -> None:
     result = cli("run", "cowsay:v0.0.4", "-i", "Mesage=hi", "--network", "test", "--yes")
     assert result.exit_code == 2
