@@ -13,6 +13,7 @@ service through ``WEB3_PRIVATE_KEY`` — never on a command line.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ import httpx
 from lilypad.chain import Chain, deploy, setup_dev_accounts
 from lilypad.chain.anvil import Anvil, port_in_use
 from lilypad.config import get_settings
-from lilypad.errors import ConfigError, LilypadError
+from lilypad.errors import ConfigError, InputError, LilypadError
 from lilypad.modules import list_builtin
 from lilypad.network import NetworkProfile, save_network
 
@@ -46,6 +47,25 @@ PORTS = {
     "provider": 8091,
     "mediator": 8099,
 }
+
+
+def check_host(host: str) -> str:
+    """``--host``: an IPv4 address other machines (or containers) reach this one at; it goes
+    into the profiles they use, so the unspecified 0.0.0.0 is refused.
+
+    Raises:
+        InputError: not an IPv4 address, or 0.0.0.0.
+    """
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise InputError(f"--host {host!r} is not an IPv4 address, e.g. 192.168.1.10") from None
+    if address.is_unspecified:
+        raise InputError(
+            f"--host {host}: name the address other machines reach this one at, e.g. "
+            "192.168.1.10 (it goes into the profile they use)"
+        )
+    return host
 
 
 def provider_role(index: int) -> str:

@@ -37,7 +37,13 @@ def _json_option() -> Any:
 
 @app.command()
 def up(
-    port: int = typer.Option(8545, "--port", "-p", min=1, max=65535, help="Port on 127.0.0.1."),
+    port: int = typer.Option(8545, "--port", "-p", min=1, max=65535, help="Port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on, and the one the profile names: e.g. the docker bridge's, "
+        "for node containers, or a LAN address.",
+    ),
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Leave anvil running in the background."
     ),
@@ -50,10 +56,12 @@ def up(
     job_creator...) and 1,000,000 LP each; the solver and mediator are registered.
     """
     from lilypad.chain.anvil import Anvil, port_in_use
+    from lilypad.localnet import check_host
 
-    if port_in_use(port):
-        raise ConfigError(f"port {port} on 127.0.0.1 is already in use; pick another with --port")
-    node = Anvil(port).start(detach=detach)
+    check_host(host)
+    if port_in_use(port, host):
+        raise ConfigError(f"port {port} on {host} is already in use; pick another with --port")
+    node = Anvil(port, host=host).start(detach=detach)
     try:
         profile = _deploy_dev(node, network)
     except BaseException:

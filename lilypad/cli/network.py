@@ -51,8 +51,6 @@ def up(
     json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Start anvil with the contracts, IPFS, solver, providers, mediator and bridge."""
-    import ipaddress
-
     from lilypad import localnet
     from lilypad.errors import InputError
 
@@ -65,15 +63,7 @@ def up(
             f"--providers {providers}: a local network has dev accounts for at most "
             f"{localnet.MAX_PROVIDERS} providers"
         )
-    try:
-        address = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise InputError(f"--host {host!r} is not an IPv4 address, e.g. 192.168.1.10") from None
-    if address.is_unspecified:
-        raise InputError(
-            f"--host {host}: name the address other machines reach this one at, e.g. "
-            "192.168.1.10 (it goes into the profile they use)"
-        )
+    localnet.check_host(host)
     topology = localnet.Topology(host=host, port_offset=port_offset, providers=providers)
     if weights == "auto":
         weights = "real" if _real_weights() else "tiny"

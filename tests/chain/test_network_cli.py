@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lilypad.chain.anvil import free_port
+from lilypad.chain.anvil import free_port, port_in_use
 from lilypad.errors import ConfigError, UnknownNetwork
 from lilypad.network import (
     NetworkProfile,
@@ -134,6 +134,34 @@ def test_up_detached_deploys_and_down_stops_it(cli: CliRunner) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(up["pid"], signal.SIGKILL)
     assert cli("chain", "down").exit_code == 2
+
+
+def test_up_on_another_address_listens_there_only(cli: CliRunner) -> None:
+    """`--host` (e.g. the docker bridge's address, for node containers): anvil listens there,
+    and the profile the services read names it."""
+    port = free_port()
+    result = cli("chain", "up", "--host", "127.0.0.2", "--port", str(port), "--detach", "--json")
+    assert result.exit_code == 0, result.stderr
+    up = json.loads(result.stdout)
+    try:
+        assert up["rpc_url"] == f"http://127.0.0.2:{port}"
+        assert port_in_use(port, "127.0.0.2")
+        assert not port_in_use(port, "127.0.0.1")
+        status = cli("chain", "status", "--json")
+        assert status.exit_code == 0, status.stderr
+        assert json.loads(status.stdout)["rpc_url"] == f"http://127.0.0.2:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(up["pid"], signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"), [("0.0.0.0", "name the address"), ("example", "not an IPv4 address")]
+)
+def test_up_refuses_a_host_others_cannot_use(cli: CliRunner, host: str, message: str) -> None:
+    result = cli("chain", "up", "--host", host, "--port", str(free_port()))
+    assert result.exit_code == 2
+    assert message in result.stderr
 
 
 def test_up_on_a_busy_port_is_an_input_error(env: Env, cli: CliRunner) -> None:
