@@ -134,6 +134,89 @@ def deploy_cmd(
 
 
 @app.command()
+def register(
+    role: str = typer.Argument(..., help="solver or mediator."),
+    address: str = typer.Argument(..., help="The account to register (or remove)."),
+    fee: str | None = typer.Option(
+        None, "--fee", help="A mediator's fee per mediation, in tokens (e.g. 0.1)."
+    ),
+    remove: bool = typer.Option(False, "--remove", help="Take the role away instead."),
+    network: str = _network_option(),
+    key_file: Path | None = typer.Option(
+        None,
+        "--key-file",
+        help="File with the market owner's private key (else $WEB3_PRIVATE_KEY).",
+    ),
+    json_output: bool = _json_option(),
+) -> None:
+    """Register a solver or a mediator with the market (its owner signs), and name it in the
+    network profile: `lilypad run` trusts the profile's mediators by default."""
+    from lilypad.chain.crypto import is_address, to_checksum_address
+    from lilypad.errors import InputError
+    from lilypad.keys import load_account
+    from lilypad.network import connect, save_network
+
+    if role not in ("solver", "mediator"):
+        raise InputError(f"role {role!r} is not one of solver, mediator")
+    if not is_address(address):
+        raise InputError(f"{address!r} is not an Ethereum address (0x and 40 hex digits)")
+    address = to_checksum_address(address)
+    units = 0
+    if role == "mediator" and not remove:
+        if fee is None:
+            raise InputError(
+                "a mediator needs --fee TOKENS (what a job creator pays per challenge)"
+            )
+        units = _fee_units(fee)
+    elif fee is not None:
+        raise InputError("--fee is for registering a mediator")
+    owner = load_account(key_file, role="the market owner")
+    conn = connect(network)
+    if role == "solver":
+        tx = conn.market.set_solver(owner, address, active=not remove).tx_hash
+    else:
+        tx = conn.market.set_mediator(owner, address, units, active=not remove).tx_hash
+    accounts = _with_role(conn.profile.accounts, role, address, remove=remove)
+    save_network(conn.profile.model_copy(update={"accounts": accounts}))
+    data = {"role": role, "address": address, "active": not remove, "fee": units, "tx": tx}
+    done = "removed" if remove else "registered"
+    emit(data, json_output, lambda: note(f"{done} {role} {address} on {network!r} (tx {tx})"))
+
+
+def _fee_units(fee: str) -> int:
+    """``--fee`` in tokens → base units (18 decimals); 0 is a valid fee."""
+    from decimal import Decimal, InvalidOperation
+
+    from lilypad.errors import InputError
+
+    try:
+        value = Decimal(fee)
+    except InvalidOperation:
+        raise InputError(f"--fee {fee!r} is not a number of tokens, e.g. 0.1") from None
+    units = value * 10**18
+    if not value.is_finite() or value < 0 or units != units.to_integral_value() or units >= 2**96:
+        raise InputError(f"--fee {fee!r} must be 0 or more tokens, with at most 18 decimals")
+    return int(units)
+
+
+def _with_role(
+    accounts: dict[str, str], role: str, address: str, *, remove: bool
+) -> dict[str, str]:
+    """The profile's accounts with ``address`` named as ``role`` (``mediator-2``... when the role
+    is taken), or without it."""
+    kept = {name: a for name, a in accounts.items() if not (name.startswith(role) and a == address)}
+    if remove:
+        return kept
+    if any(name.startswith(role) and a == address for name, a in accounts.items()):
+        return dict(accounts)
+    name, n = role, 1
+    while name in kept:
+        n += 1
+        name = f"{role}-{n}"
+    return kept | {name: address}
+
+
+@app.command()
 def status(network: str = _network_option(), json_output: bool = _json_option()) -> None:
     """Show the chain of a network: its head, the contracts, and the balances of its accounts."""
     from lilypad.network import connect

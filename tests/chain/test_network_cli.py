@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lilypad.chain.anvil import free_port, port_in_use
+from lilypad.chain.market import JobMarketClient
 from lilypad.errors import ConfigError, UnknownNetwork
 from lilypad.network import (
     NetworkProfile,
@@ -100,6 +101,65 @@ def test_deploy_then_status(env: Env, cli: CliRunner, monkeypatch: pytest.Monkey
     human = cli("chain", "status", "--network", "dev")
     assert "market" in human.stdout
     assert deployed["market"] in human.stdout
+
+
+def test_the_owner_registers_solvers_and_mediators_and_the_profile_names_them(
+    env: Env, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEB3_PRIVATE_KEY", env.stranger.key.hex())  # the deployer owns the market
+    deployed = cli("chain", "deploy", "--rpc-url", env.chain.rpc_url, "--network", "dev", "--json")
+    assert deployed.exit_code == 0, deployed.stderr
+    market = JobMarketClient(env.chain, json.loads(deployed.stdout)["market"])
+    solver, first, second = env.solver.address, env.mediator.address, env.mediator2.address
+
+    def register(*args: str) -> dict[str, object]:
+        result = cli("chain", "register", *args, "--network", "dev", "--json")
+        assert result.exit_code == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    assert not market.is_solver(solver)
+    register("solver", solver.lower())
+    assert market.is_solver(solver)
+    register("mediator", first, "--fee", "0.25")
+    register("mediator", second, "--fee", "0")
+    assert market.mediator(first) == (True, 25 * 10**16)
+    assert market.mediator(second) == (True, 0)
+    accounts = load_network("dev").accounts
+    assert accounts == {
+        "owner": env.stranger.address,
+        "solver": solver,
+        "mediator": first,
+        "mediator-2": second,
+    }
+    register("mediator", first, "--remove")
+    assert market.mediator(first)[0] is False
+    assert "mediator" not in load_network("dev").accounts
+
+    monkeypatch.setenv("WEB3_PRIVATE_KEY", env.jc.key.hex())  # not the owner
+    refused = cli("chain", "register", "solver", env.jc.address, "--network", "dev")
+    assert refused.exit_code == 1
+    assert "OwnableUnauthorizedAccount" in refused.stderr
+    assert not market.is_solver(env.jc.address)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["provider", "0x" + "ab" * 20], "not one of solver, mediator"),
+        (["solver", "0x1234"], "not an Ethereum address"),
+        (["mediator", "0x" + "ab" * 20], "needs --fee"),
+        (["mediator", "0x" + "ab" * 20, "--fee", "-1"], "must be 0 or more"),
+        (["mediator", "0x" + "ab" * 20, "--fee", "lots"], "not a number of tokens"),
+        (["mediator", "0x" + "ab" * 20, "--fee", "1e-19"], "at most 18 decimals"),
+        (["solver", "0x" + "ab" * 20, "--fee", "1"], "--fee is for registering a mediator"),
+    ],
+)
+def test_register_refuses_bad_input_before_signing(
+    cli: CliRunner, args: list[str], message: str
+) -> None:
+    result = cli("chain", "register", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
 
 
 def test_status_of_an_unknown_network_is_an_input_error(cli: CliRunner) -> None:
