@@ -203,27 +203,32 @@ class LightChain:
         self, action: str, to: str, data: bytes, sender: Sender
     ) -> tuple[str, dict[str, Any]]:
         call = {"from": sender.address, "to": to, "data": "0x" + data.hex()}
-        gas, tip, block, nonce = self.batch(
+        gas, tip, price, block, nonce = self.batch(
             action,
             [
                 ("eth_estimateGas", [call]),  # a revert shows here, before anything is sent
                 ("eth_maxPriorityFeePerGas", []),
+                ("eth_gasPrice", []),
                 ("eth_getBlockByNumber", ["latest", False]),
                 ("eth_getTransactionCount", [sender.address, "pending"]),
             ],
         )
-        estimate, priority = int(gas, 16), int(tip, 16)
-        tx = {
+        estimate = int(gas, 16)
+        tx: dict[str, Any] = {
             "chainId": self.chain_id,
             "nonce": int(nonce, 16),
             "to": to,
             "data": data,
             "value": 0,
             "gas": estimate + int(estimate * GAS_MARGIN),
-            "maxPriorityFeePerGas": priority,
-            # as web3 does: room for the base fee to double before the transaction is priced out
-            "maxFeePerGas": priority + 2 * int(block.get("baseFeePerGas", "0x0"), 16),
         }
+        if block.get("baseFeePerGas") is not None:
+            # EIP-1559, priced as web3 does: room for the base fee to double before it is too low
+            priority = int(tip, 16)
+            tx["maxPriorityFeePerGas"] = priority
+            tx["maxFeePerGas"] = priority + 2 * int(block["baseFeePerGas"], 16)
+        else:
+            tx["gasPrice"] = int(price, 16)  # no base fee: the chain takes legacy (EIP-155) only
         signed = sender.sign_transaction(tx)
         raw = "0x" + bytes(signed.raw_transaction).hex()
         return str(self.request(action, "eth_sendRawTransaction", [raw])), tx

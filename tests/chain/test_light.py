@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,9 @@ from lilypad.chain.crypto import Signer, selector
 from lilypad.chain.light import CreatorMarket, DealState, LightChain
 from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
 from tests.chain.conftest import DEPOSIT, ETH, Env
+
+#: anvil's first public test key (the "test test ... junk" mnemonic).
+ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
 
 @pytest.fixture
@@ -140,3 +144,33 @@ def test_two_programs_sending_from_one_account_at_once_all_land(env: Env) -> Non
         list(pool.map(deposit, range(6)))
     assert env.market.balance_of(env.jc.address) == DEPOSIT + 6 * ETH
     env.chain.nonces.reset()
+
+
+def test_a_chain_without_a_base_fee_gets_legacy_transactions() -> None:
+    """Before London there is no base fee and no typed transaction: the light client signs an
+    EIP-155 one, priced at eth_gasPrice."""
+    from lilypad.chain.anvil import find_anvil, free_port
+
+    port = free_port()
+    with subprocess.Popen(
+        [find_anvil(), "--hardfork", "berlin", "--port", str(port), "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as node:
+        chain = LightChain(f"http://127.0.0.1:{port}")
+        try:
+            for _ in range(100):
+                try:
+                    chain.batch("start", [("eth_chainId", [])])
+                    break
+                except ChainUnavailable:
+                    time.sleep(0.1)
+            sender = Signer.from_key(ANVIL_KEY_0)
+            receipt = chain.send("transfer", "0x" + "5f" * 20, b"", sender)
+            tx = chain.request("tx", "eth_getTransactionByHash", [receipt.tx_hash])
+            assert int(tx["type"], 16) == 0
+            assert int(tx["gasPrice"], 16) == int(chain.request("p", "eth_gasPrice", []), 16)
+            assert int(tx["v"], 16) in (35 + 2 * chain.chain_id, 36 + 2 * chain.chain_id)
+        finally:
+            chain.close()
+            node.terminate()
