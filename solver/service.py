@@ -69,6 +69,8 @@ log = logging.getLogger("lilypad.solver")
 MIN_LIFETIME_S = 10
 #: How many matches go into one createDeals transaction.
 BATCH = 50
+#: Locks that serialize one signer's offer submissions (a signer maps to one by its address).
+SIGNER_LOCKS = 64
 
 
 class OfferRejected(SolverError):
@@ -154,6 +156,10 @@ class Solver:
         self._clock = clock or ChainClock(market)
         self._book = OrderBook()
         self._lock = threading.RLock()  # guards the book and the submit path
+        # One signer's submissions check its deposit and store the offer one at a time, so two
+        # posted at once (from two machines) cannot both count on the same deposit; the chain
+        # read is outside the book's lock, so other signers do not wait for it.
+        self._signer_locks = [threading.Lock() for _ in range(SIGNER_LOCKS)]
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -218,11 +224,14 @@ class Solver:
             raise OfferRejected(str(exc)) from None
         offer = signed.offer
         self._check_offer(offer, offer.job_creator, signed.signature, "job offer")
-        self._check_deposit(offer.job_creator, JobOfferRow, offer.max_price, "its maximum price")
-        row = JobOfferRow(max_price=str(offer.max_price), **self._row_fields(signed, offer))
-        with self._lock:
-            row.seq = self.store.add_offer(row, [offer.job_creator])
-            self._book.add_job(self._job_request(row))
+        with self._signer_lock(offer.job_creator):
+            self._check_deposit(
+                offer.job_creator, JobOfferRow, offer.max_price, "its maximum price"
+            )
+            row = JobOfferRow(max_price=str(offer.max_price), **self._row_fields(signed, offer))
+            with self._lock:
+                row.seq = self.store.add_offer(row, [offer.job_creator])
+                self._book.add_job(self._job_request(row))
         self._notify()
         return row
 
@@ -230,11 +239,15 @@ class Solver:
         """Check, store and list a resource offer (one job slot). Raises as for job offers."""
         offer = signed.offer
         self._check_offer(offer, offer.provider, signed.signature, "resource offer")
-        self._check_deposit(offer.provider, ResourceOfferRow, offer.collateral, "its collateral")
-        row = ResourceOfferRow(collateral=str(offer.collateral), **self._row_fields(signed, offer))
-        with self._lock:
-            row.seq = self.store.add_offer(row, [offer.provider])
-            self._book.add_offer(self._resource_request(row))
+        with self._signer_lock(offer.provider):
+            self._check_deposit(
+                offer.provider, ResourceOfferRow, offer.collateral, "its collateral"
+            )
+            fields = self._row_fields(signed, offer)
+            row = ResourceOfferRow(collateral=str(offer.collateral), **fields)
+            with self._lock:
+                row.seq = self.store.add_offer(row, [offer.provider])
+                self._book.add_offer(self._resource_request(row))
         self._notify()
         return row
 
@@ -494,6 +507,9 @@ class Solver:
             )
         if self.market.nonce_used(signer, nonce):
             raise OfferRejected(f"nonce {nonce} of {signer} is already used on chain")
+
+    def _signer_lock(self, signer: str) -> threading.Lock:
+        return self._signer_locks[int(signer[-8:], 16) % SIGNER_LOCKS]
 
     def _check_deposit(
         self, signer: str, model: type[JobOfferRow] | type[ResourceOfferRow], amount: int, what: str

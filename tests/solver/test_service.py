@@ -207,3 +207,30 @@ def test_an_account_shows_what_its_open_offers_commit(net: Net, served: Served) 
     bad = client.get("/api/v1/accounts/0xnope")
     assert bad.status_code == 400
     assert "0xnope" in bad.json()["error"]
+
+
+def test_offers_of_one_signer_posted_at_once_never_commit_more_than_its_deposit(
+    net: Net, served: Served
+) -> None:
+    """Two machines posting for one account at the same moment: each offer's deposit check sees
+    the others, so no more is committed than the deposit holds (the chain would refuse a deal)."""
+    _, client = served
+    creator = net.creators[0]
+    balance = net.market.balance_of(creator.address)
+    offers = [net.job(creator, max_price=balance // 2 + 1) for _ in range(6)]  # room for one
+    start = threading.Barrier(len(offers))
+
+    def send(offer: object) -> int:
+        with httpx.Client(base_url=client.base_url, timeout=10) as own:
+            start.wait()
+            return post(own, "job", offer).status_code
+
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda o=o: codes.append(send(o))) for o in offers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(codes) == [201] + [402] * (len(offers) - 1)
+    committed = client.get(f"/api/v1/accounts/{creator.address}").json()
+    assert int(committed["committed_by_job_offers"]) <= balance
