@@ -33,7 +33,7 @@ from lilypad.storage.client import (
     KuboClient,
     PinningServiceClient,
 )
-from lilypad.storage.importer import NETWORK_PROFILE, Importer, ImportProfile
+from lilypad.storage.importer import NETWORK_PROFILE, BlockSink, Importer, ImportProfile
 
 
 class StorageSettings(BaseSettings):
@@ -158,8 +158,9 @@ class KuboStorage:
         return CID.parse(entries[-1]["Hash"])
 
     def get(self, cid: CID | str, dest: Path) -> Path:
-        """Verified download."""
-        return dag.export(self.client, as_cid(cid), dest)
+        """Verified download: the DAG as one CAR (``dag/export``), then block by block for
+        anything it lacked."""
+        return _get_with_car(self.client, as_cid(cid), dest)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""
@@ -180,6 +181,25 @@ class KuboStorage:
     def close(self) -> None:
         """Close the HTTP connections."""
         self.client.close()
+
+
+class _CarSource(dag.BlockSource, Protocol):
+    def fetch_car(self, root: CID, sink: BlockSink) -> int: ...
+
+
+def _get_with_car(client: _CarSource, root: CID, dest: Path) -> Path:
+    """Download ``root`` to ``dest``: its DAG as one CAR, checked as it arrives and kept in a
+    temporary store beside ``dest`` (removed afterwards); anything the CAR lacked block by
+    block. One request instead of one per block."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".car-", dir=dest.parent) as tmp:
+        cache = Blockstore(Path(tmp))
+        try:
+            with cache.writer() as sink:
+                client.fetch_car(root, sink)
+            return dag.export(_Fallback(cache, client), root, dest)
+        finally:
+            cache.close()
 
 
 class _Fallback:
@@ -218,16 +238,7 @@ class GatewayStorage:
         The CAR's blocks are checked as they arrive and kept in a temporary store beside
         ``dest`` (removed afterwards); anything the CAR lacked is fetched block by block.
         """
-        root = as_cid(cid)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".car-", dir=dest.parent) as tmp:
-            cache = Blockstore(Path(tmp))
-            try:
-                with cache.writer() as sink:
-                    self.client.fetch_car(root, sink)
-                return dag.export(_Fallback(cache, self.client), root, dest)
-            finally:
-                cache.close()
+        return _get_with_car(self.client, as_cid(cid), dest)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""

@@ -143,6 +143,24 @@ class KuboClient(_HTTPClient):
         self._last = (cid, data)
         return data
 
+    def fetch_car(self, root: CID, sink: BlockSink) -> int:
+        """The whole DAG as one CAR (``dag/export``), every block verified into ``sink``.
+
+        Returns the number of blocks received: fewer (even 0) when the node does not serve
+        ``dag/export`` or the stream broke, and the caller fetches the rest block by block.
+
+        Raises:
+            CorruptBlock: A block does not match its CID (the download must stop).
+        """
+        params = {"arg": str(root), "timeout": f"{self.timeout:g}s"}
+        with (
+            _http_errors(f"ipfs dag export {root}", self.url, self.timeout),
+            self._http.stream("POST", "/api/v0/dag/export", params=params) as response,
+        ):
+            if response.status_code != 200:  # kubo answers text/plain: the CAR is checked instead
+                return 0
+            return _read_car(response, sink)
+
     def cat(self, cid: CID) -> bytes:
         """``cat`` as the node does it (unverified: use :mod:`lilypad.storage.dag` to verify)."""
         return self._post("cat", {"arg": str(cid)}).content
@@ -236,7 +254,6 @@ class GatewayClient(_HTTPClient):
             CorruptBlock: A block does not match its CID (the download must stop).
         """
         headers = {"Accept": "application/vnd.ipld.car"}
-        count = 0
         with (
             _http_errors(f"fetching {root}", self.url, self.timeout),
             self._http.stream(
@@ -246,15 +263,21 @@ class GatewayClient(_HTTPClient):
             kind = response.headers.get("content-type", "")
             if response.status_code != 200 or not kind.startswith("application/vnd.ipld.car"):
                 return 0
-            try:
-                for cid, data in CarReader(response.iter_bytes()):
-                    sink.put(cid, data)
-                    count += 1
-            except CorruptBlock:
-                raise
-            except (StorageError, httpx.HTTPError):
-                return count  # a broken stream: what arrived is verified; fetch the rest
-        return count
+            return _read_car(response, sink)
+
+
+def _read_car(response: httpx.Response, sink: BlockSink) -> int:
+    """Verify a CAR stream's blocks into ``sink``; how many arrived before it ended or broke."""
+    count = 0
+    try:
+        for cid, data in CarReader(response.iter_bytes()):
+            sink.put(cid, data)
+            count += 1
+    except CorruptBlock:
+        raise
+    except (StorageError, httpx.HTTPError):
+        pass  # a broken stream (or no CAR at all): what arrived is verified; fetch the rest
+    return count
 
 
 # --- IPFS Pinning Service API ----------------------------------------------------------------

@@ -261,6 +261,14 @@ def create_api_app(store: Blockstore, pinning_token: str | None = None) -> FastA
         target = _arg_cid(store, arg)
         return StreamingResponse(_tar(store, target, str(target)), media_type="application/x-tar")
 
+    @app.post("/api/v0/dag/export")
+    def dag_export(arg: str) -> Response:
+        target = _arg_cid(store, arg)
+        store.get(target)  # NOTE: fail with a status code now, not in the middle of a stream
+        return StreamingResponse(
+            dag.car_stream(store, target), media_type="application/vnd.ipld.car; version=1"
+        )
+
     @app.post("/api/v0/block/get")
     def block_get(arg: str) -> Response:
         return Response(store.get(CID.parse(arg)), media_type="application/octet-stream")

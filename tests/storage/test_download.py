@@ -103,6 +103,9 @@ class HostileGateway:
         self.requests = 0
         self.app = FastAPI()
         self.app.get("/ipfs/{cid}")(self.serve)
+        # and as a Kubo RPC API: block/get, and dag/export when it serves CARs
+        self.app.post("/api/v0/block/get")(self.block_get)
+        self.app.post("/api/v0/dag/export")(self.dag_export)
 
     def get(self, cid: CID) -> bytes:
         """As a block source: whatever bytes it holds, unchecked."""
@@ -119,6 +122,18 @@ class HostileGateway:
             return Response(car, media_type="application/vnd.ipld.car; version=1")
         return Response(self.blocks[cid], media_type="application/vnd.ipld.raw")
 
+    def block_get(self, arg: str) -> Response:
+        self.requests += 1
+        if arg not in self.blocks:
+            return Response('{"Message": "block not found", "Code": 0}', status_code=500)
+        return Response(self.blocks[arg], media_type="application/octet-stream")
+
+    def dag_export(self, arg: str) -> Response:
+        self.requests += 1
+        if not self.serves_car:
+            return Response("404 page not found", status_code=404)
+        return Response(b"".join(car_stream(self, CID.parse(arg))), media_type="text/plain")
+
     def add_dag(self, store: Blockstore, root: CID) -> list[CID]:
         cids = [cid for cid, _ in store.walk(root)]
         for cid, data in store.walk(root):
@@ -134,12 +149,14 @@ def hostile() -> Iterator[tuple[HostileGateway, str]]:
 
 
 @pytest.mark.parametrize("car", [False, True], ids=["block-by-block", "car"])
+@pytest.mark.parametrize("via", ["gateway", "api"])
 def test_a_tampered_block_stops_the_download(
     hostile: tuple[HostileGateway, str],
     store: Blockstore,
     job_result: Path,
     tmp_path: Path,
     car: bool,
+    via: str,
 ) -> None:
     gateway, url = hostile
     gateway.serves_car = car
@@ -150,26 +167,61 @@ def test_a_tampered_block_stops_the_download(
     gateway.blocks[str(leaf)] = bytes([original[0] ^ 1]) + original[1:]
     dest = tmp_path / "downloads" / str(root)
     with (
-        closing(open_storage(gateway=url)) as storage,
+        closing(open_storage(**{via: url})) as storage,
         pytest.raises(CorruptBlock, match=str(leaf)),
     ):
         storage.get(root, dest)
     assert _nothing_left(dest)
 
 
-def test_a_gateway_download_is_one_car_request(
-    hostile: tuple[HostileGateway, str], store: Blockstore, job_result: Path, tmp_path: Path
+@pytest.mark.parametrize("via", ["gateway", "api"])
+def test_a_download_is_one_car_request(
+    hostile: tuple[HostileGateway, str],
+    store: Blockstore,
+    job_result: Path,
+    tmp_path: Path,
+    via: str,
 ) -> None:
+    """A trustless gateway's ?format=car, a Kubo RPC API's dag/export: one request, not one
+    per block (`lilypad run` downloads a result through the network's Kubo API)."""
     gateway, url = hostile
     gateway.serves_car = True
     root = LocalStorage(store.root).add(job_result)
     gateway.add_dag(store, root)
     dest = tmp_path / "downloads" / str(root)
-    with closing(open_storage(gateway=url)) as storage:
+    with closing(open_storage(**{via: url})) as storage:
         storage.get(root, dest)
     assert gateway.requests == 1
     assert _tree_equal(dest, job_result)
     assert not [p.name for p in dest.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_an_api_without_dag_export_is_read_block_by_block(
+    hostile: tuple[HostileGateway, str], store: Blockstore, job_result: Path, tmp_path: Path
+) -> None:
+    gateway, url = hostile
+    root = LocalStorage(store.root).add(job_result)
+    cids = gateway.add_dag(store, root)
+    dest = tmp_path / "downloads" / str(root)
+    with closing(open_storage(api=url)) as storage:
+        storage.get(root, dest)
+    assert gateway.requests == 1 + len(set(cids))  # the refused export, then each block
+    assert _tree_equal(dest, job_result)
+
+
+def test_the_embedded_nodes_api_exports_the_whole_dag(
+    node: EmbeddedNode, store: Blockstore, job_result: Path, tmp_path: Path
+) -> None:
+    from lilypad.storage.client import KuboClient
+
+    root = LocalStorage(store.root).add(job_result)
+    with KuboClient(node.api_url) as client:
+        received = Blockstore(tmp_path / "received")
+        with received.writer() as sink:
+            count = client.fetch_car(root, sink)
+        assert count >= len({cid for cid, _ in store.walk(root)})  # a repeated chunk may repeat
+        assert all(received.get(cid) == data for cid, data in store.walk(root))
+        received.close()
 
 
 def test_a_missing_block_leaves_nothing_behind(
