@@ -51,6 +51,7 @@ from lilypad.modules import JobSpec
 from lilypad.network import NetworkProfile
 from lilypad.storage import open_storage, result_dir
 from lilypad.storage.cid import CID
+from lilypad.tls import verify_for
 
 TOKEN_DECIMALS = 18
 #: Posts of one offer when the solver finds the deposit short (see JobRunner._fund_and_post).
@@ -205,7 +206,9 @@ class JobRunner:
             raise ConfigError(f"network {profile.name!r} names no solver_url")
         self.profile, self.account, self.market = profile, account, market
         self.on_step, self.fund = on_step, fund
-        self.http = httpx.Client(base_url=profile.solver_url, timeout=30)
+        self.http = httpx.Client(
+            base_url=profile.solver_url, timeout=30, verify=verify_for(profile.solver_url)
+        )
         self.clock = ChainClock(market)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from lilypad.chain.offers import SignedResourceOffer
 from lilypad.errors import SolverError
 from lilypad.jobs import JobSubmission, cancel_message
+from lilypad.tls import verify_for
 
 TIMEOUT_S = 10.0
 
@@ -43,7 +44,7 @@ class SolverClient:
 
     def __init__(self, url: str, timeout: float = TIMEOUT_S) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify_for(self.url))
 
     def close(self) -> None:
         self._http.close()

@@ -34,6 +34,7 @@ from lilypad.chain.crypto import (
 )
 from lilypad.chain.offers import Deal
 from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
+from lilypad.tls import verify_for
 
 #: How often a transaction is re-signed with a fresh nonce when another sender took its nonce.
 NONCE_RETRIES = 20
@@ -107,7 +108,7 @@ class LightChain:
         self, rpc_url: str, *, request_timeout: float = 30.0, receipt_timeout: float = 120.0
     ) -> None:
         self.rpc_url = rpc_url
-        self._http = httpx.Client(timeout=request_timeout)
+        self._http = httpx.Client(timeout=request_timeout, verify=verify_for(rpc_url))
         self._receipt_timeout = receipt_timeout
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from lilypad.errors import BlockNotFound, CorruptBlock, InputError, StorageError
 from lilypad.storage.cid import CID, as_cid
 from lilypad.storage.dag import CarReader
 from lilypad.storage.importer import BlockSink, ImportProfile
+from lilypad.tls import verify_for
 
 #: How long to wait for content nobody has before giving up (kubo would search forever).
 DEFAULT_TIMEOUT = 30.0
@@ -83,7 +84,11 @@ class KuboClient(_HTTPClient):
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = _check_url(url, "Kubo API URL")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            verify=verify_for(self.url),
+        )
         self._last: tuple[CID, bytes] | None = None
 
     def _post(self, command: str, params: dict[str, Any], **kwargs: Any) -> httpx.Response:
@@ -217,7 +222,11 @@ class GatewayClient(_HTTPClient):
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.url = _check_url(url, "gateway URL")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            verify=verify_for(self.url),
+        )
         self._last: tuple[CID, bytes] | None = None
 
     def get(self, cid: CID) -> bytes:
@@ -345,6 +354,7 @@ class PinningServiceClient(_HTTPClient):
             base_url=self.url,
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}"},
+            verify=verify_for(self.url),
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
