@@ -13,9 +13,7 @@ send transactions for the same account at once without clashing.
 from __future__ import annotations
 
 import functools
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -30,7 +28,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, We
 from web3.types import BlockIdentifier, TxParams
 
 from lilypad.chain.abi import load_artifact, reverted
-from lilypad.chain.light import NONCE_RETRIES, Receipt, nonce_taken
+from lilypad.chain.light import Receipt, retry_taken_nonce
 from lilypad.errors import ChainError, ChainUnavailable
 
 T = TypeVar("T")
@@ -168,17 +166,8 @@ class Chain:
                 signed = sender.sign_transaction(tx)
                 return tx, self.w3.eth.send_raw_transaction(signed.raw_transaction)
 
-        for attempt in range(NONCE_RETRIES + 1):
-            try:
-                tx, tx_hash = self.rpc(action, send)
-                break
-            except ChainError as exc:
-                # Another process signs for this account too (two `lilypad run` at once) and took
-                # the nonce: the manager forgot it on the error, so the next try reads it afresh.
-                if attempt == NONCE_RETRIES or not nonce_taken(exc):
-                    raise
-                # random, growing waits: senders that clashed once do not clash again in step
-                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        # On a taken nonce the manager forgot the sender, so the next try reads it afresh.
+        tx, tx_hash = retry_taken_nonce(lambda: self.rpc(action, send))
         raw = self.rpc(
             action,
             lambda: self.w3.eth.wait_for_transaction_receipt(

@@ -17,10 +17,10 @@ from __future__ import annotations
 import functools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -36,6 +36,8 @@ from lilypad.chain.offers import Deal
 from lilypad.errors import ChainError, ChainUnavailable, ContractReverted
 from lilypad.tls import verify_for
 
+T = TypeVar("T")
+
 #: How often a transaction is re-signed with a fresh nonce when another sender took its nonce.
 NONCE_RETRIES = 20
 #: What nodes (anvil, geth) say when a transaction's nonce was used meanwhile.
@@ -43,8 +45,7 @@ NONCE_TAKEN = ("nonce too low", "already imported", "already known", "replacemen
 #: Gas beyond the node's estimate: state can change between the estimate and the block.
 GAS_MARGIN = 0.2
 #: The ABI tuple of ``JobMarket.Deal``.
-_DEAL = "(address,address,address,uint96,uint96,uint96,bytes32,bytes32)"
-_DEAL_TYPES = ["address", "address", "address", "uint96", "uint96", "uint96", "bytes32", "bytes32"]
+_DEAL = f"({','.join(Deal.ABI_TYPES)})"
 
 
 class DealState(IntEnum):
@@ -89,7 +90,22 @@ class Sender(Protocol):
     def sign_transaction(self, tx: dict[str, Any]) -> SignedTransaction | Any: ...
 
 
-def nonce_taken(exc: ChainError) -> bool:
+def retry_taken_nonce(send: Callable[[], T]) -> T:
+    """Run ``send`` (sign with the sender's next nonce and send), again while the node says
+    another sender took that nonce: another process signs for the account too (two
+    `lilypad run` at once). Random, growing waits keep senders that clashed once from clashing
+    again in step."""
+    for attempt in range(NONCE_RETRIES + 1):
+        try:
+            return send()
+        except ChainError as exc:
+            if attempt == NONCE_RETRIES or not _nonce_taken(exc):
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _nonce_taken(exc: ChainError) -> bool:
     """Whether the node refused a transaction because its nonce was used meanwhile."""
     text = str(exc.__cause__ or exc).lower()
     return any(sign in text for sign in NONCE_TAKEN)
@@ -184,16 +200,7 @@ class LightChain:
             ChainUnavailable: the node cannot be reached.
             ChainError: not mined within the receipt timeout, or refused by the node.
         """
-        for attempt in range(NONCE_RETRIES + 1):
-            try:
-                tx_hash, tx = self._sign_and_send(action, to, data, sender)
-                break
-            except ChainError as exc:
-                # Another process signs for this account too (two `lilypad run` at once) and took
-                # the nonce; random, growing waits keep senders that clashed from clashing again.
-                if attempt == NONCE_RETRIES or not nonce_taken(exc):
-                    raise
-                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        tx_hash, tx = retry_taken_nonce(lambda: self._sign_and_send(action, to, data, sender))
         raw = self._wait_for_receipt(action, tx_hash)
         receipt = Receipt(tx_hash, int(raw["blockNumber"], 16), int(raw["gasUsed"], 16), raw)
         if int(raw["status"], 16) != 1:
@@ -328,5 +335,5 @@ class CreatorMarket:
         return self._settle("timeoutResult", sender, deal)
 
     def _settle(self, name: str, sender: Sender, deal: Deal) -> Receipt:
-        data = selector(f"{name}({_DEAL})") + encode_words(_DEAL_TYPES, list(deal.as_tuple()))
+        data = selector(f"{name}({_DEAL})") + encode_words(Deal.ABI_TYPES, deal.as_tuple())
         return self.chain.send(name, self.address, data, sender)

@@ -29,7 +29,7 @@ values ``0x``-prefixed lowercase hex, so the models travel as JSON unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -413,20 +413,22 @@ class Deal(BaseModel):
     job_offer_hash: Bytes32
     resource_offer_hash: Bytes32
 
+    #: The field types of ``JobMarket.Deal``, in the order of :meth:`as_tuple`.
+    ABI_TYPES: ClassVar[tuple[str, ...]] = (
+        "address",
+        "address",
+        "address",
+        "uint96",
+        "uint96",
+        "uint96",
+        "bytes32",
+        "bytes32",
+    )
+
     @property
     def deal_id(self) -> str:
         """``keccak256(abi.encode(deal))``: the id the market stores the deal's state under."""
-        types = [
-            "address",
-            "address",
-            "address",
-            "uint96",
-            "uint96",
-            "uint96",
-            "bytes32",
-            "bytes32",
-        ]
-        return "0x" + keccak(encode_words(types, list(self.as_tuple()))).hex()
+        return "0x" + keccak(encode_words(self.ABI_TYPES, self.as_tuple())).hex()
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The ABI tuple ``JobMarket.Deal`` takes."""
