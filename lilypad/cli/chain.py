@@ -152,6 +152,7 @@ def register(
     """Register a solver or a mediator with the market (its owner signs), and name it in the
     network profile: `lilypad run` trusts the profile's mediators by default."""
     from lilypad.chain.crypto import is_address, to_checksum_address
+    from lilypad.cli.provider import parse_amount
     from lilypad.errors import InputError
     from lilypad.keys import load_account
     from lilypad.network import connect, save_network
@@ -167,7 +168,7 @@ def register(
             raise InputError(
                 "a mediator needs --fee TOKENS (what a job creator pays per challenge)"
             )
-        units = _fee_units(fee)
+        units = parse_amount(fee, "--fee")
     elif fee is not None:
         raise InputError("--fee is for registering a mediator")
     owner = load_account(key_file, role="the market owner")
@@ -183,37 +184,21 @@ def register(
     emit(data, json_output, lambda: note(f"{done} {role} {address} on {network!r} (tx {tx})"))
 
 
-def _fee_units(fee: str) -> int:
-    """``--fee`` in tokens → base units (18 decimals); 0 is a valid fee."""
-    from decimal import Decimal, InvalidOperation
-
-    from lilypad.errors import InputError
-
-    try:
-        value = Decimal(fee)
-    except InvalidOperation:
-        raise InputError(f"--fee {fee!r} is not a number of tokens, e.g. 0.1") from None
-    units = value * 10**18
-    if not value.is_finite() or value < 0 or units != units.to_integral_value() or units >= 2**96:
-        raise InputError(f"--fee {fee!r} must be 0 or more tokens, with at most 18 decimals")
-    return int(units)
-
-
 def _with_role(
     accounts: dict[str, str], role: str, address: str, *, remove: bool
 ) -> dict[str, str]:
     """The profile's accounts with ``address`` named as ``role`` (``mediator-2``... when the role
     is taken), or without it."""
-    kept = {name: a for name, a in accounts.items() if not (name.startswith(role) and a == address)}
+    named = [name for name, a in accounts.items() if name.startswith(role) and a == address]
     if remove:
-        return kept
-    if any(name.startswith(role) and a == address for name, a in accounts.items()):
+        return {name: a for name, a in accounts.items() if name not in named}
+    if named:
         return dict(accounts)
     name, n = role, 1
-    while name in kept:
+    while name in accounts:
         n += 1
         name = f"{role}-{n}"
-    return kept | {name: address}
+    return accounts | {name: address}
 
 
 @app.command()
