@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from lilypad.cli.output import console, emit, note
+from lilypad.cli.output import console, emit, note, state
 from lilypad.errors import InputError
 
 if TYPE_CHECKING:  # the storage stack loads with the first ipfs command, not with every command
@@ -166,18 +166,35 @@ def get(
     timeout: float | None = _timeout_option(),
     json_output: bool = _json_option(),
 ) -> None:
-    """Download a file or directory, verifying every block against its CID."""
+    """Download a file or directory, verifying every block against its CID.
+
+    Symlinks in it are verified but not created (they could point anywhere on this machine);
+    each one left out is listed on stderr.
+    """
     from lilypad.storage.cid import CID
+    from lilypad.storage.dag import SkippedSymlink
 
     root = CID.parse(cid)
     dest = output or Path(str(root))
+    skipped: list[SkippedSymlink] = []
     with closing(_storage(api, gateway, timeout)) as storage:
-        saved = storage.get(root, dest)
-    emit(
-        {"cid": str(root), "path": str(saved)},
-        json_output,
-        lambda: console.print(f"saved {root} to {escape(str(saved))}"),
-    )
+        saved = storage.get(root, dest, on_symlink=skipped.append)
+    data = {
+        "cid": str(root),
+        "path": str(saved),
+        "skipped_symlinks": [{"path": s.path, "target": s.target} for s in skipped],
+    }
+    emit(data, json_output, lambda: console.print(f"saved {root} to {escape(str(saved))}"))
+    if skipped and not (json_output or state.json):
+        count = f"{len(skipped)} symlink{'s' if len(skipped) > 1 else ''}"
+        note(f"[yellow]warning:[/] skipped {count}; downloads do not create symlinks:")
+        for link in skipped:  # names and targets come from the content: shown escaped
+            note(f"  {escape(_printable(link.path))} -> {escape(repr(link.target))}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so content cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 @app.command()

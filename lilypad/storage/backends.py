@@ -15,7 +15,7 @@ backend                chosen when                                 add / get / p
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +34,9 @@ from lilypad.storage.client import (
     PinningServiceClient,
 )
 from lilypad.storage.importer import NETWORK_PROFILE, BlockSink, Importer, ImportProfile
+
+#: Told about each symlink a download verified but did not create.
+OnSymlink = Callable[[dag.SkippedSymlink], None]
 
 
 class StorageSettings(BaseSettings):
@@ -68,8 +71,12 @@ class Storage(Protocol):
     def add(self, path: Path, *, pin: bool = True) -> CID:
         """Add a file or directory tree (dotfiles included) and return its CID."""
 
-    def get(self, cid: CID | str, dest: Path) -> Path:
-        """Download ``cid`` to ``dest`` (file or folder), verified; nothing partial is left."""
+    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
+        """Download ``cid`` to ``dest`` (file or folder), verified; nothing partial is left.
+
+        Symlinks in the content are verified but never created; each one is passed to
+        ``on_symlink`` (see :func:`lilypad.storage.dag.export`).
+        """
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """The bytes of a file (``<cid>`` or ``<cid>/path``), verified block by block."""
@@ -111,10 +118,10 @@ class LocalStorage:
                 self.store.pin(link.cid, check=False)  # the writer just stored every block
         return link.cid
 
-    def get(self, cid: CID | str, dest: Path) -> Path:
+    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
         """Export from the local store (verified on read)."""
         try:
-            return dag.export(self.store, as_cid(cid), dest)
+            return dag.export(self.store, as_cid(cid), dest, on_symlink=on_symlink)
         except BlockNotFound as exc:
             raise BlockNotFound(
                 exc.message,
@@ -157,10 +164,10 @@ class KuboStorage:
             raise StorageError(f"the node at {self.client.url} returned no CID for {path}")
         return CID.parse(entries[-1]["Hash"])
 
-    def get(self, cid: CID | str, dest: Path) -> Path:
+    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
         """Verified download: the DAG as one CAR (``dag/export``), then block by block for
         anything it lacked."""
-        return _get_with_car(self.client, as_cid(cid), dest)
+        return _get_with_car(self.client, as_cid(cid), dest, on_symlink)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""
@@ -187,7 +194,7 @@ class _CarSource(dag.BlockSource, Protocol):
     def fetch_car(self, root: CID, sink: BlockSink) -> int: ...
 
 
-def _get_with_car(client: _CarSource, root: CID, dest: Path) -> Path:
+def _get_with_car(client: _CarSource, root: CID, dest: Path, on_symlink: OnSymlink | None) -> Path:
     """Download ``root`` to ``dest``: its DAG as one CAR, checked as it arrives and kept in a
     temporary store beside ``dest`` (removed afterwards); anything the CAR lacked block by
     block. One request instead of one per block."""
@@ -197,7 +204,7 @@ def _get_with_car(client: _CarSource, root: CID, dest: Path) -> Path:
         try:
             with cache.writer() as sink:
                 client.fetch_car(root, sink)
-            return dag.export(_Fallback(cache, client), root, dest)
+            return dag.export(_Fallback(cache, client), root, dest, on_symlink=on_symlink)
         finally:
             cache.close()
 
@@ -232,13 +239,13 @@ class GatewayStorage:
         """Not possible on a gateway."""
         raise self._read_only("add")
 
-    def get(self, cid: CID | str, dest: Path) -> Path:
+    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
         """Verified download: the DAG as one CAR when the gateway serves it, else block by block.
 
         The CAR's blocks are checked as they arrive and kept in a temporary store beside
         ``dest`` (removed afterwards); anything the CAR lacked is fetched block by block.
         """
-        return _get_with_car(self.client, as_cid(cid), dest)
+        return _get_with_car(self.client, as_cid(cid), dest, on_symlink)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""
@@ -275,9 +282,9 @@ class RemotePinning:
             self.service.add(cid, name=path.name)
         return cid
 
-    def get(self, cid: CID | str, dest: Path) -> Path:
+    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
         """Through ``inner``."""
-        return self.inner.get(cid, dest)
+        return self.inner.get(cid, dest, on_symlink=on_symlink)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Through ``inner``."""

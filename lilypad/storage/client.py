@@ -8,8 +8,8 @@ their CID before they are returned (they are :class:`~lilypad.storage.dag.BlockS
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,11 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from lilypad.errors import BlockNotFound, CorruptBlock, InputError, StorageError
 from lilypad.storage.cid import CID, as_cid
 from lilypad.storage.dag import CarReader
-from lilypad.storage.importer import BlockSink, ImportProfile
+from lilypad.storage.importer import BlockSink, DiskEntry, ImportProfile, open_regular, scan
+from lilypad.storage.unixfs import NodeType
 from lilypad.tls import verify_for
 
 #: How long to wait for content nobody has before giving up (kubo would search forever).
 DEFAULT_TIMEOUT = 30.0
+#: The content types of ``add``'s multipart parts (boxo's ``files`` package, kubo's server side).
+DIRECTORY_PART = "application/x-directory"
+SYMLINK_PART = "application/symlink"
+FILE_PART = "application/octet-stream"
 
 
 class _HTTPClient:
@@ -186,29 +191,75 @@ class KuboClient(_HTTPClient):
 
 def _multipart_parts(
     path: Path, hidden: bool, stack: ExitStack
-) -> Iterator[tuple[str, tuple[str, IO[bytes] | bytes, str]]]:
-    """Multipart parts as kubo clients send them: directories first, paths URL-escaped."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    root = path.resolve()
-    if root.is_file():
-        yield (
-            "file",
-            (
-                quote(root.name, safe=""),
-                stack.enter_context(root.open("rb")),
-                "application/octet-stream",
-            ),
-        )
-        return
-    for current, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
-        rel = Path(current).relative_to(root.parent).as_posix()
-        yield "file", (quote(rel, safe=""), b"", "application/x-directory")
-        for name in sorted(files):
-            if hidden or not name.startswith("."):
-                handle = stack.enter_context((Path(current) / name).open("rb"))
-                yield "file", (quote(f"{rel}/{name}", safe=""), handle, "application/octet-stream")
+) -> Iterator[tuple[str, tuple[str, _LazyFile | bytes, str]]]:
+    """Multipart parts as kubo's own clients send them: directories first, paths URL-escaped,
+    a symlink as an ``application/symlink`` part whose body is the link text (never followed).
+
+    The tree is the one :func:`~lilypad.storage.importer.scan` finds, so this upload adds exactly
+    what the local importer adds, with the same CID.
+    """
+    for entry in scan(path, hidden=hidden).walk():
+        name = quote(entry.rel, safe="")
+        if entry.kind is NodeType.DIRECTORY:
+            yield "file", (name, b"", DIRECTORY_PART)
+        elif entry.kind is NodeType.SYMLINK:
+            yield "file", (name, entry.target, SYMLINK_PART)
+        else:
+            lazy = _LazyFile(entry)
+            stack.callback(lazy.close)
+            yield "file", (name, lazy, FILE_PART)
+
+
+class _LazyFile:
+    """A scanned regular file that is open only while httpx sends it.
+
+    One descriptor at a time however many files a result holds (a module's 10,000 small files
+    must not run the provider out of descriptors), and the bytes sent must be the file scanned:
+    its size is the ``Content-Length`` already declared for it.
+    """
+
+    def __init__(self, entry: DiskEntry) -> None:
+        self._entry = entry
+        self._stream: IO[bytes] | None = None
+        self._sent = 0
+        self._done = False
+
+    def tell(self) -> int:
+        return 0 if self._stream is None else self._sent
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Only what httpx asks: the size (``seek(0, SEEK_END)``) and a rewind to the start."""
+        if (offset, whence) == (0, io.SEEK_END):
+            return self._entry.st.st_size
+        if (offset, whence) != (0, io.SEEK_SET):
+            raise io.UnsupportedOperation("only seek(0) and seek(0, SEEK_END)")
+        self.close()
+        self._done = False
+        return 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._done:
+            return b""
+        if self._stream is None:
+            self._stream = open_regular(self._entry)
+            self._sent = 0
+        data = self._stream.read(size)
+        self._sent += len(data)
+        expected = self._entry.st.st_size
+        if self._sent > expected or (not data and self._sent != expected):
+            raise StorageError(
+                f"{self._entry.path} changed while it was being uploaded ({expected} -> "
+                f"{self._sent}+ bytes); add it again once nothing writes to it"
+            )
+        if not data:
+            self.close()
+            self._done = True
+        return data
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 class GatewayClient(_HTTPClient):

@@ -6,7 +6,9 @@ byte is ever returned or written.
 
 :func:`export` is the verified download: it writes into a temporary folder beside the target and
 renames it into place only when every block has been fetched and checked, so nothing partial is
-ever left under the final name.
+ever left under the final name. It never creates a symlink (one could point anywhere on the
+downloader's machine): a symlink node is fetched and verified like every block, then skipped and
+reported as a :class:`SkippedSymlink`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +45,15 @@ class Entry:
     cid: CID
     kind: str
     size: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SkippedSymlink:
+    """A symlink a download left out: its path inside the download (``/``) and its link text
+    (bytes that are not UTF-8 shown as ``\\xNN``)."""
+
+    path: str
+    target: str
 
 
 def load(source: BlockSource, cid: CID) -> PBNode | bytes:
@@ -152,6 +163,18 @@ def resolve(source: BlockSource, cid: CID, path: str) -> CID:
     return current
 
 
+def read_symlink(source: BlockSource, cid: CID) -> bytes:
+    """The link text of the symlink node at ``cid`` (verified like every block).
+
+    Raises:
+        StorageError: ``cid`` is not a symlink.
+    """
+    node = load(source, cid)
+    if isinstance(node, bytes) or node.unixfs is None or node.unixfs.type is not NodeType.SYMLINK:
+        raise StorageError(f"{cid} is not a symlink")
+    return node.unixfs.data or b""
+
+
 def read_file(
     source: BlockSource, cid: CID, offset: int = 0, length: int | None = None
 ) -> Iterator[bytes]:
@@ -222,24 +245,36 @@ def check_name(name: str, where: str) -> str:
     return name
 
 
-def export(source: BlockSource, cid: CID, dest: Path) -> Path:
+def export(
+    source: BlockSource,
+    cid: CID,
+    dest: Path,
+    *,
+    on_symlink: Callable[[SkippedSymlink], None] | None = None,
+) -> Path:
     """Download ``cid`` to ``dest`` (a file or a directory tree), verifying every block.
 
     The content is written under a temporary name in ``dest``'s folder and renamed to ``dest``
-    only when complete; on any error the temporary copy is removed.
+    only when complete; on any error the temporary copy is removed. Symlinks are verified but
+    not created: each is passed to ``on_symlink`` instead.
 
     Raises:
         StorageError: ``dest`` exists (and is not an empty folder), a block is missing or
-            corrupt, or an entry name is unsafe.
+            corrupt, an entry name is unsafe, or ``cid`` itself is a symlink.
     """
     if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
         raise StorageError(
             f"{dest} already exists; remove it or choose another destination",
         )
+    if stat(source, cid).kind == "symlink":
+        raise StorageError(
+            f"{cid} is a symlink ({_shown(read_symlink(source, cid))}); there is nothing to "
+            "download: downloads do not create symlinks, which could point anywhere"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
-        _write(source, cid, tmp / "content", str(cid))
+        _write(source, cid, tmp / "content", str(cid), "", on_symlink)
         if dest.is_dir():
             dest.rmdir()
         os.replace(tmp / "content", dest)
@@ -250,22 +285,33 @@ def export(source: BlockSource, cid: CID, dest: Path) -> Path:
     return dest
 
 
-def _write(source: BlockSource, cid: CID, target: Path, where: str) -> None:
+def _write(
+    source: BlockSource,
+    cid: CID,
+    target: Path,
+    where: str,
+    rel: str,
+    on_symlink: Callable[[SkippedSymlink], None] | None,
+) -> None:
     entry = stat(source, cid)
     if entry.kind == "directory":
         target.mkdir()
         for link in list_directory(source, cid):
             name = check_name(link.name, where)
-            _write(source, link.cid, target / name, f"{where}/{name}")
+            inner = f"{rel}/{name}" if rel else name
+            _write(source, link.cid, target / name, f"{where}/{name}", inner, on_symlink)
     elif entry.kind == "file":
         with target.open("xb") as out:
             for chunk in read_file(source, cid):
                 out.write(chunk)
     else:
-        raise StorageError(
-            f"{where} is a symlink; downloads do not create symlinks, which could point "
-            "outside the download folder"
-        )
+        skipped = SkippedSymlink(rel, _shown(read_symlink(source, cid)))
+        if on_symlink is not None:
+            on_symlink(skipped)
+
+
+def _shown(target: bytes) -> str:
+    return target.decode("utf-8", "backslashreplace")
 
 
 def read_car(data: bytes) -> tuple[list[CID], list[tuple[CID, bytes]]]:

@@ -5,6 +5,13 @@ Use :func:`add_path` (or :class:`Importer` for streams and in-memory trees)::
     from lilypad.storage.importer import NETWORK_PROFILE, add_path
     root = add_path(Path("outputs"), sink=blockstore)     # -> Link; root.cid is the CID
 
+What is added from disk is decided in one place, :func:`scan`, for every upload (the local
+repository, only-hash, and the Kubo RPC multipart upload to kubo or the embedded node): entries are
+read with ``lstat`` and symlinks are never followed below the top level. A symlink becomes a UnixFS
+symlink node holding the link text, as kubo's ``ipfs add -r`` stores it, whatever it points to
+(``/dev/zero``, ``/proc/self/environ``, a key outside the folder, nothing at all); regular files
+are opened with :func:`open_regular`, which refuses anything that is no longer the file scanned.
+
 What "the same CID as kubo" takes (``ipfs add`` with the same options):
 
 * files are cut into fixed-size chunks; one chunk is its own root, more are gathered in a
@@ -20,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -33,6 +40,8 @@ from lilypad.storage.unixfs import MURMUR3_X64_64, Link, NodeType, UnixFSData, e
 
 #: Largest chunk kubo accepts (its block size limit is 1 MiB of data per leaf).
 MAX_CHUNK_SIZE = 1024 * 1024
+#: Longest symlink target accepted from a client: a symlink node must fit in one block.
+MAX_SYMLINK_TARGET = 1024 * 1024
 _HAMT_FANOUT = 256
 _HAMT_HASH_BYTES = 8
 
@@ -97,6 +106,123 @@ class AddedEntry:
     path: str
     cid: CID
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiskEntry:
+    """One entry of a tree on disk as it will be added: read with ``lstat``, links not followed.
+
+    Attributes:
+        path: Where it is on disk.
+        name: Its name in its parent (the root's: the folder's own name).
+        rel: Its path from the root's parent, with ``/`` (``outputs/sub/a.txt``).
+        kind: ``FILE``, ``DIRECTORY`` or ``SYMLINK``.
+        st: Its ``lstat`` result (for a file: what :func:`open_regular` checks against).
+        target: A symlink's text, as bytes (a link target need not be UTF-8).
+        children: A directory's entries, sorted by name.
+    """
+
+    path: Path
+    name: str
+    rel: str
+    kind: NodeType
+    st: os.stat_result
+    target: bytes = b""
+    children: tuple[DiskEntry, ...] = ()
+
+    def walk(self) -> Iterator[DiskEntry]:
+        """This entry and everything under it, each directory before its children."""
+        stack = [self]
+        while stack:
+            entry = stack.pop()
+            yield entry
+            stack.extend(reversed(entry.children))
+
+
+def scan(path: Path, *, hidden: bool = True) -> DiskEntry:
+    """What adding ``path`` adds: the one walk of the file system every upload path uses.
+
+    A symlink given as ``path`` itself is followed (as ``ipfs add`` follows its argument); every
+    symlink below it is kept as a link and never read through.
+
+    Args:
+        path: The file or directory to add.
+        hidden: Include names starting with ``.`` (kubo leaves them out unless ``-H``).
+
+    Raises:
+        InputError: ``path`` does not exist, or holds a name that is not UTF-8 or a special
+            file (socket, device, fifo), which kubo refuses too.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    name = path.resolve().name if path.name in ("", ".", "..") else path.name
+    root = path.resolve() if path.is_symlink() else path
+    return _scan(root, name, name, root.stat(), hidden)
+
+
+def _scan(path: Path, name: str, rel: str, st: os.stat_result, hidden: bool) -> DiskEntry:
+    _check_name(path, name)
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return DiskEntry(path, name, rel, NodeType.SYMLINK, st, os.readlink(os.fsencode(path)))
+    if stat.S_ISREG(mode):
+        return DiskEntry(path, name, rel, NodeType.FILE, st)
+    if not stat.S_ISDIR(mode):
+        raise InputError(
+            f"{path}: a {special_kind(mode)} cannot be added; only regular files, directories "
+            "and symlinks can (as with kubo)"
+        )
+    with os.scandir(path) as listing:
+        found = sorted(
+            (e for e in listing if hidden or not e.name.startswith(".")), key=lambda e: e.name
+        )
+    children = tuple(
+        _scan(Path(e.path), e.name, f"{rel}/{e.name}", e.stat(follow_symlinks=False), hidden)
+        for e in found
+    )
+    return DiskEntry(path, name, rel, NodeType.DIRECTORY, st, children=children)
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is neither regular, a directory nor a symlink is, for messages."""
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return f"file of type 0o{stat.S_IFMT(mode):o}"
+
+
+def open_regular(entry: DiskEntry) -> BinaryIO:
+    """Open a scanned regular file for reading, refusing anything else in its place.
+
+    ``O_NOFOLLOW`` and ``O_NONBLOCK``: a symlink or a fifo swapped in since the scan is neither
+    followed nor waited on, and the open file must be the very inode that was scanned.
+
+    Raises:
+        StorageError: The file is gone or is no longer the file scanned.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(entry.path, flags)
+    except OSError as exc:
+        raise StorageError(
+            f"{entry.path}: cannot open it ({exc.strerror}); add it again once nothing changes it"
+        ) from None
+    now = os.fstat(fd)
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (
+        entry.st.st_dev,
+        entry.st.st_ino,
+    ):
+        os.close(fd)
+        raise StorageError(
+            f"{entry.path} was replaced while it was being added; add it again once nothing "
+            "writes to it"
+        )
+    return os.fdopen(fd, "rb")
 
 
 class Importer:
@@ -194,9 +320,19 @@ class Importer:
         block = encode_node(links, unixfs.encode())
         return Link(self._put_pb(block), "", len(block) + sum(c.tsize for c in links))
 
-    def add_symlink(self, target: str) -> Link:
-        """A UnixFS symlink node (kubo stores symlinks, it does not follow them)."""
-        block = encode_node((), UnixFSData(NodeType.SYMLINK, data=target.encode()).encode())
+    def add_symlink(self, target: str | bytes) -> Link:
+        """A UnixFS symlink node holding the link text (kubo stores symlinks, never follows them).
+
+        Raises:
+            InputError: The target is longer than :data:`MAX_SYMLINK_TARGET` bytes.
+        """
+        data = target.encode() if isinstance(target, str) else target
+        if len(data) > MAX_SYMLINK_TARGET:
+            raise InputError(
+                f"a symlink target of {len(data)} bytes is too long; at most "
+                f"{MAX_SYMLINK_TARGET} bytes fit in one block"
+            )
+        block = encode_node((), UnixFSData(NodeType.SYMLINK, data=data).encode())
         return Link(self._put_pb(block), "", len(block))
 
     # --- the file system -----------------------------------------------------------------------
@@ -210,62 +346,43 @@ class Importer:
         """Add a file or a directory tree from disk; returns the root link named after ``path``.
 
         Args:
-            path: The file or directory to add (a top-level symlink is followed).
+            path: The file or directory to add (a top-level symlink is followed, no other is).
             hidden: Include names starting with ``.`` (kubo leaves them out unless ``-H``).
-            on_entry: Called for every file and directory added, children before parents.
+            on_entry: Called for every file, directory and symlink added, children first.
 
         Raises:
-            InputError: ``path`` does not exist, or holds a name that is not UTF-8 or a special
-                file (socket, device, fifo).
+            InputError: See :func:`scan`.
             StorageError: A file changed while it was read, or the sink failed.
         """
-        if not path.exists():
-            raise InputError(f"{path}: no such file or directory")
-        name = path.resolve().name if path.name in ("", ".", "..") else path.name
-        return self._add_any(path, name, name, hidden, on_entry, follow=True)
+        return self.add_scanned(scan(path, hidden=hidden), on_entry)
 
-    def _add_any(
-        self,
-        path: Path,
-        name: str,
-        rel: str,
-        hidden: bool,
-        on_entry: Callable[[AddedEntry], None] | None,
-        follow: bool = False,
+    def add_scanned(
+        self, entry: DiskEntry, on_entry: Callable[[AddedEntry], None] | None = None
     ) -> Link:
-        _check_name(path, name)
-        st = path.stat() if follow else path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            link = self.add_symlink(os.readlink(path))
-        elif stat.S_ISDIR(st.st_mode):
-            children = [
-                self._add_any(Path(e.path), e.name, f"{rel}/{e.name}", hidden, on_entry)
-                for e in sorted(os.scandir(path), key=lambda e: e.name)
-                if hidden or not e.name.startswith(".")
-            ]
-            link = self.add_directory(children)
-        elif stat.S_ISREG(st.st_mode):
-            link = self._add_regular_file(path, st)
+        """Add what :func:`scan` found; returns the link named after the entry."""
+        if entry.kind is NodeType.SYMLINK:
+            link = self.add_symlink(entry.target)
+        elif entry.kind is NodeType.DIRECTORY:
+            link = self.add_directory([self.add_scanned(c, on_entry) for c in entry.children])
         else:
-            raise InputError(f"{path}: only files, directories and symlinks can be added")
+            link = self._add_regular_file(entry)
         if on_entry is not None:
-            on_entry(AddedEntry(rel, link.cid, link.tsize))
-        return Link(link.cid, name, link.tsize)
+            on_entry(AddedEntry(entry.rel, link.cid, link.tsize))
+        return Link(link.cid, entry.name, link.tsize)
 
-    def _add_regular_file(self, path: Path, before: os.stat_result) -> Link:
-        with path.open("rb") as stream:
+    def _add_regular_file(self, entry: DiskEntry) -> Link:
+        before = entry.st
+        with open_regular(entry) as stream:
             counted = _CountingReader(stream)
             link = self.add_file(counted)  # type: ignore[arg-type]
             after = os.fstat(stream.fileno())
         read = counted.count
-        if (after.st_size, after.st_mtime_ns, after.st_ino) != (
-            before.st_size,
-            before.st_mtime_ns,
-            before.st_ino,
-        ) or read != before.st_size:
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
+            read != before.st_size
+        ):
             raise StorageError(
-                f"{path} changed while it was being added ({before.st_size} -> {after.st_size} "
-                "bytes); add it again once nothing writes to it"
+                f"{entry.path} changed while it was being added ({before.st_size} -> "
+                f"{after.st_size} bytes); add it again once nothing writes to it"
             )
         return link
 

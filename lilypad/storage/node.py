@@ -57,7 +57,8 @@ from lilypad.errors import (
 from lilypad.storage import dag
 from lilypad.storage.blockstore import Blockstore, PinType
 from lilypad.storage.cid import CID
-from lilypad.storage.importer import AddedEntry, Importer, ImportProfile
+from lilypad.storage.client import DIRECTORY_PART, SYMLINK_PART
+from lilypad.storage.importer import MAX_SYMLINK_TARGET, AddedEntry, Importer, ImportProfile
 from lilypad.storage.unixfs import Link
 
 _IMMUTABLE = "public, max-age=29030400, immutable"
@@ -320,7 +321,30 @@ def _arg_cid(store: Blockstore, arg: str) -> CID:
 
 @dataclass
 class _Dir:
-    children: dict[str, _Dir | UploadFile] = field(default_factory=dict)
+    children: dict[str, _Dir | _Symlink | UploadFile] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Symlink:
+    target: bytes
+
+
+def _part_node(name: str, upload: UploadFile) -> _Dir | _Symlink | UploadFile:
+    """What a multipart part is, by its content type (boxo's ``files`` encoding, as kubo reads
+    it): a directory, a symlink whose body is its target, or a file."""
+    kind = (upload.content_type or "").split(";", 1)[0].strip().lower()
+    if kind in (DIRECTORY_PART, "multipart/form-data"):
+        return _Dir()
+    if kind != SYMLINK_PART:
+        return upload
+    upload.file.seek(0)
+    target = upload.file.read(MAX_SYMLINK_TARGET + 1)
+    if len(target) > MAX_SYMLINK_TARGET:
+        raise InputError(
+            f"{unquote(name)!r}: a symlink part's target is over {MAX_SYMLINK_TARGET} bytes; "
+            "a symlink node must fit in one block"
+        )
+    return _Symlink(target)
 
 
 def _add_parts(
@@ -348,8 +372,7 @@ def _add_parts(
             if not isinstance(child, _Dir):
                 raise InputError(f"{name!r}: {part!r} is both a file and a directory")
             parent = child
-        is_dir = (upload.content_type or "").startswith("application/x-directory")
-        parent.children.setdefault(names[-1], _Dir() if is_dir else upload)
+        parent.children.setdefault(names[-1], _part_node(name, upload))
     only_hash = params.get("only-hash") == "true"
     lines: list[dict[str, str]] = []
 
@@ -375,7 +398,7 @@ def _add_parts(
 def _import(
     importer: Importer,
     name: str,
-    node: _Dir | UploadFile,
+    node: _Dir | _Symlink | UploadFile,
     rel: str,
     record: Any,
 ) -> Link:
@@ -385,6 +408,8 @@ def _import(
             for child_name, child in node.children.items()
         ]
         link = importer.add_directory(children)
+    elif isinstance(node, _Symlink):
+        link = importer.add_symlink(node.target)
     else:
         node.file.seek(0)
         link = importer.add_file(node.file)
@@ -415,8 +440,11 @@ def _tar_add(store: Blockstore, archive: tarfile.TarFile, cid: CID, name: str) -
         info.size = entry.size
         info.mode = 0o644
         archive.addfile(info, _Reader(dag.read_file(store, cid)))
-    else:
-        raise StorageError(f"{name} is a symlink; get does not export symlinks")
+    else:  # a symlink entry, as kubo's get writes it: extracting it is the reader's choice
+        info.type = tarfile.SYMTYPE
+        info.linkname = dag.read_symlink(store, cid).decode("utf-8", "surrogateescape")
+        info.mode = 0o777
+        archive.addfile(info)
 
 
 class _Reader(io.RawIOBase):
