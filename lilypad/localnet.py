@@ -204,11 +204,15 @@ def services(
     executor: str | None,
     weights: str,
     executor_for: dict[str, str] | None = None,
+    *,
+    unsafe_no_sandbox: bool = False,
 ) -> list[Service]:
     """The services after the chain, in start order.
 
     ``executor_for`` maps modules to another executor than ``executor`` (see
-    :func:`modules_without_image`); the mediator, which re-runs challenged jobs, gets the same.
+    :func:`modules_without_image`); the mediator, which re-runs challenged jobs, gets the same,
+    and ``--unsafe-no-sandbox`` with ``unsafe_no_sandbox`` (else their process executor
+    refuses to run without bubblewrap).
     """
     network = profile.name
     assert profile.solver_url
@@ -220,6 +224,8 @@ def services(
     executors: list[str] = ["--executor", executor] if executor else []
     for module, kind in sorted((executor_for or {}).items()):
         executors += ["--executor-for", f"{module}={kind}"]
+    if unsafe_no_sandbox:
+        executors.append("--unsafe-no-sandbox")
     common = ["--network", network, "--weights", weights, *executors]
     found = [
         Service(

@@ -3,7 +3,9 @@
 The binary is looked up in ``$LILYPAD_ANVIL``, then in ``contracts/node_modules`` of the checkout
 (``make contracts-deps`` installs it), then on ``$PATH``. anvil listens on 127.0.0.1 only and
 pre-funds ten well-known development accounts whose keys it writes to a JSON file
-(``--config-out``); :attr:`Anvil.keys` reads them from there.
+(``--config-out``, in a private temporary folder); :attr:`Anvil.keys` holds them once it has
+started, and the file is removed at once. The folder (and anvil's log in it) goes when anvil is
+stopped, or, for a detached anvil that outlives this process, as soon as it answers.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ class Anvil:
         self.chain_id = chain_id
         self._block_time = block_time
         self._state_file = state_file
-        self._dir = Path(tempfile.mkdtemp(prefix="lilypad-anvil-"))
+        self._dir = Path(tempfile.mkdtemp(prefix="lilypad-anvil-"))  # mode 700
+        self._keys: list[str] = []
+        self._returncode: int | None = None  # of a detached anvil, once reaped
         self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
 
@@ -107,6 +111,8 @@ class Anvil:
             "--port", str(self.port),
             "--chain-id", str(self.chain_id),
             "--config-out", str(self._dir / "anvil.json"),
+            # its log is read only for why it did not start; the banner would list the keys
+            "--quiet",
         ]  # fmt: skip
         if self._block_time:
             # a block every block_time seconds, so time passes on a quiet chain, and every
@@ -117,7 +123,25 @@ class Anvil:
         return cmd
 
     def start(self, *, timeout: float = 30.0, detach: bool = False) -> Anvil:
-        """Start anvil and wait until it answers; ``detach`` lets it outlive this process."""
+        """Start anvil and wait until it answers; ``detach`` lets it outlive this process.
+
+        Raises:
+            ChainUnavailable: anvil exited or did not answer within ``timeout`` seconds.
+        """
+        try:
+            self._start(timeout, detach)
+        except BaseException:
+            self.stop()
+            raise
+        self._keys = list(json.loads((self._dir / "anvil.json").read_text())["private_keys"])
+        (self._dir / "anvil.json").unlink()  # the dev keys: in memory only from here on
+        if detach:
+            # Nothing here outlives this process to remove the folder: it goes now. anvil runs
+            # --quiet, so it writes nothing more to its (now unlinked) log.
+            shutil.rmtree(self._dir, ignore_errors=True)
+        return self
+
+    def _start(self, timeout: float, detach: bool) -> None:
         log_path = self._dir / "anvil.log"
         if detach:
             # A session of its own, and no Popen object that would want to reap it.
@@ -149,24 +173,29 @@ class Anvil:
                 output = log_path.read_text(errors="replace")[-500:]
                 raise ChainUnavailable(f"anvil exited with {code}: {output}")
             if time.monotonic() > deadline:
-                self.stop()
                 raise ChainUnavailable(f"anvil did not start listening on port {self.port}")
             time.sleep(0.05)
-        return self
 
     def _exit_code(self) -> int | None:
         if self.process is not None:
             return self.process.poll()
-        if self.pid is None:
-            return None
+        if self.pid is None or self._returncode is not None:
+            return self._returncode
         pid, status = os.waitpid(self.pid, os.WNOHANG)
-        return os.waitstatus_to_exitcode(status) if pid else None
+        if pid:
+            self._returncode = os.waitstatus_to_exitcode(status)
+        return self._returncode
 
     @property
     def keys(self) -> list[str]:
-        """The private keys of anvil's pre-funded development accounts (public test keys)."""
-        data = json.loads((self._dir / "anvil.json").read_text())
-        return list(data["private_keys"])
+        """The private keys of anvil's pre-funded development accounts (public test keys).
+
+        Raises:
+            ChainError: anvil has not been started.
+        """
+        if not self._keys:
+            raise ChainError("anvil's accounts are known once it has started (Anvil.start)")
+        return list(self._keys)
 
     @property
     def accounts(self) -> list[LocalAccount]:
@@ -174,20 +203,22 @@ class Anvil:
         return [Account.from_key(k) for k in self.keys]
 
     def stop(self) -> None:
-        """Stop anvil (it saves its state first when started with a state file)."""
-        if self.process is None:
-            if self.pid is not None and self._exit_code() is None:
-                os.kill(self.pid, signal.SIGTERM)
-                os.waitpid(self.pid, 0)
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        """Stop anvil (it saves its state first when started with a state file) and remove its
+        folder."""
+        try:
+            if self.process is None:
+                if self.pid is not None and self._exit_code() is None:
+                    os.kill(self.pid, signal.SIGTERM)
+                    os.waitpid(self.pid, 0)
+            elif self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Anvil:
         return self.start()

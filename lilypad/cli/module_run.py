@@ -8,7 +8,11 @@ with the executor a resource provider would use, and leaves the result layout ev
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -22,6 +26,7 @@ from resource_provider.executors import (
     ExecutionResult,
     ExecutorKind,
     Job,
+    Sandbox,
     Selection,
     Weights,
     create_executor,
@@ -31,6 +36,20 @@ from resource_provider.executors.layout import OUTPUTS, STDERR
 
 #: Lines of the module's stderr shown when it fails.
 TAIL_LINES = 20
+
+#: ``--unsafe-no-sandbox``, on every command that may build a process executor.
+UNSAFE_NO_SANDBOX_OPTION = typer.Option(
+    False,
+    "--unsafe-no-sandbox",
+    help="UNSAFE: let the process executor run jobs without bubblewrap, as this user, where it "
+    "is missing: a module can then read your keys and files, reach your network and leave "
+    "processes running. Only on a machine you trust every module on.",
+)
+
+
+def sandbox_for(unsafe_no_sandbox: bool) -> Sandbox:
+    """The process executor's sandbox for ``--unsafe-no-sandbox``."""
+    return Sandbox.NONE if unsafe_no_sandbox else Sandbox.BWRAP
 
 
 def run(
@@ -56,6 +75,7 @@ def run(
         envvar="LILYPAD_WEIGHTS",
         help="real: the weights baked into the image; tiny: generated tiny weights (tests).",
     ),
+    unsafe_no_sandbox: bool = UNSAFE_NO_SANDBOX_OPTION,
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     stray: list[str] = STRAY_ARGS,
 ) -> None:
@@ -63,12 +83,13 @@ def run(
     inputs = check_inputs(inputs, stray)
     module = _resolve(ref)
     spec = modules.render(module, inputs)
-    selection = create_executor(executor)
+    selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox))
     _say_executor(selection, chosen=executor is None)
-    with selection.executor:
+    with selection.executor, _executor_warnings() as warned:
         result = _run_with_progress(selection, Job.of(module, spec, output, weights))
     for remark in result.notes:
-        note(f"[yellow]note:[/] {escape(remark)}")
+        if not any(remark in warning for warning in warned):  # said once is enough
+            note(f"[yellow]note:[/] {escape(remark)}")
     data = {
         "output_dir": str(result.output_dir),
         "exit_code": result.exit_code,
@@ -114,21 +135,43 @@ def _say_executor(selection: Selection, *, chosen: bool) -> None:
     note(f"executor: {escape(selection.executor.describe())} ({escape(how)})")
 
 
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.shown: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.shown.append(message)
+        note(f"[bold red]warning:[/] {escape(message)}")
+
+
+@contextlib.contextmanager
+def _executor_warnings() -> Iterator[list[str]]:
+    """Show what the executor warns about each job (running unsandboxed) as the CLI does;
+    yields the warnings shown."""
+    logger = logging.getLogger("lilypad.executor")
+    handler = _Warnings()
+    logger.addHandler(handler)
+    try:
+        yield handler.shown
+    finally:
+        logger.removeHandler(handler)
+
+
 def _run_with_progress(selection: Selection, job: Job) -> ExecutionResult:
     """Run the job, showing a spinner with the module's latest stderr line (or, when stderr is
     not a terminal, each line as it comes)."""
     title = f"Running {escape(job.spec.module)} with the {selection.executor.kind} executor"
     if not err_console.is_terminal:
         note(title)
-        stream = Job(job.spec, job.module_dir, job.output_dir, job.weights, _print_line)
-        return selection.executor.run(stream)
+        return selection.executor.run(dataclasses.replace(job, on_stderr=_print_line))
     with err_console.status(title) as status:
 
         def show(line: str) -> None:
             status.update(f"{title}\n  [dim]{escape(line[:200])}[/]")
 
-        live = Job(job.spec, job.module_dir, job.output_dir, job.weights, show)
-        return selection.executor.run(live)
+        return selection.executor.run(dataclasses.replace(job, on_stderr=show))
 
 
 def _print_line(line: str) -> None:

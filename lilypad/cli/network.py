@@ -48,6 +48,13 @@ def up(
         max=50000,
         help="Added to every port, to run networks side by side.",
     ),
+    unsafe_no_sandbox: bool = typer.Option(
+        False,
+        "--unsafe-no-sandbox",
+        help="UNSAFE: where bubblewrap is missing, let the providers and the mediator run "
+        "process-executor jobs unsandboxed, as this user (a module can then read the dev keys "
+        "and your files). Only with modules you trust.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Start anvil with the contracts, IPFS, solver, providers, mediator and bridge."""
@@ -74,6 +81,10 @@ def up(
                 "step of the real pipelines runs."
             )
     executor, executor_for = _executors(executor)
+    if not unsafe_no_sandbox and executor == "process":
+        _check_sandbox("the providers run jobs with the process executor")
+    elif not unsafe_no_sandbox and executor_for:
+        _check_sandbox(f"{', '.join(executor_for)} run with the process executor")
     localnet.stop_all(network)  # leftovers of a network that was not brought down
     localnet.check_ports(topology)
     localnet.reset_state(network)
@@ -81,7 +92,9 @@ def up(
     note(f"starting the chain on {host}:{topology.port('chain')} and deploying the contracts")
     profile = localnet.write_profile(localnet.start_chain(network, topology))
     try:
-        for service in localnet.services(profile, topology, executor, weights, executor_for):
+        for service in localnet.services(
+            profile, topology, executor, weights, executor_for, unsafe_no_sandbox=unsafe_no_sandbox
+        ):
             note(f"starting {service.name}")
             localnet.start_service(network, service)
     except BaseException:
@@ -127,6 +140,22 @@ def _executors(executor: str | None) -> tuple[str, dict[str, str]]:
             "(build one with lilypad module build)"
         )
     return executor, dict.fromkeys(missing, "process")
+
+
+def _check_sandbox(why: str) -> None:
+    """Refuse before starting anything where the providers' process executor would refuse.
+
+    Raises:
+        ExecutorUnavailable: bubblewrap cannot sandbox jobs here.
+    """
+    from lilypad.errors import ExecutorUnavailable
+    from resource_provider.executors.process import FIX, bwrap_problem
+
+    problem = bwrap_problem()
+    if problem is not None:
+        raise ExecutorUnavailable(
+            f"{why}, and bubblewrap cannot sandbox jobs here: {problem}", hint=FIX
+        )
 
 
 @app.command()

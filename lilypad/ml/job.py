@@ -3,8 +3,10 @@ and outputs live, logging, and turning errors into one line and an exit code.
 
 The runtime contract: tunables arrive as environment variables named by the manifest; the
 executor adds ``LILYPAD_OUTPUTS_DIR``, ``LILYPAD_WEIGHTS`` (``real`` | ``tiny``) and
-``LILYPAD_TINY_WEIGHTS_DIR``; real images set ``MODEL_DIR``. Progress goes to stderr and a
-deterministic list of written files to stdout; neither contains timings or absolute paths.
+``LILYPAD_TINY_WEIGHTS_DIR`` (read-only: the executor has generated there, before the job, the
+models the manifest lists in ``tiny_models``); real images set ``MODEL_DIR``. Progress goes to
+stderr and a deterministic list of written files to stdout; neither contains timings or absolute
+paths.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def weights_path(model: Model) -> Path:
     """The folder to load ``model`` from: baked real weights, or (generated) tiny ones.
 
     Raises:
-        InferenceError: when real weights are not there, naming the model and how to get them.
+        InferenceError: when real weights are not there, naming the model and how to get them;
+            or tiny ones, in a job whose manifest does not list them in ``tiny_models``.
     """
     if weights_mode() is WeightsMode.TINY:
         from lilypad.ml import tiny

@@ -6,6 +6,12 @@ gigabytes of real weights. They are generated once, offline, from fixed seeds, i
 ``$LILYPAD_TINY_WEIGHTS_DIR/<model>-<TINY_VERSION>/`` and reused by later jobs; the same torch
 version gives the same bytes. They draw noise, not pictures.
 
+A job only reads them: the cache is shared, and a module that could write it could make other
+modules' results wrong. Before a job the executor generates the models its manifest lists in
+``tiny_models`` with this module's command line, the cache writable::
+
+    LILYPAD_TINY_WEIGHTS_DIR=DIR python -m lilypad.ml.tiny sdxl-base sdxl-refiner
+
 What tiny mode also changes in a job (the module logs it on stderr) is in :data:`TINY_LIMITS`.
 """
 
@@ -14,13 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from lilypad.errors import InferenceError
 from lilypad.ml import tokenizer
@@ -270,6 +275,19 @@ _BUILDERS: dict[str, tuple[int, Callable[[Path], None]]] = {
 }
 
 
+#: The models with a tiny variant, as manifests name them in ``tiny_models``.
+MODELS = tuple(_BUILDERS)
+
+
+def _builder(model: str) -> tuple[int, Callable[[Path], None]]:
+    try:
+        return _BUILDERS[model]
+    except KeyError:
+        raise InferenceError(
+            f"no tiny weights for model {model!r}; known: {', '.join(MODELS)}"
+        ) from None
+
+
 def ensure(model: str, cache_dir: Path) -> Path:
     """The directory of tiny weights for ``model``, generating them on first use.
 
@@ -277,19 +295,24 @@ def ensure(model: str, cache_dir: Path) -> Path:
     never read a half-written model.
 
     Raises:
-        InferenceError: for a model with no tiny variant.
+        InferenceError: for a model with no tiny variant, or one missing from a cache this
+            process may not write (a job's: the executor generates what the manifest lists).
     """
-    try:
-        seed, build = _BUILDERS[model]
-    except KeyError:
-        raise InferenceError(
-            f"no tiny weights for model {model!r}; known: {', '.join(_BUILDERS)}"
-        ) from None
+    seed, build = _builder(model)
     target = cache_dir / f"{model}-{TINY_VERSION}"
     if (target / "model_index.json").is_file():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=cache_dir))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=cache_dir))
+    except OSError as exc:
+        raise InferenceError(
+            f"tiny weights of {model!r} are not in {cache_dir}, and it is read-only here "
+            f"({exc.strerror or exc}): list {model!r} in the module's tiny_models, so the "
+            "executor generates them before the job"
+        ) from None
+    import torch  # NOTE: only to generate; executors call this module without the `ml` extra
+
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -302,3 +325,38 @@ def ensure(model: str, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m lilypad.ml.tiny MODEL...``: generate into ``$LILYPAD_TINY_WEIGHTS_DIR``.
+
+    Prints one ``MODEL DIR`` line per model; exit code 2 for an unknown model, 1 for a failure.
+    """
+    cache_dir = os.environ.get("LILYPAD_TINY_WEIGHTS_DIR")
+    if not cache_dir or not argv:
+        print(
+            "usage: LILYPAD_TINY_WEIGHTS_DIR=DIR python -m lilypad.ml.tiny MODEL...; "
+            f"models: {', '.join(MODELS)}",
+            file=sys.stderr,
+        )
+        return 2
+    # NOTE: offline, always: nothing comes from the network, and transformers writes the flag
+    # into the tokenizer configs, whose bytes must not depend on who called this.
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        for model in argv:
+            _builder(model)  # every name checked before anything is generated
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for model in argv:
+            print(model, ensure(model, Path(cache_dir)), flush=True)
+    except (InferenceError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

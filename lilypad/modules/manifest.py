@@ -43,6 +43,8 @@ OUTPUTS_PATH = "/outputs"
 MODULE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 ModuleName = Annotated[str, StringConstraints(pattern=MODULE_NAME)]
+#: A model of :mod:`lilypad.ml.tiny` (``sdxl-base``); its generator names the known ones.
+TinyModel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
 Version = Annotated[str, StringConstraints(pattern=VERSION)]
 
 _SHARED_KEYS = {
@@ -56,6 +58,7 @@ _SHARED_KEYS = {
     "legacy_inputs",
     "verification",
     "tiny_weights",
+    "tiny_models",
     "summary",
 }
 
@@ -104,6 +107,9 @@ class ModuleVersion(BaseModel):
     verification: Verification = Verification()
     #: What ``--weights tiny`` changes for this version, shown by ``module show``.
     tiny_weights: str | None = None
+    #: The tiny models the version loads with ``--weights tiny`` (``["sdxl-base"]``): the
+    #: executor has lilypad generate them before the job, which may only read them.
+    tiny_models: tuple[TinyModel, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> Self:

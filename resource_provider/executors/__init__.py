@@ -3,7 +3,8 @@
 The public surface:
 
 * :class:`Executor` with ``run(job) -> ExecutionResult``, backed by :class:`DockerExecutor`
-  (a Docker Engine) and :class:`ProcessExecutor` (a subprocess sandboxed with bubblewrap);
+  (a Docker Engine) and :class:`ProcessExecutor` (a subprocess sandboxed with bubblewrap, which
+  refuses to run without it unless told :attr:`Sandbox.NONE`, ``--unsafe-no-sandbox``);
 * :func:`create_executor` picks and builds one from configuration (``docker``, ``process``, or
   automatically: docker when an engine answers, else process), with per-module exceptions
   (:class:`~resource_provider.executors.routing.ByModule`);
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lilypad.errors import ExecutorUnavailable
 from resource_provider.executors.base import (
     EXIT_OUTPUT_LIMIT,
     EXIT_TIMEOUT,
@@ -55,15 +57,18 @@ class Selection:
 def create_executor(
     kind: ExecutorKind | None = None,
     *,
-    sandbox: Sandbox = Sandbox.AUTO,
+    sandbox: Sandbox = Sandbox.BWRAP,
     output_limit_bytes: int | None = None,
     by_module: Mapping[str, ExecutorKind] | None = None,
 ) -> Selection:
     """Build the executor of ``kind``; with ``None``, docker when an engine answers, else process.
     ``by_module`` names modules (``name:version``) that run with another backend than that.
+    ``sandbox`` is how the process executor isolates jobs: only :attr:`Sandbox.NONE` (the
+    operator's ``--unsafe-no-sandbox``) lets it run them without bubblewrap.
 
     Raises:
-        ExecutorUnavailable: an asked-for backend cannot run here.
+        ExecutorUnavailable: an asked-for backend cannot run here, or the process executor
+            would be needed and bubblewrap cannot sandbox jobs here.
     """
     selection = _create(kind, sandbox=sandbox, output_limit_bytes=output_limit_bytes)
     if not by_module:
@@ -92,7 +97,10 @@ def _create(
     if problem is None:
         docker_executor = DockerExecutor(output_limit_bytes=output_limit_bytes)
         return Selection(docker_executor, "a Docker Engine answers")
-    process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+    try:
+        process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+    except ExecutorUnavailable as exc:
+        raise ExecutorUnavailable(f"{problem}, and {exc.message}", hint=exc.hint) from None
     return Selection(process, problem)
 
 

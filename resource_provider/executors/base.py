@@ -8,6 +8,7 @@ backend ran it.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 from abc import ABC, abstractmethod
@@ -24,6 +25,9 @@ from lilypad.modules import JobSpec, ResolvedModule
 EXIT_TIMEOUT = 124
 #: ``exitCode`` of a job killed because it wrote more than its module's ``disk_gb``.
 EXIT_OUTPUT_LIMIT = 125
+
+#: Where every executor says what it does to a job that a provider should know (unsandboxed...).
+log = logging.getLogger("lilypad.executor")
 
 #: Where the job sees its outputs, scratch and tiny-weights cache inside a sandbox or container.
 SANDBOX_OUTPUTS = "/outputs"
@@ -82,6 +86,8 @@ class Job:
         output_dir: The result folder; it must be empty, absent or a previous result.
         weights: Real (baked into the image) or tiny (generated, for tests) weights.
         on_stderr: Called with each line the module writes to stderr, as it comes.
+        tiny_models: The tiny models the module loads (its manifest's ``tiny_models``): with
+            tiny weights, the executor has them generated before the job, which only reads them.
     """
 
     spec: JobSpec
@@ -89,6 +95,7 @@ class Job:
     output_dir: Path
     weights: Weights = Weights.REAL
     on_stderr: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    tiny_models: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -99,7 +106,12 @@ class Job:
         weights: Weights = Weights.REAL,
         on_stderr: Callable[[str], None] | None = None,
     ) -> Job:
-        return cls(spec, module.directory, output_dir, weights, on_stderr)
+        return cls(spec, module.directory, output_dir, weights, on_stderr, module.spec.tiny_models)
+
+    @property
+    def needs_tiny_weights(self) -> tuple[str, ...]:
+        """The tiny models to generate before this job: none unless it runs on tiny weights."""
+        return self.tiny_models if self.weights is Weights.TINY else ()
 
 
 @dataclass(frozen=True)
@@ -114,7 +126,7 @@ class ExecutionResult:
         duration_ms: Wall time from start to exit of the module, in milliseconds.
         executor: The backend that ran it.
         message: One line saying how it ended, for people.
-        notes: Remarks about how it ran (sandbox fallback, GPUs not available...).
+        notes: Remarks about how it ran (not sandboxed, GPUs not available...).
     """
 
     output_dir: Path
@@ -170,12 +182,30 @@ def output_limit(spec: JobSpec, override: int | None = None) -> int:
 def tiny_weights_cache(kind: ExecutorKind = ExecutorKind.PROCESS) -> Path:
     """The host folder where generated tiny weights are cached between jobs.
 
-    Docker jobs get a folder of their own: when the provider is root, it belongs to the
-    containers' user (nobody), which a bubblewrap sandbox (mapped to the provider's uid) could
-    not write to.
+    Jobs only read it (a module could otherwise poison the weights other modules' results are
+    made with); the executor has lilypad's generator fill it before a job (see
+    :func:`tiny_weights_command`). The process executor's folder is shared by every module: its
+    generator is this lilypad. The docker executor keeps one folder per image under its own, as
+    the generator there is the image's.
     """
     name = "tiny-weights" if kind is ExecutorKind.PROCESS else f"tiny-weights-{kind.value}"
     return get_settings().cache_dir / name
+
+
+def tiny_weights_command(models: tuple[str, ...]) -> list[str]:
+    """The command that generates the tiny weights of ``models`` into
+    ``$LILYPAD_TINY_WEIGHTS_DIR`` (see :mod:`lilypad.ml.tiny`)."""
+    return ["python", "-m", "lilypad.ml.tiny", *models]
+
+
+def tiny_weights_env(*, scratch: str, tiny_weights: str) -> dict[str, str]:
+    """The environment of the tiny-weights generator: the runtime's variables, no module's."""
+    return {
+        **DETERMINISM_ENV,
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "LILYPAD_TINY_WEIGHTS_DIR": tiny_weights,
+    }
 
 
 def job_env(

@@ -3,9 +3,14 @@
 Each job gets a fresh container: no network, a read-only root filesystem, a tmpfs ``/tmp``,
 the user ``nobody`` (or the provider's own uid when it is not root), no capabilities, memory,
 CPU and PID limits from the module's machine needs, GPUs through device requests when the job
-needs them and the host has them, and ``DIR/outputs`` bind-mounted at ``/outputs``. stdout and
-stderr come raw from an attach made before the start, so the logs are the module's exact bytes.
-The container is always removed, also after a timeout.
+needs them and the host has them, ``DIR/outputs`` bind-mounted at ``/outputs`` and the image's
+tiny-weights cache read-only at ``/cache/tiny-weights``. stdout and stderr come raw from an
+attach made before the start, so the logs are the module's exact bytes. The container is always
+removed, also after a timeout, and every process in it ends with it.
+
+Tiny weights are generated before the job, in a container of the same image with the same
+limits where only the cache is writable. That generator is the image's own code, so each image
+has a cache of its own: a hostile image can make bad weights only for itself.
 
 Docker and HTTP exceptions are translated into :class:`~lilypad.errors.ExecutorError` here.
 """
@@ -13,6 +18,7 @@ Docker and HTTP exceptions are translated into :class:`~lilypad.errors.ExecutorE
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -43,6 +49,8 @@ from resource_provider.executors.base import (
     job_env,
     output_limit,
     tiny_weights_cache,
+    tiny_weights_command,
+    tiny_weights_env,
 )
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, watch
@@ -147,6 +155,7 @@ class DockerExecutor(Executor):
         with docker_errors("describe the Docker Engine"):
             info: dict[str, Any] = self.client.info()
         self._limit = output_limit_bytes
+        self._tiny_lock = threading.Lock()
         self.version = str(info.get("ServerVersion", "?"))
         self.host_cpus = int(info.get("NCPU") or os.cpu_count() or 1)
         runtimes = info.get("Runtimes") or {}
@@ -163,14 +172,20 @@ class DockerExecutor(Executor):
 
     def run(self, job: Job) -> ExecutionResult:
         out = prepare_output_dir(job.output_dir)
-        job = Job(job.spec, job.module_dir.absolute(), out, job.weights, job.on_stderr)
-        self._check_image(job)
-        notes: list[str] = []
-        tiny = tiny_weights_cache(self.kind)
+        job = dataclasses.replace(job, module_dir=job.module_dir.absolute(), output_dir=out)
+        image = self._check_image(job)
+        tiny = tiny_weights_cache(self.kind) / image.removeprefix("sha256:")
         tiny.mkdir(parents=True, exist_ok=True)
-        user = self._hand_over(out / OUTPUTS, tiny)
+        if job.needs_tiny_weights:
+            # one generator at a time: another's clean-up would take the cache from under it
+            with self._tiny_lock:
+                self._make_tiny_weights(job, image, tiny)
+        notes: list[str] = []
+        user = self._hand_over(out / OUTPUTS)
         with docker_errors("create the job's container"):
-            container = self.client.containers.create(**self._container_args(job, user, notes))
+            container = self.client.containers.create(
+                **self._container_args(job, image, user, tiny, notes)
+            )
         try:
             return self._execute(job, container, tuple(notes))
         finally:
@@ -178,10 +193,11 @@ class DockerExecutor(Executor):
                 container.remove(force=True)
             self._take_back(out / OUTPUTS)
 
-    def _check_image(self, job: Job) -> None:
+    def _check_image(self, job: Job) -> str:
+        """The id of the job's image, which its containers then run (a tag could move)."""
         image = job.spec.image
         try:
-            self.client.images.get(image)
+            return str(self.client.images.get(image).id)
         except docker.errors.ImageNotFound:
             raise ImageNotFound(
                 f"image {image} is not on this Docker Engine; build it with: "
@@ -191,9 +207,10 @@ class DockerExecutor(Executor):
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise ExecutorError(f"could not look up image {image}: {exc}") from None
 
-    def _container_args(self, job: Job, user: str, notes: list[str]) -> dict[str, Any]:
+    def _container_args(
+        self, job: Job, image: str, user: str, tiny: Path, notes: list[str]
+    ) -> dict[str, Any]:
         spec = job.spec
-        machine = spec.machine
         env = job_env(
             spec,
             job.weights,
@@ -201,6 +218,26 @@ class DockerExecutor(Executor):
             scratch=SANDBOX_SCRATCH,
             tiny_weights=SANDBOX_TINY_WEIGHTS,
         )
+        return {
+            **self._isolation(job, notes),
+            "image": image,
+            "entrypoint": [spec.entrypoint[0]],
+            "command": list(spec.entrypoint[1:]),
+            "environment": env,
+            "user": user,
+            "mounts": [
+                Mount(SANDBOX_OUTPUTS, str(job.output_dir / OUTPUTS), type="bind"),
+                # read-only: every job of this image is made with these weights
+                Mount(SANDBOX_TINY_WEIGHTS, str(tiny), type="bind", read_only=True),
+            ],
+            # The logs come from the attach; the engine need not keep a copy.
+            "log_config": LogConfig(type="none"),
+            "labels": {"lilypad.spec_hash": spec.spec_hash, "lilypad.module": spec.module},
+        }
+
+    def _isolation(self, job: Job, notes: list[str]) -> dict[str, Any]:
+        """What every container of a job gets: no network, read-only root, limits, user."""
+        machine = job.spec.machine
         memory = max(int(machine.ram_gb * 2**30), 64 * 2**20)
         scratch = max(int(min(machine.disk_gb, machine.ram_gb) * 2**30), 16 * 2**20)
         cpus = min(machine.cpus, self.host_cpus)
@@ -212,19 +249,10 @@ class DockerExecutor(Executor):
         elif machine.gpus:
             notes.append(f"the job asks for {machine.gpus} GPU(s); this host has none: CPU only")
         return {
-            "image": spec.image,
-            "entrypoint": [spec.entrypoint[0]],
-            "command": list(spec.entrypoint[1:]),
-            "environment": env,
-            "user": user,
             "hostname": SANDBOX_HOSTNAME,
             "network_mode": "none",
             "read_only": True,
             "tmpfs": {SANDBOX_SCRATCH: f"rw,nosuid,nodev,size={scratch},mode=1777"},
-            "mounts": [
-                Mount(SANDBOX_OUTPUTS, str(job.output_dir / OUTPUTS), type="bind"),
-                Mount(SANDBOX_TINY_WEIGHTS, str(tiny_weights_cache(self.kind)), type="bind"),
-            ],
             "mem_limit": memory,
             "memswap_limit": memory,
             "nano_cpus": int(cpus * 1e9),
@@ -232,12 +260,53 @@ class DockerExecutor(Executor):
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "device_requests": devices,
-            # The logs come from the attach; the engine need not keep a copy.
-            "log_config": LogConfig(type="none"),
             "stdin_open": False,
             "tty": False,
-            "labels": {"lilypad.spec_hash": spec.spec_hash, "lilypad.module": spec.module},
         }
+
+    def _make_tiny_weights(self, job: Job, image: str, tiny: Path) -> None:
+        """Generate the tiny weights the job needs into the image's own cache, with the
+        image's lilypad, in a container like the job's where only the cache is writable."""
+        models = job.needs_tiny_weights
+        argv = tiny_weights_command(models)
+        doing = f"generate the tiny weights of {', '.join(models)} for {job.spec.module}"
+        args = {
+            **self._isolation(job, []),
+            "image": image,
+            "entrypoint": [argv[0]],
+            "command": argv[1:],
+            "environment": tiny_weights_env(
+                scratch=SANDBOX_SCRATCH, tiny_weights=SANDBOX_TINY_WEIGHTS
+            ),
+            "user": self._hand_over(tiny),
+            "mounts": [Mount(SANDBOX_TINY_WEIGHTS, str(tiny), type="bind")],
+            "log_config": LogConfig(type="json-file"),  # for its stderr, should it fail
+            "labels": {"lilypad.module": job.spec.module, "lilypad.tiny_weights": "generator"},
+        }
+        with docker_errors(doing):
+            container = self.client.containers.create(**args)
+        try:
+            with docker_errors(doing):
+                container.start()
+                try:
+                    code = int(container.wait(timeout=job.spec.timeout_s)["StatusCode"])
+                except requests.exceptions.RequestException:
+                    raise ExecutorError(
+                        f"could not {doing}: it took more than the module's "
+                        f"{job.spec.timeout_s} s timeout"
+                    ) from None
+                last = container.logs(stdout=False, stderr=True, tail=1)
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+            self._take_back(tiny)
+        if code != 0:
+            detail = last.decode("utf-8", "replace").strip() or f"exit code {code}"
+            raise ExecutorError(
+                f"could not {doing}: {detail}",
+                hint=f"the image runs `{' '.join(argv)}` for it: an ML module's image has "
+                "lilypad's ml extra installed",
+            )
 
     def _execute(self, job: Job, container: Container, notes: tuple[str, ...]) -> ExecutionResult:
         out = job.output_dir
@@ -309,22 +378,22 @@ class DockerExecutor(Executor):
         )
 
     @staticmethod
-    def _hand_over(outputs: Path, tiny: Path) -> str:
-        """The user to run as, and make the writable mounts its own when we are root."""
+    def _hand_over(writable: Path) -> str:
+        """The user to run as, and make the writable mount its own when we are root."""
         if os.geteuid() != 0:
             return f"{os.getuid()}:{os.getgid()}"
-        for path in (outputs, tiny):
-            os.chown(path, SANDBOX_UID, SANDBOX_UID)
+        os.chown(writable, SANDBOX_UID, SANDBOX_UID)
         return f"{SANDBOX_UID}:{SANDBOX_UID}"
 
     @staticmethod
-    def _take_back(outputs: Path) -> None:
-        """Give the files the job wrote back to us (root), so later steps own the result."""
-        if os.geteuid() != 0 or not outputs.exists():
+    def _take_back(written: Path) -> None:
+        """Give the files a container wrote back to us (root), so later steps own them and no
+        container user can change them."""
+        if os.geteuid() != 0 or not written.exists():
             return
         uid, gid = os.getuid(), os.getgid()
-        os.chown(outputs, uid, gid)
-        for root, dirs, files in os.walk(outputs):
+        os.chown(written, uid, gid)
+        for root, dirs, files in os.walk(written):
             for name in dirs + files:
                 os.lchown(os.path.join(root, name), uid, gid)
 

@@ -2,15 +2,21 @@
 
 With ``bwrap`` the job sees a read-only view of the system's programs and libraries and of
 Python, its module at ``/module`` (read-only, the working directory), ``/outputs`` and ``/tmp``
-writable, no network, its own PID/IPC/UTS namespaces, and runs as ``nobody``: the same paths
-as in the docker executor. Where bubblewrap is missing or cannot create namespaces, the job runs
-unsandboxed in its module's folder with ``LILYPAD_OUTPUTS_DIR`` pointing at ``DIR/outputs``, and
-the result says why.
+writable, the tiny-weights cache read-only, no network, its own PID/IPC/UTS namespaces (nothing
+of the provider's processes, and every process of the job ends with it), and runs as ``nobody``:
+the same paths as in the docker executor. Nothing of the provider's own folders (data dir,
+profiles, cache, home) is visible, even where a bound Python folder holds one.
+
+Where bubblewrap is missing or cannot create namespaces, the executor refuses to run
+(:class:`~lilypad.errors.ExecutorUnavailable`). Only :attr:`Sandbox.NONE`, which the operator
+asks for with ``--unsafe-no-sandbox``, runs jobs unsandboxed: as the provider's user, able to
+read its keys, reach its services and outlive the job, with a warning logged for every job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -23,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import lilypad
+from lilypad.config import get_settings
 from lilypad.errors import ExecutorError, ExecutorUnavailable
 from resource_provider.executors.base import (
     SANDBOX_HOSTNAME,
@@ -37,8 +44,11 @@ from resource_provider.executors.base import (
     Job,
     command,
     job_env,
+    log,
     output_limit,
     tiny_weights_cache,
+    tiny_weights_command,
+    tiny_weights_env,
 )
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, pump, watch
@@ -54,19 +64,33 @@ _ETC_FILES = (
     "/etc/group",
     "/etc/nsswitch.conf",
     "/etc/localtime",
-    "/etc/ssl",
+    "/etc/ssl/certs",  # NOTE: not /etc/ssl, whose private/ holds the host's TLS keys
+    "/etc/ssl/openssl.cnf",
     "/etc/ca-certificates",
     "/etc/fonts",
 )
+#: What of /sys a CPU job reads (CPU topology and caches, NUMA nodes, its cgroup limits); a GPU
+#: job gets all of /sys, which the NVIDIA libraries read the PCI topology from.
+_SYS_DIRS = ("/sys/devices/system/cpu", "/sys/devices/system/node", "/sys/fs/cgroup")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: How to get a working sandbox, for the refusal's message.
+FIX = (
+    "install it (apt-get install bubblewrap), use the docker executor (--executor docker, with "
+    "a Docker Engine), or, on a machine you trust every module on, run jobs unsandboxed with "
+    "--unsafe-no-sandbox"
+)
+UNSANDBOXED = (
+    "NOT sandboxed (--unsafe-no-sandbox): the module runs as this user, can read its keys and "
+    "files, reach its network and leave processes behind"
+)
 
 
 class Sandbox(StrEnum):
     """Whether the process executor sandboxes jobs with bubblewrap."""
 
-    AUTO = "auto"  # bwrap where it works, else run unsandboxed and say why
-    BWRAP = "bwrap"  # bwrap or refuse to run
-    NONE = "none"  # never (tests of the fallback, hosts that sandbox otherwise)
+    BWRAP = "bwrap"  # bwrap, or refuse to run (the default)
+    NONE = "none"  # UNSAFE: the operator asked for it with --unsafe-no-sandbox
 
 
 class ProcessExecutor(Executor):
@@ -75,34 +99,41 @@ class ProcessExecutor(Executor):
     Args:
         sandbox: Whether to use bubblewrap (see :class:`Sandbox`).
         output_limit_bytes: Overrides the cap on what a job writes (default: its ``disk_gb``).
+
+    Raises:
+        ExecutorUnavailable: bubblewrap is asked for and cannot sandbox jobs here.
     """
 
     kind = ExecutorKind.PROCESS
 
     def __init__(
-        self, *, sandbox: Sandbox = Sandbox.AUTO, output_limit_bytes: int | None = None
+        self, *, sandbox: Sandbox = Sandbox.BWRAP, output_limit_bytes: int | None = None
     ) -> None:
         self._limit = output_limit_bytes
-        self.sandboxed = False
-        if sandbox is Sandbox.NONE:
-            self.fallback_reason: str | None = "the sandbox is turned off by configuration"
-        else:
-            self.fallback_reason = bwrap_problem()
-            if self.fallback_reason and sandbox is Sandbox.BWRAP:
-                raise ExecutorUnavailable(f"bubblewrap is required but {self.fallback_reason}")
-            self.sandboxed = self.fallback_reason is None
+        self.sandboxed = sandbox is Sandbox.BWRAP
+        if self.sandboxed:
+            problem = bwrap_problem()
+            if problem is not None:
+                raise ExecutorUnavailable(
+                    f"bubblewrap cannot sandbox jobs here: {problem}", hint=FIX
+                )
 
     def describe(self) -> str:
         if self.sandboxed:
             return "process (bubblewrap sandbox: no network, read-only system, runs as nobody)"
-        return f"process (NOT sandboxed: {self.fallback_reason})"
+        return f"process ({UNSANDBOXED})"
 
     def run(self, job: Job) -> ExecutionResult:
         out = prepare_output_dir(job.output_dir)
-        job = Job(job.spec, job.module_dir.absolute(), out, job.weights, job.on_stderr)
+        job = dataclasses.replace(job, module_dir=job.module_dir.absolute(), output_dir=out)
         tiny = tiny_weights_cache()
         tiny.mkdir(parents=True, exist_ok=True)
-        notes = () if self.sandboxed else (f"not sandboxed: {self.fallback_reason}",)
+        notes: tuple[str, ...] = ()
+        if not self.sandboxed:
+            log.warning("%s runs %s", job.spec.module, UNSANDBOXED)
+            notes = (UNSANDBOXED,)
+        if job.needs_tiny_weights:
+            self._make_tiny_weights(job, tiny)
         with tempfile.TemporaryDirectory(prefix="lilypad-job-") as scratch:
             if self.sandboxed:
                 argv, env, cwd = self._sandboxed(job, Path(scratch), tiny)
@@ -133,7 +164,8 @@ class ProcessExecutor(Executor):
             *bwrap_base_args(scratch),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
             *("--bind", str(job.output_dir / OUTPUTS), SANDBOX_OUTPUTS),
-            *("--bind", str(tiny), SANDBOX_TINY_WEIGHTS),
+            # read-only: every module's results are made with these weights
+            *("--ro-bind", str(tiny), SANDBOX_TINY_WEIGHTS),
             *_gpu_args(job),
             *("--remount-ro", "/"),  # the sandbox's own root: nothing new can appear there
             *("--chdir", SANDBOX_MODULE),
@@ -141,6 +173,50 @@ class ProcessExecutor(Executor):
             *command(job.spec),
         ]
         return argv, env, scratch
+
+    def _make_tiny_weights(self, job: Job, tiny: Path) -> None:
+        """Generate the tiny weights the job needs into ``tiny`` with this lilypad (never the
+        module's code), in a sandbox of its own where only the cache is writable."""
+        models = job.needs_tiny_weights
+        generator = [sys.executable, *tiny_weights_command(models)[1:]]
+        with tempfile.TemporaryDirectory(prefix="lilypad-tiny-") as scratch:
+            if self.sandboxed:
+                env = tiny_weights_env(scratch=SANDBOX_SCRATCH, tiny_weights=SANDBOX_TINY_WEIGHTS)
+                argv = [
+                    *bwrap_base_args(Path(scratch)),
+                    *("--bind", str(tiny), SANDBOX_TINY_WEIGHTS),
+                    *("--remount-ro", "/", "--chdir", SANDBOX_SCRATCH),
+                    "--",
+                    *generator,
+                ]
+            else:
+                env, argv = tiny_weights_env(scratch=scratch, tiny_weights=str(tiny)), generator
+            env["PATH"] = _PATH
+            try:
+                done = subprocess.run(
+                    argv,
+                    cwd=scratch,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=job.spec.timeout_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise ExecutorError(
+                    f"generating the tiny weights of {', '.join(models)} for {job.spec.module} "
+                    f"took more than its {job.spec.timeout_s} s timeout"
+                ) from None
+            except OSError as exc:
+                raise ExecutorError(f"could not start {argv[0]}: {exc.strerror or exc}") from None
+        if done.returncode != 0:
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise ExecutorError(
+                f"could not generate the tiny weights of {', '.join(models)} for "
+                f"{job.spec.module}: {lines[-1] if lines else f'exit code {done.returncode}'}",
+                hint="the process executor generates them with this Python, which needs the "
+                "`ml` extra (torch, diffusers, transformers)",
+            )
 
     def _execute(
         self,
@@ -227,8 +303,9 @@ def bwrap_base_args(scratch: Path | None = None) -> list[str]:
         *("--hostname", SANDBOX_HOSTNAME),
         "--die-with-parent",
         *("--proc", "/proc", "--dev", "/dev"),
-        *("--ro-bind-try", "/sys", "/sys"),
     ]
+    for path in _SYS_DIRS:
+        args += ["--ro-bind-try", path, path]
     for path in _SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
@@ -238,34 +315,74 @@ def bwrap_base_args(scratch: Path | None = None) -> list[str]:
         args += ["--ro-bind-try", path, path]
     if scratch is not None:
         args += ["--bind", str(scratch), SANDBOX_SCRATCH]
-    for path in _python_dirs():
+    bound = _python_dirs()
+    for path in bound:
         args += ["--ro-bind", path, path]
-    return args
+    return args + _hide_private(bound)
 
 
 def _python_dirs() -> list[str]:
     """The folders this Python (and its venv) lives in, so ``python`` entrypoints run inside.
 
-    The ``lilypad`` package is bound at its own path too: module code imports ``lilypad.ml``,
-    and in an editable install it lives in the checkout, outside the venv.
+    Only what Python reads: the venv's ``bin``, ``lib`` and ``pyvenv.cfg`` (not the folder
+    around them, where a deployment may keep its data and keys), the base installation's ``lib``
+    and the executable's folder. The ``lilypad`` package is bound at its own path too: module
+    code imports ``lilypad.ml``, and in an editable install it lives in the checkout, outside
+    the venv.
     """
-    dirs = {
-        sys.prefix,
-        sys.base_prefix,
-        str(Path(sys.executable).resolve().parent.parent),
+    prefixes = {sys.prefix, sys.base_prefix}
+    paths = {
+        os.path.join(prefix, name)
+        for prefix in prefixes
+        for name in ("bin", "lib", "lib64", "pyvenv.cfg")
+    }
+    paths |= {
+        str(Path(sys.executable).resolve().parent),
         str(Path(lilypad.__file__).resolve().parent),
     }
-    return sorted(d for d in dirs if not d.startswith(_SYSTEM_DIRS) and os.path.isdir(d))
+    return sorted(p for p in paths if not p.startswith(_SYSTEM_DIRS) and os.path.exists(p))
+
+
+def _private_dirs() -> list[str]:
+    """The provider's own folders: its data dir (keys, results), profiles, cache and home."""
+    settings = get_settings()
+    # NOTE: as lilypad.network.config_dir() says; that module imports web3 (0.2 s per command)
+    config = os.environ.get("LILYPAD_CONFIG_DIR") or str(Path.home() / ".config" / "lilypad")
+    return [str(settings.data_dir), str(settings.cache_dir), config, str(Path.home())]
+
+
+def _hide_private(bound: list[str]) -> list[str]:
+    """bwrap arguments that cover with an empty read-only tmpfs each private folder a bound
+    folder holds (then bind again the bound folders that lie inside one of those)."""
+    hidden: set[str] = set()
+    for folder in bound:
+        real = os.path.realpath(folder)
+        for private in _private_dirs():
+            private = os.path.realpath(private)
+            if os.path.isdir(private) and _inside(private, real):
+                hidden.add(os.path.join(folder, os.path.relpath(private, real)))
+    args: list[str] = []
+    for path in sorted(hidden):
+        args += ["--tmpfs", path, "--remount-ro", path]
+    for folder in bound:
+        if any(_inside(folder, path) for path in hidden):
+            args += ["--ro-bind", folder, folder]
+    return args
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies strictly inside ``folder``."""
+    return path != folder and path.startswith(folder.rstrip("/") + "/")
 
 
 def _gpu_args(job: Job) -> list[str]:
-    if job.spec.machine.gpus == 0:
+    devices = sorted(Path("/dev").glob("nvidia*")) if job.spec.machine.gpus else []
+    if not devices:
         return []
-    return [
-        arg
-        for dev in sorted(Path("/dev").glob("nvidia*"))
-        for arg in ("--dev-bind", str(dev), str(dev))
-    ]
+    args = ["--ro-bind-try", "/sys", "/sys"]
+    for dev in devices:
+        args += ["--dev-bind", str(dev), str(dev)]
+    return args
 
 
 @functools.cache

@@ -21,8 +21,8 @@ from resource_provider.executors.layout import (
     STDERR,
     STDOUT,
     discard_outputs,
-    tree_size,
-    write_exit_code,
+    finish_layout,
+    tree_stats,
 )
 
 #: How often the watchdog looks at the clock and at the size of the outputs.
@@ -100,8 +100,8 @@ def watch(
     logs = tuple(logs)
     deadline = time.monotonic() + timeout_s
     while not wait(POLL_S):
-        written = tree_size(output_dir / OUTPUTS) + sum(_size(log) for log in logs)
-        if written > limit:
+        stats = tree_stats(output_dir / OUTPUTS)
+        if stats.size + sum(_size(log) for log in logs) > limit or stats.over():
             kill()
             return JobStatus.OUTPUT_LIMIT
         if time.monotonic() >= deadline:
@@ -140,16 +140,15 @@ def conclude(
     if exit_code < 0:
         exit_code = 128 - exit_code
     status = stopped
-    written = tree_size(out / OUTPUTS) + sum(_size(out / name) for name in (STDOUT, STDERR))
-    if status is None and written > limit:
+    stats = tree_stats(out / OUTPUTS)
+    written = stats.size + sum(_size(out / name) for name in (STDOUT, STDERR))
+    over = stats.over() or (f"more than {_human(limit)} (the module's disk_gb)")
+    if status is None and (written > limit or stats.over()):
         status = JobStatus.OUTPUT_LIMIT  # it wrote it all between two looks of the watchdog
     if status is JobStatus.OUTPUT_LIMIT:
         discard_outputs(out)
         exit_code = EXIT_OUTPUT_LIMIT
-        message = (
-            f"stopped for writing more than {_human(limit)} (the module's disk_gb); "
-            "its outputs were discarded"
-        )
+        message = f"stopped for writing {over}; its outputs were discarded"
     elif status is JobStatus.TIMED_OUT:
         exit_code = EXIT_TIMEOUT
         message = f"killed after running into its {job.spec.timeout_s} s timeout"
@@ -157,8 +156,8 @@ def conclude(
         status, message = JobStatus.SUCCEEDED, "exited with code 0"
     else:
         status, message = JobStatus.FAILED, f"exited with code {exit_code}"
-    write_exit_code(out, exit_code)
-    return ExecutionResult(out, status, exit_code, duration_ms, kind, message, notes)
+    removed = finish_layout(out, exit_code)
+    return ExecutionResult(out, status, exit_code, duration_ms, kind, message, (*notes, *removed))
 
 
 def _human(size: int) -> str:

@@ -22,6 +22,8 @@ from resource_provider.executors import (
     engine_problem,
 )
 from resource_provider.executors.images import build_image
+from resource_provider.executors.process import bwrap_problem
+from tests.conftest import missing
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "modules"
 IN_CI = os.environ.get("CI") == "true"
@@ -68,8 +70,12 @@ def docker_images() -> Iterator[docker.DockerClient]:
 
 
 def process_executor() -> ProcessExecutor:
-    """The sandboxed process executor; in CI bubblewrap must work, so no silent fallback."""
-    return ProcessExecutor(sandbox=Sandbox.BWRAP if IN_CI else Sandbox.AUTO)
+    """The sandboxed process executor. Where bubblewrap cannot sandbox jobs its tests fail in
+    CI and are skipped elsewhere: they never run unsandboxed."""
+    problem = bwrap_problem()
+    if problem is not None:
+        missing(f"a working bubblewrap ({problem})", "apt-get install bubblewrap")
+    return ProcessExecutor(sandbox=Sandbox.BWRAP)
 
 
 @pytest.fixture(
