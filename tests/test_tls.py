@@ -16,6 +16,7 @@ from lilypad.chain.light import LightChain
 from lilypad.errors import ChainUnavailable, StorageError
 from lilypad.storage.client import KuboClient
 from lilypad.tls import verify_for
+from tests.conftest import missing
 
 
 def test_plain_http_loads_no_certificates_and_https_shares_one_verifying_context() -> None:
@@ -31,7 +32,7 @@ def test_plain_http_loads_no_certificates_and_https_shares_one_verifying_context
 def self_signed_https(tmp_path: Path) -> Iterator[str]:
     """An https server on 127.0.0.1 whose certificate no CA signed."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+        missing("openssl", "as root: make system")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
     subprocess.run(

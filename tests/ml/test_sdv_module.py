@@ -22,7 +22,7 @@ def _ffprobe(path: Path) -> dict[str, str]:
     exe = shutil.which("ffprobe")
     if exe is None:
         if os.environ.get("CI"):
-            pytest.fail("ffprobe is missing: .ci/run installs Debian's ffmpeg")
+            pytest.fail("ffprobe is missing: as root, make system installs Debian's ffmpeg")
         pytest.skip("ffprobe not installed (apt-get install ffmpeg)")
     out = subprocess.run(
         [exe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",

@@ -42,7 +42,7 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI: {exc.orig}")
-        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL} (run .ci/postgres.sh)")
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL} (as root: make services)")
     yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))

@@ -27,7 +27,7 @@ def ipfs_cid() -> Callable[[Path], dict[str, str]]:
     """Debian's `ipfs_cid` (package ipfs-cid): kubo-default CIDv0 of a file."""
     exe = shutil.which("ipfs_cid")
     if exe is None:
-        missing("Debian's ipfs-cid", "apt-get install ipfs-cid (.ci/run does)")
+        missing("Debian's ipfs-cid", "as root: make system")
     assert exe is not None
 
     def run(path: Path) -> dict[str, str]:
