@@ -10,6 +10,10 @@ then measures
 * the mediation path, the payment-claim path and each timeout;
 * deposits, reported apart (made once, reused by every deal).
 
+The trust checks ``createDeal`` makes (the provider's minimum delivery time, the minimum collateral
+and multiple, at most 16 mediators) and the final states the rare endings keep (``Refunded``,
+``Upheld``, ``MediationExpired``) are included.
+
 Lilypad's own on-chain lifecycle costs about 1,770,000 gas per job; the target is 150,000. The
 last line is ``gas per job: N`` for the batched happy path.
 """
@@ -70,7 +74,8 @@ class Bench:
             provider=provider.address,
             machine=Machine(gpus=1, vram_mb=24 * 1024, cpu_millis=16000, ram_mb=65536).encode(),
             price=ETH // 2,
-            collateral=ETH,
+            collateral=5 * ETH,  # the least the market takes at this price (10x by default)
+            min_timeout=900,  # the provider's delivery time, checked against the job's timeout
             mediators=(self.mediator.address,),
             expiry=self.expiry,
             nonce=self._nonce(provider),
@@ -177,7 +182,7 @@ def main() -> None:
         warm, _ = bench.deal(jcs[1], provider)
         market.submit_result(provider, warm, CID)
         market.challenge_result(jcs[1], warm)
-        market.resolve_mediation(bench.mediator, warm, provider_wins=True)
+        market.resolve_mediation(bench.mediator, warm, provider_wins=True, result_cid=CID)
 
         single = table(
             "happy path, one deal per transaction (steady state)", bench.single(jcs[0], provider)
@@ -192,7 +197,9 @@ def main() -> None:
         deal, create = bench.deal(jcs[1], provider)
         submit = market.submit_result(provider, deal, CID).gas_used
         challenge = market.challenge_result(jcs[1], deal).gas_used
-        resolve = market.resolve_mediation(bench.mediator, deal, provider_wins=False).gas_used
+        resolve = market.resolve_mediation(
+            bench.mediator, deal, provider_wins=False, result_cid=CID
+        ).gas_used
         table(
             "mediation path",
             {"createDeal": create, "submitResult": submit, "challengeResult": challenge,

@@ -38,7 +38,8 @@ from lilypad.errors import ChainError, ConfigError, UnknownNetwork
 
 if TYPE_CHECKING:  # web3: imported by connect(), not by every user of a profile
     from lilypad.chain.client import Chain
-    from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
+    from lilypad.chain.job_creator import JobCreatorClient
+    from lilypad.chain.market import JobMarketClient, TokenClient
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -173,7 +174,8 @@ def connect(network: NetworkProfile | str, *, request_timeout: float = 30.0) -> 
         ChainError: The node is on another chain than the profile says.
     """
     from lilypad.chain.client import Chain
-    from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
+    from lilypad.chain.job_creator import JobCreatorClient
+    from lilypad.chain.market import JobMarketClient, TokenClient
 
     profile = load_network(network) if isinstance(network, str) else network
     market, token = profile.require_contracts()

@@ -7,7 +7,8 @@ import {JobCreator} from "./JobCreator.sol";
 import {ILilypadJobClient} from "./ILilypadJobClient.sol";
 
 /// @title ExampleClient
-/// @notice A minimal contract that runs a job through JobCreator and keeps the result CID.
+/// @notice A minimal contract that runs a job through JobCreator and keeps the result CID. Its
+///         callback only stores and emits, well within JobCreator.CALLBACK_GAS.
 contract ExampleClient is ILilypadJobClient {
     using SafeERC20 for IERC20;
 

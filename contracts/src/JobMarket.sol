@@ -26,10 +26,21 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 ///   acceptResult         -> settled     provider gets price + collateral
 ///   claimPayment / timeoutJudgement (after the window) -> settled, provider gets price + collateral
 ///   challengeResult      -> Challenged  (job creator pays the mediation fee; deadline: mediation)
-///   resolveMediation     -> settled     winner gets price + collateral, mediator gets the fee
-///   timeoutResult        -> settled     job creator gets price + the provider's collateral
-///   timeoutMediation     -> settled     job creator gets price + fee back, provider its collateral
-/// Every token held in escrow leaves by exactly one of these paths.
+///   resolveMediation     -> Upheld      provider gets price + collateral, mediator gets the fee
+///                        -> Refunded    job creator gets price + collateral, mediator gets the fee
+///   timeoutResult        -> Refunded    job creator gets price + the provider's collateral
+///   timeoutMediation     -> MediationExpired  job creator gets price + fee back, provider its collateral
+/// Every token held in escrow leaves by exactly one of these paths. The common endings (accept,
+/// claim) delete the deal's slot; the rare ones keep a final state (and the result tag), so a
+/// contract job creator such as JobCreator can tell how its deal ended and what came back.
+///
+/// Trust rules the contract enforces (not only the solver):
+///   - a resource offer commits to `minTimeout`, the least time its provider needs for a result:
+///     no deal gives a provider less, so no job creator can make a deal that an honest provider
+///     cannot fulfil and then take its collateral by `timeoutResult`;
+///   - collateral is at least `minCollateral` and at least `collateralMultiple` x price, so that
+///     a cheat caught with probability p costs more than it earns whenever p x multiple >= 1;
+///   - offers name at most MAX_MEDIATORS mediators (matching compares the two lists).
 /// The token must be a plain ERC-20 (no fee on transfer, no rebasing): balances count what was
 /// asked to move. Token calls happen only in deposit/withdraw, which are guarded against reentry.
 contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
@@ -58,6 +69,7 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
         uint256 machine; // offered machine, same lanes as JobOffer.machine
         uint96 price;
         uint96 collateral;
+        uint32 minTimeout; // the least `timeout` a job offer must give: this provider's delivery time
         address[] mediators;
         uint64 expiry;
         uint256 nonce;
@@ -84,10 +96,13 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
     }
 
     enum State {
-        None,
+        None, // unknown, or settled by accept / claim / judgement timeout (the slot is deleted)
         Created,
         Submitted,
-        Challenged
+        Challenged,
+        Upheld, // final: the mediator ruled for the provider (tag: the provider's result)
+        Refunded, // final: the job creator got price + collateral (tag: the mediator's result, if any)
+        MediationExpired // final: no ruling in time; job creator got price + fee, provider its collateral
     }
 
     enum Timeout {
@@ -122,15 +137,20 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
     );
     bytes32 public constant RESOURCE_OFFER_TYPEHASH = keccak256(
         "ResourceOffer(address provider,bytes32 module,uint256 machine,uint96 price,uint96 collateral,"
-        "address[] mediators,uint64 expiry,uint256 nonce)"
+        "uint32 minTimeout,address[] mediators,uint64 expiry,uint256 nonce)"
     );
     uint256 public constant MAX_CID_LENGTH = 128;
+    uint256 public constant MAX_MEDIATORS = 16;
     /// @dev Passed for debits that use no nonce; it can never be an offer's nonce.
     uint256 private constant NO_NONCE = type(uint256).max;
 
     IERC20 public immutable token;
     uint32 public immutable challengeWindow;
     uint32 public immutable mediationTimeout;
+    /// @notice The least collateral of any deal, whatever its price (no deal is unbacked).
+    uint96 public immutable minCollateral;
+    /// @notice A deal's collateral is at least this many times its price.
+    uint32 public immutable collateralMultiple;
 
     mapping(address account => Account) private _accounts;
     /// @dev 128-bit nonce words that are no longer an account's current word, by `nonce >> 7`.
@@ -151,7 +171,8 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
     event ResultAccepted(bytes32 indexed dealId);
     event PaymentClaimed(bytes32 indexed dealId);
     event ResultChallenged(bytes32 indexed dealId, address indexed mediator, uint48 mediationDeadline);
-    event MediationResolved(bytes32 indexed dealId, address indexed mediator, bool providerWins);
+    /// @dev `resultCid` is the mediator's own result (the correct one when the provider loses).
+    event MediationResolved(bytes32 indexed dealId, address indexed mediator, bool providerWins, bytes resultCid);
     event DealTimedOut(bytes32 indexed dealId, Timeout kind);
 
     error NotSolver(address caller);
@@ -172,14 +193,24 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
     error LengthMismatch(uint256 deals, uint256 cids);
     error ZeroAmount();
     error BalanceOverflow(address account, uint256 balance);
+    error TimeoutTooShort(uint256 timeout, uint256 minTimeout);
+    error CollateralTooLow(uint256 collateral, uint256 required);
+    error TooManyMediators(uint256 count, uint256 max);
 
-    constructor(address owner_, IERC20 token_, uint32 challengeWindow_, uint32 mediationTimeout_)
-        EIP712("LilypadJobMarket", "1")
-        Ownable(owner_)
-    {
+    constructor(
+        address owner_,
+        IERC20 token_,
+        uint32 challengeWindow_,
+        uint32 mediationTimeout_,
+        uint96 minCollateral_,
+        uint32 collateralMultiple_
+    ) EIP712("LilypadJobMarket", "1") Ownable(owner_) {
+        if (minCollateral_ == 0) revert ZeroAmount();
         token = token_;
         challengeWindow = challengeWindow_;
         mediationTimeout = mediationTimeout_;
+        minCollateral = minCollateral_;
+        collateralMultiple = collateralMultiple_;
     }
 
     // ------------------------------------------------------------------ registries (owner)
@@ -302,15 +333,23 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
         emit ResultChallenged(id, deal.mediator, deadline);
     }
 
-    /// @notice The deal's mediator rules on a challenged result and takes its fee.
-    function resolveMediation(Deal calldata deal, bool providerWins) external {
+    /// @notice The deal's mediator rules on a challenged result and takes its fee. `resultCid` is the
+    ///         mediator's own result of the job (empty if it has none): when the provider loses, it
+    ///         is the result the job creator gets instead, and its tag is kept on chain.
+    function resolveMediation(Deal calldata deal, bool providerWins, bytes calldata resultCid) external {
         (bytes32 id, DealState memory s) = _load(deal, State.Challenged);
         _onlyParty(deal.mediator);
         if (block.timestamp > s.deadline) revert DeadlinePassed(id, s.deadline);
-        delete _deals[id];
+        if (resultCid.length > MAX_CID_LENGTH) revert InvalidCid(resultCid.length);
+        uint48 now_ = uint48(block.timestamp);
+        if (providerWins) {
+            _deals[id] = DealState(State.Upheld, now_, s.resultTag);
+        } else {
+            _deals[id] = DealState(State.Refunded, now_, resultCid.length == 0 ? bytes24(0) : _tag(resultCid));
+        }
         _credit(deal.mediator, deal.mediationFee);
         _credit(providerWins ? deal.provider : deal.jobCreator, uint256(deal.price) + deal.collateral);
-        emit MediationResolved(id, deal.mediator, providerWins);
+        emit MediationResolved(id, deal.mediator, providerWins, resultCid);
     }
 
     /// @notice Anyone may end a deal whose result never came: the job creator gets its payment back
@@ -318,7 +357,7 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
     function timeoutResult(Deal calldata deal) external {
         (bytes32 id, DealState memory s) = _load(deal, State.Created);
         if (block.timestamp <= s.deadline) revert DeadlineNotReached(id, s.deadline);
-        delete _deals[id];
+        _deals[id] = DealState(State.Refunded, uint48(block.timestamp), bytes24(0));
         _credit(deal.jobCreator, uint256(deal.price) + deal.collateral);
         emit DealTimedOut(id, Timeout.Result);
     }
@@ -327,7 +366,7 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
     function timeoutMediation(Deal calldata deal) external {
         (bytes32 id, DealState memory s) = _load(deal, State.Challenged);
         if (block.timestamp <= s.deadline) revert DeadlineNotReached(id, s.deadline);
-        delete _deals[id];
+        _deals[id] = DealState(State.MediationExpired, uint48(block.timestamp), s.resultTag);
         _credit(deal.jobCreator, uint256(deal.price) + deal.mediationFee);
         _credit(deal.provider, deal.collateral);
         emit DealTimedOut(id, Timeout.Mediation);
@@ -335,7 +374,15 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------------ views
 
-    /// @notice State, current deadline and result tag of a deal (State.None once settled).
+    /// @notice The collateral a resource offer at `price` must carry.
+    function requiredCollateral(uint96 price) public view returns (uint256 required) {
+        required = uint256(price) * collateralMultiple;
+        if (required < minCollateral) required = minCollateral;
+    }
+
+    /// @notice State, current deadline and result tag of a deal (State.None once deleted: accepted,
+    ///         claimed, judged by timeout, or never created). For the final states the deadline is
+    ///         when the deal ended.
     function dealState(bytes32 dealId) external view returns (State state, uint48 deadline, bytes24 tag) {
         DealState memory s = _deals[dealId];
         return (s.state, s.deadline, s.resultTag);
@@ -380,6 +427,11 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
         if (ro.module != bytes32(0) && ro.module != jo.module) revert ModuleMismatch(jo.module, ro.module);
         _checkMachine(jo.machine, ro.machine);
         if (ro.price > jo.maxPrice) revert PriceAboveMaximum(ro.price, jo.maxPrice);
+        if (jo.timeout < ro.minTimeout) revert TimeoutTooShort(jo.timeout, ro.minTimeout);
+        uint256 required = requiredCollateral(ro.price);
+        if (ro.collateral < required) revert CollateralTooLow(ro.collateral, required);
+        if (jo.mediators.length > MAX_MEDIATORS) revert TooManyMediators(jo.mediators.length, MAX_MEDIATORS);
+        if (ro.mediators.length > MAX_MEDIATORS) revert TooManyMediators(ro.mediators.length, MAX_MEDIATORS);
         (address mediator, uint96 fee) = _pickMediator(jo.mediators, ro.mediators);
 
         bytes32 joHash = _hashJobOffer(jo);
@@ -537,6 +589,7 @@ contract JobMarket is EIP712, Ownable2Step, ReentrancyGuardTransient {
                 o.machine,
                 o.price,
                 o.collateral,
+                o.minTimeout,
                 keccak256(abi.encodePacked(o.mediators)),
                 o.expiry,
                 o.nonce

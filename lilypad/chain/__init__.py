@@ -12,8 +12,8 @@ Public API (see each module's docstring):
   :class:`~lilypad.errors.ContractReverted`.
 * :mod:`lilypad.chain.client` — :class:`Chain` (one web3 connection: transactions with managed
   nonces), what the services use.
-* :mod:`lilypad.chain.market` — :class:`JobMarketClient`, :class:`TokenClient`,
-  :class:`JobCreatorClient`, :class:`DealState`.
+* :mod:`lilypad.chain.market` — :class:`JobMarketClient`, :class:`TokenClient`.
+* :mod:`lilypad.chain.job_creator` — :class:`JobCreatorClient` (contract-submitted jobs).
 * :mod:`lilypad.chain.events` — :class:`EventFollower` (confirmations, resume from a block).
 * :mod:`lilypad.chain.deployment` — :func:`deploy`, :class:`Deployment`, :func:`setup_dev_accounts`.
 * :mod:`lilypad.chain.anvil` — :class:`Anvil`, a local dev node.
@@ -37,7 +37,7 @@ _HOME = {
     "EventFollower": "events",
     "DealState": "light",
     "DealStatus": "light",
-    "JobCreatorClient": "market",
+    "JobCreatorClient": "job_creator",
     "JobMarketClient": "market",
     "TokenClient": "market",
     "Deal": "offers",
@@ -55,8 +55,9 @@ if TYPE_CHECKING:
     from lilypad.chain.client import Chain
     from lilypad.chain.deployment import Deployment, deploy, setup_dev_accounts
     from lilypad.chain.events import ChainEvent, EventFollower
+    from lilypad.chain.job_creator import JobCreatorClient
     from lilypad.chain.light import DealState, DealStatus, Receipt
-    from lilypad.chain.market import JobCreatorClient, JobMarketClient, TokenClient
+    from lilypad.chain.market import JobMarketClient, TokenClient
     from lilypad.chain.offers import (
         Deal,
         JobOffer,

@@ -19,6 +19,11 @@ from lilypad.chain.market import JobMarketClient, TokenClient
 DEFAULT_CHALLENGE_WINDOW = 3600
 DEFAULT_MEDIATION_TIMEOUT = 86400
 DEFAULT_JOB_COST = 10**18
+#: No deal's collateral is below this (a fresh key must deposit before its offers can win jobs).
+DEFAULT_MIN_COLLATERAL = 10**18
+#: A deal's collateral is at least this many times its price: with job creators auditing at
+#: least 1 job in 10, a cheat loses more than it earns (see the README's security model).
+DEFAULT_COLLATERAL_MULTIPLE = 10
 DEV_INITIAL_SUPPLY = 10**9 * 10**18
 
 
@@ -52,6 +57,8 @@ def deploy(
     challenge_window: int = DEFAULT_CHALLENGE_WINDOW,
     mediation_timeout: int = DEFAULT_MEDIATION_TIMEOUT,
     job_cost: int = DEFAULT_JOB_COST,
+    min_collateral: int = DEFAULT_MIN_COLLATERAL,
+    collateral_multiple: int = DEFAULT_COLLATERAL_MULTIPLE,
 ) -> Deployment:
     """Deploy the contracts with ``owner`` as their owner (and, by default, the bridge).
 
@@ -64,6 +71,8 @@ def deploy(
         challenge_window: Seconds a job creator has to challenge a submitted result.
         mediation_timeout: Seconds a mediator has to resolve a challenge.
         job_cost: What JobCreator.runJob charges per job.
+        min_collateral: The least collateral of any deal (more than zero).
+        collateral_multiple: A deal's collateral is at least this many times its price.
     """
     gas: dict[str, int] = {}
     first_block: int | None = None
@@ -73,7 +82,14 @@ def deploy(
         )
         gas["LilypadToken"], first_block = receipt.gas_used, receipt.block_number
     market, receipt = chain.deploy(
-        "JobMarket", owner.address, token, challenge_window, mediation_timeout, sender=owner
+        "JobMarket",
+        owner.address,
+        token,
+        challenge_window,
+        mediation_timeout,
+        min_collateral,
+        collateral_multiple,
+        sender=owner,
     )
     gas["JobMarket"] = receipt.gas_used
     first_block = receipt.block_number if first_block is None else first_block

@@ -29,6 +29,7 @@ from lilypad.chain.crypto import (
     SignedTransaction,
     decode_words,
     encode_words,
+    keccak,
     selector,
     to_checksum_address,
 )
@@ -46,19 +47,35 @@ NONCE_TAKEN = ("nonce too low", "already imported", "already known", "replacemen
 GAS_MARGIN = 0.2
 #: The ABI tuple of ``JobMarket.Deal``.
 _DEAL = f"({','.join(Deal.ABI_TYPES)})"
+#: Blocks asked for in one ``eth_getLogs`` (public nodes limit the range).
+LOG_RANGE = 5000
+#: Topics of the market events the job creator follows on chain (no solver needed).
+_DEAL_CREATED = keccak(text=f"DealCreated(bytes32,address,address,{_DEAL},uint48)")
+_RESULT_SUBMITTED = keccak(text="ResultSubmitted(bytes32,bytes,uint48)")
+_MEDIATION_RESOLVED = keccak(text="MediationResolved(bytes32,address,bool,bytes)")
 
 
 class DealState(IntEnum):
-    """A deal's state in the market; ``NONE`` means unknown or already settled."""
+    """A deal's state in the market (``JobMarket.State``).
+
+    ``NONE``: unknown, or settled on a common path (accepted, claimed, judged by timeout: the
+    provider was paid and the slot deleted). The last three are final states the market keeps:
+    ``UPHELD`` (the mediator ruled for the provider), ``REFUNDED`` (the job creator got the price
+    and the collateral: no result in time, or the mediator ruled against the provider) and
+    ``MEDIATION_EXPIRED`` (no ruling in time: both refunded).
+    """
 
     NONE = 0
     CREATED = 1
     SUBMITTED = 2
     CHALLENGED = 3
+    UPHELD = 4
+    REFUNDED = 5
+    MEDIATION_EXPIRED = 6
 
     def is_terminal(self) -> bool:
-        """A settled (or never created) deal has no state left on chain."""
-        return self is DealState.NONE
+        """Whether the deal has ended (nothing can be called on it any more)."""
+        return self not in (DealState.CREATED, DealState.SUBMITTED, DealState.CHALLENGED)
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,28 @@ class LightChain:
         result = self.request(action, "eth_call", [{"to": to, "data": "0x" + data.hex()}, tag])
         return bytes.fromhex(str(result).removeprefix("0x"))
 
+    def block_number(self) -> int:
+        """The number of the latest block."""
+        return int(self.request("block number", "eth_blockNumber", []), 16)
+
+    def logs(
+        self, action: str, address: str, topics: Sequence[bytes | None], from_block: int
+    ) -> list[dict[str, Any]]:
+        """The logs of ``address`` matching ``topics`` (None: any) from ``from_block`` to the
+        latest block, oldest first, asked for in ranges of :data:`LOG_RANGE` blocks."""
+        wanted = ["0x" + t.hex() if t is not None else None for t in topics]
+        last = self.block_number()
+        found: list[dict[str, Any]] = []
+        for start in range(max(0, from_block), last + 1, LOG_RANGE):
+            query = {
+                "address": address,
+                "topics": wanted,
+                "fromBlock": hex(start),
+                "toBlock": hex(min(last, start + LOG_RANGE - 1)),
+            }
+            found.extend(self.request(action, "eth_getLogs", [query]) or [])
+        return found
+
     def block_timestamp(self, tag: str = "latest") -> int:
         """The timestamp of block ``tag`` (``latest``, ``pending``)."""
         block = self.request(f"{tag} block", "eth_getBlockByNumber", [tag, False])
@@ -302,6 +341,11 @@ class CreatorMarket:
         """``account``'s free balance in the market (deposited, not escrowed)."""
         return int(self._view("balanceOf(address)", ["address"], [account], ["uint256"])[0])
 
+    def wallet_balance(self, account: str) -> int:
+        """Tokens ``account`` holds outside the market (what a deposit can take)."""
+        data = selector("balanceOf(address)") + encode_words(["address"], [account])
+        return int(decode_words(["uint256"], self.chain.call("balanceOf", self.token, data))[0])
+
     def deal_status(self, deal_id: str) -> DealStatus:
         """State, deadline and result tag of a deal."""
         state, deadline, tag = self._view(
@@ -334,6 +378,72 @@ class CreatorMarket:
         """End a deal whose result is overdue (job creator refunded, provider slashed)."""
         return self._settle("timeoutResult", sender, deal)
 
+    def timeout_mediation(self, sender: Sender, deal: Deal) -> Receipt:
+        """End a mediation nobody resolved in time (both parties refunded)."""
+        return self._settle("timeoutMediation", sender, deal)
+
+    def mediator_fee(self, mediator: str) -> int:
+        """What a challenge with ``mediator`` costs (0 if it is not a registered mediator)."""
+        active, fee = self._view("mediators(address)", ["address"], [mediator], ["bool", "uint96"])
+        return int(fee) if active else 0
+
+    def nonce_used(self, signer: str, nonce: int) -> bool:
+        """Whether ``signer``'s offer ``nonce`` made a deal (or was revoked)."""
+        args = ["address", "uint256"], [signer, nonce]
+        return bool(self._view("nonceUsed(address,uint256)", *args, ["bool"])[0])
+
+    # The chain is the truth: a job creator follows its deal there too, so that a solver that is
+    # down (or lost an event) cannot keep a result from it.
+    def find_deal(self, job_creator: str, job_offer_hash: str, from_block: int) -> Deal | None:
+        """The deal made from the job offer with struct hash ``job_offer_hash``, if any."""
+        topics = [_DEAL_CREATED, None, _address_topic(job_creator)]
+        for log in self.chain.logs("deal created", self.address, topics, from_block):
+            deal = Deal.from_event(decode_words(Deal.ABI_TYPES, _data(log)))
+            if deal.job_offer_hash == job_offer_hash.lower():
+                return deal
+        return None
+
+    def result_cid(self, deal_id: str, from_block: int) -> bytes | None:
+        """The CID the provider submitted for ``deal_id`` (binary), if any."""
+        topics = [_RESULT_SUBMITTED, bytes.fromhex(deal_id.removeprefix("0x"))]
+        for log in self.chain.logs("result submitted", self.address, topics, from_block):
+            return _bytes_at(_data(log), 0)
+        return None
+
+    def mediation(self, deal_id: str, from_block: int) -> tuple[bool, bytes] | None:
+        """``(provider_wins, the mediator's own result CID)`` once the mediator ruled."""
+        topics = [_MEDIATION_RESOLVED, bytes.fromhex(deal_id.removeprefix("0x"))]
+        for log in self.chain.logs("mediation resolved", self.address, topics, from_block):
+            data = _data(log)
+            return bool(decode_words(["bool"], data)[0]), _bytes_at(data, 1)
+        return None
+
     def _settle(self, name: str, sender: Sender, deal: Deal) -> Receipt:
         data = selector(f"{name}({_DEAL})") + encode_words(Deal.ABI_TYPES, deal.as_tuple())
         return self.chain.send(name, self.address, data, sender)
+
+
+def _address_topic(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(to_checksum_address(address)[2:])
+
+
+def _data(log: dict[str, Any]) -> bytes:
+    return bytes.fromhex(str(log.get("data", "0x")).removeprefix("0x"))
+
+
+def _bytes_at(data: bytes, word: int) -> bytes:
+    """The ``bytes`` value whose offset is ABI word ``word`` of ``data`` (an event's data).
+
+    Raises:
+        ChainError: the data does not hold a well-formed ``bytes`` there.
+    """
+    try:
+        offset = int.from_bytes(data[32 * word : 32 * word + 32], "big")
+        length = int.from_bytes(data[offset : offset + 32], "big")
+        value = data[offset + 32 : offset + 32 + length]
+    except (IndexError, OverflowError, ValueError):
+        value = b""
+        length = -1
+    if len(value) != length:
+        raise ChainError("an event's data does not hold the bytes it announces")
+    return value

@@ -1,4 +1,4 @@
-"""Typed wrappers of the deployed contracts: JobMarket, the token and JobCreator.
+"""Typed wrappers of the deployed JobMarket and its token (JobCreator: :mod:`.job_creator`).
 
 Every method that changes state takes the ``sender`` (an eth-account ``LocalAccount``) that signs
 the transaction and returns the mined :class:`~lilypad.chain.client.Receipt`; calls that create a
@@ -146,6 +146,17 @@ class JobMarketClient:
         )
         return bool(active), int(fee)
 
+    def required_collateral(self, price: int) -> int:
+        """The least collateral a resource offer at ``price`` must carry here."""
+        return int(self.chain.call(self.contract.functions.requiredCollateral(price)))
+
+    def collateral_rule(self) -> tuple[int, int]:
+        """``(minCollateral, collateralMultiple)``: collateral >= max(min, multiple x price)."""
+        fns = self.contract.functions
+        return int(self.chain.call(fns.minCollateral())), int(
+            self.chain.call(fns.collateralMultiple())
+        )
+
     def windows(self) -> tuple[int, int]:
         """The challenge window and the mediation timeout, in seconds."""
         fns = self.contract.functions
@@ -251,10 +262,11 @@ class JobMarketClient:
         return self.chain.transact(fn, job_creator)
 
     def resolve_mediation(
-        self, mediator: LocalAccount, deal: Deal, *, provider_wins: bool
+        self, mediator: LocalAccount, deal: Deal, *, provider_wins: bool, result_cid: bytes = b""
     ) -> Receipt:
-        """The deal's mediator rules on a challenged result."""
-        fn = self.contract.functions.resolveMediation(deal.as_tuple(), provider_wins)
+        """The deal's mediator rules on a challenged result; ``result_cid`` is its own result
+        (binary CID), which the job creator gets instead when the provider loses."""
+        fn = self.contract.functions.resolveMediation(deal.as_tuple(), provider_wins, result_cid)
         return self.chain.transact(fn, mediator)
 
     def timeout_result(self, sender: LocalAccount, deal: Deal) -> Receipt:
@@ -270,33 +282,6 @@ class JobMarketClient:
         """Anyone: end a mediation that was never resolved (both parties refunded)."""
         fn = self.contract.functions.timeoutMediation(deal.as_tuple())
         return self.chain.transact(fn, sender)
-
-
-class JobCreatorClient:
-    """The on-chain job creator: what the bridge and client contracts call."""
-
-    def __init__(self, chain: Chain, address: str) -> None:
-        self.chain = chain
-        self.address = to_checksum_address(address)
-        self.contract: Contract = chain.contract("JobCreator", address)
-
-    def job_cost(self) -> int:
-        """What ``runJob`` charges its caller."""
-        return int(self.chain.call(self.contract.functions.jobCost()))
-
-    def job(self, job_id: int) -> tuple[str, str, int, bool]:
-        """``(client, payee, amount, open)`` of a requested job."""
-        client, payee, amount, is_open = self.chain.call(self.contract.functions.jobs(job_id))
-        return to_checksum_address(client), to_checksum_address(payee), int(amount), bool(is_open)
-
-    def deliver_result(self, bridge: LocalAccount, job_id: int, deal: Deal, cid: bytes) -> Receipt:
-        """Bridge only: accept the deal's result and call the client back."""
-        fn = self.contract.functions.deliverResult(job_id, deal.as_tuple(), cid)
-        return self.chain.transact(fn, bridge)
-
-    def cancel_job(self, bridge: LocalAccount, job_id: int) -> Receipt:
-        """Bridge only: return an unserved job's funds to its payee."""
-        return self.chain.transact(self.contract.functions.cancelJob(job_id), bridge)
 
 
 _ERC1271_MAGIC = bytes.fromhex("1626ba7e")

@@ -7,13 +7,16 @@ The EIP-712 domain is ``{name: "LilypadJobMarket", version: "1", chainId, verify
     JobOffer(address jobCreator,bytes32 module,bytes32 specHash,uint256 machine,uint96 maxPrice,
              uint32 timeout,address[] mediators,uint64 expiry,uint256 nonce)
     ResourceOffer(address provider,bytes32 module,uint256 machine,uint96 price,uint96 collateral,
-                  address[] mediators,uint64 expiry,uint256 nonce)
+                  uint32 minTimeout,address[] mediators,uint64 expiry,uint256 nonce)
 
 (each on one line, no spaces). ``module`` is ``keccak256`` of the module reference
 (:func:`module_id`; a resource offer may use zero for "any module"), ``specHash`` the SHA-256
 digest of the rendered job spec (``JobSpec.spec_hash`` without its ``sha256:`` prefix), so
 provider and mediator can check they run exactly what was paid for. ``machine`` packs eight 32-bit
 lanes (:class:`Machine`); a deal needs every offered lane to be at least the needed one.
+``minTimeout`` is the least ``timeout`` a job offer must give the provider (its delivery time for
+the module: :func:`min_job_timeout`); the market refuses a deal that gives less, and a deal whose
+collateral is below ``JobMarket.requiredCollateral(price)``.
 ``mediators`` are tried in the job creator's order; the first one the provider also names and that
 is registered becomes the deal's mediator. Each ``(signer, nonce)`` makes at most one deal, in any
 order; nonce ``2**256 - 1`` is reserved. Sequential nonces are cheapest (128 share a storage word).
@@ -53,13 +56,29 @@ JOB_OFFER_TYPE = (
 )
 RESOURCE_OFFER_TYPE = (
     "ResourceOffer(address provider,bytes32 module,uint256 machine,uint96 price,uint96 collateral,"
-    "address[] mediators,uint64 expiry,uint256 nonce)"
+    "uint32 minTimeout,address[] mediators,uint64 expiry,uint256 nonce)"
 )
 DOMAIN_NAME = "LilypadJobMarket"
 DOMAIN_VERSION = "1"
 ZERO_BYTES32 = "0x" + "00" * 32
-#: Seconds a provider gets beyond the module's own timeout (image pull, upload of the outputs).
-RESULT_MARGIN_S = 600
+#: The least time a job offer gives a provider beyond the module's own timeout: to see the deal,
+#: start the job, add the outputs to IPFS and mine the result. Below it an honest provider could
+#: not deliver and would lose its collateral, so the CLI and the solver refuse such offers (and a
+#: provider's offers commit to a minimum on chain).
+MIN_TIMEOUT_MARGIN_S = 60
+#: What a job offer gives beyond the module's timeout by default (a slow image pull, a busy chain).
+DEFAULT_TIMEOUT_MARGIN_S = 300
+
+
+def min_job_timeout(module_timeout_s: int) -> int:
+    """The least ``timeout`` a job offer for a module with this timeout may carry."""
+    return module_timeout_s + MIN_TIMEOUT_MARGIN_S
+
+
+def default_job_timeout(module_timeout_s: int) -> int:
+    """The ``timeout`` a job offer carries unless its creator chooses one."""
+    return module_timeout_s + DEFAULT_TIMEOUT_MARGIN_S
+
 
 _EIP712_FIELDS: dict[str, list[dict[str, str]]] = {
     "JobOffer": [
@@ -79,6 +98,7 @@ _EIP712_FIELDS: dict[str, list[dict[str, str]]] = {
         {"name": "machine", "type": "uint256"},
         {"name": "price", "type": "uint96"},
         {"name": "collateral", "type": "uint96"},
+        {"name": "minTimeout", "type": "uint32"},
         {"name": "mediators", "type": "address[]"},
         {"name": "expiry", "type": "uint64"},
         {"name": "nonce", "type": "uint256"},
@@ -111,6 +131,9 @@ Uint32 = Annotated[int, Field(ge=0, lt=2**32)]
 Uint256 = Annotated[int, Field(ge=0, lt=2**256)]
 #: Any uint256 but the largest, which the market reserves.
 Nonce = Annotated[int, Field(ge=0, lt=2**256 - 1)]
+#: The most mediators an offer may name (the market refuses more: matching compares the lists).
+MAX_MEDIATORS = 16
+Mediators = Annotated[tuple[Address, ...], Field(max_length=MAX_MEDIATORS)]
 
 
 def _b32(value: str) -> bytes:
@@ -284,7 +307,7 @@ class JobOffer(_Offer):
     machine: Uint256 = 0
     max_price: Uint96
     timeout: Uint32
-    mediators: tuple[Address, ...]
+    mediators: Mediators
     expiry: Uint64
     nonce: Nonce
 
@@ -309,8 +332,8 @@ class JobOffer(_Offer):
             mediators: Mediators the job creator trusts, in order of preference.
             expiry: Unix time after which no deal can be made from the offer.
             nonce: Unused nonce of ``job_creator``.
-            timeout: Seconds the provider gets for a result; by default the module's timeout
-                plus :data:`RESULT_MARGIN_S` for fetching the image and uploading outputs.
+            timeout: Seconds the provider gets for a result; by default
+                :func:`default_job_timeout` of the module's timeout.
         """
         machine = spec.machine
         return cls(
@@ -325,7 +348,7 @@ class JobOffer(_Offer):
                 disk_gb=machine.disk_gb,
             ).encode(),
             max_price=max_price,
-            timeout=spec.timeout_s + RESULT_MARGIN_S if timeout is None else timeout,
+            timeout=default_job_timeout(spec.timeout_s) if timeout is None else timeout,
             mediators=tuple(mediators),
             expiry=expiry,
             nonce=nonce,
@@ -360,7 +383,8 @@ class ResourceOffer(_Offer):
     machine: Uint256 = 0
     price: Uint96
     collateral: Uint96
-    mediators: tuple[Address, ...]
+    min_timeout: Uint32 = 0
+    mediators: Mediators
     expiry: Uint64
     nonce: Nonce
 
@@ -371,6 +395,7 @@ class ResourceOffer(_Offer):
             ("uint256", self.machine),
             ("uint96", self.price),
             ("uint96", self.collateral),
+            ("uint32", self.min_timeout),
             ("address[]", list(self.mediators)),
             ("uint64", self.expiry),
             ("uint256", self.nonce),

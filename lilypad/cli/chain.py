@@ -104,8 +104,22 @@ def deploy_cmd(
     token: str = typer.Option(
         None, "--token", help="Settle in this ERC-20 instead of a new LilypadToken."
     ),
-    challenge_window: int = typer.Option(3600, min=1, help="Seconds to challenge a result."),
-    mediation_timeout: int = typer.Option(86400, min=1, help="Seconds a mediator has to rule."),
+    challenge_window: int = typer.Option(
+        3600, min=1, max=2**32 - 1, help="Seconds to challenge a result."
+    ),
+    mediation_timeout: int = typer.Option(
+        86400, min=1, max=2**32 - 1, help="Seconds a mediator has to rule."
+    ),
+    min_collateral: str = typer.Option(
+        "1", "--min-collateral", help="The least collateral of any deal, in tokens (above 0)."
+    ),
+    collateral_multiple: int = typer.Option(
+        10,
+        "--collateral-multiple",
+        min=0,
+        max=2**32 - 1,
+        help="A deal's collateral is at least this many times its price.",
+    ),
     key_file: Path | None = typer.Option(
         None, "--key-file", help="File with the deployer's private key (else $WEB3_PRIVATE_KEY)."
     ),
@@ -118,7 +132,9 @@ def deploy_cmd(
     from lilypad.chain import Chain, deploy
     from lilypad.keys import load_account
     from lilypad.network import save_network
+    from lilypad.units import parse_tokens
 
+    least = parse_tokens(min_collateral, "--min-collateral")
     owner = load_account(key_file, role="the deployer")
     chain = Chain(rpc_url)
     deployment = deploy(
@@ -127,6 +143,8 @@ def deploy_cmd(
         token=token,
         challenge_window=challenge_window,
         mediation_timeout=mediation_timeout,
+        min_collateral=least,
+        collateral_multiple=collateral_multiple,
     )
     profile = _profile(network, rpc_url, deployment, {"owner": owner.address})
     save_network(profile)
@@ -235,9 +253,22 @@ def status(network: str = _network_option(), json_output: bool = _json_option())
             for k, v in contracts.items()
         },
         "escrow_and_deposits": token.balance_of(market_address),
+        "rules": _rules(market),
         "accounts": accounts,
     }
     emit(data, json_output, lambda: _print_status(data))
+
+
+def _rules(market: Any) -> dict[str, int]:
+    """The market's settlement rules: windows, and what collateral a deal must carry."""
+    window, mediation = market.windows()
+    least, multiple = market.collateral_rule()
+    return {
+        "challenge_window_s": window,
+        "mediation_timeout_s": mediation,
+        "min_collateral": least,
+        "collateral_multiple": multiple,
+    }
 
 
 def _eth_balance(chain: Chain, address: str) -> int:
@@ -320,6 +351,12 @@ def _print_status(data: dict[str, Any]) -> None:
         mark = "" if info["deployed"] else "  [red](no code)[/]"
         console.print(f"  {name:<12} {info['address']}{mark}")
     console.print(f"  held by the market (deposits + escrow): {_lp(data['escrow_and_deposits'])}")
+    rules = data["rules"]
+    console.print(
+        f"  rules: challenge window {rules['challenge_window_s']} s, mediation "
+        f"{rules['mediation_timeout_s']} s, collateral at least {_lp(rules['min_collateral'])} "
+        f"LP and {rules['collateral_multiple']}x the price"
+    )
     if data["accounts"]:
         table = Table("role", "address", "ETH", "LP wallet", "LP in market", box=None)
         for a in data["accounts"]:

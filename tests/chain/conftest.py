@@ -34,6 +34,9 @@ ETH = 10**18
 PRICE = ETH // 2
 COLLATERAL = ETH
 FEE = ETH // 10
+#: The market's collateral rule in these tests: at least 0.25 tokens and twice the price.
+MIN_COLLATERAL = ETH // 4
+COLLATERAL_MULTIPLE = 2
 MAX_PRICE = ETH
 TIMEOUT = 900
 CHALLENGE_WINDOW = 3600
@@ -180,6 +183,8 @@ def chain_env(anvil_node: Anvil) -> Env:
         challenge_window=CHALLENGE_WINDOW,
         mediation_timeout=MEDIATION_TIMEOUT,
         job_cost=ETH,
+        min_collateral=MIN_COLLATERAL,
+        collateral_multiple=COLLATERAL_MULTIPLE,
     )
     setup_dev_accounts(
         chain,

@@ -16,6 +16,7 @@ from lilypad.chain import Chain, JobOffer, Machine, load_artifact, module_id, sp
 from lilypad.chain.abi import decode_revert
 from lilypad.chain.anvil import free_port
 from lilypad.chain.market import TokenClient
+from lilypad.chain.offers import min_job_timeout
 from lilypad.errors import ChainError, ChainUnavailable, ConfigError
 from tests.chain.conftest import Env
 
@@ -171,7 +172,8 @@ def test_a_job_offer_commits_to_the_rendered_spec() -> None:
     assert offer.spec_hash == "0x" + spec.spec_hash.removeprefix("sha256:")
     assert Machine.decode(offer.machine).gpus == spec.machine.gpus
     assert Machine.decode(offer.machine).vram_mb == int(spec.machine.vram_gb * 1024)
-    assert offer.timeout == spec.timeout_s + 600
+    assert offer.timeout == spec.timeout_s + 300  # default_job_timeout
+    assert offer.timeout >= min_job_timeout(spec.timeout_s)
     other = modules.render("sdxl:v0.9-lilypad1", ["Seed=25"])
     assert (
         JobOffer.for_spec(

@@ -67,7 +67,7 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             return self.open[index % len(self.open)]
 
         def refresh(self, deal: Deal) -> None:
-            if market.deal_status(deal.deal_id).state is DealState.NONE and deal in self.open:
+            if market.deal_status(deal.deal_id).state.is_terminal() and deal in self.open:
                 self.open.remove(deal)
 
         def make_deal(
@@ -147,7 +147,9 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             elif state is DealState.CHALLENGED:
                 mediator = by_address[deal.mediator]
                 steps = [
-                    lambda: market.resolve_mediation(mediator, deal, provider_wins=provider_wins)
+                    lambda: market.resolve_mediation(
+                        mediator, deal, provider_wins=provider_wins, result_cid=CID
+                    )
                 ]
             if steps and self.attempt(steps[choice % len(steps)]):
                 self.refresh(deal)
@@ -185,7 +187,7 @@ def make_machine(env: Env) -> type[RuleBasedStateMachine]:
             states = deal_states(env, [d.deal_id for d in self.known])
             escrowed = 0
             for deal, state in zip(self.known, states, strict=True):
-                if state is not DealState.NONE:
+                if not state.is_terminal():
                     escrowed += deal.price + deal.collateral
                 if state is DealState.CHALLENGED:
                     escrowed += deal.mediation_fee

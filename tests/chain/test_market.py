@@ -9,17 +9,19 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from lilypad.chain import DealState, Machine, module_id
+from lilypad.chain import DealState, JobOffer, Machine, ResourceOffer, module_id
 from lilypad.errors import ContractReverted
 from tests.chain.conftest import (
     CHALLENGE_WINDOW,
     CID,
     COLLATERAL,
+    COLLATERAL_MULTIPLE,
     DEPOSIT,
     ETH,
     FEE,
     MAX_PRICE,
     MEDIATION_TIMEOUT,
+    MIN_COLLATERAL,
     NEEDS,
     PRICE,
     TIMEOUT,
@@ -191,9 +193,60 @@ def test_only_a_registered_solver_creates_deals(env: Env) -> None:
 
 
 def test_price_equal_to_the_maximum_is_accepted_and_above_it_refused(env: Env) -> None:
-    env.deal(res_price=MAX_PRICE)
+    backed = COLLATERAL_MULTIPLE * (MAX_PRICE + 1)
+    env.deal(res_price=MAX_PRICE, res_collateral=backed)
     with reverts("PriceAboveMaximum", price=MAX_PRICE + 1, maxPrice=MAX_PRICE):
-        env.deal(res_price=MAX_PRICE + 1)
+        env.deal(res_price=MAX_PRICE + 1, res_collateral=backed)
+
+
+# --------------------------------------------------------------------------- trust rules
+
+
+def test_a_deal_never_gives_a_provider_less_time_than_its_offer_asks(env: Env) -> None:
+    """A job creator cannot make a deal the provider cannot deliver and then take its collateral
+    by timing it out: the resource offer's minTimeout is checked on chain."""
+    env.deal(job_timeout=600, res_min_timeout=600)  # exactly enough is enough
+    with reverts("TimeoutTooShort", timeout=1, minTimeout=600):
+        env.deal(job_timeout=1, res_min_timeout=600)
+    with reverts("TimeoutTooShort", timeout=599, minTimeout=600):
+        env.market.create_deals(env.solver, [env.pair(job_timeout=599, res_min_timeout=600)])
+
+
+def test_collateral_is_at_least_the_minimum_and_the_multiple_of_the_price(env: Env) -> None:
+    """An unbacked offer (collateral 0, price 0: a fresh key's) can never win a job, and a
+    cheat's collateral outweighs its price by the market's multiple."""
+    assert env.market.collateral_rule() == (MIN_COLLATERAL, COLLATERAL_MULTIPLE)
+    assert env.market.required_collateral(0) == MIN_COLLATERAL
+    assert env.market.required_collateral(PRICE) == COLLATERAL_MULTIPLE * PRICE
+    with reverts("CollateralTooLow", collateral=0, required=MIN_COLLATERAL):
+        env.deal(res_price=0, res_collateral=0)
+    with reverts("CollateralTooLow", collateral=MIN_COLLATERAL - 1, required=MIN_COLLATERAL):
+        env.deal(res_price=0, res_collateral=MIN_COLLATERAL - 1)
+    env.deal(res_price=0, res_collateral=MIN_COLLATERAL)
+    needed = COLLATERAL_MULTIPLE * PRICE
+    with reverts("CollateralTooLow", collateral=needed - 1, required=needed):
+        env.deal(res_collateral=needed - 1)
+    env.deal(res_collateral=needed)
+
+
+def test_a_market_without_a_minimum_collateral_cannot_be_deployed(env: Env) -> None:
+    from lilypad.chain import deploy
+
+    with pytest.raises(ContractReverted, match="ZeroAmount"):
+        deploy(env.chain, env.owner, token=env.token.address, min_collateral=0)
+
+
+def test_offers_name_at_most_sixteen_mediators(env: Env) -> None:
+    many = (*(Account.create().address for _ in range(16)), env.mediator.address)
+    job = env.job_offer(mediators=(env.mediator.address,))
+    resource = env.resource_offer()
+    # the models refuse more than 16 (so does the solver); build the 17 by hand for the chain
+    big_job = JobOffer.model_construct(**{**dict(job), "mediators": many})
+    big_resource = ResourceOffer.model_construct(**{**dict(resource), "mediators": many})
+    with reverts("TooManyMediators", count=17, max=16):
+        env.market.create_deal(env.solver, env.sign_job(big_job), env.sign_resource(resource))
+    with reverts("TooManyMediators", count=17, max=16):
+        env.market.create_deal(env.solver, env.sign_job(job), env.sign_resource(big_resource))
 
 
 def test_expired_offers_are_refused(env: Env) -> None:
@@ -255,7 +308,8 @@ def test_signatures_must_be_the_offer_signers(env: Env) -> None:
 
 def test_a_changed_offer_no_longer_matches_its_signature(env: Env) -> None:
     signed = env.sign_resource(env.resource_offer())
-    cheaper = signed.model_copy(update={"offer": signed.offer.model_copy(update={"collateral": 0})})
+    changed = signed.offer.model_copy(update={"collateral": 2 * COLLATERAL})
+    cheaper = signed.model_copy(update={"offer": changed})
     with reverts("BadSignature"):
         env.market.create_deal(env.solver, env.sign_job(env.job_offer()), cheaper)
 
@@ -301,7 +355,11 @@ def test_nonces_far_apart_each_work_once(env: Env) -> None:
 
 def test_insufficient_balances_are_refused(env: Env) -> None:
     with reverts("InsufficientBalance", account=env.jc.address, needed=DEPOSIT + 1):
-        env.deal(job_max_price=DEPOSIT + 1, res_price=DEPOSIT + 1)
+        env.deal(
+            job_max_price=DEPOSIT + 1,
+            res_price=DEPOSIT + 1,
+            res_collateral=COLLATERAL_MULTIPLE * (DEPOSIT + 1),
+        )
     with reverts("InsufficientBalance", account=env.provider.address, needed=DEPOSIT + 1):
         env.deal(res_collateral=DEPOSIT + 1)
 
@@ -470,35 +528,55 @@ def test_challenge_rules(env: Env) -> None:
 
 def test_mediation_for_the_provider(env: Env) -> None:
     deal = env.challenged()
-    env.market.resolve_mediation(env.mediator, deal, provider_wins=True)
+    env.market.resolve_mediation(env.mediator, deal, provider_wins=True, result_cid=CID)
     assert env.market.balance_of(env.provider.address) == DEPOSIT + PRICE
     assert env.market.balance_of(env.jc.address) == DEPOSIT - PRICE - FEE
     assert env.market.balance_of(env.mediator.address) == FEE
-    assert env.market.deal_status(deal.deal_id).state is DealState.NONE
+    status = env.market.deal_status(deal.deal_id)
+    # a final state, keeping the provider's result tag: a contract job creator can still prove it
+    assert status.state is DealState.UPHELD
+    assert status.result_tag == env.market.result_tag(CID)
     assert escrow(env) == 0
+    with reverts("WrongState", state=DealState.UPHELD):
+        env.market.resolve_mediation(env.mediator, deal, provider_wins=False, result_cid=CID)
 
 
 def test_mediation_for_the_job_creator_slashes_the_provider(env: Env) -> None:
     deal = env.challenged()
-    env.market.resolve_mediation(env.mediator, deal, provider_wins=False)
+    correct = bytes.fromhex("01551220") + bytes(32)
+    receipt = env.market.resolve_mediation(
+        env.mediator, deal, provider_wins=False, result_cid=correct
+    )
     assert env.market.balance_of(env.provider.address) == DEPOSIT - COLLATERAL
     assert env.market.balance_of(env.jc.address) == DEPOSIT - FEE + COLLATERAL
     assert env.market.balance_of(env.mediator.address) == FEE
     assert escrow(env) == 0
+    # the job creator learns the mediator's (correct) result, and its tag stays on chain
+    event = env.market.contract.events.MediationResolved().process_receipt(receipt.raw)[0]
+    assert bytes(event["args"]["resultCid"]) == correct
+    status = env.market.deal_status(deal.deal_id)
+    assert status.state is DealState.REFUNDED
+    assert status.result_tag == env.market.result_tag(correct)
+
+
+def test_a_mediators_result_cid_is_bounded(env: Env) -> None:
+    deal = env.challenged()
+    with reverts("InvalidCid", length=129):
+        env.market.resolve_mediation(env.mediator, deal, provider_wins=False, result_cid=b"x" * 129)
 
 
 def test_only_the_deals_mediator_resolves_in_time(env: Env) -> None:
     deal = env.submitted()
     with reverts("WrongState", state=DealState.SUBMITTED):
-        env.market.resolve_mediation(env.mediator, deal, provider_wins=True)
+        env.market.resolve_mediation(env.mediator, deal, provider_wins=True, result_cid=CID)
     env.market.challenge_result(env.jc, deal)
     with reverts("NotParty", expected=env.mediator.address):
-        env.market.resolve_mediation(env.mediator2, deal, provider_wins=True)
+        env.market.resolve_mediation(env.mediator2, deal, provider_wins=True, result_cid=CID)
     with reverts("NotParty"):
-        env.market.resolve_mediation(env.jc, deal, provider_wins=False)
+        env.market.resolve_mediation(env.jc, deal, provider_wins=False, result_cid=CID)
     env.advance(MEDIATION_TIMEOUT + 1)
     with reverts("DeadlinePassed"):
-        env.market.resolve_mediation(env.mediator, deal, provider_wins=True)
+        env.market.resolve_mediation(env.mediator, deal, provider_wins=True, result_cid=CID)
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -515,8 +593,11 @@ def test_no_result_refunds_the_job_creator_and_slashes_the_provider(env: Env) ->
     assert env.market.balance_of(env.jc.address) == DEPOSIT + COLLATERAL
     assert env.market.balance_of(env.provider.address) == DEPOSIT - COLLATERAL
     assert escrow(env) == 0
-    with reverts("UnknownDeal"):
+    assert env.market.deal_status(deal.deal_id).state is DealState.REFUNDED
+    with reverts("WrongState", state=DealState.REFUNDED):
         env.market.submit_result(env.provider, deal, CID)
+    with reverts("WrongState", state=DealState.REFUNDED):
+        env.market.timeout_result(env.stranger, deal)
 
 
 def test_result_timeout_does_not_apply_once_submitted(env: Env) -> None:
@@ -536,6 +617,9 @@ def test_no_mediation_refunds_both_parties(env: Env) -> None:
     assert env.market.balance_of(env.provider.address) == DEPOSIT
     assert env.market.balance_of(env.mediator.address) == 0
     assert escrow(env) == 0
+    assert env.market.deal_status(deal.deal_id).state is DealState.MEDIATION_EXPIRED
+    with reverts("WrongState", state=DealState.MEDIATION_EXPIRED):
+        env.market.timeout_mediation(env.stranger, deal)
 
 
 def test_mediation_timeout_needs_a_challenge(env: Env) -> None:
@@ -580,7 +664,9 @@ def _lifecycle(env: Env) -> list[Any]:
     deal = market.deals_in(receipts[-1])[0]
     receipts.append(market.submit_result(env.provider, deal, CID))
     receipts.append(market.challenge_result(env.jc, deal))
-    receipts.append(market.resolve_mediation(env.mediator, deal, provider_wins=True))
+    receipts.append(
+        market.resolve_mediation(env.mediator, deal, provider_wins=True, result_cid=CID)
+    )
     deals, receipt = market.create_deals(env.solver, [env.pair()])
     receipts += [receipt, market.submit_result(env.provider, deals[0], CID)]
     receipts.append(market.accept_result(env.jc, deals[0]))
