@@ -10,9 +10,11 @@ compare hashes before running anything.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from lilypad.chain.offers import SignedJobOffer, module_id, spec_digest
+from pydantic import Field
+
+from lilypad.chain.offers import Address, SignedJobOffer, module_id, spec_digest
 from lilypad.errors import ChainError, InputError
 from lilypad.modules import JobSpec, render
 
@@ -21,14 +23,24 @@ if TYPE_CHECKING:
     from lilypad.chain.market import JobMarketClient
 
 
+#: The most providers a job submission may ask the solver to avoid.
+MAX_AVOIDED = 16
+
+
 class SpecMismatch(InputError):
     """A job spec does not match the hashes its signed offer commits to."""
 
 
 class JobSubmission(SignedJobOffer):
-    """``POST /api/v1/job_offers``: the signed offer and its job spec."""
+    """``POST /api/v1/job_offers``: the signed offer and its job spec.
+
+    ``avoid_providers`` is advisory and not signed: the solver matches the offer with none of
+    these providers (``lilypad run --verify redundant`` asks a second provider this way; the job
+    creator checks the deal it gets all the same).
+    """
 
     spec: JobSpec
+    avoid_providers: Annotated[tuple[Address, ...], Field(max_length=MAX_AVOIDED)] = ()
 
 
 def check_submission(submission: JobSubmission) -> None:

@@ -9,32 +9,53 @@
     GET  /api/v1/deals?party=0x...          deals of a party
     GET  /api/v1/deals/{deal_id}
     GET  /api/v1/events?party=0x...         server-sent events, only those naming ``party``;
-                                            resumes after ``Last-Event-ID`` (or ``?after=N``)
+                                            resumes after ``Last-Event-ID`` (or ``?after=N``;
+                                            ``after=-1``: only events from now on)
     GET  /healthz
 
-Errors are JSON ``{"error": "<one line>"}``: 400 for a refused offer, 404 unknown, 409 duplicate,
-422 malformed body, 429 (with ``Retry-After``) when a signer is over its rate.
+Errors are JSON ``{"error": "<one line>"}``:
+
+* 400 a refused offer (bad signature, expired, used nonce, nothing backing it, a spec that does
+  not render here, a timeout too short for the module) or cancellation;
+* 402 the signer's deposit does not cover the offer on top of its open ones;
+* 404 unknown; 409 duplicate; 422 malformed body;
+* 413 a body larger than the route takes (:data:`BODY_LIMITS`), refused before it is read;
+* 429 a signer over its rate (with ``Retry-After``), a signer with too many open offers, or a
+  party with too many event streams open;
+* 503 the solver serves as many event streams as it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import Callable
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lilypad import __version__
 from lilypad.chain.offers import SignedResourceOffer
 from lilypad.errors import LilypadError
 from lilypad.jobs import JobSubmission
-from solver.service import DepositShort, OfferRejected, RateLimited, Solver
+from solver.service import DepositShort, OfferRejected, RateLimited, Solver, TooManyOffers
 from solver.store import DealRow, Duplicate, JobOfferRow, ResourceOfferRow
+from solver.stream import EventHub, StreamsFull, TooManyStreams
 
 HEARTBEAT_S = 15.0
+#: The largest request body (bytes) each route takes, by path; a job offer carries its job spec,
+#: whose tunables the module bounds (2,000 characters each by default). Other routes: DEFAULT.
+BODY_LIMITS = {
+    "/api/v1/job_offers": 256 * 1024,
+    "/api/v1/resource_offers": 16 * 1024,
+}
+#: The largest body of any other route (a cancellation is about 150 bytes).
+DEFAULT_BODY_LIMIT = 4 * 1024
 
 
 class Cancellation(BaseModel):
@@ -47,16 +68,37 @@ class OfferAccepted(BaseModel):
     seq: int
 
 
-def create_app(solver: Solver) -> FastAPI:
-    """The ASGI app serving ``solver``; start and stop the solver around it."""
+def create_app(
+    solver: Solver,
+    *,
+    max_streams: int = 1000,
+    streams_per_party: int = 8,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> FastAPI:
+    """The ASGI app serving ``solver``; start and stop the solver around it.
+
+    Args:
+        solver: The solver to serve.
+        max_streams: The most event streams open at once (more: 503).
+        streams_per_party: The most event streams open at once for one party (more: 429).
+        heartbeat_s: Seconds of silence after which a stream sends a comment line.
+    """
     app = FastAPI(title="Lilypad solver", version=__version__)
     app.state.solver = solver
+    app.state.hub = hub = EventHub(
+        solver, max_streams=max_streams, streams_per_party=streams_per_party
+    )
+    app.add_middleware(_BodyLimit)
 
     @app.exception_handler(LilypadError)
     async def _lilypad_error(_: Request, exc: LilypadError) -> JSONResponse:
         status, headers = 500, {}
         if isinstance(exc, RateLimited):
             status, headers = 429, {"Retry-After": f"{max(1, round(exc.retry_after))}"}
+        elif isinstance(exc, TooManyOffers | TooManyStreams):
+            status = 429
+        elif isinstance(exc, StreamsFull):
+            status = 503
         elif isinstance(exc, Duplicate):
             status = 409
         elif isinstance(exc, DepositShort):
@@ -120,10 +162,8 @@ def create_app(solver: Solver) -> FastAPI:
         return JSONResponse(
             {
                 "address": signer,
-                "committed_by_job_offers": str(solver.store.committed(signer, JobOfferRow)),
-                "committed_by_resource_offers": str(
-                    solver.store.committed(signer, ResourceOfferRow)
-                ),
+                "committed_by_job_offers": str(solver.committed(signer, JobOfferRow)),
+                "committed_by_resource_offers": str(solver.committed(signer, ResourceOfferRow)),
             }
         )
 
@@ -140,45 +180,126 @@ def create_app(solver: Solver) -> FastAPI:
 
     @app.get("/api/v1/events")
     async def events(
-        request: Request,
         party: str | None = Query(None, description="Only events naming this address."),
         after: int | None = Query(None, description="Resume after this event number."),
         last_event_id: str | None = Header(None),
-    ) -> StreamingResponse:
-        start = after if after is not None else int(last_event_id or 0)
-        if start < 0:
-            start = solver.store.last_event_seq()
-        stream = _event_stream(request, solver, party.lower() if party else None, start)
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    ) -> Response:
+        try:
+            start = after if after is not None else int(last_event_id or 0)
+        except ValueError:
+            return JSONResponse(
+                {"error": f"Last-Event-ID {last_event_id!r} is not an event number"},
+                status_code=400,
+            )
+        subscription = hub.subscribe(party.lower() if party else None)
+        try:
+            if start < 0:
+                start = await asyncio.to_thread(solver.store.last_event_seq)
+        except BaseException:
+            hub.release(subscription)
+            raise
+        return _EventResponse(
+            hub.stream(subscription, start, heartbeat_s), lambda: hub.release(subscription)
         )
 
     return app
 
 
-async def _event_stream(
-    request: Request, solver: Solver, party: str | None, start: int
-) -> AsyncIterator[bytes]:
-    seq = start
-    waited = 0.0
-    while not await request.is_disconnected():
-        batch = await asyncio.to_thread(solver.store.events_after, seq, party)
-        for item in batch:
-            seq = item.seq
-            yield f"id: {item.seq}\nevent: {item.kind}\ndata: {item.to_json()}\n\n".encode()
-        if batch:
-            waited = 0.0
-            continue
-        await asyncio.to_thread(_wait_for_change, solver, 0.5)
-        waited += 0.5
-        if waited >= HEARTBEAT_S:
-            waited = 0.0
-            yield b": keep-alive\n\n"
+class SolverServer(uvicorn.Server):
+    """uvicorn's server for :func:`create_app`'s app: ends the event streams when it shuts down
+    (uvicorn waits for every open response to finish first, and a stream would not)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        hub = getattr(getattr(self.config.app, "state", None), "hub", None)
+        if isinstance(hub, EventHub):
+            hub.close()
+        await super().shutdown(sockets)
 
 
-def _wait_for_change(solver: Solver, timeout: float) -> None:
-    with solver.events_changed:
-        solver.events_changed.wait(timeout)
+def serve(app: FastAPI, host: str, port: int, log_level: str = "warning") -> None:
+    """Serve ``app`` on ``host:port`` until interrupted (SIGINT, SIGTERM)."""
+    SolverServer(uvicorn.Config(app, host=host, port=port, log_level=log_level)).run()
+
+
+class _EventResponse(StreamingResponse):
+    """A server-sent event stream that gives its place back however it ends (even if it never
+    started: the client left before the first byte)."""
+
+    def __init__(self, content: Any, release: Callable[[], None]) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+class _BodyLimit:
+    """Refuses a request body larger than its route takes with 413, before reading it whole: at
+    once when ``Content-Length`` says so, else as soon as a chunked body passes the limit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = BODY_LIMITS.get(scope["path"].rstrip("/"), DEFAULT_BODY_LIMIT)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is None and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body
+            return
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(scope, send, limit, declared.decode(errors="replace"))
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await _too_large(scope, send, limit, None)
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body read already, then whatever the client sends next
+    (a disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _too_large(scope: Scope, send: Send, limit: int, declared: str | None) -> None:
+    size = f"of {declared} bytes " if declared is not None else ""
+    route = f"{scope['method']} {scope['path']}"
+    response = JSONResponse(
+        {"error": f"request body {size}is larger than {limit} bytes, the most {route} takes"},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def _offer(

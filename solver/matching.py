@@ -10,8 +10,10 @@ Rules (the solver's contract with both sides):
   common mediator, and neither has expired.
 * Jobs are matched **oldest first**; a job that cannot be matched now waits without blocking
   younger jobs that can.
-* A slot is booked at match time and only freed by :meth:`OrderBook.release`, so a provider's
-  capacity is never booked twice.
+* A slot is booked at match time and only freed by :meth:`OrderBook.release` (or
+  :meth:`OrderBook.unmatch`), so a provider's capacity is never booked twice.
+* An offer or job past its expiry is never matched; :meth:`OrderBook.expire` takes them out and
+  says which they were.
 
 Offers are indexed by module, then by *class*: (a mediator the offer trusts, the slot machine).
 Every offer of a class fits exactly the same jobs, so inside a class only the cheapest live offer
@@ -66,6 +68,10 @@ class JobRequest:
         mediators: Mediator addresses the job creator trusts.
         seq: Arrival order; lower is older and is matched first.
         expires_at: Unix time after which the offer is void.
+        creator: The job creator's address (carried into its match).
+        timeout: Seconds the job gives its provider; an offer whose ``min_timeout`` is more
+            cannot take it (the market would refuse the deal).
+        avoid: Providers this job must not go to (a redundant run's second offer).
     """
 
     id: str
@@ -75,6 +81,9 @@ class JobRequest:
     mediators: frozenset[str]
     seq: int
     expires_at: float = INF
+    creator: str = ""
+    timeout: int = 2**32 - 1
+    avoid: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,8 @@ class ResourceOffer:
         slots: How many jobs it runs at once.
         seq: Arrival order (older wins a price tie).
         expires_at: Unix time after which the offer is void.
+        min_timeout: The least time the provider needs for a result (its offer commits to it on
+            chain); only jobs giving at least this much can take it.
     """
 
     id: str
@@ -100,6 +111,7 @@ class ResourceOffer:
     slots: int
     seq: int
     expires_at: float = INF
+    min_timeout: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,7 @@ class Match:
     offer_id: str
     provider: str
     price: int
+    creator: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -119,19 +132,28 @@ class _Live:
     def usable(self, now: float) -> bool:
         return not self.removed and self.free > 0 and self.offer.expires_at > now
 
+    def __lt__(self, other: _Live) -> bool:
+        # Heap entries are (price, seq, live); only two entries of one offer tie on the first
+        # two (a stale one, and the offer listed again after a refused deal): either may lead.
+        return False
+
 
 @dataclass(slots=True, eq=False)
 class _Class:
-    """The offers of one module that trust one mediator and sell one slot machine."""
+    """The offers of one module that trust one mediator, sell one slot machine and need one
+    least timeout."""
 
     machine: Machine
     mediator: str
+    min_timeout: int
     heap: list[tuple[int, int, _Live]] = field(default_factory=list)
-    members: set[str] = field(default_factory=set)
+    # By identity, not by offer id: an offer taken out and listed again is a new entry, and must
+    # not be kept out by its stale one still deep in the heap.
+    members: set[_Live] = field(default_factory=set)
 
     def push(self, price: int, live: _Live) -> None:
-        if live.offer.id not in self.members:
-            self.members.add(live.offer.id)
+        if live not in self.members:
+            self.members.add(live)
             heapq.heappush(self.heap, (price, live.offer.seq, live))
 
     def head(self, now: float) -> tuple[int, int, _Live] | None:
@@ -143,11 +165,11 @@ class _Class:
             if top[2].usable(now):
                 return top
             heapq.heappop(heap)
-            self.members.discard(top[2].offer.id)
+            self.members.discard(top[2])
         return None
 
 
-_Kind = tuple[str, Machine, frozenset[str]]
+_Kind = tuple[str, Machine, frozenset[str], int]
 
 
 class OrderBook:
@@ -157,12 +179,16 @@ class OrderBook:
     """
 
     def __init__(self) -> None:
-        self._classes: dict[str, dict[tuple[str, Machine], _Class]] = {}
+        self._classes: dict[str, dict[tuple[str, Machine, int], _Class]] = {}
         self._fitting: dict[_Kind, list[_Class]] = {}
         self._offers: dict[str, tuple[_Live, list[tuple[int, _Class]]]] = {}
         self._jobs: dict[str, JobRequest] = {}
         self._queue: list[tuple[int, str]] = []  # (seq, job id), a heap: oldest first
-        self._booked: dict[str, _Live] = {}
+        self._booked: dict[str, tuple[_Live, JobRequest]] = {}
+        # (expires at, tie-breaker, job or live offer): the next to expire first. Entries of jobs
+        # and offers that left the book stay until they come up, or the heap is compacted.
+        self._expiries: list[tuple[float, int, JobRequest | _Live]] = []
+        self._pushed = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -174,6 +200,15 @@ class OrderBook:
     def free_slots(self, offer_id: str) -> int:
         return self._offers[offer_id][0].free
 
+    def has_job(self, job_id: str) -> bool:
+        """Whether the job is pending here (not matched, withdrawn or expired)."""
+        return job_id in self._jobs
+
+    def is_open(self, offer_id: str) -> bool:
+        """Whether the resource offer is listed and none of its slots is booked."""
+        entry = self._offers.get(offer_id)
+        return entry is not None and entry[0].free == entry[0].offer.slots
+
     def add_offer(self, offer: ResourceOffer, booked: int = 0) -> None:
         """Add a resource offer with ``booked`` of its slots already taken (on a restart)."""
         if offer.id in self._offers:
@@ -183,36 +218,81 @@ class OrderBook:
         for module, price in offer.prices.items():
             classes = self._classes.setdefault(module, {})
             for mediator in offer.mediators:
-                cls = classes.get((mediator, offer.machine))
+                key = (mediator, offer.machine, offer.min_timeout)
+                cls = classes.get(key)
                 if cls is None:
-                    cls = classes[(mediator, offer.machine)] = _Class(offer.machine, mediator)
+                    cls = classes[key] = _Class(offer.machine, mediator, offer.min_timeout)
                     self._forget_fitting(module)
                 cls.push(price, live)
                 placed.append((price, cls))
         self._offers[offer.id] = (live, placed)
+        self._expires(offer.expires_at, live)
 
-    def remove_offer(self, offer_id: str) -> None:
-        """Withdraw an offer: no new bookings; bookings already made stand."""
-        live, _ = self._offers.pop(offer_id)
-        live.removed = True
+    def remove_offer(self, offer_id: str) -> bool:
+        """Withdraw an offer: no new bookings; bookings already made stand. False if it was not
+        listed."""
+        entry = self._offers.pop(offer_id, None)
+        if entry is None:
+            return False
+        entry[0].removed = True
+        return True
 
     def add_job(self, job: JobRequest) -> None:
         if job.id in self._jobs:
             raise ValueError(f"job offer {job.id} is already in the book")
         self._jobs[job.id] = job
         heapq.heappush(self._queue, (job.seq, job.id))
+        self._expires(job.expires_at, job)
 
-    def remove_job(self, job_id: str) -> None:
-        """Withdraw a pending job (cancelled or expired)."""
-        self._jobs.pop(job_id, None)  # its queue entry is skipped lazily
+    def remove_job(self, job_id: str) -> bool:
+        """Withdraw a pending job (cancelled or expired); False if it was not pending."""
+        return self._jobs.pop(job_id, None) is not None  # its queue entry is skipped lazily
 
     def release(self, job_id: str) -> None:
-        """Free the slot a matched job booked (its deal ended)."""
-        live = self._booked.pop(job_id)
+        """Free the slot a matched job booked (its deal ended, or could not be made)."""
+        live, _ = self._booked.pop(job_id)
         live.free += 1
         if not live.removed:
             for price, cls in self._offers[live.offer.id][1]:
                 cls.push(price, live)
+
+    def unmatch(self, job_id: str) -> None:
+        """Undo a match: free the slot and put the job back, pending, in its old place."""
+        _, job = self._booked[job_id]
+        self.release(job_id)
+        self.add_job(job)
+
+    def settle(self, job_id: str) -> None:
+        """Forget a matched job's booking for good: its slot stays taken (a deal used it)."""
+        del self._booked[job_id]
+
+    def expire(self, now: float) -> tuple[list[JobRequest], list[ResourceOffer]]:
+        """Take out every pending job and listed offer that has expired by ``now``; returns
+        them. (Booked slots stand: their deals were made, or are being made, before expiry.)"""
+        jobs: list[JobRequest] = []
+        offers: list[ResourceOffer] = []
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            item = heapq.heappop(heap)[2]
+            if isinstance(item, JobRequest):
+                if self._jobs.get(item.id) is item:
+                    del self._jobs[item.id]
+                    jobs.append(item)
+            elif self._offers.get(item.offer.id, (None,))[0] is item:
+                self.remove_offer(item.offer.id)
+                offers.append(item.offer)
+        return jobs, offers
+
+    def _expires(self, at: float, item: JobRequest | _Live) -> None:
+        if at == INF:
+            return
+        self._pushed += 1
+        heapq.heappush(self._expiries, (at, self._pushed, item))
+        if len(self._expiries) > 2 * (len(self._jobs) + len(self._offers)) + 64:
+            keep = {id(job) for job in self._jobs.values()}
+            keep.update(id(entry[0]) for entry in self._offers.values())
+            self._expiries = [e for e in self._expiries if id(e[2]) in keep]
+            heapq.heapify(self._expiries)
 
     def match(self, now: float) -> list[Match]:
         """Match every pending job that can be matched now, oldest first."""
@@ -224,22 +304,28 @@ class OrderBook:
         failed: dict[_Kind, int] = {}
         for seq, job_id in sorted(self._queue):  # sorting once beats popping a heap
             job = jobs.get(job_id)
-            if job is None:
+            if job is None or (waiting and waiting[-1][1] == job_id):  # gone, or listed again
                 continue
             if job.expires_at <= now:
                 del jobs[job_id]
                 continue
-            kind = (job.module, job.needs, job.mediators)
-            best = None if failed.get(kind, -1) >= job.max_price else self._cheapest(job, kind, now)
+            kind = (job.module, job.needs, job.mediators, job.timeout)
+            if job.avoid:  # rare (redundant runs): not of one kind with the others
+                best = self._cheapest_avoiding(job, kind, now)
+            elif failed.get(kind, -1) >= job.max_price:
+                best = None
+            else:
+                best = self._cheapest(job, kind, now)
             if best is None:
-                failed[kind] = max(failed.get(kind, -1), job.max_price)
+                if not job.avoid:
+                    failed[kind] = max(failed.get(kind, -1), job.max_price)
                 waiting.append((seq, job_id))
                 continue
             price, _, live = best
             live.free -= 1
             del jobs[job_id]
-            booked[job_id] = live
-            matches.append(Match(job_id, live.offer.id, live.offer.provider, price))
+            booked[job_id] = (live, job)
+            matches.append(Match(job_id, live.offer.id, live.offer.provider, price, job.creator))
         self._queue = waiting  # sorted, hence already a heap
         return matches
 
@@ -260,15 +346,33 @@ class OrderBook:
                 best = head
         return best
 
+    def _cheapest_avoiding(
+        self, job: JobRequest, kind: _Kind, now: float
+    ) -> tuple[int, int, _Live] | None:
+        """The cheapest usable offer of a provider the job does not avoid: every entry of the
+        fitting classes is looked at, not only their heads (such jobs are few)."""
+        best: tuple[int, int, _Live] | None = None
+        for cls in self._classes_for(kind):
+            for entry in cls.heap:
+                live = entry[2]
+                if (
+                    entry[0] <= job.max_price
+                    and live.offer.provider.lower() not in job.avoid
+                    and live.usable(now)
+                    and (best is None or entry[:2] < best[:2])
+                ):
+                    best = entry
+        return best
+
     def _classes_for(self, kind: _Kind) -> list[_Class]:
         fitting = self._fitting.get(kind)
         if fitting is None:
-            module, needs, mediators = kind
+            module, needs, mediators, timeout = kind
             fitting = [
                 cls
                 for key in (module, ANY_MODULE)
-                for (mediator, machine), cls in self._classes.get(key, {}).items()
-                if mediator in mediators and machine.covers(needs)
+                for (mediator, machine, least), cls in self._classes.get(key, {}).items()
+                if mediator in mediators and machine.covers(needs) and least <= timeout
             ]
             self._fitting[kind] = fitting
         return fitting

@@ -3,15 +3,28 @@
 :class:`Solver` ties the parts together:
 
 * offers arrive through :meth:`Solver.submit_job_offer` / :meth:`Solver.submit_resource_offer`
-  (the HTTP API calls them), are checked (signature, expiry, nonce, deposit, rate per signer),
-  stored, and put in the :class:`~solver.matching.OrderBook`;
-* a matcher thread runs :meth:`Solver.match_once` whenever something changed: matches are written
-  to the store *first*, then sent to ``JobMarket.createDeals`` in one transaction;
+  (the HTTP API calls them), are checked (signature, rate per signer, expiry, nonce, that
+  something backs them, open offers and deposit per signer, and for a job offer that its spec
+  renders here and its timeout leaves the provider enough time), stored, and put in the
+  :class:`~solver.matching.OrderBook`;
+* a matcher thread runs :meth:`Solver.match_once` whenever something changed: offers past their
+  expiry are marked expired, matches are taken out of the book and written to the store *first*,
+  then sent to ``JobMarket.createDeals`` in one transaction; offers of a refused deal that are
+  not at fault go back to the book;
 * a follower thread reads the market's events (``DealCreated``, ``ResultSubmitted``...) and keeps
   each deal's state, resuming from the block it had reached after a restart;
 * on start, :meth:`Solver.recover` rebuilds the book from the store and settles any match that
   was written but whose transaction outcome is unknown (the nonce tells whether it reached the
   chain), so a killed solver neither loses an offer nor sends a deal twice.
+
+Locks. No lock is held across a chain call, so a slow chain (or a slow module fetch) never
+stops the API:
+
+* ``_lock`` guards the order book and the set of matches being sent: in-memory work, plus the
+  one database write that must agree with the book (recording matches as they leave it);
+* a signer's lock (one of :data:`SIGNER_LOCKS`, by address) serializes that signer's submissions
+  and cancellations, so two offers posted at once cannot both count on one deposit, and a
+  cancellation never races the listing of the same offer; it is held across the deposit read.
 """
 
 from __future__ import annotations
@@ -19,23 +32,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
+from lilypad.chain.crypto import eip191_digest, recover
 from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import (
+    MIN_TIMEOUT_MARGIN_S,
     ZERO_BYTES32,
     Deal,
     JobOffer,
     Machine,
     SignedJobOffer,
     SignedResourceOffer,
+    min_job_timeout,
 )
 from lilypad.chain.offers import ResourceOffer as ChainResourceOffer
 from lilypad.errors import (
@@ -43,15 +58,21 @@ from lilypad.errors import (
     ChainUnavailable,
     ConfigError,
     ContractReverted,
+    ModuleError,
+    ModuleSourceError,
     SolverError,
 )
 from lilypad.jobs import (
+    MAX_AVOIDED,
     ChainClock,
     JobSubmission,
     SpecMismatch,
     cancel_message,
     check_submission,
+    rerender,
 )
+from lilypad.modules import JobSpec
+from lilypad.modules.sources import SourceKind, parse_reference
 from solver import matching
 from solver.matching import ANY_MODULE, JobRequest, OrderBook, ResourceOffer
 from solver.store import (
@@ -71,6 +92,18 @@ MIN_LIFETIME_S = 10
 BATCH = 50
 #: Locks that serialize one signer's offer submissions (a signer maps to one by its address).
 SIGNER_LOCKS = 64
+#: How long a mediator's registration, once read from the chain, is believed.
+MEDIATOR_TTL_S = 60.0
+#: How soon a mediator is read again when the chain could not be read (it is assumed registered
+#: meanwhile: the chain has the final word at createDeals).
+MEDIATOR_RETRY_S = 5.0
+#: The most mediators (and signers, in the rate limiter) remembered; the least recently used
+#: are forgotten first.
+CACHE_SIZE = 10_000
+
+Model = type[JobOfferRow] | type[ResourceOfferRow]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class OfferRejected(SolverError):
@@ -84,6 +117,11 @@ class DepositShort(OfferRejected):
     a client tops up and posts again)."""
 
 
+class TooManyOffers(OfferRejected):
+    """The signer already has as many open offers as the solver keeps for one signer (HTTP
+    429: cancel some, or wait until they are matched or expire)."""
+
+
 class RateLimited(SolverError):
     """A signer sent offers faster than allowed."""
 
@@ -95,21 +133,72 @@ class RateLimited(SolverError):
 
 
 class RateLimiter:
-    """A token bucket per signer address (not per IP: one signer cannot hide behind many)."""
+    """A token bucket per signer address (not per IP: one signer cannot hide behind many).
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+    At most ``max_signers`` buckets are kept; the least recently used go first (a forgotten
+    signer starts again with a full bucket, which is all it would have had after a quiet spell).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_signers: int = CACHE_SIZE,
+    ) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_signers = max_signers
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, signer: str) -> None:
         with self._lock:
             now = self._clock()
-            tokens, last = self._buckets.get(signer, (float(self.burst), now))
+            saved = self._buckets.pop(signer, None)
+            tokens, last = saved or (float(self.burst), now)
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens < 1:
+                if saved is not None:
+                    self._buckets[signer] = saved
                 raise RateLimited(signer, (1 - tokens) / self.rate)
             self._buckets[signer] = (tokens - 1, now)
+            while len(self._buckets) > self.max_signers:
+                self._buckets.popitem(last=False)
+
+
+class ExpiringCache(Generic[K, V]):
+    """A thread-safe map whose entries expire, holding at most ``max_size`` of them (the least
+    recently used are dropped first)."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._items: OrderedDict[K, tuple[V, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K, now: float) -> V | None:
+        """The value, if it is there and has not expired by ``now``."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[1] <= now:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: K, value: V, expires_at: float) -> None:
+        with self._lock:
+            self._items[key] = (value, expires_at)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_size:
+                self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -121,6 +210,12 @@ class SolverConfig:
         start_block: The first block to read events from when the store has no position yet.
         rate: Offers per second each signer may send on average; ``burst`` at once.
         poll_interval: Seconds between chain polls and matching passes when nothing wakes them.
+        max_open_offers: The most open (pending or matched) offers of each kind one signer may
+            have; more are refused until some are matched, cancelled or expire.
+        any_module_source: Take job offers for modules in local folders, local or ``file://``
+            git repositories and non-https git URLs. Off, the solver renders only built-in
+            modules and https git repositories: a job offer could otherwise make it read paths
+            on its own host, or connect with its ssh keys. For tests and private networks.
     """
 
     confirmations: int = 0
@@ -128,6 +223,8 @@ class SolverConfig:
     rate: float = 5.0
     burst: int = 50
     poll_interval: float = 0.5
+    max_open_offers: int = 1000
+    any_module_source: bool = False
 
 
 _CHAIN_STATES = {
@@ -155,18 +252,17 @@ class Solver:
         # Offers expire in chain time, which a dev chain may hold ahead of the wall clock.
         self._clock = clock or ChainClock(market)
         self._book = OrderBook()
-        self._lock = threading.RLock()  # guards the book and the submit path
-        # One signer's submissions check its deposit and store the offer one at a time, so two
-        # posted at once (from two machines) cannot both count on the same deposit; the chain
-        # read is outside the book's lock, so other signers do not wait for it.
+        self._lock = threading.Lock()  # guards the book and _sending; see the module docstring
+        self._sending: set[str] = set()  # job offer ids of matches whose createDeals is in flight
         self._signer_locks = [threading.Lock() for _ in range(SIGNER_LOCKS)]
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._limiter = RateLimiter(config.rate, config.burst)
-        self._mediator_cache: dict[str, tuple[bool, float]] = {}
+        self._mediator_cache: ExpiringCache[str, bool] = ExpiringCache(CACHE_SIZE)
+        self._collateral_rule: tuple[int, int] | None = None  # the market's: immutable
+        self._listeners: list[Callable[[], None]] = []
         self.chain_id = market.chain.chain_id
-        self.events_changed = threading.Condition()
 
     # -------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -184,8 +280,14 @@ class Solver:
             thread.join(timeout=10)
         self._threads.clear()
 
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Have ``callback()`` called, from any thread, whenever new events may be in the
+        store. It must be quick and must not raise (the event stream bridges it to its loop)."""
+        self._listeners.append(callback)
+
     def recover(self) -> None:
-        """Rebuild the order book from the store and settle matches of unknown outcome.
+        """Rebuild the order book from the store (marking what expired meanwhile) and settle
+        matches of unknown outcome.
 
         Raises:
             ConfigError: the store belongs to another market or chain (its offers, deals and
@@ -200,12 +302,25 @@ class Solver:
                 f"the solver's database belongs to market {saved} (chain id:address), not {market}",
                 hint="give this market a database of its own (--db)",
             )
+        now = self._clock()
+        offers, jobs = [], []
+        for row in self.store.offers(ResourceOfferRow, OfferState.PENDING):
+            if row.expires_at <= now:
+                self._mark_expired(ResourceOfferRow, row.id, row.signer)
+            else:
+                offers.append(self._resource_request(row))
+        for row in self.store.offers(JobOfferRow, OfferState.PENDING):
+            if row.expires_at <= now:
+                self._mark_expired(JobOfferRow, row.id, row.signer)
+            else:
+                jobs.append(self._job_request(row))
+        book = OrderBook()
+        for offer in offers:
+            book.add_offer(offer)
+        for job in jobs:
+            book.add_job(job)
         with self._lock:
-            self._book = OrderBook()
-            for row in self.store.offers(ResourceOfferRow, OfferState.PENDING):
-                self._book.add_offer(self._resource_request(row))
-            for row in self.store.offers(JobOfferRow, OfferState.PENDING):
-                self._book.add_job(self._job_request(row))
+            self._book = book
         self._settle_unknown()
 
     # ----------------------------------------------------------------------------- offers
@@ -213,41 +328,72 @@ class Solver:
         """Check, store and queue a job offer with its job spec.
 
         Raises:
-            OfferRejected: bad signature, expired, nonce used, not enough deposit, or a spec the
-                offer does not commit to.
+            OfferRejected: bad signature, expired, nonce used, a maximum price of 0, a spec the
+                offer does not commit to or that does not render here, a timeout too short
+                for the module.
+            DepositShort: the deposit does not cover it on top of the signer's open offers.
+            TooManyOffers: the signer has too many open job offers.
             RateLimited: the signer is over its rate.
             Duplicate: already known.
         """
+        offer = signed.offer
+        signer = offer.job_creator
         try:
             check_submission(signed)
         except SpecMismatch as exc:
             raise OfferRejected(str(exc)) from None
-        offer = signed.offer
-        self._check_offer(offer, offer.job_creator, signed.signature, "job offer")
-        with self._signer_lock(offer.job_creator):
-            self._check_deposit(
-                offer.job_creator, JobOfferRow, offer.max_price, "its maximum price"
+        self._check_offer(offer, signer, signed.signature, "job offer")
+        if offer.max_price == 0:
+            raise OfferRejected(
+                f"job offer of {signer} with nonce {offer.nonce} has maximum price 0: nothing "
+                "would pay a provider; sign one with a maximum price above 0"
             )
-            row = JobOfferRow(max_price=str(offer.max_price), **self._row_fields(signed, offer))
+        # Before the spec is rendered (a git module is fetched): an unfunded key stops here.
+        self._check_open(signer, JobOfferRow, offer.max_price, "its maximum price")
+        self._check_spec(offer, self._rerender(signed.spec))
+        mediators = self._mediators(offer.mediators)
+        row = JobOfferRow(max_price=str(offer.max_price), **self._row_fields(signed, offer))
+        with self._signer_lock(signer):
+            self._check_open(signer, JobOfferRow, offer.max_price, "its maximum price")
+            row.seq = self.store.add_offer(row, [signer])
+            request = _job_request(row, offer, mediators)
             with self._lock:
-                row.seq = self.store.add_offer(row, [offer.job_creator])
-                self._book.add_job(self._job_request(row))
+                self._book.add_job(request)
         self._notify()
         return row
 
     def submit_resource_offer(self, signed: SignedResourceOffer) -> ResourceOfferRow:
-        """Check, store and list a resource offer (one job slot). Raises as for job offers."""
+        """Check, store and list a resource offer (one job slot).
+
+        Raises:
+            OfferRejected: bad signature, expired, nonce used, no collateral.
+            DepositShort, TooManyOffers, RateLimited, Duplicate: as for job offers.
+        """
         offer = signed.offer
-        self._check_offer(offer, offer.provider, signed.signature, "resource offer")
-        with self._signer_lock(offer.provider):
-            self._check_deposit(
-                offer.provider, ResourceOfferRow, offer.collateral, "its collateral"
+        signer = offer.provider
+        self._check_offer(offer, signer, signed.signature, "resource offer")
+        if offer.collateral == 0:
+            raise OfferRejected(
+                f"resource offer of {signer} with nonce {offer.nonce} has collateral 0: nothing "
+                "would answer for its result; sign one with collateral"
             )
-            fields = self._row_fields(signed, offer)
-            row = ResourceOfferRow(collateral=str(offer.collateral), **fields)
+        required = self._required_collateral(offer.price)
+        if offer.collateral < required:
+            # the chain would refuse its deals (CollateralTooLow); say so now, not at a match
+            raise OfferRejected(
+                f"resource offer of {signer} with nonce {offer.nonce} has collateral "
+                f"{offer.collateral}, below the market's minimum of {required} at price "
+                f"{offer.price} (the larger of its minimum collateral and its collateral "
+                "multiple times the price)"
+            )
+        mediators = self._mediators(offer.mediators)
+        row = ResourceOfferRow(collateral=str(offer.collateral), **self._row_fields(signed, offer))
+        with self._signer_lock(signer):
+            self._check_open(signer, ResourceOfferRow, offer.collateral, "its collateral")
+            row.seq = self.store.add_offer(row, [signer])
+            request = _resource_request(row, offer, mediators)
             with self._lock:
-                row.seq = self.store.add_offer(row, [offer.provider])
-                self._book.add_offer(self._resource_request(row))
+                self._book.add_offer(request)
         self._notify()
         return row
 
@@ -277,46 +423,89 @@ class Solver:
 
     def cancel_offer(self, kind: str, offer_id: str, signature: str) -> None:
         """Withdraw a pending offer; ``signature`` is its signer's EIP-191 signature of
-        ``cancel_message(offer_id)``."""
-        model: type[JobOfferRow] | type[ResourceOfferRow] = (
-            JobOfferRow if kind == "job" else ResourceOfferRow
-        )
+        ``cancel_message(offer_id)``.
+
+        Raises:
+            OfferRejected: no such offer, a malformed signature or another signer's, or the
+                offer is no longer pending.
+        """
+        model: Model = JobOfferRow if kind == "job" else ResourceOfferRow
         row = self.store.offer(model, offer_id)
         if row is None:
             raise OfferRejected(f"no {kind} offer {offer_id}")
         try:
-            signer = Account.recover_message(
-                encode_defunct(text=cancel_message(offer_id)), signature=signature
-            )
-        except (ValueError, TypeError) as exc:
-            raise OfferRejected(f"cancellation signature is malformed: {exc}") from None
+            signer = recover(eip191_digest(cancel_message(offer_id)), signature)
+        except ValueError as exc:
+            shown = signature if len(signature) <= 20 else f"{signature[:20]}..."
+            raise OfferRejected(
+                f"cancellation signature {shown!r} is malformed ({exc}); send the offer "
+                f"signer's 65-byte EIP-191 signature of {cancel_message(offer_id)!r} as hex"
+            ) from None
         if signer != row.signer:
             raise OfferRejected(f"cancellation is signed by {signer}, not by {row.signer}")
-        with self._lock:
-            if row.state != OfferState.PENDING.value:
+        with self._signer_lock(row.signer):
+            with self._lock:
+                if model is JobOfferRow:
+                    listed = self._book.remove_job(offer_id)
+                else:
+                    listed = self._book.is_open(offer_id) and self._book.remove_offer(offer_id)
+            if not listed:
+                state = self.store.offer(model, offer_id).state
+                if state == OfferState.PENDING.value:  # taken out a moment ago
+                    state = "being matched or expiring"
                 raise OfferRejected(
-                    f"{kind} offer {offer_id} is {row.state}; only a pending offer can be cancelled"
+                    f"{kind} offer {offer_id} is {state}; only a pending offer can be cancelled"
                 )
-            if model is JobOfferRow:
-                self._book.remove_job(offer_id)
-            else:
-                self._book.remove_offer(offer_id)
             self.store.set_offer_state(model, offer_id, OfferState.CANCELLED, [row.signer])
         self._notify()
 
     # --------------------------------------------------------------------------- matching
     def match_once(self) -> list[DealRow]:
-        """Match what can be matched now, record the matches, and create their deals."""
+        """Expire what has expired, match what can be matched now, record the matches, and
+        create their deals (the transaction is sent without holding the book)."""
+        now = self._clock()
+        self._expire(now)
         with self._lock:
-            matches = self._book.match(self._clock())
+            matches = self._book.match(now)
             if not matches:
                 return []
-            rows = [self._deal_row(m) for m in matches]
-            self.store.record_matches(rows)
+            rows = [self._deal_row(m, now) for m in matches]
+            try:
+                self.store.record_matches(rows)
+            except Exception:
+                for match in matches:  # not recorded: as if never matched
+                    self._book.unmatch(match.job_id)
+                raise
+            # Out of the book: a deal uses the offer, or _deal_failed puts it back.
+            for match in matches:
+                self._book.settle(match.job_id)
+                self._book.remove_offer(match.offer_id)
+            self._sending.update(row.job_offer_id for row in rows)
+        self._notify()
+        try:
             for start in range(0, len(rows), BATCH):
                 self._create_deals(rows[start : start + BATCH])
+        finally:
+            with self._lock:
+                self._sending.difference_update(row.job_offer_id for row in rows)
         self._notify()
         return rows
+
+    def _expire(self, now: float) -> None:
+        """Take offers past their expiry out of the book and mark them expired."""
+        with self._lock:
+            jobs, offers = self._book.expire(now)
+        for job in jobs:
+            self._mark_expired(JobOfferRow, job.id, job.creator)
+        for offer in offers:
+            self._mark_expired(ResourceOfferRow, offer.id, offer.provider)
+        if jobs or offers:
+            self._notify()
+
+    def _mark_expired(self, model: Model, offer_id: str, signer: str) -> None:
+        self.store.set_offer_state(
+            model, offer_id, OfferState.EXPIRED, [signer], expected=OfferState.PENDING
+        )
 
     def _create_deals(self, rows: Sequence[DealRow]) -> None:
         pairs = [self._pair(row) for row in rows]
@@ -338,18 +527,18 @@ class Solver:
             self._deal_created(row.job_offer_id, deal, receipt.tx_hash)
 
     def _deal_created(self, job_offer_id: str, deal: Deal, tx_hash: str | None) -> None:
-        row = self.store.deal_by_offer(job_offer_id)
-        if row is None or row.state != DealRowState.MATCHED.value:
-            return  # already recorded (the follower and the sender can both see it)
-        self.store.update_deal(
+        row = self.store.update_deal(
             job_offer_id,
             DealRowState.CREATED,
             event_kind="deal.created",
             parties=[deal.job_creator, deal.provider, deal.mediator],
+            expected=DealRowState.MATCHED,  # the follower and the sender can both see it
             deal_id=deal.deal_id,
             deal=deal.model_dump(mode="json"),
             tx_hash=tx_hash,
         )
+        if row is None:
+            return
         for model, offer_id, signer in (
             (JobOfferRow, row.job_offer_id, row.job_creator),
             (ResourceOfferRow, row.resource_offer_id, row.provider),
@@ -364,27 +553,28 @@ class Solver:
         resource = self.store.offer(ResourceOfferRow, row.resource_offer_id)
         job_bad = self._still_bad(job)
         resource_bad = self._still_bad(resource) or not job_bad
-        self.store.update_deal(
-            row.job_offer_id,
-            DealRowState.FAILED,
-            event_kind="deal.failed",
-            parties=[row.job_creator, row.provider],
-            error=str(exc)[:500],
-        )
+        rejected, relisted, requests = [], [], []
         for bad, model, offer in (
             (job_bad, JobOfferRow, job),
             (resource_bad, ResourceOfferRow, resource),
         ):
             if bad:
-                self.store.set_offer_state(
-                    model, offer.id, OfferState.REJECTED, [offer.signer], reason=str(exc)[:300]
-                )
+                rejected.append((model, offer.id, offer.signer))
             else:
-                self.store.set_offer_state(model, offer.id, OfferState.PENDING, [offer.signer])
-                if model is JobOfferRow:
-                    self._book.add_job(self._job_request(offer))
+                relisted.append((model, offer.id, offer.signer))
+                requests.append(  # mediators are read here, holding nothing
+                    self._job_request(offer)
+                    if model is JobOfferRow
+                    else self._resource_request(offer)
+                )
+        if not self.store.fail_deal(row.job_offer_id, str(exc), rejected, relisted):
+            return  # the follower saw the deal made meanwhile
+        with self._lock:
+            for request in requests:
+                if isinstance(request, JobRequest):
+                    self._book.add_job(request)
                 else:
-                    self._book.add_offer(self._resource_request(offer))
+                    self._book.add_offer(request)
         log.warning("createDeal refused for job offer %s: %s", row.job_offer_id, exc)
 
     def _still_bad(self, row: Any) -> bool:
@@ -399,15 +589,21 @@ class Solver:
     def _settle_unknown(self) -> None:
         """Matches written before a crash, or whose transaction failed to confirm."""
         for row in self.store.deals(DealRowState.MATCHED):
-            job = self.store.offer(JobOfferRow, row.job_offer_id)
-            try:
-                used = self.market.nonce_used(job.signer, int(job.nonce))
-            except ChainUnavailable:
-                return  # try again on the next pass
-            if used:
-                continue  # the deal (or a cancellation) is on chain; the follower records it
             with self._lock:
-                self._create_deals([row])
+                if row.job_offer_id in self._sending:
+                    continue  # being sent right now
+                self._sending.add(row.job_offer_id)
+            try:
+                job = self.store.offer(JobOfferRow, row.job_offer_id)
+                try:
+                    used = self.market.nonce_used(job.signer, int(job.nonce))
+                except ChainUnavailable:
+                    return  # try again on the next pass
+                if not used:  # if used, the deal (or a cancellation) is on chain: followed
+                    self._create_deals([row])
+            finally:
+                with self._lock:
+                    self._sending.discard(row.job_offer_id)
 
     # ---------------------------------------------------------------------------- the chain
     def follow_once(self, follower: EventFollower) -> int:
@@ -482,10 +678,14 @@ class Solver:
 
     def _notify(self) -> None:
         self._wake.set()
-        with self.events_changed:
-            self.events_changed.notify_all()
+        for listener in self._listeners:
+            listener()
 
     # ----------------------------------------------------------------------------- checks
+    def committed(self, signer: str, model: Model) -> int:
+        """What a signer's open offers of one kind could still take from its deposit."""
+        return self.store.committed(signer, model, self._clock())
+
     def _check_signature(
         self, offer: JobOffer | ChainResourceOffer, signer: str, signature: str, what: str
     ) -> None:
@@ -508,74 +708,98 @@ class Solver:
         if self.market.nonce_used(signer, nonce):
             raise OfferRejected(f"nonce {nonce} of {signer} is already used on chain")
 
+    def _rerender(self, spec: JobSpec) -> JobSpec:
+        """The spec as this machine renders it from its module and tunables; a job offer whose
+        spec does not render here is refused (a provider would refuse it, and lose nothing,
+        while the job creator could claim the provider's collateral for a job never run)."""
+        try:
+            source = parse_reference(spec.module)
+            if not self.config.any_module_source and not (
+                source.kind is SourceKind.BUILTIN
+                or (source.kind is SourceKind.GIT and source.location.startswith("https://"))
+            ):
+                raise OfferRejected(
+                    f"job spec names module {spec.module!r}: this solver takes built-in modules "
+                    "and https git repositories only"
+                )
+            return rerender(spec)
+        except (SpecMismatch, ModuleError, ModuleSourceError) as exc:
+            raise OfferRejected(f"job spec refused: {exc}") from None
+
+    @staticmethod
+    def _check_spec(offer: JobOffer, spec: JobSpec) -> None:
+        least = min_job_timeout(spec.timeout_s)
+        if offer.timeout < least:
+            raise OfferRejected(
+                f"job offer of {offer.job_creator} gives the provider {offer.timeout}s for a "
+                f"result, but {spec.module} needs at least {least}s (its timeout of "
+                f"{spec.timeout_s}s plus {MIN_TIMEOUT_MARGIN_S}s to fetch, start and deliver); "
+                f"sign one with timeout >= {least}"
+            )
+
     def _signer_lock(self, signer: str) -> threading.Lock:
         return self._signer_locks[int(signer[-8:], 16) % SIGNER_LOCKS]
 
-    def _check_deposit(
-        self, signer: str, model: type[JobOfferRow] | type[ResourceOfferRow], amount: int, what: str
-    ) -> None:
+    def _check_open(self, signer: str, model: Model, amount: int, what: str) -> None:
+        """Room for one more open offer of ``signer``: under the per-signer bound, and within
+        its deposit on top of the open ones (offers past their expiry count for nothing)."""
+        count, committed = self.store.open_offers(signer, model, self._clock())
+        if count >= self.config.max_open_offers:
+            kind = "job" if model is JobOfferRow else "resource"
+            raise TooManyOffers(
+                f"{signer} has {count} open {kind} offers, the most this solver keeps for one "
+                "signer; cancel some, or wait until they are matched or expire"
+            )
         balance = self.market.balance_of(signer)
-        committed = self.store.committed(signer, model)
         if balance < committed + amount:
             raise DepositShort(
                 f"deposit of {signer} is {balance}, but its open offers need {committed} and "
                 f"this one {amount} ({what}); deposit more with JobMarket.deposit"
             )
 
+    def _required_collateral(self, price: int) -> int:
+        """``JobMarket.requiredCollateral(price)``, from the market's immutable rule (read once)."""
+        if self._collateral_rule is None:
+            self._collateral_rule = self.market.collateral_rule()
+        least, multiple = self._collateral_rule
+        return max(least, multiple * price)
+
     def _mediators(self, addresses: Sequence[str]) -> frozenset[str]:
-        """The registered mediators among ``addresses`` (the registry is read at most once a
-        minute per mediator)."""
-        now = self._clock()
+        """The registered mediators among ``addresses``, each read from the chain at most once
+        a minute. Never called holding ``_lock``: each read is a chain call."""
+        now = time.monotonic()
         active = set()
         for address in addresses:
-            cached = self._mediator_cache.get(address)
-            if cached is None or now - cached[1] > 60:
+            registered = self._mediator_cache.get(address, now)
+            if registered is None:
                 try:
-                    cached = (self.market.mediator(address)[0], now)
+                    registered = self.market.mediator(address)[0]
+                    self._mediator_cache.put(address, registered, now + MEDIATOR_TTL_S)
                 except ChainError:
-                    cached = (True, now - 55)  # assume yes; the chain has the final word
-                self._mediator_cache[address] = cached
-            if cached[0]:
+                    registered = True  # assume yes; the chain has the final word
+                    self._mediator_cache.put(address, registered, now + MEDIATOR_RETRY_S)
+            if registered:
                 active.add(address.lower())
         return frozenset(active)
 
     # -------------------------------------------------------------------------- conversion
     def _job_request(self, row: JobOfferRow) -> JobRequest:
         offer = SignedJobOffer.model_validate(row.body).offer
-        return JobRequest(
-            id=row.id,
-            module=offer.module,
-            needs=_machine(offer.machine),
-            max_price=offer.max_price,
-            mediators=self._mediators(offer.mediators),
-            seq=row.seq,
-            expires_at=offer.expiry,
-        )
+        return _job_request(row, offer, self._mediators(offer.mediators))
 
     def _resource_request(self, row: ResourceOfferRow) -> ResourceOffer:
         offer = SignedResourceOffer.model_validate(row.body).offer
-        module = ANY_MODULE if offer.module == ZERO_BYTES32 else offer.module
-        return ResourceOffer(
-            id=row.id,
-            provider=offer.provider,
-            machine=_machine(offer.machine),
-            prices={module: offer.price},
-            mediators=self._mediators(offer.mediators),
-            slots=1,
-            seq=row.seq,
-            expires_at=offer.expiry,
-        )
+        return _resource_request(row, offer, self._mediators(offer.mediators))
 
-    def _deal_row(self, match: matching.Match) -> DealRow:
-        job = self.store.offer(JobOfferRow, match.job_id)
+    def _deal_row(self, match: matching.Match, now: float) -> DealRow:
         return DealRow(
             job_offer_id=match.job_id,
             resource_offer_id=match.offer_id,
             state=DealRowState.MATCHED.value,
-            job_creator=job.signer,
+            job_creator=match.creator,
             provider=match.provider,
             price=str(match.price),
-            updated_at=self._clock(),
+            updated_at=now,
         )
 
     def _pair(self, row: DealRow) -> tuple[SignedJobOffer, SignedResourceOffer]:
@@ -585,6 +809,40 @@ class Solver:
             SignedJobOffer.model_validate(job.body),
             SignedResourceOffer.model_validate(resource.body),
         )
+
+
+def _job_request(row: JobOfferRow, offer: JobOffer, mediators: frozenset[str]) -> JobRequest:
+    # the submission's advisory list (not signed): providers this offer must not go to
+    avoid = [str(a) for a in (row.body.get("avoid_providers") or ())][:MAX_AVOIDED]
+    return JobRequest(
+        id=row.id,
+        module=offer.module,
+        needs=_machine(offer.machine),
+        max_price=offer.max_price,
+        mediators=mediators,
+        seq=row.seq,
+        expires_at=offer.expiry,
+        creator=offer.job_creator,
+        timeout=offer.timeout,
+        avoid=frozenset(a.lower() for a in avoid),
+    )
+
+
+def _resource_request(
+    row: ResourceOfferRow, offer: ChainResourceOffer, mediators: frozenset[str]
+) -> ResourceOffer:
+    module = ANY_MODULE if offer.module == ZERO_BYTES32 else offer.module
+    return ResourceOffer(
+        id=row.id,
+        provider=offer.provider,
+        machine=_machine(offer.machine),
+        prices={module: offer.price},
+        mediators=mediators,
+        slots=1,
+        seq=row.seq,
+        expires_at=offer.expiry,
+        min_timeout=offer.min_timeout,
+    )
 
 
 def _machine(value: int) -> matching.Machine:

@@ -156,11 +156,13 @@ class MetaRow(Base):
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """One entry of the event log, as the stream sends it."""
+    """One entry of the event log, as the stream sends it, with the addresses it concerns
+    (lowercase; filled only by :meth:`Store.events_with_parties`)."""
 
     seq: int
     kind: str
     payload: dict[str, Any]
+    parties: frozenset[str] = frozenset()
 
     def to_json(self) -> str:
         return json.dumps({"seq": self.seq, "kind": self.kind, **self.payload}, sort_keys=True)
@@ -248,22 +250,48 @@ class Store:
         offer_id: str,
         state: OfferState,
         parties: Sequence[str],
+        expected: OfferState | None = None,
         **extra: Any,
-    ) -> None:
+    ) -> bool:
+        """Move an offer to ``state`` and log its event; with ``expected``, only from that
+        state. Returns whether it moved."""
         kind = "job_offer" if model is JobOfferRow else "resource_offer"
+        where = model.id == offer_id
+        if expected is not None:
+            where = where & (model.state == expected.value)
         with self.session() as session:
-            session.execute(update(model).where(model.id == offer_id).values(state=state.value))
+            changed = session.execute(update(model).where(where).values(state=state.value))
+            if not changed.rowcount:  # type: ignore[attr-defined]
+                return False
             self._event(session, f"{kind}.{state.value}", {"id": offer_id, **extra}, parties)
+            return True
 
-    def committed(self, signer: str, model: type[JobOfferRow] | type[ResourceOfferRow]) -> int:
-        """What a signer's open offers could still take from its deposit."""
+    def committed(
+        self,
+        signer: str,
+        model: type[JobOfferRow] | type[ResourceOfferRow],
+        now: float | None = None,
+    ) -> int:
+        """What a signer's open offers could still take from its deposit (with ``now``, a
+        pending offer past its expiry is not open, even before it is marked expired)."""
+        return self.open_offers(signer, model, now)[1]
+
+    def open_offers(
+        self,
+        signer: str,
+        model: type[JobOfferRow] | type[ResourceOfferRow],
+        now: float | None = None,
+    ) -> tuple[int, int]:
+        """How many offers of a signer are open (pending or matched), and what they could still
+        take from its deposit together."""
         column = JobOfferRow.max_price if model is JobOfferRow else ResourceOfferRow.collateral
-        live = [OfferState.PENDING.value, OfferState.MATCHED.value]
+        pending = model.state == OfferState.PENDING.value
+        if now is not None:
+            pending = pending & (model.expires_at > now)
+        live = pending | (model.state == OfferState.MATCHED.value)
         with self.session() as session:
-            rows = session.scalars(
-                select(column).where(model.signer == signer, model.state.in_(live))
-            )
-            return sum(int(value) for value in rows)
+            values = list(session.scalars(select(column).where(model.signer == signer, live)))
+            return len(values), sum(int(value) for value in values)
 
     # ------------------------------------------------------------------------------- deals
     def record_matches(self, deals: Sequence[DealRow]) -> None:
@@ -308,20 +336,71 @@ class Store:
         *,
         event_kind: str,
         parties: Sequence[str],
+        expected: DealRowState | None = None,
         **values: Any,
     ) -> DealRow | None:
-        """Move a deal to ``state`` (set ``values``) and log ``event_kind``; once per state."""
+        """Move a deal to ``state`` (set ``values``) and log ``event_kind``; with ``expected``,
+        only from that state (None when the deal is in another: someone else moved it first)."""
+        where = DealRow.job_offer_id == job_offer_id
+        if expected is not None:
+            where = where & (DealRow.state == expected.value)
         with self.session() as session:
-            deal = session.scalar(select(DealRow).where(DealRow.job_offer_id == job_offer_id))
-            if deal is None:
+            # One conditional UPDATE first: of two writers racing (the sender and the follower
+            # both see a deal created), exactly one moves it.
+            changed = session.execute(
+                update(DealRow)
+                .where(where)
+                .values(state=state.value, updated_at=time.time(), **values)
+            )
+            if not changed.rowcount:  # type: ignore[attr-defined]
                 return None
-            for key, value in values.items():
-                setattr(deal, key, value)
-            deal.state = state.value
-            deal.updated_at = time.time()
-            session.flush()
+            deal = session.scalar(select(DealRow).where(DealRow.job_offer_id == job_offer_id))
+            if deal is None:  # cannot be: it was just updated in this transaction
+                return None
             self._event(session, event_kind, _deal_payload(deal), parties)
             return deal
+
+    def fail_deal(
+        self,
+        job_offer_id: str,
+        error: str,
+        rejected: Sequence[tuple[type[JobOfferRow] | type[ResourceOfferRow], str, str]],
+        relisted: Sequence[tuple[type[JobOfferRow] | type[ResourceOfferRow], str, str]],
+    ) -> bool:
+        """A match the chain refused, in one transaction: the deal is marked failed (its event
+        goes to the signers of the ``rejected`` offers), those offers are rejected, and the
+        ``relisted`` ones are pending again. Offers are ``(model, id, signer)``. A deal row whose
+        offers go back to the book is deleted (an offer is in at most one deal row); its events
+        stay. False if the deal was no longer ``matched`` (the chain made it after all).
+        """
+        with self.session() as session:
+            changed = session.execute(
+                update(DealRow)
+                .where(
+                    DealRow.job_offer_id == job_offer_id,
+                    DealRow.state == DealRowState.MATCHED.value,
+                )
+                .values(state=DealRowState.FAILED.value, error=error[:500], updated_at=time.time())
+            )
+            if not changed.rowcount:  # type: ignore[attr-defined]
+                return False
+            deal = session.scalar(select(DealRow).where(DealRow.job_offer_id == job_offer_id))
+            if deal is None:  # cannot be: it was just updated in this transaction
+                return False
+            self._event(session, "deal.failed", _deal_payload(deal), [s for _, _, s in rejected])
+            for state, offers in ((OfferState.REJECTED, rejected), (OfferState.PENDING, relisted)):
+                extra = {"reason": error[:300]} if state is OfferState.REJECTED else {}
+                for model, offer_id, signer in offers:
+                    kind = "job_offer" if model is JobOfferRow else "resource_offer"
+                    session.execute(
+                        update(model).where(model.id == offer_id).values(state=state.value)
+                    )
+                    self._event(
+                        session, f"{kind}.{state.value}", {"id": offer_id, **extra}, [signer]
+                    )
+            if relisted:
+                session.delete(deal)
+            return True
 
     # ------------------------------------------------------------------------------ events
     def events_after(self, seq: int, party: str | None, limit: int = 500) -> list[StoredEvent]:
@@ -334,6 +413,30 @@ class Store:
                 )
             rows = session.scalars(query.order_by(EventRow.seq).limit(limit))
             return [StoredEvent(r.seq, r.kind, r.payload) for r in rows]
+
+    def events_with_parties(self, seq: int, limit: int = 1000) -> list[StoredEvent]:
+        """Every event after ``seq`` (at most ``limit``), each with the addresses it concerns:
+        what one reader needs to serve the streams of all parties."""
+        with self.session() as session:
+            rows = list(
+                session.scalars(
+                    select(EventRow).where(EventRow.seq > seq).order_by(EventRow.seq).limit(limit)
+                )
+            )
+            if not rows:
+                return []
+            parties: dict[int, set[str]] = {}
+            links = session.execute(
+                select(EventPartyRow.event_seq, EventPartyRow.address).where(
+                    EventPartyRow.event_seq > seq, EventPartyRow.event_seq <= rows[-1].seq
+                )
+            )
+            for event_seq, address in links:
+                parties.setdefault(event_seq, set()).add(address)
+            return [
+                StoredEvent(r.seq, r.kind, r.payload, frozenset(parties.get(r.seq, ())))
+                for r in rows
+            ]
 
     def last_event_seq(self) -> int:
         with self.session() as session:

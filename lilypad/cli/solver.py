@@ -41,13 +41,11 @@ def solver(
     ),
 ) -> None:
     """Run the solver: take signed offers, match them, create deals on chain, stream events."""
-    import uvicorn
-
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
     from lilypad.network import load_network
-    from solver.app import create_app
+    from solver.app import create_app, serve
     from solver.service import Solver, SolverConfig
     from solver.store import Store
 
@@ -79,7 +77,8 @@ def solver(
     service.start()
     note(f"solver {account.address} for network {network!r} on http://{host}:{port_text}")
     try:
-        uvicorn.run(create_app(service), host=host, port=int(port_text), log_level="warning")
+        # serve() ends the event streams at shutdown: uvicorn alone waits for each to close
+        serve(create_app(service), host, int(port_text))
     finally:
         service.stop()
         service.store.close()

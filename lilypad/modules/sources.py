@@ -90,9 +90,15 @@ def builtin_names() -> list[str]:
 
 def parse_reference(ref: str) -> Reference:
     """Split ``NAME[:VERSION]`` and decide which kind of source it names."""
-    ref = ref.strip()
-    if not ref:
+    if not ref.strip():
         raise UnknownModule("the module reference is empty; for example: sdxl:v0.9-lilypad1")
+    # A reference names exactly one module: refuse rather than guess at stray spaces or newlines
+    # (a contract, or a script, may pass them on), and keep control characters out of logs.
+    if ref != ref.strip() or any(ord(c) < 32 or ord(c) == 127 for c in ref):
+        raise UnknownModule(
+            f"module reference {ref!r} holds whitespace or control characters at its ends or "
+            f"inside; for example: {ref.strip()[:80]!r}"
+        )
     location, version = ref, None
     head, sep, tail = ref.rpartition(":")
     if sep and head and "/" not in tail:

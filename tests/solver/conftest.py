@@ -24,6 +24,7 @@ from lilypad.chain.offers import (
     Machine,
     ResourceOffer,
     SignedResourceOffer,
+    default_job_timeout,
     module_id,
     spec_digest,
 )
@@ -33,7 +34,7 @@ from lilypad.modules import render
 from lilypad.network import NetworkProfile, save_network
 from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.node import EmbeddedNode
-from solver.app import create_app
+from solver.app import SolverServer, create_app
 from solver.service import Solver, SolverConfig
 from solver.store import Store
 
@@ -77,6 +78,11 @@ class Net:
         save_network(profile)
         return profile
 
+    def advance(self, seconds: int) -> None:
+        """Move the chain's clock ``seconds`` ahead and mine a block there."""
+        self.chain.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+        self.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
     def nonce(self) -> int:
         self._nonce[0] += 1
         return self._nonce[0]
@@ -84,8 +90,10 @@ class Net:
     def job(
         self, creator: LocalAccount | None = None, inputs: tuple[str, ...] = (), **changes: Any
     ) -> JobSubmission:
+        """A signed job offer with its spec (each its own: a fresh seed), by ``creator``;
+        ``changes`` replace offer fields, ``spec=`` the spec, ``signed_by=`` the signer."""
         creator = creator or self.creators[0]
-        spec = render(MODULE, [*inputs, f"Seed={self.nonce()}"])  # each job its own spec
+        spec = changes.pop("spec", None) or render(MODULE, [*inputs, f"Seed={self.nonce()}"])
         signer = changes.pop("signed_by", None) or creator
         fields: dict[str, Any] = {
             "job_creator": creator.address,
@@ -93,7 +101,7 @@ class Net:
             "spec_hash": spec_digest(spec.spec_hash),
             "machine": NEEDS.encode(),
             "max_price": 10 * ETH,
-            "timeout": 600,
+            "timeout": default_job_timeout(spec.timeout_s),
             "mediators": (self.mediator.address,),
             "expiry": self.now() + 3600,
             "nonce": self.nonce(),
@@ -109,12 +117,14 @@ class Net:
             "module": module_id(MODULE),
             "machine": HAS.encode(),
             "price": 5 * ETH,
-            "collateral": 2 * ETH,
             "mediators": (self.mediator.address,),
             "expiry": self.now() + 3600,
             "nonce": self.nonce(),
         }
-        offer = ResourceOffer(**{**fields, **changes})
+        fields.update(changes)
+        # the least collateral the market takes at this price, unless a test chooses one
+        fields.setdefault("collateral", self.market.required_collateral(fields["price"]))
+        offer = ResourceOffer(**fields)
         return SignedResourceOffer(
             offer=offer, signature=offer.sign(provider, self.chain.chain_id, self.market.address)
         )
@@ -160,17 +170,17 @@ def chain_snapshot(net: Net) -> Iterator[None]:
 class Server:
     """A solver app served by a real uvicorn in a thread."""
 
-    def __init__(self, solver: Solver) -> None:
+    def __init__(self, solver: Solver, **app_options: Any) -> None:
         self.solver = solver
         self.port = free_port()
         config = uvicorn.Config(
-            create_app(solver),
+            create_app(solver, **app_options),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
             lifespan="off",
         )
-        self.server = uvicorn.Server(config)
+        self.server = SolverServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -208,13 +218,16 @@ def ipfs(tmp_path: Path) -> Iterator[EmbeddedNode]:
 def make_solver(net: Net, chain_snapshot: None, tmp_path: Path) -> Iterator[SolverFactory]:
     stores: list[Store] = []
 
-    def make(db_url: str | None = None, **config: Any) -> Solver:
+    def make(
+        db_url: str | None = None, clock: Callable[[], float] | None = None, **config: Any
+    ) -> Solver:
         store = Store(db_url or f"sqlite:///{tmp_path / 'solver.db'}")
         stores.append(store)
+        # tests/provider runs modules from fixture folders through this solver
+        config.setdefault("any_module_source", True)
         settings = SolverConfig(start_block=net.deployment.block, poll_interval=0.1, **config)
-        return Solver(
-            store, JobMarketClient(net.chain, net.deployment.market), net.solver, settings
-        )
+        market = JobMarketClient(net.chain, net.deployment.market)
+        return Solver(store, market, net.solver, settings, clock=clock)
 
     yield make
     for store in stores:

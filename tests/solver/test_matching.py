@@ -207,3 +207,58 @@ def test_cheapest_wins_and_ties_go_to_the_older_offer() -> None:
     for i in range(3):
         book.add_job(JobRequest(f"j{i}", MODULES[1], NEEDS[1], 10, frozenset(MEDIATORS), seq=i))
     assert [m.offer_id for m in book.match(0.0)] == ["cheap-old", "cheap-new", "dear"]
+
+
+def one_slot(name: str, price: int, seq: int, expires_at: float = 1e9) -> ResourceOffer:
+    return ResourceOffer(
+        name, "0xp", SLOT_MACHINES[1], {MODULES[1]: price}, frozenset(MEDIATORS), 1, seq, expires_at
+    )
+
+
+def job(name: str, seq: int, expires_at: float = 1e9) -> JobRequest:
+    return JobRequest(name, MODULES[1], NEEDS[1], 10, frozenset(MEDIATORS), seq, expires_at)
+
+
+def test_expire_takes_out_what_expired_and_says_which() -> None:
+    book = OrderBook()
+    book.add_offer(one_slot("soon", 5, 0, expires_at=10))
+    book.add_offer(one_slot("late", 6, 1))
+    book.add_job(job("old", 0, expires_at=10))
+    book.add_job(job("young", 1))
+    jobs, offers = book.expire(now=10)
+    assert [j.id for j in jobs] == ["old"]
+    assert [o.id for o in offers] == ["soon"]
+    assert book.expire(now=10) == ([], [])  # once
+    assert not book.has_job("old")
+    assert not book.is_open("soon")
+    assert [(m.job_id, m.offer_id) for m in book.match(now=10)] == [("young", "late")]
+
+
+def test_an_unmatched_job_and_a_relisted_offer_match_again() -> None:
+    """A refused deal: the job goes back to its place, the offer (taken out at the match) is
+    listed again, and the two match as if nothing had happened."""
+    book = OrderBook()
+    book.add_offer(one_slot("ro", 5, 0))
+    book.add_job(job("j", 0))
+    (match,) = book.match(0.0)
+    book.settle(match.job_id)
+    book.remove_offer(match.offer_id)
+    assert book.match(0.0) == []
+    book.add_offer(one_slot("ro", 5, 0))  # same id, price and age as its stale heap entry
+    book.add_job(job("j", 0))
+    assert [(m.job_id, m.offer_id) for m in book.match(0.0)] == [("j", "ro")]
+    book.unmatch("j")
+    assert book.has_job("j")
+    assert book.is_open("ro")
+    assert [m.job_id for m in book.match(0.0)] == ["j"]
+
+
+def test_the_expiry_heap_stays_small_while_offers_come_and_go() -> None:
+    book = OrderBook()
+    for i in range(10_000):
+        book.add_offer(one_slot(f"ro{i}", 5, i))
+        book.add_job(job(f"j{i}", i))
+        assert len(book.match(0.0)) == 1
+        book.settle(f"j{i}")
+        book.remove_offer(f"ro{i}")
+    assert len(book._expiries) < 200
