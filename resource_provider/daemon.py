@@ -12,7 +12,14 @@
   anything is run or submitted);
 * a pool of ``max_concurrent`` **workers** runs jobs: fetch the spec from the solver, check and
   re-render it, refuse what cannot be served or finished before the deadline, run it, add the
-  result folder to IPFS (pinned) and submit its CID.
+  result folder to IPFS (pinned) and submit its CID. An IPFS outage retries the upload until the
+  deadline, never the run.
+
+Every offer commits on chain to the least time this provider needs for a result of its module
+(``minTimeout``: the module's timeout, the submit margin and :data:`PICKUP_S`), so no job creator
+can make a deal that this provider cannot deliver in time and then take its collateral; and its
+collateral is at least what the market requires at its price (``JobMarket.requiredCollateral``):
+the provider refuses to start otherwise.
 
 Every step is written to disk (:mod:`resource_provider.state`) before the next begins. After a
 ``kill -9`` the daemon resumes each deal from its last written phase: a job that was running runs
@@ -34,6 +41,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from lilypad import modules
 from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.light import DealState
 from lilypad.chain.market import JobMarketClient
@@ -43,7 +51,7 @@ from lilypad.storage import CID, Storage
 from resource_provider.executors import Executor, Weights
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics
-from resource_provider.runner import JobRefused, run_job, verified_spec
+from resource_provider.runner import JobRefused, execute_job, verified_spec
 from resource_provider.solver_client import SolverClient, SolverRefused
 from resource_provider.state import DealRecord, JsonStore, Outcome, Phase
 
@@ -67,6 +75,9 @@ RETRY_S = 3.0
 OFFER_RETRY_S = 15.0
 #: Starts of one job (a crash and restart counts too) before the provider gives it up.
 MAX_RUNS = 5
+#: Seconds a provider allows itself, beyond the module's timeout and its submit margin, to see a
+#: new deal and start its job; part of the ``minTimeout`` its offers commit to.
+PICKUP_S = 30
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,11 @@ class ResourceProvider:
         self.store = JsonStore(state_dir)
         self.results_dir = state_dir / "results"
         self.machine: Machine = hardware.machine(config.gpus)
+        # What each module's offers commit to on chain: a deal never gives this provider less.
+        self.min_timeouts = {
+            ref: modules.resolve(ref).spec.timeout_s + config.submit_margin_s + PICKUP_S
+            for ref in config.modules
+        }
         self._lock = threading.RLock()
         self._pending = _Pending()
         self._offer_retry_at = 0.0
@@ -197,7 +213,19 @@ class ResourceProvider:
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Resume saved deals, then run the main loop and the event stream in the background."""
+        """Resume saved deals, then run the main loop and the event stream in the background.
+
+        Raises:
+            InputError: the collateral is below what the market requires at this price.
+        """
+        required = self.market.required_collateral(self.config.price)
+        if self.config.collateral < required:
+            raise InputError(
+                f"collateral {self.config.collateral} is below the market's minimum of {required} "
+                f"at price {self.config.price} (the larger of its minimum collateral and its "
+                "collateral multiple times the price)",
+                hint="raise --collateral, or lower --price",
+            )
         log.info(
             "provider %s: %s; serving %s at price %d, collateral %d, %d slot(s)",
             self.address,
@@ -286,7 +314,7 @@ class ResourceProvider:
         while not self._incoming.empty():
             self._accept(self._incoming.get_nowait())
         for deal_id, phase in list(self._open.items()):
-            if phase in (Phase.NEW, Phase.RUNNING, Phase.RAN):
+            if phase in (Phase.NEW, Phase.RUNNING, Phase.EXECUTED, Phase.RAN):
                 self._schedule(deal_id)
             elif phase is Phase.SUBMITTED:
                 record = self.store.get("deals", deal_id, DealRecord)
@@ -360,6 +388,8 @@ class ResourceProvider:
                 return
             if record.phase in (Phase.NEW, Phase.RUNNING):
                 record = self._run(record)
+            if record.phase is Phase.EXECUTED:
+                record = self._add(record)
             if record.phase is Phase.RAN:
                 self._submit(record)
         except (JobRefused, InputError) as exc:
@@ -409,14 +439,9 @@ class ResourceProvider:
             )
         record = self._save(record, phase=Phase.RUNNING, module=spec.module, runs=record.runs + 1)
         log.info("deal %s: running %s (run %d)", deal.deal_id, spec.module, record.runs)
-        result = run_job(
-            self.executor,
-            self.storage,
-            spec,
-            self.results_dir / deal.deal_id,
-            self.config.weights,
+        execution = execute_job(
+            self.executor, spec, self.results_dir / deal.deal_id, self.config.weights
         )
-        execution = result.execution
         self.metrics.jobs_run.labels(spec.module).inc()
         self.metrics.job_duration.labels(spec.module).observe(execution.duration_ms / 1000)
         if not execution.ok:
@@ -424,10 +449,15 @@ class ResourceProvider:
             log.warning(
                 "deal %s: %s (its result is submitted as is)", deal.deal_id, execution.message
             )
-        log.info("deal %s: result %s in %d ms", deal.deal_id, result.cid, execution.duration_ms)
-        return self._save(
-            record, phase=Phase.RAN, result_cid=str(result.cid), duration_ms=execution.duration_ms
-        )
+        return self._save(record, phase=Phase.EXECUTED, duration_ms=execution.duration_ms)
+
+    def _add(self, record: DealRecord) -> DealRecord:
+        """Add the finished result folder to IPFS (pinned). A failure (the node is down, the disk
+        full) is retried by the caller, pass after pass until the deadline: the job is not run
+        again, and a restart resumes here."""
+        cid = self.storage.add(self.results_dir / record.deal_id)
+        log.info("deal %s: result %s in %d ms", record.deal_id, cid, record.duration_ms or 0)
+        return self._save(record, phase=Phase.RAN, result_cid=str(cid))
 
     def _submit(self, record: DealRecord) -> None:
         """Put the result CID on chain unless the chain already has it."""
@@ -488,7 +518,7 @@ class ResourceProvider:
 
     # ------------------------------------------------------------------------------ offers
     def _busy_slots(self) -> int:
-        active = Phase.NEW, Phase.RUNNING, Phase.RAN
+        active = Phase.NEW, Phase.RUNNING, Phase.EXECUTED, Phase.RAN
         with self._lock:
             return sum(1 for phase in self._open.values() if phase in active)
 
@@ -520,6 +550,7 @@ class ResourceProvider:
             machine=self.machine.encode(),
             price=self.config.price,
             collateral=self.config.collateral,
+            min_timeout=self.min_timeouts[module],
             mediators=self.config.mediators,
             expiry=now + self.config.offer_ttl_s,
             nonce=nonce,

@@ -2,14 +2,25 @@
 
 It follows the market's events from the deployment block (resumable): ``DealCreated`` for deals
 naming it as mediator (it needs their terms later), ``ResultSubmitted`` for their result CIDs and
-``ResultChallenged`` for the work. For a challenge it fetches the job spec from the solver,
-checks and re-renders it exactly as a provider does (same module version, same tunables), runs it
-with its own executor, and compares with the submitted result by the module's declared
-verification (:mod:`resource_provider.verify`); then calls ``resolveMediation``. Its own result is
-added to IPFS and pinned, so the correct result is available whoever wins.
+``ResultChallenged`` for the work. For a challenge it
+
+1. fetches the job spec from the solver, checks and re-renders it exactly as a provider does (same
+   module version, same tunables);
+2. fetches the submitted result, every block verified, *before* anything of its own is added to
+   IPFS: a result that cannot be fetched (or whose CID is malformed, or whose blocks do not match)
+   was never delivered, and the provider loses;
+3. runs the job with its own executor and compares with the submitted result by the module's
+   declared verification (:mod:`resource_provider.verify`);
+4. before ruling against the provider, runs the job a second time: a module that gives this
+   mediator two different results is not deterministic, and neither party is judged on it (the
+   challenge is left to time out: both are refunded);
+5. calls ``resolveMediation`` with its own result's CID, which it adds to IPFS and pins, so the
+   job creator gets the correct result whoever wins.
 
 A challenge whose job cannot be checked here (the spec does not re-render, the module is unknown)
 is not guessed at: it is left unresolved, the mediation times out and both parties are refunded.
+A job already run here for another deal (the same spec: ``lilypad run --verify redundant``
+challenges both of its deals) is not run again.
 """
 
 from __future__ import annotations
@@ -28,7 +39,15 @@ from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.light import DealState
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal
-from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError
+from lilypad.errors import (
+    BlockNotFound,
+    ChainError,
+    ContractReverted,
+    CorruptBlock,
+    InputError,
+    LilypadError,
+    UnsafeEntryName,
+)
 from lilypad.modules import JobSpec
 from lilypad.modules.manifest import VerificationMethod
 from lilypad.storage import CID, Storage
@@ -42,6 +61,13 @@ from resource_provider.verify import Verdict, compare, compare_exact
 log = logging.getLogger("lilypad.mediator")
 
 EVENTS = ("DealCreated", "ResultSubmitted", "ResultChallenged", "MediationResolved", "DealTimedOut")
+#: Tries at fetching a submitted result the node says it cannot find, before it counts as never
+#: delivered (each try waits for the storage's own timeout).
+FETCH_TRIES = 3
+
+
+class Unresolvable(InputError):
+    """The challenge cannot be judged here; it is left to time out (both parties refunded)."""
 
 
 class MediationPhase(StrEnum):
@@ -62,7 +88,9 @@ class MediationRecord(BaseModel):
 
     deal: Deal
     phase: MediationPhase = MediationPhase.WATCHING
+    #: As submitted on chain (hex of the binary CID): a malformed one is the provider's loss.
     submitted_cid: str | None = None
+    spec_hash: str | None = None
     our_cid: str | None = None
     provider_wins: bool | None = None
     reason: str | None = None
@@ -156,8 +184,8 @@ class Mediator:
         if record is None or record.phase.is_terminal():
             return
         if event.name == "ResultSubmitted":
-            cid = CID.parse(bytes.fromhex(event.args["resultCid"][2:]))
-            self._put(record.model_copy(update={"submitted_cid": str(cid)}))
+            # kept as submitted: parsing a provider's bytes here could stop the whole follower
+            self._put(record.model_copy(update={"submitted_cid": str(event.args["resultCid"])}))
         elif event.name == "ResultChallenged" and event.args["mediator"] == self.address:
             log.info("deal %s challenged; re-running it", deal_id)
             self._put(record.model_copy(update={"phase": MediationPhase.CHALLENGED}))
@@ -199,19 +227,30 @@ class Mediator:
         if record.submitted_cid is None:
             raise LilypadError(f"no ResultSubmitted seen for deal {deal.deal_id} yet")
         spec = verified_spec(self.solver.job_submission(deal.job_offer_hash), deal)
-        ours = run_job(
-            self.executor, self.storage, spec, self.results_dir / deal.deal_id, self.weights
-        )
-        verdict = self._verdict(spec, record, ours.cid)
+        record = record.model_copy(update={"spec_hash": spec.spec_hash})
+        # Theirs first: whether it can be fetched at all must not depend on what we add.
+        theirs, links, lost = self._fetch_submitted(record)
+        ours = self._run(spec, record)
+        if lost is not None:
+            verdict = lost
+        elif spec.verification.method is VerificationMethod.EXACT:
+            verdict = compare_exact(str(ours), str(_submitted_cid(record)))
+        else:
+            mine = self.results_dir / deal.deal_id
+            verdict = compare(spec.verification, mine, theirs, skipped_symlinks=links)
+        if not verdict.matches:
+            self._check_deterministic(spec, record, ours)
         log.info(
             "deal %s: provider %s (%s); the correct result is %s",
             deal.deal_id,
             "wins" if verdict.matches else "loses",
             verdict.reason,
-            ours.cid,
+            ours,
         )
         try:
-            self.market.resolve_mediation(self.account, deal, provider_wins=verdict.matches)
+            self.market.resolve_mediation(
+                self.account, deal, provider_wins=verdict.matches, result_cid=bytes(ours)
+            )
         except ContractReverted as exc:
             if exc.error not in ("WrongState", "UnknownDeal", "DeadlinePassed"):
                 raise
@@ -219,28 +258,93 @@ class Mediator:
         self.metrics.mediations.labels(str(verdict.matches).lower()).inc()
         update = {
             "phase": MediationPhase.RESOLVED,
-            "our_cid": str(ours.cid),
+            "our_cid": str(ours),
             "provider_wins": verdict.matches,
             "reason": verdict.reason,
         }
         self._put(record.model_copy(update=update))
 
-    def _verdict(self, spec: JobSpec, record: MediationRecord, ours: CID) -> Verdict:
-        assert record.submitted_cid is not None
-        exact = compare_exact(str(ours), record.submitted_cid)
-        if spec.verification.method is VerificationMethod.EXACT or exact.matches:
-            return exact
+    def _fetch_submitted(
+        self, record: MediationRecord
+    ) -> tuple[Path, dict[str, str], Verdict | None]:
+        """Download the submitted result, verified, into ``<deal>.submitted``, with the symlinks
+        the download leaves out (path -> link text); the verdict when the provider never
+        delivered it (malformed CID, not found, blocks that do not match).
+
+        Raises:
+            StorageError: this mediator's own IPFS node failed (try again later, do not rule).
+        """
         theirs = self.results_dir / f"{record.deal.deal_id}.submitted"
-        if theirs.exists():
-            shutil.rmtree(theirs)
-        try:
-            self.storage.get(record.submitted_cid, theirs)
-        except LilypadError as exc:
-            return Verdict(False, f"the submitted result cannot be fetched: {exc}")
-        return compare(spec.verification, self.results_dir / record.deal.deal_id, theirs)
+        cid = _submitted_cid(record)
+        links: dict[str, str] = {}
+        if cid is None:
+            lost = Verdict(False, f"the submitted CID {record.submitted_cid} is malformed")
+            return theirs, links, lost
+        for attempt in range(FETCH_TRIES):
+            if theirs.exists():
+                shutil.rmtree(theirs)
+            theirs.parent.mkdir(parents=True, exist_ok=True)
+            links.clear()
+            try:
+                self.storage.get(
+                    cid, theirs, on_symlink=lambda link: links.__setitem__(link.path, link.target)
+                )
+                return theirs, links, None
+            except (CorruptBlock, UnsafeEntryName) as exc:
+                return theirs, links, Verdict(False, f"the submitted result does not verify: {exc}")
+            except BlockNotFound as exc:
+                if attempt == FETCH_TRIES - 1:
+                    lost = Verdict(False, f"the submitted result cannot be fetched: {exc}")
+                    return theirs, links, lost
+                self._stop.wait(5)
+        raise AssertionError("unreachable")
+
+    def _run(self, spec: JobSpec, record: MediationRecord) -> CID:
+        """The CID of our result of the job (added to IPFS and pinned): run here, or the run of
+        an earlier deal of the same spec."""
+        folder = self.results_dir / record.deal.deal_id
+        for other in self.store.all("deals", MediationRecord):
+            done = self.results_dir / other.deal.deal_id
+            if other.spec_hash == spec.spec_hash and other.our_cid and done.is_dir():
+                if done != folder:
+                    if folder.exists():
+                        shutil.rmtree(folder)
+                    shutil.copytree(done, folder, symlinks=True)
+                cid = self.storage.add(folder)
+                if str(cid) == other.our_cid:
+                    log.info("deal %s: the job ran here before", record.deal.deal_id)
+                    return cid
+        return run_job(self.executor, self.storage, spec, folder, self.weights).cid
+
+    def _check_deterministic(self, spec: JobSpec, record: MediationRecord, first: CID) -> None:
+        """Run the job again before ruling against a provider: two different results here mean
+        the module is not deterministic, and no one can be judged on it.
+
+        Raises:
+            Unresolvable: the two runs differ.
+        """
+        again_dir = self.results_dir / f"{record.deal.deal_id}.again"
+        again = run_job(self.executor, self.storage, spec, again_dir, self.weights)
+        if spec.verification.method is VerificationMethod.EXACT:
+            same = compare_exact(str(again.cid), str(first))
+        else:
+            same = compare(spec.verification, self.results_dir / record.deal.deal_id, again_dir)
+        shutil.rmtree(again_dir, ignore_errors=True)
+        if not same.matches:
+            raise Unresolvable(
+                f"{spec.module} gave two different results here ({first}, {again.cid}: "
+                f"{same.reason}); it is not deterministic, so neither party is judged on it"
+            )
 
     def _get(self, deal_id: str) -> MediationRecord | None:
         return self.store.get("deals", deal_id, MediationRecord)
 
     def _put(self, record: MediationRecord) -> None:
         self.store.put("deals", record.deal.deal_id, record)
+
+
+def _submitted_cid(record: MediationRecord) -> CID | None:
+    try:
+        return CID.parse(bytes.fromhex(str(record.submitted_cid).removeprefix("0x")))
+    except (InputError, ValueError):
+        return None

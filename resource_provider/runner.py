@@ -55,6 +55,17 @@ def served_modules(refs: list[str]) -> frozenset[str]:
     return frozenset(modules.resolve(ref).ref for ref in refs)
 
 
+def execute_job(
+    executor: Executor, spec: JobSpec, output_dir: Path, weights: Weights = Weights.REAL
+) -> ExecutionResult:
+    """Run ``spec`` into a fresh ``output_dir`` (what a killed earlier run left is removed)."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    module = modules.resolve(spec.module)
+    return executor.run(Job.of(module, spec, output_dir, weights))
+
+
 def run_job(
     executor: Executor,
     storage: Storage,
@@ -62,14 +73,6 @@ def run_job(
     output_dir: Path,
     weights: Weights = Weights.REAL,
 ) -> RunResult:
-    """Run ``spec`` into a fresh ``output_dir`` and add that folder to IPFS (pinned).
-
-    Whatever a killed earlier run left in ``output_dir`` is removed first.
-    """
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    module = modules.resolve(spec.module)
-    execution = executor.run(Job.of(module, spec, output_dir, weights))
-    cid = storage.add(output_dir)
-    return RunResult(execution, cid)
+    """Run ``spec`` into a fresh ``output_dir`` and add that folder to IPFS (pinned)."""
+    execution = execute_job(executor, spec, output_dir, weights)
+    return RunResult(execution, storage.add(output_dir))

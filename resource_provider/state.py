@@ -121,6 +121,8 @@ class Phase(StrEnum):
 
     NEW = "new"  # seen on chain or in the solver's stream; nothing done yet
     RUNNING = "running"  # the job was started (a restart runs it again)
+    EXECUTED = "executed"  # the result folder is complete on disk; not yet in IPFS (an IPFS
+    # outage retries the upload, never the run)
     RAN = "ran"  # the result is in IPFS (``result_cid``); not yet on chain
     SUBMITTED = "submitted"  # the CID is on chain; waiting for the challenge window
     SETTLED = "settled"  # the deal is over (``outcome`` says how)

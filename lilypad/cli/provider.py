@@ -8,36 +8,24 @@ Each reads a network profile (chain, market, solver, IPFS), signs with the key f
 from __future__ import annotations
 
 import signal
-from decimal import Decimal, InvalidOperation
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from lilypad.cli.module_run import UNSAFE_NO_SANDBOX_OPTION, sandbox_for
 from lilypad.cli.output import note
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError, InputError
+from lilypad.units import parse_tokens
 from resource_provider.executors import ExecutorKind, Weights
-
-#: Token amounts on the command line are in whole tokens (18 decimals).
-DECIMALS = 18
-UINT96_MAX = 2**96 - 1
 
 
 def parse_amount(text: str, option: str) -> int:
-    """``"0.5"`` tokens -> wei; a clear error naming the option and the value otherwise."""
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise InputError(f"{option} {text!r} is not a number of tokens, e.g. 0.5") from None
-    wei = value * 10**DECIMALS
-    if not value.is_finite() or value < 0 or wei != int(wei) or wei > UINT96_MAX:
-        raise InputError(
-            f"{option} {text!r} must be between 0 and {UINT96_MAX / 10**DECIMALS:.0f} tokens "
-            f"with at most {DECIMALS} decimals"
-        )
-    return int(wei)
+    """``"0.5"`` tokens -> wei, 0 allowed (:func:`lilypad.units.parse_tokens`)."""
+    return parse_tokens(text, option, allow_zero=True)
 
 
 def parse_listen(text: str, option: str) -> tuple[str, int]:
@@ -210,7 +198,12 @@ def resource_provider(
         1, "--max-concurrent", min=1, max=256, help="Jobs run at once (one offer per free slot)."
     ),
     price: str = typer.Option("1", "--price", help="Price per job, in tokens."),
-    collateral: str = typer.Option("1", "--collateral", help="Collateral per job, in tokens."),
+    collateral: str = typer.Option(
+        "auto",
+        "--collateral",
+        help="Collateral per job, in tokens; auto: the least the market takes at --price "
+        "(its minimum collateral, or its collateral multiple times the price).",
+    ),
     modules: str | None = typer.Option(
         None, "--modules", help="Comma-separated modules to serve (default: every built-in)."
     ),
@@ -235,6 +228,7 @@ def resource_provider(
         "--deposit/--no-deposit",
         help="At start, deposit from the wallet what the collateral of every slot needs.",
     ),
+    unsafe_no_sandbox: bool = UNSAFE_NO_SANDBOX_OPTION,
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Offer this machine to the market: run the deals it gets, submit results, get paid."""
@@ -255,10 +249,13 @@ def resource_provider(
     market_address, _ = profile.require_contracts()
     solver_url = _require(profile, "solver_url", "the solver's URL")
     metrics_host, metrics_port = parse_listen(metrics, "--metrics")
+    units = parse_amount(price, "--price")
+    # auto is read from the market once its client exists (below); 0 stands in until then
+    stake = 0 if collateral == "auto" else parse_amount(collateral, "--collateral")
     config = ProviderConfig(
         modules=_modules(modules),
-        price=parse_amount(price, "--price"),
-        collateral=parse_amount(collateral, "--collateral"),
+        price=units,
+        collateral=stake,
         mediators=_mediators(mediators, profile),
         max_concurrent=max_concurrent,
         weights=weights,
@@ -274,13 +271,16 @@ def resource_provider(
     hardware = detect(state_dir)
     if emulate_machine:
         hardware = _emulated(hardware, weights, config.modules)
-    selection = create_executor(executor, by_module=routes)
+    selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox), by_module=routes)
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)
     note(f"executor: {selection.executor.describe()}; metrics on {server.url}")
+    market = JobMarketClient(Chain(profile.rpc_url), market_address)
+    if collateral == "auto":
+        config = replace(config, collateral=market.required_collateral(units))
     daemon = ResourceProvider(
         account=account,
-        market=JobMarketClient(Chain(profile.rpc_url), market_address),
+        market=market,
         solver=SolverClient(solver_url),
         storage=open_storage(api=profile.ipfs_api_url),
         executor=selection.executor,
@@ -306,6 +306,7 @@ def mediator(
     metrics: str = typer.Option(
         "127.0.0.1:9101", "--metrics", help="HOST:PORT serving /metrics (port 0: any free port)."
     ),
+    unsafe_no_sandbox: bool = UNSAFE_NO_SANDBOX_OPTION,
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Re-run challenged deals that name this mediator and rule on chain."""
@@ -334,7 +335,7 @@ def mediator(
             f"{account.address} is not a registered mediator of the market {market_address}",
             hint="the market owner registers mediators (lilypad chain up does it for dev accounts)",
         )
-    selection = create_executor(executor, by_module=routes)
+    selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox), by_module=routes)
     counters = Metrics()
     server = MetricsServer(counters, metrics_host, metrics_port)
     note(f"mediator {account.address} (fee {fee}); executor: {selection.executor.describe()}")
@@ -356,8 +357,24 @@ def mediator(
         selection.executor.close()
 
 
+#: The policies ``lilypad jobcreator --verify`` takes (a contract job is one deal: no redundant).
+BRIDGE_VERIFY = ("audit", "always", "never")
+
+
 def jobcreator(
     network: str = NETWORK_OPTION,
+    modules: str | None = typer.Option(
+        None,
+        "--modules",
+        help="Comma-separated modules contract jobs may name (default: every built-in); any "
+        "other module string cancels the job, unrendered.",
+    ),
+    verify: str = typer.Option(
+        "audit",
+        "--verify",
+        help="audit: challenge results at random, at the odds each deal's collateral calls for; "
+        "always; or never.",
+    ),
     mediators: str | None = typer.Option(
         None, "--mediators", help="Comma-separated mediators job offers trust (default: profile's)."
     ),
@@ -370,13 +387,18 @@ def jobcreator(
 ) -> None:
     """Bridge the JobCreator contract: run contract-submitted jobs and call the clients back."""
     from lilypad.chain.client import Chain
-    from lilypad.chain.market import JobCreatorClient, JobMarketClient
+    from lilypad.chain.job_creator import JobCreatorClient
+    from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
     from lilypad.network import load_network
+    from lilypad.verification import Verify
     from resource_provider import logs
     from resource_provider.bridge import BridgeConfig, JobCreatorBridge
     from resource_provider.solver_client import SolverClient
 
+    if verify not in BRIDGE_VERIFY:
+        raise InputError(f"--verify {verify!r} is not one of {', '.join(BRIDGE_VERIFY)}")
+    served = _modules(modules)  # bad input stops here, before any I/O
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
     job_creator_address = _require(profile, "job_creator", "the JobCreator contract")
@@ -385,7 +407,7 @@ def jobcreator(
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
     chain = Chain(profile.rpc_url)
     job_creator = JobCreatorClient(chain, job_creator_address)
-    bridge_address = chain.call(job_creator.contract.functions.bridge())
+    bridge_address = job_creator.bridge()
     if bridge_address != account.address:
         raise ConfigError(
             f"{account.address} is not the bridge of JobCreator {job_creator_address} "
@@ -399,10 +421,15 @@ def jobcreator(
         solver=SolverClient(solver_url),
         state_dir=data_dir or get_settings().data_dir / "bridge" / network / account.address,
         config=BridgeConfig(
+            modules=served,
             mediators=_mediators(mediators, profile),
+            verify=Verify(verify),
             offer_ttl_s=offer_ttl,
             start_block=profile.deployed_block,
         ),
     )
-    note(f"bridge {account.address} for JobCreator {job_creator_address}")
+    note(
+        f"bridge {account.address} for JobCreator {job_creator_address}: serving "
+        f"{', '.join(served)}; verify {verify}"
+    )
     _run_until_signal(daemon)

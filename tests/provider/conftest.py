@@ -19,7 +19,7 @@ from lilypad.chain.offers import JobOffer, Machine, module_id, spec_digest
 from lilypad.jobs import JobSubmission
 from lilypad.modules import render
 from lilypad.network import NetworkProfile
-from lilypad.storage.backends import KuboStorage
+from lilypad.storage.backends import KuboStorage, Storage
 from lilypad.storage.node import EmbeddedNode
 from resource_provider.daemon import ProviderConfig, ResourceProvider
 from resource_provider.executors import Executor, ProcessExecutor
@@ -41,8 +41,8 @@ from tests.solver.conftest import (  # noqa: F401 - fixtures used by the tests h
 )
 
 COWSAY = "cowsay:v0.0.4"
-PRICE = 3 * ETH
-COLLATERAL = 2 * ETH
+PRICE = ETH
+COLLATERAL = 10 * PRICE  # the market's least collateral at this price (deployment default)
 #: The deployment's challenge window (lilypad.chain.deployment default).
 CHALLENGE_WINDOW = 3600
 #: A plain CPU box: what the provider offers in tests, whatever this machine has.
@@ -151,15 +151,17 @@ class World:
         self,
         account: LocalAccount | None = None,
         executor: Executor | None = None,
+        storage: Storage | None = None,
         **config: Any,
     ) -> ResourceProvider:
-        """A started provider daemon (stopped at the end of the test)."""
+        """A started provider daemon (stopped at the end of the test); its results go to this
+        world's IPFS node unless ``storage`` says otherwise."""
         account = account or self.net.providers[0]
         daemon = ResourceProvider(
             account=account,
             market=JobMarketClient(self.net.chain, self.net.deployment.market),
             solver=SolverClient(self.server.url),
-            storage=KuboStorage(self.ipfs.api_url),
+            storage=storage or KuboStorage(self.ipfs.api_url),
             executor=executor or ProcessExecutor(),
             hardware=HARDWARE,
             state_dir=self.state_dir(account),
@@ -170,13 +172,13 @@ class World:
         self.providers.append(daemon)
         return daemon
 
-    def mediator(self) -> Mediator:
+    def mediator(self, storage: Storage | None = None) -> Mediator:
         """The network's mediator daemon, started (stopped at the end of the test)."""
         daemon = Mediator(
             account=self.net.mediator,
             market=JobMarketClient(self.net.chain, self.net.deployment.market),
             solver=SolverClient(self.server.url),
-            storage=KuboStorage(self.ipfs.api_url),
+            storage=storage or KuboStorage(self.ipfs.api_url),
             executor=ProcessExecutor(),
             state_dir=self.tmp / "mediator",
             start_block=self.net.deployment.block,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from lilypad import modules
 from lilypad.chain.events import EventFollower
 from lilypad.chain.market import DealState
+from lilypad.chain.offers import module_id
 from lilypad.errors import ExecutorError
 from lilypad.storage import CID, compute_cid
 from lilypad.storage.backends import KuboStorage
@@ -24,11 +26,13 @@ from resource_provider.executors import (
 from resource_provider.mediator import MediationRecord
 from resource_provider.metrics import MetricsServer
 from resource_provider.state import Outcome, Phase
+from solver.store import OfferState, ResourceOfferRow
 from tests.provider.conftest import (
     CHALLENGE_WINDOW,
     COLLATERAL,
     COWSAY,
     ETH,
+    HARDWARE,
     PRICE,
     World,
     records,
@@ -94,12 +98,37 @@ def test_happy_path_runs_submits_and_claims(world: World) -> None:
     assert "lilypad_results_submitted_total 1.0" in text
 
 
-def test_never_starts_a_job_it_cannot_finish_before_the_deadline(world: World) -> None:
-    """cowsay may take 60 s (plus 30 s to submit); a deal that leaves 20 s is refused, unrun."""
+def test_offers_commit_on_chain_to_the_time_the_provider_needs(world: World) -> None:
+    """Each offer carries the module's timeout plus the submit margin and the pick-up time as
+    its minTimeout: a job offer giving less is never matched with it (and the chain refuses such
+    a deal), so no job creator can make a deal this provider cannot deliver."""
     account = world.net.providers[0]
-    world.provider(account)
-    job_id = world.post(world.job("late", timeout=20))
+    daemon = world.provider(account)
+    needed = modules.resolve(COWSAY).spec.timeout_s + 30 + daemon_module.PICKUP_S
+    assert daemon.min_timeouts == {COWSAY: needed}
+
+    def listed() -> list[dict[str, Any]] | None:
+        rows = world.server.solver.store.offers(ResourceOfferRow, OfferState.PENDING)
+        return [row.body for row in rows if row.signer == account.address] or None
+
+    offers = wait_for(listed)
+    assert {o["offer"]["min_timeout"] for o in offers} == {needed}
+
+
+def test_never_starts_a_job_it_cannot_finish_before_the_deadline(world: World) -> None:
+    """A provider that sees a deal late (it was down) does not start a job that cannot end
+    before the deadline: cowsay may take 60 s, plus 30 s to submit."""
+    account = world.net.providers[0]
+    job_id = world.post(world.job("late"))
+    # no provider is up: a stand-in offer from this account makes the deal
+    world.server.solver.submit_resource_offer(
+        world.net.resource(account, module=module_id(COWSAY), machine=HARDWARE.machine().encode())
+    )
     deal_id = world.deal_of(job_id)["deal_id"]
+    deadline = world.market.deal_status(deal_id).deadline
+    world.rpc("evm_setNextBlockTimestamp", deadline - 20)
+    world.rpc("evm_mine")
+    world.provider(account)  # comes up with 20 s left
     (record,) = wait_phase(world.state_dir(account), Phase.REFUSED)
     assert record.deal_id == deal_id
     assert "deadline" in (record.error or "")
@@ -139,7 +168,10 @@ def test_cheating_provider_is_challenged_and_slashed(world: World) -> None:
     ruling = wait_for(lambda: next(iter(mediator.store.all("deals", MediationRecord)), None))
     assert ruling.provider_wins is False
     assert ruling.our_cid == str(compute_cid(honest))  # the correct result, pinned by the mediator
-    assert world.market.deal_status(deal["deal_id"]).state is DealState.NONE
+    # the deal's end is kept on chain, with the tag of the mediator's (correct) result
+    status = world.market.deal_status(deal["deal_id"])
+    assert status.state is DealState.REFUNDED
+    assert status.result_tag == world.market.result_tag(bytes(compute_cid(honest)))
     assert world.market.balance_of(cheat.address) == balances[cheat.address] - COLLATERAL
     price = record.deal.price
     assert world.market.balance_of(creator.address) == balances[creator.address] + COLLATERAL - fee

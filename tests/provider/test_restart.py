@@ -51,9 +51,7 @@ class Daemon:
             "--modules",
             self.module,
             "--price",
-            "3",
-            "--collateral",
-            "2",
+            "1",  # the collateral is the market's least at this price (--collateral auto)
             "--data-dir",
             str(self.data_dir),
             "--metrics",
@@ -133,16 +131,19 @@ def test_dead_provider_is_timed_out_and_run_retries_with_another(
     net = world.net
     dead, alive, creator = net.providers[0], net.providers[1], net.creators[0]
     before = {a.address: world.market.balance_of(a.address) for a in (dead, alive, creator)}
-    doomed = Daemon(world, world.tmp / "dead", SLEEPY, "--price", "1", "--submit-margin", "2")
+    doomed = Daemon(world, world.tmp / "dead", SLEEPY, "--submit-margin", "2")
     doomed.start()
     env = {**os.environ, "WEB3_PRIVATE_KEY": creator.key.hex()}
     argv = [sys.executable, "-m", "lilypad", "run", SLEEPY, "-i", "Seconds=2", "--network", "test"]
-    argv += ["--yes", "--json", "--timeout", "12", "--retries", "1", "--max-price", "5"]
+    # the least timeout sleepy's 5 s allow (5 + 60); --verify never: no mediator runs here
+    argv += ["--yes", "--json", "--timeout", "65", "--retries", "1", "--max-price", "5"]
+    argv += ["--verify", "never"]
     run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # A real chain makes blocks all the time; anvil only on transactions. Without new blocks the
-    # chain's clock never passes the deadline and timeoutResult cannot be sent.
+    # chain's clock never passes the deadline and timeoutResult cannot be sent. The chain's
+    # clock runs 4x here, so that the dead provider's deal (65 s) times out in about 16 s.
     stop = threading.Event()
-    miner = threading.Thread(target=lambda: _mine_every(world, 1.0, stop), daemon=True)
+    miner = threading.Thread(target=lambda: _mine_every(world, 1.0, stop, 4), daemon=True)
     miner.start()
     try:
         wait_for(lambda: any(doomed.data_dir.glob("results/*/outputs/started")), 60)
@@ -170,6 +171,8 @@ def test_dead_provider_is_timed_out_and_run_retries_with_another(
     assert after[creator.address] == before[creator.address] + collateral - done.deal.price
 
 
-def _mine_every(world: World, seconds: float, stop: threading.Event) -> None:
+def _mine_every(world: World, seconds: float, stop: threading.Event, pace: int = 1) -> None:
     while not stop.wait(seconds):
+        if pace > 1:
+            world.rpc("evm_increaseTime", int(seconds * (pace - 1)))
         world.rpc("evm_mine")
