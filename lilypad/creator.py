@@ -1,17 +1,27 @@
-"""The job creator's side of a job: offer → deal → result → verified download → accept.
+"""The job creator's side of a job: offer → deal → result → verified download → verdict.
 
 :class:`JobRunner` does the work and reports each step to a callback as a :class:`Step`; it never
 prints (the CLI draws the progress). Every job is also written to a local record
 (``<data_dir>/jobs/<job offer id>.json``, rewritten atomically at each step) so
 ``lilypad jobs list|show`` can tell what happened, even after a crash.
 
-Failures end the job with a :class:`JobError` subclass and leave funds safe:
+The chain is the truth: the runner follows its offer and its deal on chain as well as through the
+solver's event stream, so a solver that is down or lost an event cannot keep a deal or a result
+from it. Once the result is on chain it is downloaded (every block checked against the CID, an
+unreachable IPFS node retried until the challenge window nearly closes) and judged by the job's
+verification policy (:mod:`lilypad.verification`): accepted, or challenged so that a mediator
+re-runs the job.
+
+Failures end the job with a :class:`JobError` subclass, whose message says what became of the
+funds:
 
 * no provider before the offer expires → the offer is withdrawn (:class:`NoMatch`);
-* no result before the deal's deadline → ``timeoutResult`` refunds the job creator and slashes the
-  provider (:class:`ResultTimeout`); ``retries`` then tries again with a new offer;
-* a result whose bytes do not match its CID → nothing is saved as good and the result is
-  challenged, so a mediator re-runs the job (:class:`VerificationFailed`).
+* no result before the deal's deadline → ``timeoutResult`` refunds the job creator and pays it the
+  provider's collateral (:class:`ResultTimeout`); ``retries`` then tries again with a new offer;
+* a result that fails verification or cannot be fetched in time → it is challenged
+  (:class:`VerificationFailed` when the mediator does not give a correct result back);
+* a mediator that rules against the provider → the price and the provider's collateral come back
+  and the mediator's result replaces the provider's (:class:`CheatCaught` if it gave none).
 """
 
 from __future__ import annotations
@@ -22,13 +32,13 @@ import fcntl
 import json
 import os
 import queue
+import random
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +51,12 @@ from lilypad.config import get_settings
 from lilypad.errors import (
     ConfigError,
     ContractReverted,
+    CorruptBlock,
     InputError,
     LilypadError,
     SolverError,
     StorageError,
+    UnsafeEntryName,
 )
 from lilypad.jobs import ChainClock, JobSubmission, cancel_message
 from lilypad.modules import JobSpec
@@ -52,14 +64,30 @@ from lilypad.network import NetworkProfile
 from lilypad.storage import open_storage, result_dir
 from lilypad.storage.cid import CID
 from lilypad.tls import verify_for
+from lilypad.units import format_tokens, parse_tokens
+from lilypad.verification import Verify, audit_probability, draw_audit
 
-TOKEN_DECIMALS = 18
 #: Posts of one offer when the solver finds the deposit short (see JobRunner._fund_and_post).
 POST_ATTEMPTS = 4
-#: Extra time a provider gets beyond the module's own timeout (download, upload, chain).
-TIMEOUT_MARGIN_S = 300
 #: Record states that already say how a failed job ended (and so what became of the funds).
-FINAL_FAILURES = ("cancelled", "timed_out", "challenged", "module_failed")
+FINAL_FAILURES = (
+    "cancelled",
+    "timed_out",
+    "challenged",
+    "module_failed",
+    "provider_slashed",
+    "mediation_expired",
+)
+#: Seconds before the challenge window closes by which a result that cannot be fetched is
+#: challenged (room for the transaction to be mined).
+CHALLENGE_MARGIN_S = 60
+#: The longest pause between two tries while a solver or an IPFS node is unreachable.
+MAX_RETRY_PAUSE_S = 30.0
+#: An offer is posted no later than this many seconds before it expires (the solver refuses one
+#: with less than 10 s left).
+POST_LIFETIME_S = 30
+#: Seconds between two looks at the chain while waiting on it (a deal, a result, a mediation).
+CHAIN_POLL_S = 1.0
 
 
 class JobError(LilypadError):
@@ -79,24 +107,15 @@ class ModuleFailed(JobError):
 
 
 class VerificationFailed(JobError):
-    """The result did not verify against its CID; it was challenged."""
+    """The result was challenged and no verified result came back."""
 
 
-def parse_tokens(text: str, what: str) -> int:
-    """``"10"`` or ``"0.5"`` tokens → base units (18 decimals)."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InputError(f"{what} {text!r} is not a number of tokens, e.g. 10 or 0.5") from None
-    units = value * 10**TOKEN_DECIMALS
-    if not value.is_finite() or value <= 0 or units != units.to_integral_value():
-        raise InputError(f"{what} {text!r} must be a positive amount with at most 18 decimals")
-    return int(units)
+class CheatCaught(JobError):
+    """A mediator found the provider's result wrong: price and collateral were refunded."""
 
 
-def format_tokens(units: int) -> str:
-    text = f"{Decimal(units) / 10**TOKEN_DECIMALS:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+class MediationExpired(JobError):
+    """The result was challenged and no mediator ruled in time: both parties were refunded."""
 
 
 @dataclass(frozen=True)
@@ -109,20 +128,35 @@ class Step:
 
 @dataclass
 class JobRecord:
-    """What ``lilypad jobs`` shows; also the ``--json`` output of ``lilypad run``."""
+    """What ``lilypad jobs`` shows; also the ``--json`` output of ``lilypad run``.
+
+    ``state`` ends as ``accepted`` (paid after verification), ``upheld`` (challenged, and the
+    mediator ruled for the provider), ``provider_slashed`` (the mediator ruled against it: price
+    and collateral refunded, the mediator's result saved), ``mediation_expired``, ``timed_out``,
+    ``cancelled``, ``module_failed`` or ``failed``; ``verify`` is the policy, ``audited`` whether
+    the result was challenged, and ``audit_probability`` the chance it had (``audit``).
+    """
 
     module: str
     tunables: dict[str, Any]
     spec_hash: str
     network: str
     state: str = "created"
+    verify: str = Verify.AUDIT.value
     job_offer_id: str | None = None
     deal_id: str | None = None
     provider: str | None = None
     price: str | None = None
+    collateral: str | None = None
     result_cid: str | None = None
+    mediator_cid: str | None = None
     output_dir: str | None = None
     gateway_url: str | None = None
+    audited: bool = False
+    audit_probability: float | None = None
+    from_block: int | None = None
+    twin: dict[str, Any] | None = None
+    skipped_symlinks: list[str] = field(default_factory=list)
     error: str | None = None
     txs: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, int] = field(default_factory=dict)
@@ -178,6 +212,17 @@ class RunOptions:
     expires_in_s: int = 300
     mediators: tuple[str, ...] = ()
     retries: int = 0
+    verify: Verify = Verify.AUDIT
+
+
+@dataclass
+class _Job:
+    """One offer of a job and what is known of it while it runs."""
+
+    record: JobRecord
+    submission: JobSubmission
+    deal: Deal | None = None
+    cid: CID | None = None
 
 
 class JobRunner:
@@ -190,8 +235,8 @@ class JobRunner:
             the time web3 would take to import).
         on_step: Called for every :class:`Step`.
         fund: Deposits the amount it is given into the market (asking first if it must); called
-            when this account's deposit cannot cover one more offer. None: no deposit is made
-            and a short deposit is an error.
+            when this account's deposit cannot cover one more offer, or a challenge's fee. None:
+            no deposit is made and a short deposit is an error.
     """
 
     def __init__(
@@ -228,10 +273,10 @@ class JobRunner:
     def _committed(self) -> int:
         try:
             response = self.http.get(f"/api/v1/accounts/{self.account.address}")
-        except httpx.TransportError as exc:
-            raise SolverError(
-                f"cannot reach the solver at {self.profile.solver_url}: {exc}"
-            ) from None
+        except httpx.TransportError:
+            # Counted as nothing: posting waits for the solver, which then refuses an offer the
+            # deposit does not cover (402), and the offer is topped up and posted again.
+            return 0
         if response.status_code != 200:
             return 0  # a solver without the endpoint: its refusal will say what is short
         return int(response.json().get("committed_by_job_offers", 0))
@@ -240,58 +285,150 @@ class JobRunner:
         receipt = self.market.deposit(self.account, amount)
         return receipt.tx_hash
 
+    def challenge_reserve(self, mediators: tuple[str, ...]) -> int:
+        """The most a challenge of a deal with these mediators can cost (the highest fee among
+        them): kept in the deposit beside the price, so that an audit can always be paid."""
+        fees = [self.market.mediator_fee(m) for m in mediators]
+        return max(fees, default=0)
+
     # ---------------------------------------------------------------------------- the job
     def run(self, spec: JobSpec, options: RunOptions) -> JobRecord:
         """Run ``spec`` through the market and return its completed record.
 
         Raises:
-            NoMatch, ResultTimeout, VerificationFailed: the job did not complete (see module doc).
+            NoMatch, ResultTimeout, VerificationFailed, CheatCaught, MediationExpired,
+                ModuleFailed: the job did not complete (see the module docstring).
             SolverError, ChainError, StorageError: a service failed.
         """
         attempt = 0
         while True:
-            record = JobRecord(spec.module, dict(spec.tunables), spec.spec_hash, self.profile.name)
             try:
-                return self._attempt(spec, options, record)
+                if options.verify is Verify.REDUNDANT:
+                    return self._run_redundant(spec, options)
+                return self._run_once(spec, options)
             except (NoMatch, ResultTimeout) as exc:
                 attempt += 1
                 if attempt > options.retries:
                     raise
                 self.on_step(Step("retry", {"attempt": attempt, "reason": str(exc)}))
 
-    def _attempt(self, spec: JobSpec, options: RunOptions, record: JobRecord) -> JobRecord:
+    def _run_once(self, spec: JobSpec, options: RunOptions) -> JobRecord:
         events = _EventStream(self.http, self.account.address)
+        job = self._new_job(spec, options)
         try:
-            submission = self._submission(spec, options)
-            # Several `lilypad run` of one account at once: each tops up and posts in turn, so
-            # each sees the others' offers committed and no two approvals race.
-            with _account_lock(self.account.address):
-                record.job_offer_id = self._fund_and_post(submission, options.max_price)
-            save_record(record)
-            self._mark(record, "posted")
-            self.on_step(Step("posted", {"job_offer_id": record.job_offer_id}))
-            deal = self._wait_deal(record, events, submission.offer.expiry)
-            self._mark(record, "deal")
-            cid = self._wait_result(record, events, deal)
-            self._mark(record, "result")
-            self._download(record, cid, deal)
-            self._mark(record, "downloaded")
-            record.txs["accept"] = self.market.accept_result(self.account, deal).tx_hash
-            record.state = "accepted"
-            self._mark(record, "accepted")
-            self.on_step(Step("accepted", {"tx": record.txs["accept"]}))
-            self._check_exit(record)
-            return record
+            self._post(job, options)
+            self._wait_deal(job, events)
+            self._wait_result(job, events)
+            if self._fetch(job):
+                self._judge(job, options.verify)
+            if job.record.audited:
+                self._await_mediation(job)
+            self._check_exit(job.record)
+            return job.record
         except LilypadError as exc:
-            record.error = str(exc)
-            if record.state not in FINAL_FAILURES:
-                record.state = "failed"
+            _failed(job.record, exc)
             raise
         finally:
             events.close()
-            save_record(record)
+            save_record(job.record)
 
-    def _submission(self, spec: JobSpec, options: RunOptions) -> JobSubmission:
+    def _run_redundant(self, spec: JobSpec, options: RunOptions) -> JobRecord:
+        """The job on two providers at once. Modules are deterministic, so equal CIDs mean the
+        result is right unless both providers cheat alike (one operator with two accounts:
+        redundancy is only as good as the providers' independence); different CIDs are both
+        challenged and the mediator says which is right. With no second provider in time, the
+        one result is audited instead."""
+        events = _EventStream(self.http, self.account.address)
+        first = self._new_job(spec, options)
+        jobs = [first]
+        try:
+            self._post(first, options)
+            self._wait_deal(first, events)
+            assert first.deal is not None
+            second = self._new_job(spec, options, avoid=(first.deal.provider,))
+            try:
+                self._post(second, options)
+                self._wait_deal(second, events)
+                jobs.append(second)
+            except NoMatch:
+                self.on_step(Step("alone", {"provider": first.deal.provider}))
+            delivered = []
+            for job in jobs:
+                try:
+                    self._wait_result(job, events)
+                    delivered.append(job)
+                except ResultTimeout as exc:
+                    _failed(job.record, exc)
+            if not delivered:
+                raise ResultTimeout(first.record.error or "no provider delivered a result")
+            return self._judge_redundant(delivered, len(jobs) == 2)
+        except LilypadError as exc:
+            if first.record.state not in FINAL_FAILURES:
+                _failed(first.record, exc)
+            raise
+        finally:
+            events.close()
+            for job in jobs:
+                save_record(job.record)
+
+    def _judge_redundant(self, jobs: list[_Job], both: bool) -> JobRecord:
+        first = jobs[0]
+        agree = (
+            both
+            and len(jobs) == 2
+            and jobs[0].cid == jobs[1].cid
+            and jobs[0].deal is not None
+            and jobs[1].deal is not None
+            and jobs[0].deal.provider != jobs[1].deal.provider
+        )
+        if agree:
+            self.on_step(Step("agree", {"cid": str(first.cid)}))
+            if self._fetch(first):
+                for job in jobs:
+                    job.record.output_dir, job.record.gateway_url = (
+                        first.record.output_dir,
+                        first.record.gateway_url,
+                    )
+                    self._accept(job)
+            else:
+                self._challenge(jobs[1], "the same result as the other provider's, unfetchable")
+        else:
+            if len(jobs) == 2:
+                self.on_step(Step("disagree", {"cids": [str(j.cid) for j in jobs]}))
+            for job in jobs:
+                if self._fetch(job):
+                    self._challenge(job, "the providers' results differ" if both else "audit")
+        for job in jobs:
+            if job.record.audited:
+                with contextlib.suppress(JobError):
+                    self._await_mediation(job)
+            save_record(job.record)
+        if len(jobs) == 2:
+            first.record.twin = jobs[1].record.to_dict()
+        good = [j for j in jobs if j.record.state in ("accepted", "upheld", "provider_slashed")]
+        chosen = next((j for j in good if j.record.output_dir), None)
+        if chosen is None:
+            raise VerificationFailed(
+                "neither provider's result could be verified: "
+                + "; ".join(_outcome(j.record) for j in jobs)
+            )
+        self._check_exit(chosen.record)
+        return chosen.record
+
+    # ------------------------------------------------------------------------- offer, deal
+    def _new_job(self, spec: JobSpec, options: RunOptions, avoid: tuple[str, ...] = ()) -> _Job:
+        record = JobRecord(
+            spec.module,
+            dict(spec.tunables),
+            spec.spec_hash,
+            self.profile.name,
+            verify=options.verify.value,
+        )
+        return _Job(record, self._submission(spec, options, avoid))
+
+    def _submission(
+        self, spec: JobSpec, options: RunOptions, avoid: tuple[str, ...] = ()
+    ) -> JobSubmission:
         m = spec.machine
         offer = JobOffer(
             job_creator=self.account.address,
@@ -307,7 +444,20 @@ class JobRunner:
             nonce=secrets.randbits(255),
         )
         signature = offer.sign(self.account, self.market.chain.chain_id, self.market.address)
-        return JobSubmission(offer=offer, signature=signature, spec=spec)
+        return JobSubmission(offer=offer, signature=signature, spec=spec, avoid_providers=avoid)
+
+    def _post(self, job: _Job, options: RunOptions) -> None:
+        record = job.record
+        # Where this job's events on chain can start: every later look at the chain reads from here.
+        record.from_block = self.market.chain.block_number()
+        amount = options.max_price + self.challenge_reserve(options.mediators)
+        # Several `lilypad run` of one account at once: each tops up and posts in turn, so
+        # each sees the others' offers committed and no two approvals race.
+        with _account_lock(self.account.address):
+            record.job_offer_id = self._fund_and_post(job.submission, amount)
+        save_record(record)
+        self._mark(record, "posted")
+        self.on_step(Step("posted", {"job_offer_id": record.job_offer_id}))
 
     def _fund_and_post(self, submission: JobSubmission, amount: int) -> str:
         """Top the deposit up and post the offer. The solver may still find the deposit short
@@ -316,7 +466,7 @@ class JobRunner:
         for attempt in range(POST_ATTEMPTS):
             self._top_up(amount)
             try:
-                return self._post(submission)
+                return self._post_offer(submission)
             except _DepositShort:
                 if attempt == POST_ATTEMPTS - 1:
                     raise
@@ -334,25 +484,42 @@ class JobRunner:
             )
         self.fund(needed)
 
-    def _post(self, submission: JobSubmission) -> str:
-        try:
-            response = self.http.post("/api/v1/job_offers", json=submission.model_dump(mode="json"))
-        except httpx.TransportError as exc:
-            raise SolverError(
-                f"cannot reach the solver at {self.profile.solver_url}: {exc}",
-                hint="is it running? lilypad network status",
-            ) from None
+    def _post_offer(self, submission: JobSubmission) -> str:
+        """Post the offer; while the solver cannot be reached, try again (a solver restarting
+        loses no job) until the offer has too little life left for the solver to take it."""
+        body = submission.model_dump(mode="json")
+        last_chance = submission.offer.expiry - POST_LIFETIME_S
+        pause = 0.5
+        while True:
+            try:
+                response = self.http.post("/api/v1/job_offers", json=body)
+                break
+            except httpx.TransportError as exc:
+                if self.clock() + pause > last_chance:
+                    raise SolverError(
+                        f"cannot reach the solver at {self.profile.solver_url}: {exc}; the "
+                        "offer was never posted and no funds moved",
+                        hint="is it running? lilypad network status",
+                    ) from None
+                self.on_step(Step("solver_retry", {"error": str(exc), "pause": pause}))
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_RETRY_PAUSE_S)
         if response.status_code == 402:
             raise _DepositShort(f"the solver refused the job offer: {_error(response)}")
         if response.status_code != 201:
             raise SolverError(f"the solver refused the job offer: {_error(response)}")
         return str(response.json()["id"])
 
-    def _wait_deal(self, record: JobRecord, events: _EventStream, expiry: int) -> Deal:
+    def _wait_deal(self, job: _Job, events: _EventStream) -> None:
+        record, offer = job.record, job.submission.offer
         offer_id = record.job_offer_id
         assert offer_id is not None
+
+        def poll() -> list[dict[str, Any]]:
+            return self._poll_offer(offer_id) or self._chain_deal(job)
+
         for payload in events.for_offer(
-            offer_id, deadline=expiry + 5, poll=lambda: self._poll_offer(offer_id)
+            offer_id, deadline=offer.expiry + 5, poll=poll, clock=self.clock
         ):
             kind = payload["kind"]
             if kind == "deal.matched":
@@ -360,27 +527,17 @@ class JobRunner:
                 self._mark(record, "matched")
                 self.on_step(Step("matched", {"provider": record.provider}))
             elif kind == "deal.created":
-                deal = Deal.model_validate(payload["deal"])
-                record.deal_id, record.provider = deal.deal_id, deal.provider
-                record.price, record.state = str(deal.price), "dealt"
-                record.txs["deal"] = payload.get("tx_hash") or ""
-                save_record(record)
-                self.on_step(
-                    Step(
-                        "deal",
-                        {
-                            "deal_id": deal.deal_id,
-                            "provider": deal.provider,
-                            "price": deal.price,
-                            "tx": record.txs["deal"],
-                        },
-                    )
-                )
-                return deal
+                self._dealt(job, Deal.model_validate(payload["deal"]), payload.get("tx_hash"))
+                return
             elif kind in ("job_offer.rejected", "deal.failed"):
                 raise SolverError(
                     f"the job offer was refused: {payload.get('reason') or payload.get('error')}"
                 )
+        # The offer has expired: a deal made in its last second is on chain, whatever the solver
+        # says (or if it says nothing, being down).
+        for payload in self._chain_deal(job):
+            self._dealt(job, Deal.model_validate(payload["deal"]), None)
+            return
         self._cancel(record)
         raise NoMatch(
             "no provider took the job before its offer expired; the offer was withdrawn and no "
@@ -388,29 +545,303 @@ class JobRunner:
             hint="raise --max-price, or check that a provider serves this module",
         )
 
-    def _wait_result(self, record: JobRecord, events: _EventStream, deal: Deal) -> CID:
+    def _dealt(self, job: _Job, deal: Deal, tx: str | None) -> None:
+        record = job.record
+        job.deal = deal
+        record.deal_id, record.provider = deal.deal_id, deal.provider
+        record.price, record.collateral = str(deal.price), str(deal.collateral)
+        record.state = "dealt"
+        record.txs["deal"] = tx or ""
+        self._mark(record, "deal")
+        save_record(record)
+        self.on_step(
+            Step(
+                "deal",
+                {
+                    "deal_id": deal.deal_id,
+                    "provider": deal.provider,
+                    "price": deal.price,
+                    "tx": record.txs["deal"],
+                },
+            )
+        )
+
+    def _chain_deal(self, job: _Job) -> list[dict[str, Any]]:
+        """The job's deal as the chain has it (found from the offer's used nonce)."""
+        offer, record = job.submission.offer, job.record
+        try:
+            if not self.market.nonce_used(self.account.address, offer.nonce):
+                return []
+            deal = self.market.find_deal(
+                self.account.address, offer.struct_hash(), record.from_block or 0
+            )
+        except LilypadError:
+            return []  # the chain is out of reach for now; look again later
+        return [{"kind": "deal.created", "deal": deal.model_dump(mode="json")}] if deal else []
+
+    # ------------------------------------------------------------------------------ result
+    def _wait_result(self, job: _Job, events: _EventStream) -> None:
+        deal = job.deal
+        assert deal is not None
         status = self.market.deal_status(deal.deal_id)
         self.on_step(Step("running", {"deadline": status.deadline}))
-        poll = lambda: self._poll_deal(deal.deal_id)  # noqa: E731
+
+        def poll() -> list[dict[str, Any]]:
+            return self._poll_deal(deal.deal_id) or self._chain_result(job)
+
         for payload in events.for_offer(
-            deal.job_offer_hash,
-            deadline=status.deadline + 2,
-            poll=poll,
-            clock=self.clock,
+            deal.job_offer_hash, deadline=status.deadline + 2, poll=poll, clock=self.clock
         ):
             if payload["kind"] == "deal.result_submitted" and payload.get("result_cid"):
-                cid = CID.parse(bytes.fromhex(payload["result_cid"].removeprefix("0x")))
-                record.result_cid, record.state = str(cid), "result_submitted"
-                record.txs["result"] = payload.get("tx_hash") or ""
-                save_record(record)
-                self.on_step(Step("result", {"cid": str(cid), "tx": record.txs["result"]}))
-                return cid
-        record.txs["timeout"] = self._timeout(deal)
+                self._result(job, payload["result_cid"], payload.get("tx_hash"))
+                return
+        # The deadline has passed. The chain has the last word: a result the solver never passed
+        # on (it may be down) is still the result.
+        for _ in range(30):
+            for payload in self._chain_result(job):
+                self._result(job, payload["result_cid"], None)
+                return
+            if self._time_out(job):
+                break
+            time.sleep(1)  # the chain's clock is a little behind ours
+        record = job.record
         record.state = "timed_out"
         raise ResultTimeout(
             f"provider {deal.provider} sent no result by the deadline; the deal was timed out "
-            f"(tx {record.txs['timeout']}): your payment was refunded and the provider's "
-            "collateral was paid to you"
+            f"(tx {record.txs.get('timeout') or 'by someone else'}): your payment was refunded "
+            f"and the provider's collateral of {format_tokens(deal.collateral)} tokens was paid "
+            "to you"
+        )
+
+    def _chain_result(self, job: _Job) -> list[dict[str, Any]]:
+        """The result CID on chain, if the provider submitted one (whatever the solver says)."""
+        deal, record = job.deal, job.record
+        assert deal is not None
+        try:
+            if self.market.deal_status(deal.deal_id).state is DealState.CREATED:
+                return []
+            cid = self.market.result_cid(deal.deal_id, record.from_block or 0)
+        except LilypadError:
+            return []
+        return [{"kind": "deal.result_submitted", "result_cid": "0x" + cid.hex()}] if cid else []
+
+    def _time_out(self, job: _Job) -> bool:
+        """End an overdue deal (refunding us, with the provider's collateral); whether it ended."""
+        deal = job.deal
+        assert deal is not None
+        try:
+            job.record.txs["timeout"] = self.market.timeout_result(self.account, deal).tx_hash
+            return True
+        except ContractReverted as exc:
+            if exc.error == "DeadlineNotReached":
+                return False
+            if exc.error != "WrongState":
+                raise
+        # Someone else ended it: refunded (timed out), or a result came meanwhile.
+        return self.market.deal_status(deal.deal_id).state is DealState.REFUNDED
+
+    def _result(self, job: _Job, hex_cid: str, tx: str | None) -> None:
+        record = job.record
+        try:
+            cid = CID.parse(bytes.fromhex(hex_cid.removeprefix("0x")))
+        except (InputError, ValueError):
+            cid = None
+        record.result_cid, record.state = (str(cid) if cid else hex_cid), "result_submitted"
+        record.txs["result"] = tx or ""
+        self._mark(record, "result")
+        save_record(record)
+        self.on_step(Step("result", {"cid": record.result_cid, "tx": record.txs["result"]}))
+        job.cid = cid
+
+    def _fetch(self, job: _Job) -> bool:
+        """Download and verify the result, retrying an unreachable IPFS node until the challenge
+        window nearly closes; a result that fails verification, or that could not be fetched by
+        then, is challenged (False)."""
+        deal, record, cid = job.deal, job.record, job.cid
+        assert deal is not None
+        if cid is None:
+            self._challenge(job, f"the provider submitted a malformed CID ({record.result_cid})")
+            return False
+        status = self.market.deal_status(deal.deal_id)
+        open_window = status.state is DealState.SUBMITTED
+        give_up_at = status.deadline - CHALLENGE_MARGIN_S if open_window else self.clock() + 60
+        pause = 1.0
+        while True:
+            try:
+                self._download(record, cid)
+                return True
+            except (CorruptBlock, UnsafeEntryName) as exc:
+                why = f"the result {cid} failed verification ({exc})"
+                break
+            except StorageError as exc:
+                if self.clock() + pause >= give_up_at:
+                    why = f"the result {cid} could not be fetched in time ({exc})"
+                    break
+                self.on_step(Step("download_retry", {"error": str(exc), "pause": pause}))
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_RETRY_PAUSE_S)
+        if not open_window:
+            raise VerificationFailed(f"{why}; the challenge window had closed")
+        self._challenge(job, why)
+        return False
+
+    def _download(self, record: JobRecord, cid: CID) -> None:
+        """Fetch ``cid`` into its result folder, every block verified.
+
+        Raises:
+            CorruptBlock, UnsafeEntryName: the content is not what the CID names (challenge it).
+            StorageError: the IPFS node or gateway failed (try again).
+        """
+        dest = result_dir(cid)
+        self.on_step(Step("downloading", {"cid": str(cid), "dest": str(dest)}))
+        storage = open_storage(
+            api=self.profile.ipfs_api_url,
+            gateway=None if self.profile.ipfs_api_url else self.profile.gateway_url,
+        )
+        # A job run again with the same inputs gives the same CID, and so the same folder: fetch
+        # beside it, then put the verified copy in its place.
+        fresh = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
+        links: list[str] = []
+        try:
+            storage.get(
+                cid, fresh, on_symlink=lambda link: links.append(f"{link.path} -> {link.target}")
+            )
+            _install(fresh, dest)
+        finally:
+            storage.close()
+            shutil.rmtree(fresh, ignore_errors=True)  # gone once installed
+        record.output_dir = str(dest)
+        record.skipped_symlinks = links
+        if links:  # verified as part of the CID, but never created: they could point anywhere
+            self.on_step(Step("symlinks_skipped", {"count": len(links), "first": links[0]}))
+        gateway = (self.profile.gateway_url or "https://ipfs.io").rstrip("/")
+        record.gateway_url = f"{gateway}/ipfs/{cid}"
+        self._mark(record, "downloaded")
+        self.on_step(Step("verified", {"dest": str(dest)}))
+
+    # ----------------------------------------------------------------------------- verdict
+    def _judge(self, job: _Job, verify: Verify) -> None:
+        """Accept the downloaded result, or audit it (challenge) as the policy draws."""
+        deal, record = job.deal, job.record
+        assert deal is not None
+        if verify is Verify.NEVER:
+            self._accept(job)
+            return
+        p = 1.0 if verify is Verify.ALWAYS else audit_probability(deal.price, deal.collateral)
+        record.audit_probability = p
+        if draw_audit(p):
+            self._challenge(job, "audit" if verify is Verify.AUDIT else "--verify always")
+        else:
+            self.on_step(Step("not_audited", {"probability": p}))
+            self._accept(job)
+
+    def _accept(self, job: _Job) -> None:
+        deal, record = job.deal, job.record
+        assert deal is not None
+        try:
+            record.txs["accept"] = self.market.accept_result(self.account, deal).tx_hash
+        except ContractReverted as exc:
+            if exc.error != "UnknownDeal":
+                raise
+            record.txs["accept"] = ""  # the window had passed and the provider claimed payment
+        record.state = "accepted"
+        self._mark(record, "accepted")
+        save_record(record)
+        self.on_step(Step("accepted", {"tx": record.txs["accept"]}))
+
+    def _challenge(self, job: _Job, why: str) -> None:
+        """Challenge the result (paying the mediator's fee): a mediator re-runs the job."""
+        deal, record = job.deal, job.record
+        assert deal is not None
+        short = deal.mediation_fee - self.market.balance_of(self.account.address)
+        if short > 0 and self.fund is not None:
+            self.fund(short)
+        record.txs["challenge"] = self.market.challenge_result(self.account, deal).tx_hash
+        record.audited, record.state = True, "challenged"
+        record.error = None if why in ("audit", "--verify always") else why
+        save_record(record)
+        self.on_step(
+            Step(
+                "challenged",
+                {"reason": why, "mediator": deal.mediator, "tx": record.txs["challenge"]},
+            )
+        )
+
+    def _await_mediation(self, job: _Job) -> None:
+        """Follow the challenged deal on chain until the mediator rules (or its time runs out,
+        when the mediation is timed out here), then take the verdict's result."""
+        deal, record = job.deal, job.record
+        assert deal is not None
+        announced = False
+        while True:
+            status = self.market.deal_status(deal.deal_id)
+            if status.state is not DealState.CHALLENGED:
+                break
+            if self.clock() > status.deadline:
+                with contextlib.suppress(ContractReverted):
+                    receipt = self.market.timeout_mediation(self.account, deal)
+                    record.txs["timeout"] = receipt.tx_hash
+                continue
+            if not announced:
+                self.on_step(Step("mediating", {"mediator": deal.mediator}))
+                announced = True
+            time.sleep(CHAIN_POLL_S)
+        ruling = self.market.mediation(deal.deal_id, record.from_block or 0)
+        if status.state is DealState.UPHELD:
+            record.state = "upheld"
+            self.on_step(Step("upheld", {"mediator": deal.mediator}))
+            if record.output_dir is None:  # it could not be fetched before: the mediator could
+                self._fetch_verdict(job, [job.cid, _cid_or_none(ruling[1] if ruling else b"")])
+        elif status.state is DealState.REFUNDED and ruling is not None:
+            record.state = "provider_slashed"
+            refund = format_tokens(deal.price + deal.collateral)
+            self.on_step(Step("slashed", {"provider": deal.provider, "refund": refund}))
+            mediator_cid = _cid_or_none(ruling[1])
+            if mediator_cid is None:
+                raise CheatCaught(
+                    f"the mediator found the result of provider {deal.provider} wrong and gave "
+                    f"no result of its own; your payment and the collateral ({refund} tokens) "
+                    "were paid to you",
+                    hint="run the job again",
+                )
+            record.mediator_cid = str(mediator_cid)
+            record.output_dir = None
+            self._fetch_verdict(job, [mediator_cid])
+        elif status.state is DealState.MEDIATION_EXPIRED:
+            record.state = "mediation_expired"
+            raise MediationExpired(
+                f"no mediator ruled on the challenged result in time; the mediation was timed "
+                f"out: your payment and the fee were refunded and provider {deal.provider} got "
+                "its collateral back",
+                hint="run the job again, with another --mediator",
+            )
+        else:
+            raise VerificationFailed(
+                f"deal {deal.deal_id} ended as {status.state.name.lower()} without a ruling"
+            )
+
+    def _fetch_verdict(self, job: _Job, cids: list[CID | None]) -> None:
+        """Download the first of ``cids`` that can be fetched (a minute each at most)."""
+        record = job.record
+        errors = []
+        for cid in [c for c in cids if c is not None]:
+            give_up_at = time.monotonic() + 60
+            while True:
+                try:
+                    self._download(record, cid)
+                    return
+                except (CorruptBlock, UnsafeEntryName) as exc:
+                    errors.append(f"{cid}: {exc}")
+                    break
+                except StorageError as exc:
+                    if time.monotonic() > give_up_at:
+                        errors.append(f"{cid}: {exc}")
+                        break
+                    time.sleep(2)
+        raise VerificationFailed(
+            f"the mediator ruled ({record.state}), but no verified result could be fetched: "
+            + "; ".join(errors),
+            hint="fetch it later with lilypad ipfs get",
         )
 
     def _check_exit(self, record: JobRecord) -> None:
@@ -431,47 +862,7 @@ class JobRunner:
             hint=f"the full result is in {folder}",
         )
 
-    def _timeout(self, deal: Deal) -> str:
-        """Time the deal out, waiting out a little clock skew between us and the chain."""
-        for _ in range(30):
-            try:
-                return self.market.timeout_result(self.account, deal).tx_hash
-            except ContractReverted as exc:
-                if exc.error != "DeadlineNotReached":
-                    raise
-                time.sleep(1)
-        return self.market.timeout_result(self.account, deal).tx_hash
-
-    def _download(self, record: JobRecord, cid: CID, deal: Deal) -> None:
-        dest = result_dir(cid)
-        self.on_step(Step("downloading", {"cid": str(cid), "dest": str(dest)}))
-        storage = open_storage(
-            api=self.profile.ipfs_api_url,
-            gateway=None if self.profile.ipfs_api_url else self.profile.gateway_url,
-        )
-        # A job run again with the same inputs gives the same CID, and so the same folder: fetch
-        # beside it, then put the verified copy in its place.
-        fresh = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            storage.get(cid, fresh)
-            _install(fresh, dest)
-        except StorageError as exc:
-            if "does not match" in str(exc) or type(exc).__name__ == "CorruptBlock":
-                record.txs["challenge"] = self.market.challenge_result(self.account, deal).tx_hash
-                record.state = "challenged"
-                raise VerificationFailed(
-                    f"the result {cid} failed verification ({exc}); it was challenged (tx "
-                    f"{record.txs['challenge']}) and a mediator will re-run the job"
-                ) from exc
-            raise
-        finally:
-            storage.close()
-            shutil.rmtree(fresh, ignore_errors=True)  # gone once installed
-        record.output_dir = str(dest)
-        gateway = (self.profile.gateway_url or "https://ipfs.io").rstrip("/")
-        record.gateway_url = f"{gateway}/ipfs/{cid}"
-        self.on_step(Step("verified", {"dest": str(dest)}))
-
+    # ----------------------------------------------------------------------------- helpers
     def _cancel(self, record: JobRecord) -> None:
         if record.job_offer_id is None:
             return
@@ -511,7 +902,24 @@ class JobRunner:
     def _mark(self, record: JobRecord, phase: str) -> None:
         """Milliseconds from the record's start to ``phase`` (posted, matched, deal, result,
         downloaded, accepted): what ``bench/e2e_overhead.py`` breaks the overhead down by."""
-        record.timings_ms[phase] = int((time.time() - record.started_at) * 1000)
+        record.timings_ms.setdefault(phase, int((time.time() - record.started_at) * 1000))
+
+
+def _failed(record: JobRecord, exc: LilypadError) -> None:
+    record.error = str(exc)
+    if record.state not in FINAL_FAILURES:
+        record.state = "failed"
+
+
+def _outcome(record: JobRecord) -> str:
+    return f"{record.provider}: {record.error or record.state}"
+
+
+def _cid_or_none(raw: bytes) -> CID | None:
+    try:
+        return CID.parse(raw) if raw else None
+    except (InputError, ValueError):
+        return None
 
 
 def _install(fresh: Path, dest: Path) -> None:
@@ -577,6 +985,9 @@ class _EventStream:
                 ) as response:
                     self._response = response
                     self._ready.set()
+                    if response.status_code != 200:  # busy (429, 503) or down: back off
+                        self._stop.wait(1 + random.random() * 4)
+                        continue
                     for line in response.iter_lines():
                         if line.startswith("data: "):
                             payload = json.loads(line.removeprefix("data: "))

@@ -15,6 +15,7 @@ from lilypad import modules
 from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs
 from lilypad.cli.output import console, emit, err_console, note
 from lilypad.errors import InputError
+from lilypad.verification import Verify
 
 jobs_app = typer.Typer(help="Jobs you ran from this machine.", no_args_is_help=True)
 
@@ -26,10 +27,27 @@ _STEP_TEXT = {
     "running": "running on the provider",
     "result": "result submitted: {cid} (tx {tx:.18}…)",
     "downloading": "downloading and verifying {cid}",
+    "download_retry": "download failed ({error}); trying again in {pause:g}s",
+    "solver_retry": "cannot reach the solver ({error}); trying again in {pause:g}s",
     "verified": "verified every block into {dest}",
+    "symlinks_skipped": "the result holds {count} symlink(s), verified but not created (the "
+    "first: {first})",
+    "not_audited": "not audited this time (chance {probability:.0%})",
+    "challenged": "result challenged ({reason}); mediator {mediator} re-runs the job",
+    "mediating": "waiting for mediator {mediator} to rule",
+    "upheld": "the mediator upheld the result: it is correct",
+    "slashed": "the mediator found the result wrong: {refund} tokens (price and the provider's "
+    "collateral) are yours; fetching the mediator's result",
+    "agree": "both providers returned {cid}",
+    "disagree": "the providers disagree ({cids}); both results are challenged",
+    "alone": "no second provider in time: the result of {provider} is audited instead",
     "accepted": "result accepted on chain (tx {tx:.18}…)",
     "retry": "retrying (attempt {attempt}): {reason}",
 }
+#: The longest a job offer may wait for a provider (a week).
+MAX_EXPIRES_IN_S = 7 * 86_400
+#: The most seconds a job offer can give a provider (the offer's ``uint32``).
+MAX_TIMEOUT_S = 2**32 - 1
 
 
 def run(
@@ -41,15 +59,30 @@ def run(
         None,
         "--timeout",
         min=1,
-        help="Seconds a provider has for the result (default: the module's timeout plus 300).",
+        max=MAX_TIMEOUT_S,
+        help="Seconds a provider has for the result (default: the module's timeout plus 300; "
+        "at least its timeout plus 60).",
     ),
     expires_in: int = typer.Option(
-        300, "--expires-in", min=15, help="Seconds the offer waits for a provider."
+        300,
+        "--expires-in",
+        min=15,
+        max=MAX_EXPIRES_IN_S,
+        help="Seconds the offer waits for a provider.",
     ),
     mediators: list[str] = typer.Option(
         [], "--mediator", help="A mediator you trust (repeat); default: the network's."
     ),
-    retries: int = typer.Option(0, "--retries", min=0, help="New offers after a provider fails."),
+    retries: int = typer.Option(
+        0, "--retries", min=0, max=10, help="New offers after a provider fails."
+    ),
+    verify: Verify = typer.Option(
+        Verify.AUDIT,
+        "--verify",
+        case_sensitive=False,
+        help="How the result is checked: audit (a mediator re-runs it at random, often enough "
+        "that cheating cannot pay), always, never, or redundant (two providers).",
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Deposit what is needed without asking."),
     key_file: Path | None = typer.Option(
         None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY)."
@@ -59,29 +92,27 @@ def run(
 ) -> None:
     """Run a module on the network: offer, match, deal, result, verified download, accept."""
     from lilypad.chain.light import CreatorMarket, LightChain
-    from lilypad.creator import JobRunner, RunOptions, Step, format_tokens, parse_tokens
+    from lilypad.creator import JobRunner, RunOptions, Step
     from lilypad.errors import ChainError
     from lilypad.keys import load_signer
     from lilypad.network import load_network
+    from lilypad.units import format_tokens, parse_tokens
 
     inputs = check_inputs(inputs, stray)
     module = modules.resolve(ref)
     spec = modules.render(module, inputs)  # bad input stops here, before anything is signed
     price = parse_tokens(max_price, "--max-price")
+    timeout_s = _job_timeout(timeout, spec)
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
     account = load_signer(key_file, role="the job creator")
-    trusted = tuple(mediators) or tuple(
-        address for role, address in sorted(profile.accounts.items()) if role.startswith("mediator")
-    )
-    if not trusted:
-        raise InputError(f"network {network!r} names no mediator; pass --mediator ADDRESS")
     options = RunOptions(
         max_price=price,
-        timeout_s=timeout or spec.timeout_s + 300,
+        timeout_s=timeout_s,
         expires_in_s=expires_in,
-        mediators=trusted,
+        mediators=_trusted_mediators(mediators, profile),
         retries=retries,
+        verify=verify,
     )
     chain = LightChain(profile.rpc_url)
     if chain.chain_id != profile.chain_id:
@@ -108,12 +139,15 @@ def run(
                 f"(max price {format_tokens(price)})"
             )
         # Ask now, before the progress display; the runner deposits when it posts the offer
-        # (other jobs of this account may have changed what is needed by then).
-        needed = runner.deposit_needed(price)
+        # (other jobs of this account may have changed what is needed by then). The deposit
+        # keeps a challenge's fee beside the price, so that an audit can always be paid.
+        needed = runner.deposit_needed(price + runner.challenge_reserve(options.mediators))
         if needed:
+            _check_wallet(market, account.address, needed)
             _consent(needed, yes, format_tokens)
 
         def fund(amount: int) -> None:
+            _check_wallet(market, account.address, amount)
             if not (needed or yes):
                 _consent(amount, yes, format_tokens)  # not asked yet: refuses without a terminal
             runner.deposit(amount)
@@ -125,6 +159,56 @@ def run(
     finally:
         runner.close()
     emit(record.to_dict(), json_output, lambda: _summary(record))
+
+
+def _job_timeout(timeout: int | None, spec: modules.JobSpec) -> int:
+    """``--timeout``, or the module's default; never less than a provider needs (a deal that an
+    honest provider cannot deliver in time would only hand its collateral to the job creator,
+    so no provider's offer and no solver takes it)."""
+    from lilypad.chain.offers import default_job_timeout, min_job_timeout
+
+    least = min_job_timeout(spec.timeout_s)
+    if timeout is None:
+        return default_job_timeout(spec.timeout_s)
+    if timeout < least:
+        raise InputError(
+            f"--timeout {timeout} is less than {spec.module} needs: at least {least} seconds "
+            f"(its timeout of {spec.timeout_s} s plus {least - spec.timeout_s} s to deliver)"
+        )
+    return timeout
+
+
+def _trusted_mediators(given: list[str], profile: Any) -> tuple[str, ...]:
+    from lilypad.chain.crypto import is_address, to_checksum_address
+    from lilypad.chain.offers import MAX_MEDIATORS
+
+    for address in given:
+        if not is_address(address):
+            raise InputError(
+                f"--mediator {address!r} is not an Ethereum address (0x and 40 hex digits, "
+                "mixed case only with a valid EIP-55 checksum)"
+            )
+    trusted = tuple(dict.fromkeys(to_checksum_address(a) for a in given)) or tuple(
+        address for role, address in sorted(profile.accounts.items()) if role.startswith("mediator")
+    )
+    if not trusted:
+        raise InputError(f"network {profile.name!r} names no mediator; pass --mediator ADDRESS")
+    if len(trusted) > MAX_MEDIATORS:
+        raise InputError(f"{len(trusted)} mediators given; an offer names at most {MAX_MEDIATORS}")
+    return trusted
+
+
+def _check_wallet(market: Any, address: str, amount: int) -> None:
+    """Refuse a deposit the wallet cannot pay (it would only revert, at a gas cost)."""
+    from lilypad.units import format_tokens
+
+    held = market.wallet_balance(address)
+    if held < amount:
+        raise InputError(
+            f"the deposit this job needs is {format_tokens(amount)} tokens, but the wallet of "
+            f"{address} holds {format_tokens(held)}",
+            hint="lower --max-price, or fund the wallet",
+        )
 
 
 def _run_interruptibly(runner: Any, spec: modules.JobSpec, options: Any) -> Any:
@@ -176,14 +260,31 @@ def _consent(needed: int, yes: bool, fmt: Any) -> None:
 def _summary(record: Any) -> None:
     lines = [
         f"\n[bold]Job complete[/] {escape(record.module)}",
-        f"  CID        {record.result_cid}",
+        f"  CID        {record.mediator_cid or record.result_cid}",
         f"  deal       {record.deal_id}  (provider {record.provider})",
+        f"  verified   {escape(_verdict(record))}",
         f"  outputs    {escape(record.output_dir or '')}",
         f"  IPFS link  {escape(record.gateway_url or '')}",
         f"\nOpen the results:\n\n    open {escape(record.output_dir or '')}\n",
     ]
     for line in lines:
         console.print(line, soft_wrap=True)  # paths and links stay on one line
+
+
+def _verdict(record: Any) -> str:
+    """How the result was checked, in words."""
+    if record.state == "provider_slashed":
+        return (
+            f"the mediator found the provider's result {record.result_cid} wrong; this is the "
+            "mediator's result, and the price and the provider's collateral were paid to you"
+        )
+    if record.state == "upheld":
+        return "audited: a mediator re-ran the job and upheld the result"
+    if record.twin:
+        return "by redundancy: two providers returned the same result"
+    if record.audit_probability is not None:
+        return f"not audited this time (chance {record.audit_probability:.0%}); block by block"
+    return "block by block against its CID (--verify never)"
 
 
 @jobs_app.command("list")

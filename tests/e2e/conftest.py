@@ -37,9 +37,12 @@ def lilypad(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     )
 
 
-def run_job(network: str, module: str, *inputs: str, timeout: float = 300) -> dict[str, Any]:
-    """``lilypad run MODULE -i ... --json`` as the network's job creator; its record."""
-    args = ["run", module, "--network", network, "--yes", "--json"]
+def run_job(
+    network: str, module: str, *inputs: str, timeout: float = 300, verify: str = "audit"
+) -> dict[str, Any]:
+    """``lilypad run MODULE -i ... --verify VERIFY --json`` as the network's job creator; its
+    record."""
+    args = ["run", module, "--network", network, "--yes", "--json", "--verify", verify]
     args += ["--key-file", str(key_file(network, "job_creator"))]
     for value in inputs:
         args += ["-i", value]

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +135,11 @@ def test_a_provider_on_another_machine_serves_jobs_over_the_link(
         assert record["provider"] == profile.accounts["provider"], log.read_text()
         out = Path(record["output_dir"])
         assert "over the wire" in (out / "outputs" / "cowsay.txt").read_text()
+        # the provider logs its submission once the receipt is back, which may be a moment
+        # after the job creator saw the result on chain
+        deadline = time.monotonic() + 10
+        while "result submitted" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "result submitted" in log.read_text()
     finally:
         os.killpg(provider.pid, signal.SIGTERM)

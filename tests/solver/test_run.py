@@ -15,12 +15,15 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from lilypad.chain.market import DealState, JobMarketClient
-from lilypad.chain.offers import Deal, Machine, module_id
+from lilypad.chain.offers import Deal, Machine, min_job_timeout, module_id
 from lilypad.network import load_network, save_network
 from lilypad.storage import result_dir
 from lilypad.storage.backends import KuboStorage
 from lilypad.storage.node import EmbeddedNode
-from tests.conftest import CliRunner
+from resource_provider.executors import ProcessExecutor
+from resource_provider.mediator import Mediator
+from resource_provider.solver_client import SolverClient
+from tests.conftest import CliResult, CliRunner
 from tests.solver.conftest import ETH, Net, Server, SolverFactory
 
 HAS = Machine(gpus=0, vram_mb=0, cpu_millis=4000, ram_mb=8192, disk_mb=10240)
@@ -49,6 +52,19 @@ def stack(
         yield Stack(net, server, ipfs)
 
 
+@pytest.fixture
+def cli(cli: CliRunner) -> CliRunner:
+    """`lilypad run` with ``--verify never`` unless a test chooses: the stand-in provider below
+    runs no module, and no mediator is up to audit it (tests/creator tests the policies)."""
+
+    def run(*args: str) -> CliResult:
+        if args[:1] == ("run",) and "--verify" not in args:
+            args = (*args, "--verify", "never")
+        return cli(*args)
+
+    return run
+
+
 class StandInProvider(threading.Thread):
     """Takes one deal and answers it: writes a result folder, adds it to IPFS, submits the CID
     (or, with ``deliver=False``, never answers)."""
@@ -68,12 +84,12 @@ class StandInProvider(threading.Thread):
         self.market = JobMarketClient(stack.net.chain, stack.net.deployment.market)
         self.done = threading.Event()
         net = stack.net
-        offer = net.resource(
+        self.offer = net.resource(
             account, module=module_id("cowsay:v0.0.4"), machine=HAS.encode(), price=3 * ETH
         )
         with httpx.Client(base_url=stack.server.url) as client:
             client.post(
-                "/api/v1/resource_offers", json=offer.model_dump(mode="json")
+                "/api/v1/resource_offers", json=self.offer.model_dump(mode="json")
             ).raise_for_status()
 
     def run(self) -> None:
@@ -211,12 +227,15 @@ def test_provider_that_never_delivers_is_timed_out_and_refunded(
     creator = net.creators[0].address
     before = net.market.balance_of(creator)
     # A live chain makes blocks all the time; the dev chain only on transactions, and a deadline
-    # can only be seen to pass in a new block.
+    # can only be seen to pass in a new block. Once the deal is made, time runs fast (the
+    # shortest timeout the solver takes is the module's 60 s plus a margin).
     stop = threading.Event()
 
     def produce_blocks() -> None:
-        while not stop.wait(1):
-            net.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        with httpx.Client(base_url=stack.server.url) as client:
+            while not stop.wait(1):
+                dealt = bool(client.get("/api/v1/deals").json())
+                net.advance(30 if dealt else 0)
 
     threading.Thread(target=produce_blocks, daemon=True).start()
     try:
@@ -227,7 +246,7 @@ def test_provider_that_never_delivers_is_timed_out_and_refunded(
             "test",
             "--yes",
             "--timeout",
-            "2",
+            str(min_job_timeout(60)),
             "--max-price",
             "5",
         )
@@ -236,8 +255,8 @@ def test_provider_that_never_delivers_is_timed_out_and_refunded(
     assert result.exit_code == 1
     assert "timed out" in result.stderr
     assert "refunded" in result.stderr
-    # the price came back, and the provider's collateral (2 tokens) went to the job creator
-    assert net.market.balance_of(creator) == before + 2 * ETH
+    # the price came back, and the provider's collateral went to the job creator
+    assert net.market.balance_of(creator) == before + provider.offer.offer.collateral
 
 
 @pytest.mark.slow
@@ -261,8 +280,9 @@ def test_deposit_is_topped_up_only_with_consent(
     StandInProvider(stack, net.providers[0], tmp_path / "result").start()
     done = cli("run", "cowsay:v0.0.4", "--network", "test", "--max-price", "150", "--yes", "--json")
     assert done.exit_code == 0, done.stderr
-    # topped up to 150, then 3 paid to the provider
-    assert net.market.balance_of(creator) == 150 * ETH - 3 * ETH
+    # topped up to 150 and a mediation fee (so that a challenge can be paid), then 3 paid
+    fee = net.market.mediator(net.mediator.address)[1]
+    assert net.market.balance_of(creator) == 150 * ETH + fee - 3 * ETH
 
 
 class LyingIPFS(threading.Thread):
@@ -298,9 +318,22 @@ class LyingIPFS(threading.Thread):
 def test_a_result_that_fails_verification_is_challenged(
     stack: Stack, cli: CliRunner, tmp_path: Path
 ) -> None:
+    """Bytes that do not hash to the CID are challenged at once (whatever the policy), and never
+    saved as the result. Here every download lies, the mediator's correct result's too."""
     net = stack.net
     liar = LyingIPFS()
     liar.start()
+    mediator = Mediator(
+        account=net.mediator,
+        market=JobMarketClient(net.chain, net.deployment.market),
+        solver=SolverClient(stack.server.url),
+        storage=KuboStorage(stack.ipfs.api_url),
+        executor=ProcessExecutor(),
+        state_dir=tmp_path / "mediator",
+        start_block=net.deployment.block,
+        poll_interval_s=0.2,
+    )
+    mediator.start()
     try:
         profile = load_network("test")
         save_network(profile.model_copy(update={"ipfs_api_url": liar.url}))
@@ -308,11 +341,15 @@ def test_a_result_that_fails_verification_is_challenged(
         result = cli("run", "cowsay:v0.0.4", "--network", "test", "--yes", "--max-price", "5")
     finally:
         liar.stop()
+        mediator.stop()
     assert result.exit_code == 1
     assert "challenged" in result.stderr, result.stderr
+    assert "no verified result could be fetched" in result.stderr, result.stderr
     record = json.loads(cli("jobs", "list", "--json").stdout)[-1]
-    assert record["state"] == "challenged"
-    assert net.market.deal_status(record["deal_id"]).state is DealState.CHALLENGED
+    assert record["audited"]
+    # the stand-in's result is not cowsay's: the mediator ruled against it
+    assert record["state"] == "provider_slashed"
+    assert net.market.deal_status(record["deal_id"]).state is DealState.REFUNDED
     # nothing was saved as if it were the result
     assert record["output_dir"] is None
     assert not result_dir(record["result_cid"]).exists()
