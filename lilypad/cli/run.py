@@ -58,23 +58,19 @@ def run(
     timeout: int | None = typer.Option(
         None,
         "--timeout",
-        min=1,
-        max=MAX_TIMEOUT_S,
         help="Seconds a provider has for the result (default: the module's timeout plus 300; "
         "at least its timeout plus 60).",
     ),
     expires_in: int = typer.Option(
         300,
         "--expires-in",
-        min=15,
-        max=MAX_EXPIRES_IN_S,
         help="Seconds the offer waits for a provider.",
     ),
     mediators: list[str] = typer.Option(
         [], "--mediator", help="A mediator you trust (repeat); default: the network's."
     ),
     retries: int = typer.Option(
-        0, "--retries", min=0, max=10, help="New offers after a provider fails."
+        0, "--retries", help="New offers after a provider fails (0 to 10)."
     ),
     verify: Verify = typer.Option(
         Verify.AUDIT,
@@ -102,6 +98,8 @@ def run(
     module = modules.resolve(ref)
     spec = modules.render(module, inputs)  # bad input stops here, before anything is signed
     price = parse_tokens(max_price, "--max-price")
+    _in_range("--expires-in", expires_in, 15, MAX_EXPIRES_IN_S)
+    _in_range("--retries", retries, 0, 10)
     timeout_s = _job_timeout(timeout, spec)
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
@@ -170,12 +168,18 @@ def _job_timeout(timeout: int | None, spec: modules.JobSpec) -> int:
     least = min_job_timeout(spec.timeout_s)
     if timeout is None:
         return default_job_timeout(spec.timeout_s)
+    _in_range("--timeout", timeout, 1, MAX_TIMEOUT_S)
     if timeout < least:
         raise InputError(
             f"--timeout {timeout} is less than {spec.module} needs: at least {least} seconds "
             f"(its timeout of {spec.timeout_s} s plus {least - spec.timeout_s} s to deliver)"
         )
     return timeout
+
+
+def _in_range(option: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InputError(f"{option} {value} is out of range: from {low:,} to {high:,}")
 
 
 def _trusted_mediators(given: list[str], profile: Any) -> tuple[str, ...]:

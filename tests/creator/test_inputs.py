@@ -1,0 +1,67 @@
+"""Every bad input to `lilypad run` is a clean exit 2 naming the value, before anything is signed
+or paid (finding 10 of the trust review: these ended in "Internal error" or in a reverting
+deposit)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import CliRunner
+from tests.creator.conftest import Creator
+
+RUN = ("run", "cowsay:v0.0.4", "--network", "test", "--yes")
+
+
+@pytest.fixture
+def profile(creator: Creator, monkeypatch: pytest.MonkeyPatch) -> None:
+    creator.world.profile()
+    monkeypatch.setenv("WEB3_PRIVATE_KEY", creator.account.key.hex())
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--max-price", "1e40"), "--max-price '1e40' is not a number of tokens"),
+        (("--max-price", "1e999999999"), "is not a number of tokens"),
+        (("--max-price", "1_0"), "is not a number of tokens"),
+        (("--max-price", "79228162515"), "is more than the most allowed"),
+        (("--timeout", "4294967296"), "--timeout 4294967296 is out of range"),
+        (("--timeout", "59"), "at least 120 seconds"),  # cowsay: 60 s + 60 s to deliver
+        (("--expires-in", str(2**64)), f"--expires-in {2**64} is out of range"),
+        (("--expires-in", "14"), "--expires-in 14 is out of range: from 15 to 604,800"),
+        (("--retries", "11"), "--retries 11 is out of range: from 0 to 10"),
+        (("--mediator", "nope"), "--mediator 'nope' is not an Ethereum address"),
+        (("--verify", "sometimes"), "sometimes"),
+    ],
+)
+def test_bad_options_are_exit_2_naming_the_value(
+    profile: None, cli: CliRunner, args: tuple[str, ...], says: str
+) -> None:
+    result = cli(*RUN, *args)
+    assert result.exit_code == 2, result.stderr
+    assert says in " ".join(result.stderr.split()), result.stderr
+    assert "Internal error" not in result.stderr
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []  # nothing was posted
+
+
+@pytest.mark.parametrize("ref", [" cowsay:v0.0.4", "cowsay:v0.0.4\n", "cow\tsay:v0.0.4"])
+def test_a_module_reference_with_stray_whitespace_is_refused(
+    profile: None, cli: CliRunner, ref: str
+) -> None:
+    result = cli("run", ref, "--network", "test", "--yes")
+    assert result.exit_code == 2, result.stderr
+    assert "whitespace or control characters" in result.stderr
+
+
+def test_a_price_the_wallet_cannot_pay_is_refused_before_any_transaction(
+    profile: None, creator: Creator, cli: CliRunner
+) -> None:
+    market = creator.world.market
+    address = creator.account.address
+    before = market.balance_of(address), market.token.balance_of(address)
+    result = cli(*RUN, "--max-price", "1000000")
+    assert result.exit_code == 2, result.stderr
+    assert "the wallet of" in result.stderr
+    assert (market.balance_of(address), market.token.balance_of(address)) == before
