@@ -47,6 +47,7 @@ from lilypad.chain.light import DealState
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal, Machine, ResourceOffer, SignedResourceOffer, module_id
 from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError, SolverError
+from lilypad.jobs import JobSubmission
 from lilypad.storage import CID, Storage
 from resource_provider.executors import Executor, Weights
 from resource_provider.machine import Hardware
@@ -422,7 +423,7 @@ class ResourceProvider:
             raise JobRefused(f"deal is {status.state.name.lower()} on chain, not created")
         if status.deadline <= self._now():
             raise JobRefused(f"the result deadline {status.deadline} has passed")
-        spec = verified_spec(self.solver.job_submission(deal.job_offer_hash), deal)
+        spec = verified_spec(self._submission(deal), deal)
         if spec.module not in self.config.modules:
             raise JobRefused(
                 f"module {spec.module} is not served here ({', '.join(self.config.modules)})"
@@ -450,6 +451,17 @@ class ResourceProvider:
                 "deal %s: %s (its result is submitted as is)", deal.deal_id, execution.message
             )
         return self._save(record, phase=Phase.EXECUTED, duration_ms=execution.duration_ms)
+
+    def _submission(self, deal: Deal) -> JobSubmission:
+        """The deal's signed job offer and spec: from the solver once, then from this provider's
+        own state (checked against the deal each time), so that a provider restarted while the
+        solver is down still runs the job it took."""
+        kept = self.store.get("submissions", deal.deal_id, JobSubmission)
+        if kept is not None:
+            return kept
+        submission = self.solver.job_submission(deal.job_offer_hash)
+        self.store.put("submissions", deal.deal_id, submission)
+        return submission
 
     def _add(self, record: DealRecord) -> DealRecord:
         """Add the finished result folder to IPFS (pinned). A failure (the node is down, the disk

@@ -176,3 +176,21 @@ def _mine_every(world: World, seconds: float, stop: threading.Event, pace: int =
         if pace > 1:
             world.rpc("evm_increaseTime", int(seconds * (pace - 1)))
         world.rpc("evm_mine")
+
+
+def test_killed_mid_job_and_restarted_while_the_solver_is_down_still_delivers(
+    world: World, daemon: Daemon
+) -> None:
+    """The deal's spec came from the solver once; the provider keeps it, so a restart needs only
+    the chain and IPFS (a solver that stays down must not cost it the deal's collateral)."""
+    daemon.start()
+    job = world.job("no solver needed", module=SLOW)
+    deal_id = world.deal_of(world.post(job))["deal_id"]
+    result = daemon.data_dir / "results" / deal_id
+    wait_for(lambda: (result / "outputs" / "started").exists(), 60)
+    daemon.kill()
+    world.server.__exit__()  # the solver goes down, and stays down
+    daemon.start()
+    (record,) = wait_phase(daemon.data_dir, Phase.SUBMITTED, timeout=60)
+    assert record.runs == 2
+    assert submitted_cids(world, deal_id) == [bytes(compute_cid(result))]
