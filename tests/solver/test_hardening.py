@@ -218,6 +218,14 @@ def test_offers_that_nothing_backs_are_refused(net: Net, served: Served) -> None
     unbacked = post(client, "resource", net.resource(price=0, collateral=0))
     assert unbacked.status_code == 400
     assert "collateral 0" in unbacked.json()["error"]
+    # below the market's rule (10x the price by default): the chain would refuse its deals
+    least = net.market.required_collateral(5 * ETH)
+    short = post(client, "resource", net.resource(price=5 * ETH, collateral=least - 1))
+    assert short.status_code == 400
+    assert f"below the market's minimum of {least}" in short.json()["error"]
+    assert (
+        post(client, "resource", net.resource(price=5 * ETH, collateral=least)).status_code == 201
+    )
 
 
 def test_the_rate_limiter_forgets_signers_beyond_its_bound() -> None:
