@@ -11,9 +11,9 @@ naming it as mediator (it needs their terms later), ``ResultSubmitted`` for thei
    was never delivered, and the provider loses;
 3. runs the job with its own executor and compares with the submitted result by the module's
    declared verification (:mod:`resource_provider.verify`);
-4. before ruling against the provider, runs the job a second time: a module that gives this
-   mediator two different results is not deterministic, and neither party is judged on it (the
-   challenge is left to time out: both are refunded);
+4. before ruling against a delivered result that differs from its own, runs the job a second
+   time: a module that gives this mediator two different results is not deterministic, and
+   neither party is judged on it (the challenge is left to time out: both are refunded);
 5. calls ``resolveMediation`` with its own result's CID, which it adds to IPFS and pins, so the
    job creator gets the correct result whoever wins.
 
@@ -238,7 +238,9 @@ class Mediator:
         else:
             mine = self.results_dir / deal.deal_id
             verdict = compare(spec.verification, mine, theirs, skipped_symlinks=links)
-        if not verdict.matches:
+        if not verdict.matches and lost is None:
+            # the results differ: is it the provider, or a module that differs from run to run?
+            # (a result never delivered loses whatever the module does)
             self._check_deterministic(spec, record, ours)
         log.info(
             "deal %s: provider %s (%s); the correct result is %s",

@@ -22,6 +22,8 @@ from tests.creator.conftest import (
 )
 from tests.provider.conftest import CHALLENGE_WINDOW, COLLATERAL, PRICE, World, wait_for
 
+RANDOM = str(Path(__file__).resolve().parents[1] / "fixtures" / "modules" / "random")
+
 
 def honest_cid(world: World, message: str) -> str:
     """What the job really gives (run here, as the mediator would)."""
@@ -190,3 +192,22 @@ def test_a_job_creator_cannot_ask_for_less_time_than_the_module_needs(
     with pytest.raises(SolverError) as info:
         creator.run(spec, timeout_s=1)
     assert "timeout" in str(info.value)
+
+
+def test_a_result_never_delivered_loses_even_for_a_module_that_is_not_deterministic(
+    world: World, creator: Creator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mediator's second run (is the module deterministic?) judges results that differ, not
+    results that were never delivered: those lose whatever the module does."""
+    monkeypatch.setenv("LILYPAD_IPFS_TIMEOUT", "1")
+    random_module = f"{RANDOM}:local"
+    cheat = world.net.providers[1]
+    world.provider(cheat, modules=(random_module,), storage=LocalStorage(world.tmp / "hidden-ipfs"))
+    world.mediator(storage=KuboStorage(world.ipfs.api_url, timeout=1))
+    before = world.market.balance_of(cheat.address)
+    job = creator.start(modules.render(random_module), Verify.NEVER)
+    wait_for(lambda: creator.saw("download_retry"), 60)
+    world.advance(CHALLENGE_WINDOW - 75)
+    record = job.result(180)
+    assert record.state == "provider_slashed"
+    assert world.market.balance_of(cheat.address) == before - COLLATERAL
