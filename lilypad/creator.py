@@ -255,6 +255,7 @@ class JobRunner:
             base_url=profile.solver_url, timeout=30, verify=verify_for(profile.solver_url)
         )
         self.clock = ChainClock(market)
+        self._reserves: dict[tuple[str, ...], int] = {}
 
     def close(self) -> None:
         self.http.close()
@@ -287,9 +288,12 @@ class JobRunner:
 
     def challenge_reserve(self, mediators: tuple[str, ...]) -> int:
         """The most a challenge of a deal with these mediators can cost (the highest fee among
-        them): kept in the deposit beside the price, so that an audit can always be paid."""
-        fees = [self.market.mediator_fee(m) for m in mediators]
-        return max(fees, default=0)
+        them): kept in the deposit beside the price, so that an audit can always be paid. Read
+        once per runner (the CLI asks before its consent prompt, and again for each offer)."""
+        if mediators not in self._reserves:
+            fees = [self.market.mediator_fee(m) for m in mediators]
+            self._reserves[mediators] = max(fees, default=0)
+        return self._reserves[mediators]
 
     # ---------------------------------------------------------------------------- the job
     def run(self, spec: JobSpec, options: RunOptions) -> JobRecord:
@@ -361,7 +365,7 @@ class JobRunner:
                     _failed(job.record, exc)
             if not delivered:
                 raise ResultTimeout(first.record.error or "no provider delivered a result")
-            return self._judge_redundant(delivered, len(jobs) == 2)
+            return self._judge_redundant(delivered)
         except LilypadError as exc:
             if first.record.state not in FINAL_FAILURES:
                 _failed(first.record, exc)
@@ -371,11 +375,13 @@ class JobRunner:
             for job in jobs:
                 save_record(job.record)
 
-    def _judge_redundant(self, jobs: list[_Job], both: bool) -> JobRecord:
+    def _judge_redundant(self, jobs: list[_Job]) -> JobRecord:
+        """Judge the results that came (two, or one when the other provider failed to deliver
+        or none was found)."""
         first = jobs[0]
+        both = len(jobs) == 2
         agree = (
             both
-            and len(jobs) == 2
             and jobs[0].cid == jobs[1].cid
             and jobs[0].deal is not None
             and jobs[1].deal is not None
@@ -393,7 +399,7 @@ class JobRunner:
             else:
                 self._challenge(jobs[1], "the same result as the other provider's, unfetchable")
         else:
-            if len(jobs) == 2:
+            if both:
                 self.on_step(Step("disagree", {"cids": [str(j.cid) for j in jobs]}))
             for job in jobs:
                 if self._fetch(job):
@@ -403,7 +409,7 @@ class JobRunner:
                 with contextlib.suppress(JobError):
                     self._await_mediation(job)
             save_record(job.record)
-        if len(jobs) == 2:
+        if both:
             first.record.twin = jobs[1].record.to_dict()
         good = [j for j in jobs if j.record.state in ("accepted", "upheld", "provider_slashed")]
         chosen = next((j for j in good if j.record.output_dir), None)
@@ -665,25 +671,33 @@ class JobRunner:
         status = self.market.deal_status(deal.deal_id)
         open_window = status.state is DealState.SUBMITTED
         give_up_at = status.deadline - CHALLENGE_MARGIN_S if open_window else self.clock() + 60
-        pause = 1.0
-        while True:
-            try:
-                self._download(record, cid)
-                return True
-            except (CorruptBlock, UnsafeEntryName) as exc:
-                why = f"the result {cid} failed verification ({exc})"
-                break
-            except StorageError as exc:
-                if self.clock() + pause >= give_up_at:
-                    why = f"the result {cid} could not be fetched in time ({exc})"
-                    break
-                self.on_step(Step("download_retry", {"error": str(exc), "pause": pause}))
-                time.sleep(pause)
-                pause = min(2 * pause, MAX_RETRY_PAUSE_S)
+        why = self._download_until(record, cid, give_up_at, self.clock)
+        if why is None:
+            return True
         if not open_window:
             raise VerificationFailed(f"{why}; the challenge window had closed")
         self._challenge(job, why)
         return False
+
+    def _download_until(
+        self, record: JobRecord, cid: CID, give_up_at: float, clock: Callable[[], float]
+    ) -> str | None:
+        """Download ``cid``, retrying what the IPFS node or gateway fails with, at growing
+        pauses, until ``clock()`` reaches ``give_up_at``; None once it is in place, else why not
+        (content that is not what the CID names is not retried)."""
+        pause = 1.0
+        while True:
+            try:
+                self._download(record, cid)
+                return None
+            except (CorruptBlock, UnsafeEntryName) as exc:
+                return f"the result {cid} failed verification ({exc})"
+            except StorageError as exc:
+                if clock() + pause >= give_up_at:
+                    return f"the result {cid} could not be fetched in time ({exc})"
+                self.on_step(Step("download_retry", {"error": str(exc), "pause": pause}))
+                time.sleep(pause)
+                pause = min(2 * pause, MAX_RETRY_PAUSE_S)
 
     def _download(self, record: JobRecord, cid: CID) -> None:
         """Fetch ``cid`` into its result folder, every block verified.
@@ -825,19 +839,10 @@ class JobRunner:
         record = job.record
         errors = []
         for cid in [c for c in cids if c is not None]:
-            give_up_at = time.monotonic() + 60
-            while True:
-                try:
-                    self._download(record, cid)
-                    return
-                except (CorruptBlock, UnsafeEntryName) as exc:
-                    errors.append(f"{cid}: {exc}")
-                    break
-                except StorageError as exc:
-                    if time.monotonic() > give_up_at:
-                        errors.append(f"{cid}: {exc}")
-                        break
-                    time.sleep(2)
+            why = self._download_until(record, cid, time.monotonic() + 60, time.monotonic)
+            if why is None:
+                return
+            errors.append(why)
         raise VerificationFailed(
             f"the mediator ruled ({record.state}), but no verified result could be fetched: "
             + "; ".join(errors),
