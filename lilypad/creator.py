@@ -64,7 +64,7 @@ from lilypad.network import NetworkProfile
 from lilypad.storage import open_storage, result_dir
 from lilypad.storage.cid import CID
 from lilypad.tls import verify_for
-from lilypad.units import format_tokens, parse_tokens
+from lilypad.units import format_tokens
 from lilypad.verification import Verify, audit_probability, draw_audit
 
 #: Posts of one offer when the solver finds the deposit short (see JobRunner._fund_and_post).
@@ -1044,17 +1044,18 @@ def _error(response: httpx.Response) -> str:
 
 
 __all__ = [
+    "CheatCaught",
     "DealState",
     "JobError",
     "JobRecord",
     "JobRunner",
+    "MediationExpired",
+    "ModuleFailed",
     "NoMatch",
     "ResultTimeout",
     "RunOptions",
     "Step",
     "VerificationFailed",
     "find_record",
-    "format_tokens",
     "load_records",
-    "parse_tokens",
 ]
