@@ -1,4 +1,4 @@
-"""Content identifiers: parse, print and verify IPFS CIDs (v0 and v1, sha2-256).
+"""Content identifiers: parse, print and verify IPFS CIDs (v0 and v1).
 
 Parsing and multibase printing are done by ``libipld`` (a maintained Rust IPLD library); this
 module adds a small value type and the one check that matters for downloads: that bytes hash to
@@ -8,6 +8,7 @@ their CID.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libipld
@@ -20,6 +21,22 @@ RAW = 0x55
 #: Multihash code of sha2-256, the only hash the network's import profile produces.
 SHA2_256 = 0x12
 _SHA2_256_PREFIX = bytes([SHA2_256, 32])
+#: The identity multihash: the "digest" is the data itself (``bafkqaaa`` is the empty block).
+IDENTITY = 0x00
+#: Longest data an identity CID may carry here (kubo's ``--inline-limit`` tops out at 128 bytes
+#: of block; this bounds what a CID string can make a node hold in memory).
+MAX_IDENTITY_SIZE = 128
+
+#: The hash functions blocks can be verified with, by multihash code (multicodec table names):
+#: what other IPFS implementations produce for ``--hash`` besides the default sha2-256.
+HASHES: dict[int, tuple[str, Callable[[bytes], bytes]]] = {
+    SHA2_256: ("sha2-256", lambda data: hashlib.sha256(data).digest()),
+    0x13: ("sha2-512", lambda data: hashlib.sha512(data).digest()),
+    0x16: ("sha3-256", lambda data: hashlib.sha3_256(data).digest()),
+    0x14: ("sha3-512", lambda data: hashlib.sha3_512(data).digest()),
+    0xB220: ("blake2b-256", lambda data: hashlib.blake2b(data, digest_size=32).digest()),
+    0xB240: ("blake2b-512", lambda data: hashlib.blake2b(data).digest()),
+}
 
 CODEC_NAMES = {DAG_PB: "dag-pb", RAW: "raw"}
 
@@ -128,6 +145,29 @@ class CID:
         """The multihash function code (0x12 for sha2-256)."""
         return decode_varint(self.multihash)[0]
 
+    @property
+    def digest(self) -> bytes:
+        """The multihash digest (for an identity CID: the block's bytes)."""
+        _, pos = decode_varint(self.multihash)
+        size, pos = decode_varint(self.multihash, pos)
+        return self.multihash[pos : pos + size]
+
+    def inline_data(self) -> bytes | None:
+        """The block an identity CID carries in itself, or ``None`` for a hashed CID.
+
+        Raises:
+            StorageError: An identity CID longer than :data:`MAX_IDENTITY_SIZE` bytes.
+        """
+        if self.multihash[:1] != b"\x00":
+            return None
+        data = self.digest
+        if len(data) > MAX_IDENTITY_SIZE:
+            raise StorageError(
+                f"{str(self)[:60]}...: an identity CID of {len(data)} bytes is over the "
+                f"{MAX_IDENTITY_SIZE}-byte limit; a block that large must be hashed"
+            )
+        return data
+
     def v1(self) -> CID:
         """The same block named by a CIDv1."""
         return CID(1, self.codec, self.multihash)
@@ -139,12 +179,19 @@ class CID:
             CorruptBlock: The bytes do not match (names the CID).
             StorageError: The CID uses a hash function this node cannot check.
         """
-        if self.multihash[:2] != _SHA2_256_PREFIX:
+        if self.multihash[:2] == _SHA2_256_PREFIX:
+            ok = hashlib.sha256(data).digest() == self.multihash[2:]
+        elif (inline := self.inline_data()) is not None:
+            ok = inline == data
+        elif (known := HASHES.get(self.hash_code)) is not None:
+            ok = known[1](data) == self.digest
+        else:
+            names = ", ".join(["identity", *(name for name, _ in HASHES.values())])
             raise StorageError(
                 f"{self}: hash function 0x{self.hash_code:x} is not supported; "
-                "only sha2-256 CIDs can be verified"
+                f"blocks can be verified with {names}"
             )
-        if hashlib.sha256(data).digest() != self.multihash[2:]:
+        if not ok:
             raise CorruptBlock(f"block {self} does not match its CID: its bytes were altered")
 
 

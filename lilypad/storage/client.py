@@ -23,8 +23,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from lilypad.errors import BlockNotFound, CorruptBlock, InputError, StorageError
+from lilypad.storage.car import CarReader
 from lilypad.storage.cid import CID, as_cid
-from lilypad.storage.dag import CarReader
 from lilypad.storage.importer import BlockSink, DiskEntry, ImportProfile, open_regular, scan
 from lilypad.storage.unixfs import NodeType
 from lilypad.tls import verify_for
@@ -146,6 +146,8 @@ class KuboClient(_HTTPClient):
 
     def get(self, cid: CID) -> bytes:
         """A block's bytes via ``block/get``, checked against the CID."""
+        if (inline := cid.inline_data()) is not None:
+            return inline
         if self._last is not None and self._last[0] == cid:
             return self._last[1]
         data = self._post("block/get", {"arg": str(cid)}).content
@@ -282,6 +284,8 @@ class GatewayClient(_HTTPClient):
 
     def get(self, cid: CID) -> bytes:
         """One block, checked against its CID."""
+        if (inline := cid.inline_data()) is not None:
+            return inline
         if self._last is not None and self._last[0] == cid:
             return self._last[1]
         with _http_errors(f"fetching block {cid}", self.url, self.timeout):

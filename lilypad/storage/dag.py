@@ -27,7 +27,7 @@ from lilypad.errors import (
     StorageError,
     UnsafeEntryName,
 )
-from lilypad.storage.cid import CID, DAG_PB, RAW, decode_varint, encode_varint
+from lilypad.storage.cid import CID, DAG_PB, RAW
 from lilypad.storage.unixfs import Link, NodeType, PBNode, decode_node
 
 
@@ -223,18 +223,6 @@ def walk_blocks(source: BlockSource, cid: CID) -> Iterator[tuple[CID, bytes]]:
             stack.extend(link.cid for link in reversed(decode_node(data).links))
 
 
-def car_stream(source: BlockSource, cid: CID, *, whole_dag: bool = True) -> Iterator[bytes]:
-    """A CARv1 of the DAG (or of the one block), as ``?format=car`` serves it."""
-    import libipld
-
-    header = libipld.encode_dag_cbor({"roots": [b"\x00" + bytes(cid)], "version": 1})
-    yield encode_varint(len(header)) + header
-    blocks = walk_blocks(source, cid) if whole_dag else iter([(cid, source.get(cid))])
-    for block_cid, data in blocks:
-        raw = bytes(block_cid)
-        yield encode_varint(len(raw) + len(data)) + raw + data
-
-
 def check_name(name: str, where: str) -> str:
     """Refuse a directory entry name that would not stay one plain name on disk."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
@@ -312,81 +300,3 @@ def _write(
 
 def _shown(target: bytes) -> str:
     return target.decode("utf-8", "backslashreplace")
-
-
-def read_car(data: bytes) -> tuple[list[CID], list[tuple[CID, bytes]]]:
-    """Parse a whole CARv1: its roots and blocks, each block checked against its CID.
-
-    Raises:
-        StorageError: The CAR is malformed.
-        CorruptBlock: A block does not match its CID.
-    """
-    reader = CarReader(iter([data]))
-    return reader.roots, list(reader)
-
-
-class CarReader:
-    """Reads a CARv1 from a stream of byte chunks; yields ``(CID, bytes)``, each verified.
-
-    Raises (on construction or iteration):
-        StorageError: The stream is not a CAR or ends inside a section.
-        CorruptBlock: A block does not match its CID.
-    """
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = bytearray()
-        import libipld
-
-        header = self._section()
-        if header is None:
-            raise StorageError("malformed CAR: empty")
-        try:
-            decoded = libipld.decode_dag_cbor(bytes(header))
-            self.roots = [CID.from_bytes(bytes(root)[1:]) for root in decoded["roots"]]
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise StorageError(f"malformed CAR header: {exc}") from None
-
-    def _fill(self, size: int) -> bool:
-        while len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return False
-            self._buffer += chunk
-        return True
-
-    def _section(self) -> bytes | None:
-        """The next length-prefixed section, or ``None`` at a clean end."""
-        if not self._fill(1):
-            return None
-        self._fill(10)
-        try:
-            length, pos = decode_varint(self._buffer)
-        except ValueError:
-            raise StorageError("malformed CAR: bad section length") from None
-        if length > 8 * 1024 * 1024 or not self._fill(pos + length):
-            raise StorageError("malformed CAR: a section is truncated or too large")
-        section = bytes(self._buffer[pos : pos + length])
-        del self._buffer[: pos + length]
-        return section
-
-    def __iter__(self) -> Iterator[tuple[CID, bytes]]:
-        while (section := self._section()) is not None:
-            try:
-                cid, offset = _cid_prefix(section)
-            except (ValueError, IndexError) as exc:
-                raise StorageError(f"malformed CAR block: {exc}") from None
-            block = section[offset:]
-            cid.check(block)
-            yield cid, block
-
-
-def _cid_prefix(section: bytes) -> tuple[CID, int]:
-    """The CID at the start of a CAR section and where the block bytes begin."""
-    if section[:2] == b"\x12\x20":  # CIDv0: a bare sha2-256 multihash
-        return CID.parse(section[:34]), 34
-    _, pos = decode_varint(section)  # version
-    _, pos = decode_varint(section, pos)  # codec
-    _, pos = decode_varint(section, pos)  # hash function
-    size, pos = decode_varint(section, pos)
-    return CID.parse(section[: pos + size]), pos + size

@@ -14,8 +14,8 @@ from fastapi import FastAPI, Response
 from lilypad.errors import BlockNotFound, CorruptBlock, InvalidCID, StorageError, UnsafeEntryName
 from lilypad.storage import GatewayStorage, LocalStorage, compute_cid, open_storage, result_dir
 from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.car import car_stream
 from lilypad.storage.cid import CID, DAG_PB, RAW
-from lilypad.storage.dag import car_stream
 from lilypad.storage.importer import ImportProfile
 from lilypad.storage.node import EmbeddedNode
 from lilypad.storage.unixfs import Link, NodeType, UnixFSData, decode_node, encode_node

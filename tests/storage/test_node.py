@@ -14,9 +14,9 @@ import pytest
 from lilypad.errors import BlockNotFound, StorageError
 from lilypad.storage import compute_cid
 from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.car import read_car
 from lilypad.storage.cid import CID
 from lilypad.storage.client import KuboClient, PinningServiceClient, PinStatus
-from lilypad.storage.dag import read_car
 from lilypad.storage.importer import NETWORK_PROFILE, ImportProfile, add_path
 from lilypad.storage.node import EmbeddedNode
 from tests.storage.conftest import NODE_TOKEN, write_tree
