@@ -16,10 +16,14 @@ import pytest
 import uvicorn
 
 from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.cid import CID
 from lilypad.storage.node import EmbeddedNode
 from tests.conftest import missing
 
 NODE_TOKEN = "test-pinning-token"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2000  # > one 256 KiB chunk
+UNKNOWN = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+JS = Path(__file__).parent / "js"
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +92,51 @@ def serve_app(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return write_tree(
+        tmp_path / "outputs",
+        {
+            "image.png": PNG,
+            "notes/readme.txt": b"hello gateway\n",
+            "notes/ünï cødé.txt": b"unicode name",
+            "site/index.html": b"<h1>home</h1>",
+            "empty": None,
+        },
+    )
+
+
+@pytest.fixture
+def added(node: EmbeddedNode, tree: Path) -> CID:
+    """``tree`` added through the node's Kubo RPC with the network profile."""
+    from lilypad.storage.client import KuboClient
+    from lilypad.storage.importer import NETWORK_PROFILE
+
+    with KuboClient(node.api_url) as client:
+        entries = client.add(tree, NETWORK_PROFILE)
+    return CID.parse(entries[-1]["Hash"])
+
+
+def run_js(script: str, *args: str, timeout: float = 120) -> str:
+    """Run ``tests/storage/js/<script>`` with Node (npm packages from tests/storage/js, pinned
+    by its lock file; ``make install`` puts them there); returns its stdout.
+
+    The scripts run on Debian's Node 20: ``node20.mjs`` adds the one ES2024 built-in the pinned
+    packages call (``Promise.withResolvers``) before the script loads.
+    """
+    exe = shutil.which("node")
+    if exe is None or not (JS / "node_modules" / "kubo-rpc-client").is_dir():
+        missing("Node and the npm packages of tests/storage/js", "make install")
+    assert exe is not None
+    done = subprocess.run(
+        [exe, "--import", str(JS / "node20.mjs"), str(JS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=JS,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"node {script} {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+    return done.stdout
