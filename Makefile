@@ -35,8 +35,9 @@ $(STAMP): pyproject.toml
 INSTALL_DEPS := $(STAMP)
 
 # --- storage (IPFS) -----------------------------------------------------------------------------
-# The reference UnixFS importer the storage tests compare CIDs with (ipfs-unixfs-importer and
-# blockstore-core from npm, pinned by tests/storage/js/package-lock.json).
+# The independent IPFS implementations the storage tests check the node against, pinned by
+# tests/storage/js/package-lock.json: the reference UnixFS importer (CIDs), kubo-rpc-client (the
+# RPC API), @ipld/car and ipfs-car (CARs), @helia/verified-fetch (the trustless gateway).
 STORAGE_JS_STAMP := tests/storage/js/node_modules/.stamp
 $(STORAGE_JS_STAMP): tests/storage/js/package.json tests/storage/js/package-lock.json
 	cd tests/storage/js && npm ci --no-audit --no-fund --loglevel=error

@@ -23,9 +23,9 @@ SHA2_256 = 0x12
 _SHA2_256_PREFIX = bytes([SHA2_256, 32])
 #: The identity multihash: the "digest" is the data itself (``bafkqaaa`` is the empty block).
 IDENTITY = 0x00
-#: Longest data an identity CID may carry here (kubo's ``--inline-limit`` tops out at 128 bytes
-#: of block; this bounds what a CID string can make a node hold in memory).
-MAX_IDENTITY_SIZE = 128
+#: Longest data an identity CID may carry here: kubo inlines blocks up to ``--inline-limit``
+#: (32 bytes by default), and libipld cannot parse or print a multihash over 64 bytes.
+MAX_IDENTITY_SIZE = 64
 
 #: The hash functions blocks can be verified with, by multihash code (multicodec table names):
 #: what other IPFS implementations produce for ``--hash`` besides the default sha2-256.
@@ -163,8 +163,8 @@ class CID:
         data = self.digest
         if len(data) > MAX_IDENTITY_SIZE:
             raise StorageError(
-                f"{str(self)[:60]}...: an identity CID of {len(data)} bytes is over the "
-                f"{MAX_IDENTITY_SIZE}-byte limit; a block that large must be hashed"
+                f"an identity CID of {len(data)} bytes is over the {MAX_IDENTITY_SIZE}-byte "
+                "limit; a block that large must be hashed"
             )
         return data
 

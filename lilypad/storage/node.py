@@ -1,11 +1,9 @@
 """The embedded IPFS node: an HTTP gateway and the Kubo RPC subset over one on-disk blockstore.
 
-* :func:`create_gateway_app` serves ``GET/HEAD /ipfs/<cid>[/path]``: files with content types and
-  range requests, directory listings (or ``index.html``), and trustless responses
-  (``?format=raw`` / ``?format=car`` or the matching ``Accept`` header).
-* :func:`create_api_app` serves the Kubo RPC commands the project uses, POST only as kubo:
-  ``add``, ``cat``, ``get``, ``block/get``, ``pin/add``, ``pin/ls``, ``pin/rm``, ``repo/gc``,
-  ``version``; plus the IPFS Pinning Service API (``/pins``) when a token is configured.
+* :func:`~lilypad.storage.gateway.create_gateway_app` (:mod:`.gateway`) serves
+  ``GET/HEAD /ipfs/<cid>[/path]``: the path gateway and the trustless gateway (raw blocks, CARs).
+* :func:`~lilypad.storage.rpc.create_api_app` (:mod:`.rpc`) serves the Kubo RPC API (POST only,
+  as kubo) and, when a token is configured, the IPFS Pinning Service API (``/pins``).
 * :class:`EmbeddedNode` runs both with uvicorn (in a background thread, or in the foreground for
   ``lilypad ipfs serve``).
 
