@@ -22,6 +22,7 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     ├── StorageError
     │   ├── BlockNotFound (LookupError)
     │   ├── CorruptBlock
+    │   ├── BlockTooLarge
     │   └── UnsafeEntryName
     ├── ExecutorError
     └── SolverError
@@ -132,6 +133,10 @@ class BlockNotFound(StorageError, LookupError):
 
 class CorruptBlock(StorageError):
     """A block's bytes do not hash to its CID: the store or the peer returned wrong data."""
+
+
+class BlockTooLarge(StorageError):
+    """A block is over the size a reader accepts (a CAR's, or kubo's 1 MiB block limit)."""
 
 
 class UnsafeEntryName(StorageError):

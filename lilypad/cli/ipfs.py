@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from lilypad.cli.output import console, emit, note, state
+from lilypad.cli.output import console, emit, note, show_warnings, state
 from lilypad.errors import InputError
 
 if TYPE_CHECKING:  # the storage stack loads with the first ipfs command, not with every command
@@ -157,9 +157,9 @@ def _timeout_option() -> Any:
 
 @app.command()
 def get(
-    cid: str = typer.Argument(..., help="The CID to download."),
+    cid: str = typer.Argument(..., help="The CID to download, or CID/path inside a directory."),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Where to save (default ./CID)."
+        None, "-o", "--output", help="Where to save (default ./CID, or the path's last name)."
     ),
     api: str | None = _api_option(),
     gateway: str | None = typer.Option(None, "--gateway", help=GATEWAY_HELP),
@@ -171,20 +171,23 @@ def get(
     Symlinks in it are verified but not created (they could point anywhere on this machine);
     each one left out is listed on stderr.
     """
-    from lilypad.storage.cid import CID
-    from lilypad.storage.dag import SkippedSymlink
+    from lilypad.storage import dag
 
-    root = CID.parse(cid)
-    dest = output or Path(str(root))
-    skipped: list[SkippedSymlink] = []
-    with closing(_storage(api, gateway, timeout)) as storage:
-        saved = storage.get(root, dest, on_symlink=skipped.append)
+    root, subpath = dag.parse_ipfs_path(cid)
+    names = dag.split_path(subpath)
+    target = "/".join([str(root), *names])
+    dest = output or Path(names[-1] if names else str(root))
+    skipped: list[dag.SkippedSymlink] = []
+    with show_warnings("lilypad.storage"), closing(_storage(api, gateway, timeout)) as storage:
+        saved = storage.get(target, dest, on_symlink=skipped.append)
     data = {
-        "cid": str(root),
+        "cid": target,
         "path": str(saved),
         "skipped_symlinks": [{"path": s.path, "target": s.target} for s in skipped],
     }
-    emit(data, json_output, lambda: console.print(f"saved {root} to {escape(str(saved))}"))
+    emit(
+        data, json_output, lambda: console.print(f"saved {escape(target)} to {escape(str(saved))}")
+    )
     if skipped and not (json_output or state.json):
         count = f"{len(skipped)} symlink{'s' if len(skipped) > 1 else ''}"
         note(f"[yellow]warning:[/] skipped {count}; downloads do not create symlinks:")
@@ -294,3 +297,152 @@ def pin_ls(
             print(pinned)
 
     emit(pins, json_output, human)
+
+
+# --- CAR files -----------------------------------------------------------------------------------
+
+dag_app = typer.Typer(
+    help="Move content as CAR files, the archive every IPFS tool reads and writes.",
+    no_args_is_help=True,
+)
+app.add_typer(dag_app, name="dag")
+
+
+@dag_app.command("export")
+def dag_export(
+    cid: str = typer.Argument(..., help="The root CID of the DAG to export."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write the CAR to this file (default: stdout)."
+    ),
+    api: str | None = _api_option(),
+    gateway: str | None = typer.Option(None, "--gateway", help=GATEWAY_HELP),
+    timeout: float | None = _timeout_option(),
+) -> None:
+    """Write the whole DAG under CID as a CARv1 (as `ipfs dag export`), every block verified.
+
+    From the local repository unless --api or --gateway names a node to read the blocks from.
+    A file given with -o appears only once complete.
+    """
+    from lilypad.storage.car import car_stream
+    from lilypad.storage.cid import CID
+
+    root = CID.parse(cid)
+    with closing(_block_source(api, gateway, timeout)) as source:
+        if output is None:
+            binary = getattr(sys.stdout, "buffer", None)
+            if binary is None:
+                raise InputError("a CAR is binary: give -o FILE when stdout is not a byte stream")
+            for chunk in car_stream(source, root):
+                binary.write(chunk)
+            binary.flush()
+            return
+        size = _write_complete(output, car_stream(source, root))
+    note(f"exported {root} to {escape(str(output))} ({size} bytes)")
+
+
+@dag_app.command("import")
+def dag_import(
+    path: Path = typer.Argument(..., help="A CARv1 file (as `ipfs dag export` writes it)."),
+    pin_roots: bool = typer.Option(True, "--pin-roots/--no-pin-roots", help="Pin the roots."),
+    json_output: bool = _json_option(),
+) -> None:
+    """Add the blocks of a CAR file to the local repository, each checked against its CID.
+
+    All or nothing: a block that does not match its CID, or a file that ends inside a block,
+    stores nothing. Each root is pinned (with its whole DAG, which must then be in the CAR or
+    already in the repository).
+    """
+    from lilypad.errors import StorageError
+    from lilypad.storage.blockstore import Blockstore
+    from lilypad.storage.car import MAX_SECTION, import_car
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    store = Blockstore(_settings().repo())
+    with path.open("rb") as handle, store.lock():
+        chunks = iter(lambda: handle.read(1024 * 1024), b"")
+        try:
+            with store.writer() as sink:
+                imported = import_car(sink, chunks, limit=MAX_SECTION)
+        except StorageError as exc:
+            raise StorageError(f"{path}: {exc}; nothing was imported") from None
+        unpinned: dict[str, str] = {}
+        for root in imported.roots if pin_roots else []:
+            try:
+                store.pin(root)
+            except StorageError as exc:
+                unpinned[str(root)] = str(exc)
+    data = {
+        "roots": [str(r) for r in imported.roots],
+        "blocks": imported.blocks,
+        "pinned": pin_roots and not unpinned,
+        "pin_errors": unpinned,
+    }
+
+    def human() -> None:
+        for root in imported.roots:
+            text = str(root)
+            state_ = "not pinned" if text in unpinned or not pin_roots else "pinned"
+            print(f"root {text} {state_}")
+        note(f"{imported.blocks} blocks imported from {escape(str(path))}")
+        for text, why in unpinned.items():
+            note(f"[yellow]warning:[/] root {text} is not pinned: {escape(why)}")
+
+    emit(data, json_output, human)
+    if unpinned:
+        raise typer.Exit(1)
+
+
+class _Closing:
+    """A block source that may hold a connection pool."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def get(self, cid: Any) -> bytes:
+        data: bytes = self.source.get(cid)
+        return data
+
+    def close(self) -> None:
+        if hasattr(self.source, "close"):
+            self.source.close()
+
+
+def _block_source(api: str | None, gateway: str | None, timeout: float | None) -> _Closing:
+    """Where ``dag export`` reads verified blocks: a Kubo API, a gateway, or the local store."""
+    from lilypad.storage.blockstore import Blockstore
+    from lilypad.storage.client import GatewayClient, KuboClient
+
+    if api and gateway:
+        raise InputError("give either --api or --gateway, not both")
+    if timeout is not None and timeout <= 0:
+        raise InputError(f"--timeout {timeout:g} must be a positive number of seconds")
+    wait = timeout or _settings().ipfs_timeout
+    if api:
+        return _Closing(KuboClient(api, wait))
+    if gateway:
+        return _Closing(GatewayClient(gateway, wait))
+    return _Closing(Blockstore(_settings().repo()))
+
+
+def _write_complete(dest: Path, chunks: Any) -> int:
+    """Write ``chunks`` to ``dest`` through a temporary file renamed only when complete."""
+    import os
+    import tempfile
+
+    if dest.is_dir():
+        raise InputError(f"{dest} is a directory; give a file name for the CAR")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.partial-", dir=dest.parent or Path("."))
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return size

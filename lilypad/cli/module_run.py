@@ -8,11 +8,8 @@ with the executor a resource provider would use, and leaves the result layout ev
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -20,7 +17,7 @@ from rich.markup import escape
 
 from lilypad import modules
 from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, _resolve, check_inputs
-from lilypad.cli.output import console, emit, err_console, note
+from lilypad.cli.output import console, emit, err_console, note, show_warnings
 from lilypad.errors import JobFailed
 from resource_provider.executors import (
     ExecutionResult,
@@ -85,7 +82,7 @@ def run(
     spec = modules.render(module, inputs)
     selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox))
     _say_executor(selection, chosen=executor is None)
-    with selection.executor, _executor_warnings() as warned:
+    with selection.executor, show_warnings("lilypad.executor", "red") as warned:
         result = _run_with_progress(selection, Job.of(module, spec, output, weights))
     for remark in result.notes:
         if not any(remark in warning for warning in warned):  # said once is enough
@@ -133,30 +130,6 @@ def _show_built(built: list[dict[str, str]]) -> None:
 def _say_executor(selection: Selection, *, chosen: bool) -> None:
     how = f"chosen automatically: {selection.reason}" if chosen else "as asked"
     note(f"executor: {escape(selection.executor.describe())} ({escape(how)})")
-
-
-class _Warnings(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.shown: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        self.shown.append(message)
-        note(f"[bold red]warning:[/] {escape(message)}")
-
-
-@contextlib.contextmanager
-def _executor_warnings() -> Iterator[list[str]]:
-    """Show what the executor warns about each job (running unsandboxed) as the CLI does;
-    yields the warnings shown."""
-    logger = logging.getLogger("lilypad.executor")
-    handler = _Warnings()
-    logger.addHandler(handler)
-    try:
-        yield handler.shown
-    finally:
-        logger.removeHandler(handler)
 
 
 def _run_with_progress(selection: Selection, job: Job) -> ExecutionResult:

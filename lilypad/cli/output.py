@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 
 @dataclass
@@ -37,3 +40,30 @@ def emit(data: Any, json_output: bool, human: Callable[[], None]) -> None:
 def note(message: str) -> None:
     """A remark for people, on stderr so it never mixes with data on stdout."""
     err_console.print(message, highlight=False, soft_wrap=True)
+
+
+class _Warnings(logging.Handler):
+    def __init__(self, color: str) -> None:
+        super().__init__(logging.WARNING)
+        self.color = color
+        self.shown: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.shown.append(message)
+        note(f"[bold {self.color}]warning:[/] {escape(message)}")
+
+
+@contextlib.contextmanager
+def show_warnings(logger_name: str, color: str = "yellow") -> Iterator[list[str]]:
+    """Show what ``logger_name`` (and its children) warn about as the CLI's own warnings, on
+    stderr, while the block runs; yields the messages shown."""
+    logger = logging.getLogger(logger_name)
+    handler = _Warnings(color)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield handler.shown
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

@@ -10,10 +10,15 @@ backend                chosen when                                 add / get / p
 :class:`RemotePinning` ``LILYPAD_PINNING_ENDPOINT`` + ``_TOKEN``    wraps one of the above;
                                                                    pins at the service
 =====================  ==========================================  ============================
+
+The remote backends download a DAG as one CAR request and fetch whatever it lacked block by block
+(:class:`_CarDownload`); each CAR that was unusable or incomplete is logged as a warning on this
+module's logger and counted in the backend's ``car_warnings``.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,11 +34,14 @@ from lilypad.storage.blockstore import Blockstore, PinType
 from lilypad.storage.cid import CID, as_cid
 from lilypad.storage.client import (
     DEFAULT_TIMEOUT,
+    CarResponse,
     GatewayClient,
     KuboClient,
     PinningServiceClient,
 )
 from lilypad.storage.importer import NETWORK_PROFILE, BlockSink, Importer, ImportProfile
+
+log = logging.getLogger(__name__)
 
 #: Told about each symlink a download verified but did not create.
 OnSymlink = Callable[[dag.SkippedSymlink], None]
@@ -72,7 +80,8 @@ class Storage(Protocol):
         """Add a file or directory tree (dotfiles included) and return its CID."""
 
     def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
-        """Download ``cid`` to ``dest`` (file or folder), verified; nothing partial is left.
+        """Download ``cid`` (or ``<cid>/path``) to ``dest`` (file or folder), verified; nothing
+        partial is left.
 
         Symlinks in the content are verified but never created; each one is passed to
         ``on_symlink`` (see :func:`lilypad.storage.dag.export`).
@@ -94,11 +103,14 @@ class Storage(Protocol):
         """Release connections (a no-op for the local store)."""
 
 
+def _split(target: CID | str) -> tuple[CID, str]:
+    """``<cid>[/path]`` as the root CID and the path inside it."""
+    return (target, "") if isinstance(target, CID) else dag.parse_ipfs_path(target)
+
+
 def _cat(source: dag.BlockSource, target: CID | str) -> Iterator[bytes]:
     """Verified bytes of ``<cid>[/path]``."""
-    if isinstance(target, CID):
-        return dag.read_file(source, target)
-    root, subpath = dag.parse_ipfs_path(target)
+    root, subpath = _split(target)
     return dag.read_file(source, dag.resolve(source, root, subpath))
 
 
@@ -120,8 +132,10 @@ class LocalStorage:
 
     def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
         """Export from the local store (verified on read)."""
+        root, subpath = _split(cid)
         try:
-            return dag.export(self.store, as_cid(cid), dest, on_symlink=on_symlink)
+            target = dag.resolve(self.store, root, subpath)
+            return dag.export(self.store, target, dest, on_symlink=on_symlink)
         except BlockNotFound as exc:
             raise BlockNotFound(
                 exc.message,
@@ -148,8 +162,92 @@ class LocalStorage:
         """Nothing to release."""
 
 
-class KuboStorage:
-    """Any node speaking Kubo RPC; downloads go block by block through ``block/get``, verified."""
+class _CarSource(dag.BlockSource, Protocol):
+    url: str
+
+    def fetch_car(self, root: CID, sink: BlockSink, path: str = "") -> CarResponse: ...
+
+
+class _CarDownload:
+    """``get`` for the remote backends: the DAG as one CAR request, checked block by block as it
+    arrives and kept in a temporary store beside ``dest`` (removed afterwards), then whatever the
+    CAR lacked block by block. Every block is verified either way.
+
+    A CAR that was no CAR, malformed, cut off, or rooted elsewhere is logged as a warning (naming
+    the URL and the reason) and counted in :attr:`car_warnings`; a wrong block stops the download
+    (:class:`~lilypad.errors.CorruptBlock`).
+
+    Attributes:
+        car_warnings: How many such warnings this backend has logged.
+    """
+
+    client: _CarSource
+    car_warnings: int = 0
+
+    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
+        """Verified download of ``<cid>[/path]``: one CAR request, then block by block for
+        anything it lacked."""
+        root, subpath = _split(cid)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".car-", dir=dest.parent) as tmp:
+            cache = Blockstore(Path(tmp))
+            try:
+                with cache.writer() as sink:
+                    car = self.client.fetch_car(root, sink, subpath)
+                if car.problem is not None:
+                    self._warn(car.url, car.problem)
+                source = _Fallback(cache, self.client)
+                # NOTE: the blocks on the path may come one by one (kubo's dag/export leaves them
+                # out); only a block missing below the path's end means the CAR was incomplete.
+                target = dag.resolve(source, root, subpath)
+                self._check_roots(car, root, target)
+                if car.problem is None and car.roots is not None:
+                    source.on_miss = lambda missing: self._warn(
+                        car.url, f"the CAR lacks block {missing} (cut off?)"
+                    )
+                return dag.export(source, target, dest, on_symlink=on_symlink)
+            finally:
+                cache.close()
+
+    def _check_roots(self, car: CarResponse, root: CID, target: CID) -> None:
+        # The trustless gateway spec leaves a CAR's roots to the gateway (kubo names the path's
+        # end, older gateways its start): a mismatch is only a warning, as each block is verified.
+        if car.problem is not None or car.roots is None:
+            return
+        if not {root.v1(), target.v1()} & {r.v1() for r in car.roots}:
+            named = ", ".join(str(r) for r in car.roots) or "none"
+            wanted = str(root) if root == target else f"{root} or {target}"
+            self._warn(car.url, f"the CAR's roots ({named}) do not include {wanted}")
+
+    def _warn(self, url: str, reason: str) -> None:
+        self.car_warnings += 1
+        log.warning("%s: %s; fetching the rest block by block, each verified", url, reason)
+
+
+class _Fallback:
+    """Blocks from a local cache, else from a remote source (both verify)."""
+
+    def __init__(self, cache: Blockstore, remote: dag.BlockSource) -> None:
+        self.cache = cache
+        self.remote = remote
+        #: Called once, for the first block the cache lacks.
+        self.on_miss: Callable[[CID], None] | None = None
+
+    def get(self, cid: CID) -> bytes:
+        """From the cache if there, else from the remote."""
+        if self.cache.has(cid):
+            return self.cache.get(cid)
+        if self.on_miss is not None:
+            self.on_miss(cid)
+            self.on_miss = None
+        return self.remote.get(cid)
+
+
+class KuboStorage(_CarDownload):
+    """Any node speaking Kubo RPC; downloads are one ``dag/export`` CAR, then ``block/get`` for
+    anything it lacked, every block verified."""
+
+    client: KuboClient
 
     def __init__(
         self, url: str, timeout: float = DEFAULT_TIMEOUT, profile: ImportProfile = NETWORK_PROFILE
@@ -163,11 +261,6 @@ class KuboStorage:
         if not entries:
             raise StorageError(f"the node at {self.client.url} returned no CID for {path}")
         return CID.parse(entries[-1]["Hash"])
-
-    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
-        """Verified download: the DAG as one CAR (``dag/export``), then block by block for
-        anything it lacked."""
-        return _get_with_car(self.client, as_cid(cid), dest, on_symlink)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""
@@ -190,41 +283,11 @@ class KuboStorage:
         self.client.close()
 
 
-class _CarSource(dag.BlockSource, Protocol):
-    def fetch_car(self, root: CID, sink: BlockSink) -> int: ...
+class GatewayStorage(_CarDownload):
+    """A trustless gateway: read-only; downloads are one ``?format=car`` CAR, then
+    ``?format=raw`` for anything it lacked, every block verified."""
 
-
-def _get_with_car(client: _CarSource, root: CID, dest: Path, on_symlink: OnSymlink | None) -> Path:
-    """Download ``root`` to ``dest``: its DAG as one CAR, checked as it arrives and kept in a
-    temporary store beside ``dest`` (removed afterwards); anything the CAR lacked block by
-    block. One request instead of one per block."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".car-", dir=dest.parent) as tmp:
-        cache = Blockstore(Path(tmp))
-        try:
-            with cache.writer() as sink:
-                client.fetch_car(root, sink)
-            return dag.export(_Fallback(cache, client), root, dest, on_symlink=on_symlink)
-        finally:
-            cache.close()
-
-
-class _Fallback:
-    """Blocks from a local cache, else from a remote source (both verify)."""
-
-    def __init__(self, cache: Blockstore, remote: dag.BlockSource) -> None:
-        self.cache = cache
-        self.remote = remote
-
-    def get(self, cid: CID) -> bytes:
-        """From the cache if there, else from the remote."""
-        if self.cache.has(cid):
-            return self.cache.get(cid)
-        return self.remote.get(cid)
-
-
-class GatewayStorage:
-    """A trustless gateway: read-only, every block verified."""
+    client: GatewayClient
 
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.client = GatewayClient(url, timeout)
@@ -238,14 +301,6 @@ class GatewayStorage:
     def add(self, path: Path, *, pin: bool = True) -> CID:
         """Not possible on a gateway."""
         raise self._read_only("add")
-
-    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
-        """Verified download: the DAG as one CAR when the gateway serves it, else block by block.
-
-        The CAR's blocks are checked as they arrive and kept in a temporary store beside
-        ``dest`` (removed afterwards); anything the CAR lacked is fetched block by block.
-        """
-        return _get_with_car(self.client, as_cid(cid), dest, on_symlink)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""

@@ -180,6 +180,16 @@ class Blockstore:
             fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return fds[path]
 
+    def size(self, cid: CID) -> int:
+        """The length of a stored block in bytes (not read; an identity CID's data length).
+
+        Raises:
+            BlockNotFound: The block is not in this store.
+        """
+        if (inline := cid.inline_data()) is not None:
+            return len(inline)
+        return self.locate(cid).length
+
     def has(self, cid: CID) -> bool:
         """Whether the block is present (not verified); an identity CID always is."""
         if cid.multihash[:1] == b"\x00":
@@ -214,6 +224,16 @@ class Blockstore:
             self._db().execute(
                 "INSERT OR REPLACE INTO pins (cid, type) VALUES (?, ?)", (str(cid), kind.value)
             )
+
+    def check_complete(self, root: CID) -> None:
+        """Check that every block of the DAG is present (inner nodes read and verified, leaves
+        looked up): cheap next to reading the DAG, so a reader can fail before it streams.
+
+        Raises:
+            BlockNotFound: A block is missing (the message names it).
+            CorruptBlock: An inner node does not match its CID.
+        """
+        self._check_complete(root)
 
     def _check_complete(self, root: CID) -> None:
         """Every block of the DAG is present (inner nodes read and verified, leaves looked up)."""
@@ -255,6 +275,23 @@ class Blockstore:
             yield current, data
             if current.codec == DAG_PB:
                 stack.extend(link.cid for link in reversed(decode_node(data).links))
+
+    def verify(self, cid: CID) -> list[tuple[CID, str]]:
+        """Read and hash every block of a DAG; returns the bad ones and why (empty: all good).
+
+        Unlike :meth:`walk` it goes on past a bad block (what it links to cannot be reached).
+        """
+        bad: list[tuple[CID, str]] = []
+        stack = [cid]
+        while stack:
+            current = stack.pop()
+            try:
+                data = self.get(current)
+                if current.codec == DAG_PB:
+                    stack.extend(link.cid for link in reversed(decode_node(data).links))
+            except StorageError as exc:
+                bad.append((current, exc.message))
+        return bad
 
     def gc(self) -> int:
         """Delete every block no pin holds and reclaim its space; returns how many went."""

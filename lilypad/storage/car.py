@@ -2,16 +2,30 @@
 
 A CAR is a header (DAG-CBOR ``{"roots": [CID...], "version": 1}``, each root a CBOR tag-42 CID)
 and then sections of ``varint(len) | CID | block``. :func:`car_stream` writes one;
-:class:`CarReader` reads one from a stream of chunks and checks every block against its CID.
+:func:`trustless_car` writes the CAR a trustless gateway answers for a content path (its
+``dag-scope``, ``entity-bytes`` and ``dups``); :class:`CarReader` reads one from a stream of chunks
+and checks every block against its CID.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from lilypad.errors import StorageError
+from lilypad.errors import BlockTooLarge, StorageError
 from lilypad.storage.cid import CID, decode_varint, encode_varint
-from lilypad.storage.dag import BlockSource, walk_blocks
+from lilypad.storage.dag import (
+    BlockSource,
+    PathTrace,
+    walk_blocks,
+    walk_entity,
+    walk_file_range,
+)
+
+if TYPE_CHECKING:
+    from lilypad.storage.importer import BlockSink
 
 #: The largest section a reader accepts (kubo's block limit is 2 MiB; this leaves room).
 MAX_SECTION = 8 * 1024 * 1024
@@ -58,6 +72,98 @@ def car_stream(source: BlockSource, cid: CID, *, whole_dag: bool = True) -> Iter
     blocks = walk_blocks(source, cid) if whole_dag else iter([(cid, source.get(cid))])
     for block_cid, data in blocks:
         yield car_section(block_cid, data)
+
+
+class DagScope(StrEnum):
+    """What of the DAG at the end of a path a trustless CAR carries (after the path's blocks)."""
+
+    BLOCK = "block"  # only the target's own block
+    ENTITY = "entity"  # a whole file; a directory's node (and HAMT shards), not its entries
+    ALL = "all"  # the whole DAG under the target
+
+
+def write_car(roots: Sequence[CID], blocks: Iterable[tuple[CID, bytes]]) -> Iterator[bytes]:
+    """A CARv1 of ``blocks`` under ``roots``; blocks of identity CIDs are left out (their CID
+    already holds their bytes, and the trustless gateway spec forbids sending them)."""
+    yield car_header(roots)
+    for cid, data in blocks:
+        if cid.multihash[:1] != b"\x00":
+            yield car_section(cid, data)
+
+
+def trustless_car(
+    source: BlockSource,
+    trace: PathTrace,
+    scope: DagScope = DagScope.ALL,
+    byte_range: tuple[int, int] | None = None,
+    *,
+    dups: bool = False,
+) -> Iterator[bytes]:
+    """The CAR a trustless gateway answers for a content path, blocks depth first.
+
+    The blocks that prove the path (``trace.blocks``), then the target's DAG per ``scope``; the
+    root named in the header is the target (as kubo does: the spec leaves it open).
+
+    Args:
+        source: Where the blocks come from.
+        trace: The resolved path (:func:`lilypad.storage.dag.trace_path`).
+        scope: How much of the target's DAG.
+        byte_range: ``entity-bytes`` resolved to inclusive offsets of a file target: only the
+            blocks that prove those bytes (the scope is then ``entity``).
+        dups: Send a block each time the walk meets it; by default each block is sent once.
+    """
+    seen: set[CID] | None = None if dups else set()
+
+    def blocks() -> Iterator[tuple[CID, bytes]]:
+        for cid, data in trace.blocks:
+            if seen is None or cid not in seen:
+                if seen is not None:
+                    seen.add(cid)
+                yield cid, data
+        target = trace.target
+        if byte_range is not None:
+            yield from walk_file_range(source, target, *byte_range, seen=seen)
+        elif scope is DagScope.BLOCK:
+            if seen is None or target not in seen:
+                yield target, source.get(target)
+        elif scope is DagScope.ENTITY:
+            yield from walk_entity(source, target, seen=seen)
+        else:
+            yield from walk_blocks(source, target, seen=seen)
+
+    return write_car([trace.target], blocks())
+
+
+@dataclass(frozen=True, slots=True)
+class CarImport:
+    """What :func:`import_car` stored: the CAR's roots, its block count and their bytes."""
+
+    roots: list[CID]
+    blocks: int
+    size: int
+
+
+def import_car(sink: BlockSink, chunks: Iterator[bytes], *, limit: int) -> CarImport:
+    """Read a CARv1 into ``sink``, every block checked against its CID first.
+
+    Blocks of identity CIDs are counted but not stored (their CID holds them). The caller makes
+    it atomic by giving a blockstore writer, which keeps nothing unless it is committed.
+
+    Raises:
+        StorageError: The CAR is malformed or truncated.
+        BlockTooLarge: A block is over ``limit`` bytes.
+        CorruptBlock: A block does not match its CID.
+    """
+    car = CarReader(chunks)
+    count = size = 0
+    for cid, data in car:
+        if len(data) > limit:
+            raise BlockTooLarge(f"block {cid} is {len(data)} bytes, over the {limit}-byte limit")
+        if cid.inline_data() is None:
+            sink.put(cid, data)
+        count += 1
+        size += len(data)
+    return CarImport(car.roots, count, size)
 
 
 def read_car(data: bytes) -> tuple[list[CID], list[tuple[CID, bytes]]]:

@@ -4,6 +4,8 @@ errors (:func:`_http_errors` is the one boundary).
 
 Blocks fetched by :class:`KuboClient` and :class:`GatewayClient` are hashed and checked against
 their CID before they are returned (they are :class:`~lilypad.storage.dag.BlockSource`\\ s).
+Both also fetch a whole DAG as one CAR (``fetch_car``) and say, in a :class:`CarResponse`, how far
+that got, so that a download can fetch the rest block by block and say why it had to.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -23,7 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from lilypad.errors import BlockNotFound, CorruptBlock, InputError, StorageError
-from lilypad.storage.car import CarReader
+from lilypad.storage.car import CAR_MEDIA_TYPE, CarReader
 from lilypad.storage.cid import CID, as_cid
 from lilypad.storage.importer import BlockSink, DiskEntry, ImportProfile, open_regular, scan
 from lilypad.storage.unixfs import NodeType
@@ -35,6 +38,29 @@ DEFAULT_TIMEOUT = 30.0
 DIRECTORY_PART = "application/x-directory"
 SYMLINK_PART = "application/symlink"
 FILE_PART = "application/octet-stream"
+#: What a CAR request asks a trustless gateway for (IPIP-412): CARv1, blocks in depth-first order,
+#: a block repeated wherever the DAG links it again. Blocks in any order are read as well (a
+#: download keeps them until the DAG is written), so a gateway answering ``order=unk`` works too.
+CAR_ACCEPT = f"{CAR_MEDIA_TYPE}; version=1; order=dfs; dups=y"
+
+
+@dataclass(frozen=True, slots=True)
+class CarResponse:
+    """What one CAR request brought.
+
+    Attributes:
+        url: The URL asked, for messages.
+        roots: The roots the CAR's header names; ``None`` when no CAR came.
+        blocks: Blocks verified into the sink (a repeated block counts each time).
+        problem: Why the CAR cannot be relied on (the server sent no CAR, the CAR is malformed,
+            the stream broke), or ``None`` when it ended cleanly or the server said it does not
+            have the content (the block requests that follow then say so).
+    """
+
+    url: str
+    roots: tuple[CID, ...] | None = None
+    blocks: int = 0
+    problem: str | None = None
 
 
 class _HTTPClient:
@@ -155,23 +181,33 @@ class KuboClient(_HTTPClient):
         self._last = (cid, data)
         return data
 
-    def fetch_car(self, root: CID, sink: BlockSink) -> int:
-        """The whole DAG as one CAR (``dag/export``), every block verified into ``sink``.
+    def fetch_car(self, root: CID, sink: BlockSink, path: str = "") -> CarResponse:
+        """The DAG at ``root[/path]`` as one CAR (``dag/export``), every block verified into
+        ``sink``.
 
-        Returns the number of blocks received: fewer (even 0) when the node does not serve
-        ``dag/export`` or the stream broke, and the caller fetches the rest block by block.
+        kubo's CAR holds the DAG of the path's end only (not the blocks on the way), and a kubo
+        that takes no path answers an error; either way the caller fetches what is missing block by
+        block.
 
         Raises:
             CorruptBlock: A block does not match its CID (the download must stop).
         """
-        params = {"arg": str(root), "timeout": f"{self.timeout:g}s"}
+        arg = f"/ipfs/{root}/{path}" if path else str(root)
+        params = {"arg": arg, "timeout": f"{self.timeout:g}s"}
+        url = f"{self.url}/api/v0/dag/export?arg={quote(arg)}"
         with (
-            _http_errors(f"ipfs dag export {root}", self.url, self.timeout),
+            _http_errors(f"ipfs dag export {arg}", self.url, self.timeout),
             self._http.stream("POST", "/api/v0/dag/export", params=params) as response,
         ):
-            if response.status_code != 200:  # kubo answers text/plain: the CAR is checked instead
-                return 0
-            return _read_car(response, sink)
+            # NOTE: kubo answers text/plain or application/vnd.ipld.car: the CAR is checked instead.
+            if response.status_code == 200:
+                return _read_car(url, response, sink)
+            response.read()
+            error = self._error("dag/export", arg, response)
+        # NOTE: kubo answers 500 for content it lacks; a 404 is an endpoint it lacks.
+        if isinstance(error, BlockNotFound) and response.status_code != 404:
+            return CarResponse(url)  # the node does not have it: block/get says so
+        return CarResponse(url, problem=f"no CAR: {error.message}")
 
     def cat(self, cid: CID) -> bytes:
         """``cat`` as the node does it (unverified: use :mod:`lilypad.storage.dag` to verify)."""
@@ -308,40 +344,79 @@ class GatewayClient(_HTTPClient):
         self._last = (cid, data)
         return data
 
-    def fetch_car(self, root: CID, sink: BlockSink) -> int:
-        """Fetch the whole DAG as one CAR (``?format=car``), verifying every block into ``sink``.
-
-        Returns the number of blocks received; 0 if the gateway does not serve CARs (the caller
-        then fetches block by block).
+    def fetch_car(self, root: CID, sink: BlockSink, path: str = "") -> CarResponse:
+        """The DAG at ``root[/path]`` as one CAR (``?format=car&dag-scope=all``), every block
+        verified into ``sink``.
 
         Raises:
             CorruptBlock: A block does not match its CID (the download must stop).
         """
-        headers = {"Accept": "application/vnd.ipld.car"}
+        target = f"/ipfs/{root}/{quote(path)}" if path else f"/ipfs/{root}"
+        params = {"format": "car", "dag-scope": "all"}
+        url = f"{self.url}{target}?format=car&dag-scope=all"
         with (
-            _http_errors(f"fetching {root}", self.url, self.timeout),
+            _http_errors(f"fetching {root}{'/' + path if path else ''}", self.url, self.timeout),
             self._http.stream(
-                "GET", f"/ipfs/{root}", params={"format": "car"}, headers=headers
+                "GET", target, params=params, headers={"Accept": CAR_ACCEPT}
             ) as response,
         ):
+            if response.status_code in (404, 410):
+                return CarResponse(url)  # the gateway does not have it: the block request says so
             kind = response.headers.get("content-type", "")
-            if response.status_code != 200 or not kind.startswith("application/vnd.ipld.car"):
-                return 0
-            return _read_car(response, sink)
+            if response.status_code != 200 or not _is_car(kind):
+                return CarResponse(
+                    url,
+                    problem=f"no CAR: the gateway answered HTTP {response.status_code} "
+                    f"{kind or 'without a content type'}",
+                )
+            return _read_car(url, response, sink)
 
 
-def _read_car(response: httpx.Response, sink: BlockSink) -> int:
-    """Verify a CAR stream's blocks into ``sink``; how many arrived before it ended or broke."""
-    count = 0
+def _is_car(content_type: str) -> bool:
+    """``application/vnd.ipld.car``, with any parameters (``version=1; order=dfs; dups=y``)."""
+    return content_type.split(";", 1)[0].strip().lower() == CAR_MEDIA_TYPE
+
+
+class _BrokenCar(Exception):
+    """A CAR stream that cannot be read further; the message says why."""
+
+
+@contextmanager
+def _stream_faults() -> Iterator[None]:
+    """A malformed CAR or a broken connection as :class:`_BrokenCar` (a :class:`CorruptBlock`
+    stays one: a wrong block stops the download)."""
     try:
-        for cid, data in CarReader(response.iter_bytes()):
-            sink.put(cid, data)
-            count += 1
+        yield
     except CorruptBlock:
         raise
-    except (StorageError, httpx.HTTPError):
-        pass  # a broken stream (or no CAR at all): what arrived is verified; fetch the rest
-    return count
+    except StorageError as exc:
+        raise _BrokenCar(exc.message) from None
+    except httpx.HTTPError as exc:
+        raise _BrokenCar(f"the connection broke ({exc})") from None
+
+
+def _verified_blocks(reader: CarReader) -> Iterator[tuple[CID, bytes]]:
+    with _stream_faults():
+        yield from reader
+
+
+def _read_car(url: str, response: httpx.Response, sink: BlockSink) -> CarResponse:
+    """Verify a CAR stream's blocks into ``sink``; how far it got and, if it broke, why.
+
+    An error of the sink itself (a full disk) is raised: only the stream's faults are reported.
+    """
+    roots: tuple[CID, ...] | None = None
+    count = 0
+    try:
+        with _stream_faults():
+            reader = CarReader(response.iter_bytes())
+        roots = tuple(reader.roots)
+        for cid, data in _verified_blocks(reader):
+            sink.put(cid, data)
+            count += 1
+    except _BrokenCar as exc:
+        return CarResponse(url, roots, count, f"{exc} (after {count} blocks)")
+    return CarResponse(url, roots, count)
 
 
 # --- IPFS Pinning Service API ----------------------------------------------------------------

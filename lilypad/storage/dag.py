@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import mmh3
 
 from lilypad.errors import (
     BlockNotFound,
@@ -28,7 +31,7 @@ from lilypad.errors import (
     UnsafeEntryName,
 )
 from lilypad.storage.cid import CID, DAG_PB, RAW
-from lilypad.storage.unixfs import Link, NodeType, PBNode, decode_node
+from lilypad.storage.unixfs import MURMUR3_X64_64, Link, NodeType, PBNode, decode_node
 
 
 class BlockSource(Protocol):
@@ -154,13 +157,94 @@ def resolve(source: BlockSource, cid: CID, path: str) -> CID:
         BlockNotFound: No entry by one of the names.
         InvalidIPFSPath: The path holds ``..`` or ``.``.
     """
+    return trace_path(source, cid, path).target
+
+
+@dataclass(frozen=True, slots=True)
+class PathTrace:
+    """What resolving ``<root>/<path>`` went through (what a trustless CAR must carry).
+
+    Attributes:
+        target: The CID at the end of the path.
+        blocks: Every block read to traverse the path, in order: each directory on the way and,
+            in a HAMT-sharded directory, only the shards on the way to the name. The target's
+            own block is not among them.
+        roots: The logical roots: the root CID, then the CID of each path segment (the last is
+            ``target``).
+    """
+
+    target: CID
+    blocks: tuple[tuple[CID, bytes], ...]
+    roots: tuple[CID, ...]
+
+
+def trace_path(source: BlockSource, cid: CID, path: str) -> PathTrace:
+    """Resolve ``<cid>/<path>`` and record the blocks that prove it (see :class:`PathTrace`).
+
+    Raises:
+        BlockNotFound: No entry by one of the names, or a segment goes through a file.
+        InvalidIPFSPath: The path holds ``..`` or ``.``.
+    """
     current = cid
+    blocks: list[tuple[CID, bytes]] = []
+    roots = [cid]
     for name in split_path(path):
-        links = {link.name: link.cid for link in list_directory(source, current)}
-        if name not in links:
+        data = source.get(current)
+        blocks.append((current, data))
+        node = _directory_node(current, data)
+        if node is None:
+            raise BlockNotFound(
+                f"{name!r} not found in /ipfs/{cid}/{path}: {current} is not a directory"
+            )
+        found = _find_entry(source, node, name, blocks)
+        if found is None:
             raise BlockNotFound(f"{name!r} not found in /ipfs/{cid}/{path}")
-        current = links[name]
-    return current
+        current = found
+        roots.append(current)
+    return PathTrace(current, tuple(blocks), tuple(roots))
+
+
+def _directory_node(cid: CID, data: bytes) -> PBNode | None:
+    """The decoded node if ``cid`` is a UnixFS directory or HAMT shard, else ``None``."""
+    if cid.codec != DAG_PB:
+        return None
+    node = decode_node(data)
+    if node.unixfs is None or node.unixfs.type not in (NodeType.DIRECTORY, NodeType.HAMT_SHARD):
+        return None
+    return node
+
+
+def _find_entry(
+    source: BlockSource, node: PBNode, name: str, blocks: list[tuple[CID, bytes]]
+) -> CID | None:
+    """The CID named ``name`` in a directory; the HAMT shards read on the way go to ``blocks``."""
+    assert node.unixfs is not None
+    if node.unixfs.type is NodeType.DIRECTORY:
+        return next((link.cid for link in node.links if link.name == name), None)
+    fanout = node.unixfs.fanout or 0
+    if node.unixfs.hash_type != MURMUR3_X64_64 or fanout < 2 or fanout & (fanout - 1):
+        # NOTE: not a HAMT kubo writes: fall back to reading every shard.
+        return next((link.cid for link in _shard_entries(source, node) if link.name == name), None)
+    bits = fanout.bit_length() - 1
+    width = len(f"{fanout - 1:X}")
+    digest = int.from_bytes(mmh3.hash_bytes(name.encode())[:8][::-1], "big")
+    depth = 0
+    while (depth + 1) * bits <= 64:
+        index = (digest >> (64 - (depth + 1) * bits)) & (fanout - 1)
+        prefix = f"{index:0{width}X}"
+        link = next((link for link in node.links if link.name[:width] == prefix), None)
+        if link is None:
+            return None
+        if link.name != prefix:
+            return link.cid if link.name[width:] == name else None
+        data = source.get(link.cid)
+        blocks.append((link.cid, data))
+        child = _directory_node(link.cid, data)
+        if child is None or child.unixfs is None or child.unixfs.type is not NodeType.HAMT_SHARD:
+            raise StorageError(f"{link.cid}: a HAMT shard link points at something else")
+        node = child
+        depth += 1
+    return None
 
 
 def read_symlink(source: BlockSource, cid: CID) -> bytes:
@@ -212,15 +296,89 @@ def _read_range(source: BlockSource, cid: CID, start: int, end: int | None) -> I
         yield from _read_range(source, link.cid, max(start - lo, 0), child_end)
 
 
-def walk_blocks(source: BlockSource, cid: CID) -> Iterator[tuple[CID, bytes]]:
-    """Every block of the DAG under ``cid``, depth first (the order of a trustless CAR)."""
+def walk_blocks(
+    source: BlockSource, cid: CID, *, seen: set[CID] | None = None
+) -> Iterator[tuple[CID, bytes]]:
+    """Every block of the DAG under ``cid``, depth first (the order of a trustless CAR).
+
+    Without ``seen`` a block is yielded each time the walk meets it (a file of identical chunks
+    yields its one leaf many times). With ``seen``, a block already in it is skipped with
+    everything under it, and each block yielded is added: every block comes once.
+    """
     stack = [cid]
     while stack:
         current = stack.pop()
+        if seen is not None:
+            if current in seen:
+                continue
+            seen.add(current)
         data = source.get(current)
         yield current, data
         if current.codec == DAG_PB:
             stack.extend(link.cid for link in reversed(decode_node(data).links))
+
+
+def walk_entity(
+    source: BlockSource, cid: CID, *, seen: set[CID] | None = None
+) -> Iterator[tuple[CID, bytes]]:
+    """The blocks of the UnixFS entity at ``cid``, depth first (a trustless ``dag-scope=entity``).
+
+    A file: every block of it. A directory: its node, and for a HAMT-sharded one every shard,
+    but none of the entries. Anything else (a symlink, a non-UnixFS block): its one block.
+    ``seen`` works as in :func:`walk_blocks`.
+    """
+    if seen is not None and cid in seen:
+        return
+    data = source.get(cid)
+    node = decode_node(data) if cid.codec == DAG_PB else None
+    kind = node.unixfs.type if node is not None and node.unixfs is not None else None
+    if kind in (NodeType.FILE, NodeType.RAW):
+        yield from walk_blocks(source, cid, seen=seen)
+        return
+    if seen is not None:
+        seen.add(cid)
+    yield cid, data
+    if node is not None and kind is NodeType.HAMT_SHARD:
+        width = len(f"{(node.unixfs.fanout or 256) - 1:X}") if node.unixfs else 2
+        for link in node.links:
+            if len(link.name) == width:  # a sub-shard; longer names are entries
+                yield from walk_entity(source, link.cid, seen=seen)
+
+
+def walk_file_range(
+    source: BlockSource, cid: CID, first: int, last: int, *, seen: set[CID] | None = None
+) -> Iterator[tuple[CID, bytes]]:
+    """The blocks that prove bytes ``first..last`` (inclusive) of a file, depth first.
+
+    The root, the inner nodes on the way and the leaves that hold the range: what a trustless
+    ``entity-bytes=first:last`` returns. With ``seen``, blocks already in it are not yielded
+    again, but the walk still goes through them (the same inner node may cover other bytes).
+
+    Raises:
+        StorageError: ``cid`` is not a file.
+    """
+    data = source.get(cid)
+    if seen is None or cid not in seen:
+        if seen is not None:
+            seen.add(cid)
+        yield cid, data
+    if cid.codec != DAG_PB:
+        return
+    node = decode_node(data)
+    if node.unixfs is None or node.unixfs.type not in (NodeType.FILE, NodeType.RAW):
+        raise StorageError(f"{cid} is not a file")
+    sizes = node.unixfs.blocksizes
+    if len(sizes) != len(node.links):
+        raise StorageError(
+            f"{cid}: malformed file node ({len(sizes)} sizes, {len(node.links)} links)"
+        )
+    base = len(node.unixfs.data or b"")
+    for link, size in zip(node.links, sizes, strict=True):
+        lo, base = base, base + size
+        if size and lo <= last and base > first:
+            yield from walk_file_range(
+                source, link.cid, max(first - lo, 0), min(last - lo, size - 1), seen=seen
+            )
 
 
 def check_name(name: str, where: str) -> str:
@@ -300,3 +458,49 @@ def _write(
 
 def _shown(target: bytes) -> str:
     return target.decode("utf-8", "backslashreplace")
+
+
+def tar_stream(source: BlockSource, cid: CID, name: str) -> Iterator[bytes]:
+    """The UnixFS tree at ``cid`` as a tar archive whose top entry is ``name``, streamed.
+
+    Each file's size is in its root node, so its header goes out before its bytes are read.
+    Symlinks are tar symlink entries (as kubo's ``get`` writes them: extracting one is the
+    reader's choice); times are 0. Entry names are checked as a download checks them: an unsafe
+    one raises :class:`UnsafeEntryName` before the end marker, so a client sees a truncated
+    archive rather than a bad entry.
+    """
+    written = 0
+    for info, chunks in _tar_entries(source, cid, check_name(name, str(cid))):
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        yield header
+        written += len(header)
+        for chunk in chunks:
+            yield chunk
+            written += len(chunk)
+        if padding := -info.size % tarfile.BLOCKSIZE:
+            yield tarfile.NUL * padding
+            written += padding
+    end = 2 * tarfile.BLOCKSIZE
+    end += -(written + end) % tarfile.RECORDSIZE
+    yield tarfile.NUL * end
+
+
+def _tar_entries(
+    source: BlockSource, cid: CID, path: str
+) -> Iterator[tuple[tarfile.TarInfo, Iterator[bytes]]]:
+    entry = stat(source, cid)
+    info = tarfile.TarInfo(path)
+    info.mtime = 0
+    if entry.kind == "directory":
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        yield info, iter(())
+        for link in list_directory(source, cid):
+            child = check_name(link.name, f"{cid} ({path})")
+            yield from _tar_entries(source, link.cid, f"{path}/{child}")
+    elif entry.kind == "symlink":
+        info.type, info.mode = tarfile.SYMTYPE, 0o777
+        info.linkname = read_symlink(source, cid).decode("utf-8", "surrogateescape")
+        yield info, iter(())
+    else:
+        info.size, info.mode = entry.size, 0o644
+        yield info, read_file(source, cid)

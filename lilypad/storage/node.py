@@ -1,7 +1,8 @@
 """The embedded IPFS node: an HTTP gateway and the Kubo RPC subset over one on-disk blockstore.
 
 * :func:`~lilypad.storage.gateway.create_gateway_app` (:mod:`.gateway`) serves
-  ``GET/HEAD /ipfs/<cid>[/path]``: the path gateway and the trustless gateway (raw blocks, CARs).
+  ``GET/HEAD /ipfs/<cid>[/path]``: the path gateway and the trustless gateway (``?format=raw``,
+  ``?format=car`` with ``dag-scope``/``entity-bytes``, ``?format=tar``).
 * :func:`~lilypad.storage.rpc.create_api_app` (:mod:`.rpc`) serves the Kubo RPC API (POST only,
   as kubo) and, when a token is configured, the IPFS Pinning Service API (``/pins``).
 * :class:`EmbeddedNode` runs both with uvicorn (in a background thread, or in the foreground for

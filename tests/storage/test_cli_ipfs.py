@@ -9,7 +9,7 @@ from lilypad.storage import compute_cid
 from lilypad.storage.importer import ImportProfile
 from lilypad.storage.node import EmbeddedNode
 from tests.conftest import CliRunner
-from tests.storage.conftest import write_tree
+from tests.storage.conftest import run_js, write_tree
 
 TREE: dict[str, bytes | None] = {
     "result/out.txt": b"output\n",
@@ -114,3 +114,63 @@ def test_commands_against_a_running_node(
     unreachable = cli("ipfs", "pin", "ls", "--api", "http://127.0.0.1:9")
     assert unreachable.exit_code == 1
     assert "cannot connect to http://127.0.0.1:9" in unreachable.stderr
+
+
+CAR_TREE: dict[str, bytes | None] = {
+    "result/out.txt": b"output\n",
+    "result/frames/ünï.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 5000,  # several blocks
+    "result/sub/empty": None,
+}
+
+
+def test_dag_export_writes_a_car_that_ipfs_car_unpacks(cli: CliRunner, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "in", CAR_TREE) / "result"
+    cid = cli("ipfs", "add", "-r", "-Q", str(root)).stdout.strip()
+    car = tmp_path / "result.car"
+    exported = cli("ipfs", "dag", "export", cid, "-o", str(car))
+    assert exported.exit_code == 0, exported.stderr
+    unpacked = tmp_path / "unpacked"
+    run_js("node_modules/.bin/ipfs-car", "unpack", str(car), "--output", str(unpacked))
+    assert _tree(unpacked) == _tree(root)
+
+
+def test_dag_import_takes_a_car_written_by_ipfs_car(cli: CliRunner, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "in", CAR_TREE) / "result"
+    car = tmp_path / "packed.car"
+    run_js("node_modules/.bin/ipfs-car", "pack", str(root), "--output", str(car))
+    imported = cli("ipfs", "dag", "import", str(car), "--json")
+    assert imported.exit_code == 0, imported.stderr
+    (cid,) = json.loads(imported.stdout)["roots"]
+    assert cid in json.loads(cli("ipfs", "pin", "ls", "--json").stdout)
+    one = tmp_path / "one.png"
+    got = cli("ipfs", "get", f"{cid}/frames/ünï.png", "-o", str(one))  # ipfs-car: no wrapping
+    assert got.exit_code == 0, got.stderr
+    assert one.read_bytes() == CAR_TREE["result/frames/ünï.png"]
+
+
+def test_dag_import_of_a_bad_car_stores_nothing(cli: CliRunner, tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "in", CAR_TREE) / "result"
+    cid = cli("ipfs", "add", "-r", "-Q", str(root)).stdout.strip()
+    car = tmp_path / "result.car"
+    cli("ipfs", "dag", "export", cid, "-o", str(car))
+    data = car.read_bytes()
+    assert cli("ipfs", "pin", "rm", cid).exit_code == 0
+    cli("ipfs", "gc")
+    cut = tmp_path / "cut.car"
+    cut.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "flipped.car"
+    flipped.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    for bad, why in ((cut, "truncated"), (flipped, "does not match its CID")):
+        refused = cli("ipfs", "dag", "import", str(bad))
+        assert refused.exit_code == 1
+        assert why in refused.stderr
+        assert "nothing was imported" in refused.stderr
+        assert cli("ipfs", "cat", f"{cid}/out.txt").exit_code == 1  # no block of it was kept
+    assert cli("ipfs", "dag", "import", str(tmp_path / "nope.car")).exit_code == 2
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(root.rglob("*"))
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ import pytest
 from fastapi import FastAPI, Response
 
 from lilypad.errors import BlockNotFound, CorruptBlock, InvalidCID, StorageError, UnsafeEntryName
-from lilypad.storage import GatewayStorage, LocalStorage, compute_cid, open_storage, result_dir
+from lilypad.storage import (
+    GatewayStorage,
+    KuboStorage,
+    LocalStorage,
+    compute_cid,
+    open_storage,
+    result_dir,
+)
 from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.car import car_stream
 from lilypad.storage.cid import CID, DAG_PB, RAW
@@ -192,21 +200,50 @@ def test_a_download_is_one_car_request(
     with closing(open_storage(**{via: url})) as storage:
         storage.get(root, dest)
     assert gateway.requests == 1
+    assert isinstance(storage, GatewayStorage | KuboStorage)
+    assert storage.car_warnings == 0
     assert _tree_equal(dest, job_result)
     assert not [p.name for p in dest.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_an_api_without_dag_export_is_read_block_by_block(
-    hostile: tuple[HostileGateway, str], store: Blockstore, job_result: Path, tmp_path: Path
+    hostile: tuple[HostileGateway, str],
+    store: Blockstore,
+    job_result: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     gateway, url = hostile
     root = LocalStorage(store.root).add(job_result)
     cids = gateway.add_dag(store, root)
     dest = tmp_path / "downloads" / str(root)
-    with closing(open_storage(api=url)) as storage:
+    with (
+        caplog.at_level(logging.WARNING, "lilypad.storage.backends"),
+        closing(KuboStorage(url)) as storage,
+    ):
         storage.get(root, dest)
     assert gateway.requests == 1 + len(set(cids))  # the refused export, then each block
     assert _tree_equal(dest, job_result)
+    # Said, not swallowed: which URL, and why.
+    assert storage.car_warnings == 1
+    (warning,) = caplog.messages
+    assert warning.startswith(f"{url}/api/v0/dag/export?arg={root}: no CAR")
+    assert "404 page not found" in warning
+
+
+def test_content_the_gateway_lacks_is_not_found_without_a_car_warning(
+    hostile: tuple[HostileGateway, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway, url = hostile
+    gateway.serves_car = True
+    with (
+        caplog.at_level(logging.WARNING, "lilypad.storage.backends"),
+        closing(GatewayStorage(url)) as storage,
+        pytest.raises(BlockNotFound, match="not available"),
+    ):
+        storage.get(CID.from_data(b"nobody has this", RAW), tmp_path / "x")
+    assert gateway.requests == 2  # the CAR (404), then the root block (404)
+    assert not caplog.messages
 
 
 def test_the_embedded_nodes_api_exports_the_whole_dag(
@@ -218,8 +255,10 @@ def test_the_embedded_nodes_api_exports_the_whole_dag(
     with KuboClient(node.api_url) as client:
         received = Blockstore(tmp_path / "received")
         with received.writer() as sink:
-            count = client.fetch_car(root, sink)
-        assert count >= len({cid for cid, _ in store.walk(root)})  # a repeated chunk may repeat
+            car = client.fetch_car(root, sink)
+        assert car.problem is None
+        assert car.roots == (root,)
+        assert car.blocks >= len({cid for cid, _ in store.walk(root)})  # a chunk may repeat
         assert all(received.get(cid) == data for cid, data in store.walk(root))
         received.close()
 
@@ -306,3 +345,39 @@ def test_a_sharded_directory_downloads_and_resolves(
         dest = tmp_path / "copy"
         remote.get(cid, dest)
     assert _tree_equal(dest, source)
+
+
+def test_a_path_inside_a_result_downloads_from_each_backend(
+    node: EmbeddedNode, added: CID, tree: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``get <cid>/notes``: the folder at the path, from the local store, the gateway's CAR for
+    the path and the API's ``dag/export`` of it."""
+    backends = {
+        "local": LocalStorage(node.store.root),
+        "gateway": GatewayStorage(node.gateway_url),
+        "api": KuboStorage(node.api_url),
+    }
+    with caplog.at_level(logging.WARNING, "lilypad.storage.backends"):
+        for name, storage in backends.items():
+            with closing(storage):
+                storage.get(f"{added}/notes", tmp_path / name)
+            assert _tree_equal(tmp_path / name, tree / "notes")
+            assert getattr(storage, "car_warnings", 0) == 0
+    assert not caplog.messages
+
+
+def test_an_identity_block_the_car_leaves_out_is_no_warning(
+    node: EmbeddedNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trustless CAR never carries identity CIDs (their CID holds the bytes)."""
+    inline = CID(1, RAW, b"\x00\x02hi")
+    directory = encode_node([Link(inline, "hi.txt", 2)], UnixFSData(NodeType.DIRECTORY).encode())
+    root = CID.from_data(directory, DAG_PB)
+    node.store.put(root, directory)
+    with (
+        caplog.at_level(logging.WARNING, "lilypad.storage.backends"),
+        closing(GatewayStorage(node.gateway_url)) as storage,
+    ):
+        storage.get(root, tmp_path / "out")
+    assert (tmp_path / "out" / "hi.txt").read_bytes() == b"hi"
+    assert not caplog.messages
