@@ -31,9 +31,11 @@ Guarantees:
   :class:`~lilypad.errors.CorruptBlock` (wrong bytes), :class:`~lilypad.errors.StorageError`.
 
 Modules: :mod:`.cid` (CIDs), :mod:`.unixfs` (dag-pb/UnixFS codec), :mod:`.importer` (files to
-blocks), :mod:`.blockstore` (disk store, pins, GC), :mod:`.dag` (reading, export, CAR),
-:mod:`.node` (the embedded HTTP node), :mod:`.client` (Kubo RPC, gateway, Pinning Service API
-clients), :mod:`.backends` (the :class:`Storage` interface and :func:`open_storage`).
+blocks), :mod:`.blockstore` (disk store, pins, GC), :mod:`.dag` (reading, paths, export, tar),
+:mod:`.car` (CARv1 read, write, import), :mod:`.node` (the embedded node: :mod:`.gateway`, the
+path and trustless gateway; :mod:`.rpc`, the Kubo RPC API, with :mod:`.multipart` for streamed
+uploads; :mod:`.pinning`, the Pinning Service API), :mod:`.client` (Kubo RPC, gateway, Pinning
+Service API clients), :mod:`.backends` (the :class:`Storage` interface and :func:`open_storage`).
 """
 
 from __future__ import annotations
