@@ -14,18 +14,56 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   ├── ConfigError
     │   │   └── UnknownNetwork (LookupError)
     │   ├── InvalidCID
-    │   └── InvalidIPFSPath
+    │   ├── InvalidIPFSPath
+    │   ├── OutputDirInUse
+    │   ├── SpecMismatch                   a job spec is not the one its offer signs
+    │   ├── TruncatedBody                  [lilypad.storage.multipart]
+    │   ├── JobRefused                     [resource_provider.runner]
+    │   └── Unresolvable                   [resource_provider.mediator]
     ├── ModuleSourceError                  a git/local module could not be fetched or moved tag
     ├── ChainError
     │   ├── ChainUnavailable
-    │   └── ContractReverted           names the custom error / revert reason
+    │   └── ContractReverted               names the custom error / revert reason
     ├── StorageError
     │   ├── BlockNotFound (LookupError)
     │   ├── CorruptBlock
     │   ├── BlockTooLarge
+    │   ├── MalformedContent
     │   └── UnsafeEntryName
     ├── ExecutorError
-    └── SolverError
+    │   ├── ExecutorUnavailable
+    │   ├── ImageNotFound
+    │   └── JobFailed
+    ├── InferenceError
+    ├── SolverError
+    │   ├── InvalidRequest                 [solver.service]
+    │   │   └── OfferRejected              [solver.service]
+    │   │       ├── DepositShort           [solver.service]
+    │   │       └── TooManyOffers          [solver.service]
+    │   ├── UnknownObject (LookupError)    [solver.service]
+    │   ├── RateLimited                    [solver.service]
+    │   ├── StreamsFull                    [solver.stream]
+    │   ├── TooManyStreams                 [solver.stream]
+    │   ├── Duplicate                      [solver.store]
+    │   ├── SolverUnreachable              [lilypad.solver_api]
+    │   ├── SolverRefused                  [lilypad.solver_api]
+    │   │   ├── DepositShort               [lilypad.solver_api]
+    │   │   ├── NotFound (LookupError)     [lilypad.solver_api]
+    │   │   ├── AlreadyKnown               [lilypad.solver_api]
+    │   │   └── SolverBusy                 [lilypad.solver_api]
+    │   ├── DepositShort                   [lilypad.creator._solver]
+    │   └── SolverRefused                  [resource_provider.solver_client]
+    ├── JobError                           [lilypad.creator.runner]
+    │   ├── NoMatch                        [lilypad.creator.runner]
+    │   ├── ResultTimeout                  [lilypad.creator.runner]
+    │   ├── ModuleFailed                   [lilypad.creator.runner]
+    │   ├── VerificationFailed             [lilypad.creator.runner]
+    │   ├── CheatCaught                    [lilypad.creator.runner]
+    │   └── MediationExpired               [lilypad.creator.runner]
+    └── NetworkError                       [lilypad.localnet]
+
+A name in brackets is defined in that module, beside the code that raises it; every other
+class is defined here. ``tests/test_errors.py`` checks this drawing against the code.
 
 A subclass of :class:`InputError` means "the user asked for something that cannot be"; every
 other :class:`LilypadError` means "something failed while doing what was asked".
@@ -123,6 +161,10 @@ class InvalidCID(InputError):
     """A string is not a valid IPFS content identifier (CID)."""
 
 
+class SpecMismatch(InputError):
+    """A job spec does not match the hashes its signed offer commits to."""
+
+
 class InvalidIPFSPath(InputError):
     """An ``/ipfs/<cid>/<path>`` has a segment that could escape its root (``..``, ``/``)."""
 
@@ -137,6 +179,11 @@ class CorruptBlock(StorageError):
 
 class BlockTooLarge(StorageError):
     """A block is over the size a reader accepts (a CAR's, or kubo's 1 MiB block limit)."""
+
+
+class MalformedContent(StorageError):
+    """The blocks are what their CIDs name, but they are not valid UnixFS (a bad node, a root
+    that is a symlink, a file node whose sizes do not add up): the same on every try."""
 
 
 class UnsafeEntryName(StorageError):

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field
 
 from lilypad.chain.offers import Address, SignedJobOffer, module_id, spec_digest
-from lilypad.errors import ChainError, InputError
+from lilypad.errors import ChainError
+from lilypad.errors import SpecMismatch as SpecMismatch  # raised here; imported from here too
 from lilypad.modules import JobSpec, render
 
 if TYPE_CHECKING:
@@ -25,10 +26,6 @@ if TYPE_CHECKING:
 
 #: The most providers a job submission may ask the solver to avoid.
 MAX_AVOIDED = 16
-
-
-class SpecMismatch(InputError):
-    """A job spec does not match the hashes its signed offer commits to."""
 
 
 class JobSubmission(SignedJobOffer):
@@ -79,12 +76,25 @@ def rerender(spec: JobSpec) -> JobSpec:
 
 
 class ChainClock:
-    """An estimate of the timestamp the chain's next block will carry.
+    """The one "now" for deadlines and expiries: the timestamp the chain's next block will carry.
 
-    Deadlines and expiries are checked against block time, which may differ from the wall clock:
-    a dev chain can be moved ahead (time travel in tests) or back (snapshot revert), and a quiet
-    chain's latest block is old. The pending block's timestamp is what the next transaction will
-    see; it is read every few seconds and the wall clock fills the gaps.
+    Calling the clock returns that estimate in Unix seconds (a float). Every decision against a
+    deal's deadline or an offer's expiry — by the job creator, the solver, the provider, the
+    bridge — asks a clock like this, never ``time.time()`` or the latest block directly, because:
+
+    * the contract checks ``block.timestamp`` of the block a transaction lands in, which is the
+      *next* block, not the latest (on a quiet chain the latest block is old: its time says a
+      deadline has not passed when any transaction sent now would find that it has);
+    * block time may differ from the wall clock: a dev chain can be moved ahead (time travel in
+      tests) or back (snapshot revert), and a node's clock can drift.
+
+    The pending block's timestamp is read at most every ``refresh_s`` seconds (the latest
+    block's where a node does not serve ``pending``); the wall clock advances the estimate in
+    between, so asking often costs no RPC call. Safe to share between threads.
+
+    Args:
+        market: A market client whose ``chain`` has ``block_timestamp(tag)``.
+        refresh_s: The most seconds between reads of the chain.
     """
 
     def __init__(self, market: JobMarketClient | CreatorMarket, refresh_s: float = 3.0) -> None:

@@ -31,6 +31,7 @@ from lilypad.chain import Chain, deploy, setup_dev_accounts
 from lilypad.chain.anvil import Anvil, port_in_use
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError, InputError, LilypadError
+from lilypad.fsutil import write_atomic
 from lilypad.modules import list_builtin
 from lilypad.network import NetworkProfile, save_network
 
@@ -180,9 +181,7 @@ def start_chain(network: str, topology: Topology) -> NetworkProfile:
     )
     (folder / "keys").mkdir(exist_ok=True)
     for role, account in roles.items():
-        path = key_file(network, role)
-        path.touch(mode=0o600)
-        path.write_text(account.key.hex() + "\n")
+        write_atomic(key_file(network, role), account.key.hex() + "\n", mode=0o600)
     return NetworkProfile(
         name=network,
         chain_id=deployment.chain_id,

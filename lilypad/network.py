@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lilypad.chain.offers import Address
 from lilypad.errors import ChainError, ConfigError, UnknownNetwork
+from lilypad.fsutil import write_atomic
 
 if TYPE_CHECKING:  # web3: imported by connect(), not by every user of a profile
     from lilypad.chain.client import Chain
@@ -139,10 +140,7 @@ def load_network(name: str) -> NetworkProfile:
 def save_network(profile: NetworkProfile) -> Path:
     """Write ``profile`` to its file (replacing it atomically); returns the path."""
     path = network_path(profile.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(profile.model_dump(mode="json", exclude_none=True)))
-    tmp.replace(path)
+    write_atomic(path, tomli_w.dumps(profile.model_dump(mode="json", exclude_none=True)))
     return path
 
 

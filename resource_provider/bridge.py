@@ -43,7 +43,7 @@ from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.job_creator import JobCreatorClient, JobState, bridge_signature
 from lilypad.chain.light import DealState, DealStatus
 from lilypad.chain.market import JobMarketClient
-from lilypad.chain.offers import Deal, JobOffer, default_job_timeout
+from lilypad.chain.offers import Deal, JobOffer
 from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError
 from lilypad.jobs import ChainClock, JobSubmission
 from lilypad.modules import JobSpec, render
@@ -327,7 +327,6 @@ class JobCreatorBridge:
             mediators=self.config.mediators,
             expiry=int(self.clock()) + self.config.offer_ttl_s,
             nonce=job.job_id,  # the contract validates an offer for job J only with nonce J
-            timeout=default_job_timeout(spec.timeout_s),
         )
         # Recorded before it leaves: any deal made from it can then be bound to the job.
         self._by_offer[offer.struct_hash()] = job.job_id
@@ -522,14 +521,10 @@ class JobCreatorBridge:
         contract = self.market.contract
         events = [contract.events.ResultSubmitted(), contract.events.MediationResolved()]
         by_topic = {bytes.fromhex(e.topic.removeprefix("0x")): e for e in events}
-        params: Any = {
-            "fromBlock": self.config.start_block,
-            "toBlock": "latest",
-            "address": self.market.address,
-            "topics": [["0x" + t.hex() for t in by_topic], deal_id],
-        }
-        chain = self.market.chain
-        logs = chain.rpc("get logs", lambda: chain.w3.eth.get_logs(params))
+        topics = [["0x" + t.hex() for t in by_topic], deal_id]
+        logs = self.market.chain.logs(
+            "get logs", self.market.address, topics, self.config.start_block
+        )
         seen = self.store.get("deals", deal_id, SeenDeal)
         for entry in logs:
             event = by_topic[bytes(entry["topics"][0])]

@@ -16,7 +16,7 @@
   deadline, never the run.
 
 Every offer commits on chain to the least time this provider needs for a result of its module
-(``minTimeout``: the module's timeout, the submit margin and :data:`PICKUP_S`), so no job creator
+(``minTimeout``: :func:`~lilypad.chain.offers.provider_min_timeout`), so no job creator
 can make a deal that this provider cannot deliver in time and then take its collateral; and its
 collateral is at least what the market requires at its price (``JobMarket.requiredCollateral``):
 the provider refuses to start otherwise.
@@ -45,9 +45,17 @@ from lilypad import modules
 from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.light import DealState
 from lilypad.chain.market import JobMarketClient
-from lilypad.chain.offers import Deal, Machine, ResourceOffer, SignedResourceOffer, module_id
+from lilypad.chain.offers import (
+    DEFAULT_SUBMIT_MARGIN_S,
+    Deal,
+    Machine,
+    ResourceOffer,
+    SignedResourceOffer,
+    module_id,
+    provider_min_timeout,
+)
 from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError, SolverError
-from lilypad.jobs import JobSubmission
+from lilypad.jobs import ChainClock, JobSubmission
 from lilypad.storage import CID, Storage
 from resource_provider.executors import Executor, Weights
 from resource_provider.machine import Hardware
@@ -76,9 +84,6 @@ RETRY_S = 3.0
 OFFER_RETRY_S = 15.0
 #: Starts of one job (a crash and restart counts too) before the provider gives it up.
 MAX_RUNS = 5
-#: Seconds a provider allows itself, beyond the module's timeout and its submit margin, to see a
-#: new deal and start its job; part of the ``minTimeout`` its offers commit to.
-PICKUP_S = 30
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class ProviderConfig:
     weights: Weights = Weights.REAL
     gpus: int | None = None
     offer_ttl_s: int = 600
-    submit_margin_s: int = 30
+    submit_margin_s: int = DEFAULT_SUBMIT_MARGIN_S
     poll_interval_s: float = 1.0
     start_block: int = 0
     confirmations: int = 0
@@ -177,9 +182,11 @@ class ResourceProvider:
         self.store = JsonStore(state_dir)
         self.results_dir = state_dir / "results"
         self.machine: Machine = hardware.machine(config.gpus)
+        # Deadlines and expiries are the chain's; read about once per pass of the main loop.
+        self.clock = ChainClock(market, refresh_s=config.poll_interval_s)
         # What each module's offers commit to on chain: a deal never gives this provider less.
         self.min_timeouts = {
-            ref: modules.resolve(ref).spec.timeout_s + config.submit_margin_s + PICKUP_S
+            ref: provider_min_timeout(modules.resolve(ref).spec.timeout_s, config.submit_margin_s)
             for ref in config.modules
         }
         self._lock = threading.RLock()
@@ -421,7 +428,7 @@ class ResourceProvider:
         status = self.market.deal_status(deal.deal_id)
         if status.state is not DealState.CREATED:
             raise JobRefused(f"deal is {status.state.name.lower()} on chain, not created")
-        if status.deadline <= self._now():
+        if status.deadline <= self.clock():
             raise JobRefused(f"the result deadline {status.deadline} has passed")
         spec = verified_spec(self._submission(deal), deal)
         if spec.module not in self.config.modules:
@@ -431,7 +438,7 @@ class ResourceProvider:
         if record.runs >= MAX_RUNS:
             # the same failure each time (a bad mount, a broken engine): stop spending on it
             raise JobRefused(f"gave up after {record.runs} failed starts: {record.error}")
-        left = status.deadline - self._now()
+        left = int(status.deadline - self.clock())
         needed = spec.timeout_s + self.config.submit_margin_s
         if left < needed:
             raise JobRefused(
@@ -478,7 +485,7 @@ class ResourceProvider:
         cid = bytes(CID.parse(record.result_cid))
         status = self.market.deal_status(deal.deal_id)
         if status.state is DealState.CREATED:
-            if self._chain_now() > status.deadline:
+            if self.clock() > status.deadline:
                 raise JobRefused(f"the result deadline {status.deadline} has passed")
             try:
                 receipt = self.market.submit_result(self.account, deal, cid)
@@ -501,7 +508,7 @@ class ResourceProvider:
 
     def _maybe_claim(self, record: DealRecord) -> None:
         status = self.market.deal_status(record.deal_id)
-        if status.state is not DealState.SUBMITTED or self._chain_now() <= status.deadline:
+        if status.state is not DealState.SUBMITTED or self.clock() <= status.deadline:
             return
         try:
             receipt = self.market.claim_payment(self.account, record.deal)
@@ -536,7 +543,7 @@ class ResourceProvider:
 
     def _refresh_offers(self) -> None:
         """Withdraw offers about to expire; list a fresh offer for each free slot."""
-        now = self._now()
+        now = int(self.clock())
         for offer in list(self._offers.values()):
             if offer.expiry - now < self.config.offer_ttl_s // 3:
                 self._cancel(offer)
@@ -599,7 +606,7 @@ class ResourceProvider:
         except SolverRefused as exc:
             # Matched meanwhile (its deal arrives as an event) or already gone: once it has
             # expired, it can make no deal, and the slot is free again.
-            if offer.expiry > self._now():
+            if offer.expiry > self.clock():
                 log.info("offer %s not withdrawn: %s", offer.offer_id, exc)
                 return
         except SolverError as exc:
@@ -636,17 +643,6 @@ class ResourceProvider:
         if deal.provider == self.address:
             self._incoming.put(deal)
             self._wake.set()
-
-    # -------------------------------------------------------------------------------- time
-    def _chain_now(self) -> int:
-        """The latest block's time: what the contract's deadline checks compare with."""
-        chain = self.market.chain
-        block = chain.rpc("latest block", lambda: chain.w3.eth.get_block("latest"))
-        return int(block["timestamp"])
-
-    def _now(self) -> int:
-        """The later of wall and chain time: a safe "now" for deadlines and expiries."""
-        return max(int(time.time()), self._chain_now())
 
 
 def _initial_nonce() -> int:

@@ -46,6 +46,7 @@ from lilypad.errors import (
     CorruptBlock,
     InputError,
     LilypadError,
+    MalformedContent,
     UnsafeEntryName,
 )
 from lilypad.modules import JobSpec
@@ -271,7 +272,7 @@ class Mediator:
     ) -> tuple[Path, dict[str, str], Verdict | None]:
         """Download the submitted result, verified, into ``<deal>.submitted``, with the symlinks
         the download leaves out (path -> link text); the verdict when the provider never
-        delivered it (malformed CID, not found, blocks that do not match).
+        delivered it (malformed CID, not found, blocks that do not match or are no UnixFS).
 
         Raises:
             StorageError: this mediator's own IPFS node failed (try again later, do not rule).
@@ -292,7 +293,8 @@ class Mediator:
                     cid, theirs, on_symlink=lambda link: links.__setitem__(link.path, link.target)
                 )
                 return theirs, links, None
-            except (CorruptBlock, UnsafeEntryName) as exc:
+            except (CorruptBlock, MalformedContent, UnsafeEntryName) as exc:
+                # the same on every try: what the CID names is not a valid result
                 return theirs, links, Verdict(False, f"the submitted result does not verify: {exc}")
             except BlockNotFound as exc:
                 if attempt == FETCH_TRIES - 1:

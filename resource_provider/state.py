@@ -14,7 +14,6 @@ own folder::
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from enum import StrEnum
@@ -25,24 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lilypad.chain.offers import Deal
 from lilypad.errors import ConfigError
+from lilypad.fsutil import write_atomic
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # make the rename itself durable
-    finally:
-        os.close(folder)
 
 
 class JsonStore:

@@ -1,24 +1,30 @@
 """The solver's HTTP API (FastAPI): offers, deals and an event stream.
 
-    POST /api/v1/job_offers                 a JobSubmission (signed offer + job spec)
-                                            -> 201 {"id", "state", "seq"}
-    POST /api/v1/resource_offers            a SignedResourceOffer   -> 201 {"id", "state", "seq"}
-    GET  /api/v1/job_offers/{id}            its state and, once matched, its deal
-    GET  /api/v1/resource_offers/{id}
-    POST /api/v1/{job|resource}_offers/{id}/cancel  {"signature"}: EIP-191 of cancel_message(id)
-    GET  /api/v1/deals?party=0x...          deals of a party
-    GET  /api/v1/deals/{deal_id}
-    GET  /api/v1/events?party=0x...         server-sent events, only those naming ``party``;
-                                            resumes after ``Last-Event-ID`` (or ``?after=N``;
-                                            ``after=-1``: only events from now on)
-    GET  /healthz
+The protocol is declared in :mod:`lilypad.solver_api`: every route answers one of its models
+(``response_model``), so ``/openapi.json`` documents what the solver really sends::
 
-Errors are JSON ``{"error": "<one line>"}``:
+    POST /api/v1/job_offers                 JobSubmission (signed offer + job spec)
+                                            -> 201 OfferAccepted
+    POST /api/v1/resource_offers            SignedResourceOffer   -> 201 OfferAccepted
+    GET  /api/v1/job_offers/{id}            JobOfferView: its state and, once matched, its deal
+    GET  /api/v1/resource_offers/{id}       ResourceOfferView
+    POST /api/v1/{job|resource}_offers/{id}/cancel  Cancellation: EIP-191 of cancel_message(id)
+                                            -> Cancelled
+    GET  /api/v1/accounts/{address}         Account: what its open offers commit
+    GET  /api/v1/deals?party=0x...          list[DealView]: deals of a party
+    GET  /api/v1/deals/{deal_id}            DealView
+    GET  /api/v1/events?party=0x...         server-sent SolverEvents, only those naming
+                                            ``party``; resumes after ``Last-Event-ID`` (or
+                                            ``?after=N``; ``after=-1``: only events from now on)
+    GET  /healthz                           Health
+
+Errors are :class:`~lilypad.solver_api.ErrorBody`, ``{"error": "<one line>"}``, for every status:
 
 * 400 a refused offer (bad signature, expired, used nonce, nothing backing it, a spec that does
-  not render here, a timeout too short for the module) or cancellation;
+  not render here, a timeout too short for the module) or cancellation, a malformed address or
+  ``Last-Event-ID``;
 * 402 the signer's deposit does not cover the offer on top of its open ones;
-* 404 unknown; 409 duplicate; 422 malformed body;
+* 404 unknown (offer, deal, or route); 409 duplicate; 422 malformed body or parameter;
 * 413 a body larger than the route takes (:data:`BODY_LIMITS`), refused before it is read;
 * 429 a signer over its rate (with ``Retry-After``), a signer with too many open offers, or a
   party with too many event streams open;
@@ -28,24 +34,35 @@ Errors are JSON ``{"error": "<one line>"}``:
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import TypeAdapter
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lilypad import __version__
-from lilypad.chain.offers import SignedResourceOffer
+from lilypad import solver_api as api
+from lilypad.chain.crypto import is_address, to_checksum_address
 from lilypad.errors import LilypadError
-from lilypad.jobs import JobSubmission
-from solver.service import DepositShort, OfferRejected, RateLimited, Solver, TooManyOffers
-from solver.store import DealRow, Duplicate, JobOfferRow, ResourceOfferRow
+from solver.service import (
+    DepositShort,
+    InvalidRequest,
+    RateLimited,
+    Solver,
+    TooManyOffers,
+    UnknownObject,
+)
+from solver.store import Duplicate, JobOfferRow, ResourceOfferRow, deal_view
 from solver.stream import EventHub, StreamsFull, TooManyStreams
+
+log = logging.getLogger("lilypad.solver")
 
 HEARTBEAT_S = 15.0
 #: The largest request body (bytes) each route takes, by path; a job offer carries its job spec,
@@ -57,15 +74,37 @@ BODY_LIMITS = {
 #: The largest body of any other route (a cancellation is about 150 bytes).
 DEFAULT_BODY_LIMIT = 4 * 1024
 
+#: The HTTP status of each error the solver raises on purpose (the first that matches).
+_STATUS: tuple[tuple[tuple[type[LilypadError], ...], int], ...] = (
+    ((RateLimited, TooManyOffers, TooManyStreams), 429),
+    ((StreamsFull,), 503),
+    ((Duplicate,), 409),
+    ((DepositShort,), 402),
+    ((UnknownObject,), 404),
+    ((InvalidRequest,), 400),
+)
+_WHY = {
+    400: "Refused: the message says which check failed and why.",
+    402: "The signer's market deposit does not cover this offer on top of its open ones.",
+    404: "No such offer or deal at this solver.",
+    409: "The offer, or another with its signer and nonce, is known already.",
+    413: "The request body is larger than the route takes.",
+    422: "The request is malformed: the message names the field.",
+    429: "Too fast, too many open offers, or too many streams: see Retry-After.",
+    500: "The solver failed.",
+    503: "The solver serves as many event streams as it takes: try again later.",
+}
 
-class Cancellation(BaseModel):
-    signature: str
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route, for OpenAPI: each an :class:`~lilypad.solver_api.ErrorBody`."""
+    return {
+        status: {"model": api.ErrorBody, "description": _WHY[status]} for status in (*statuses, 500)
+    }
 
 
-class OfferAccepted(BaseModel):
-    id: str
-    state: str
-    seq: int
+_OFFER_ID = Path(description="The offer's id: its EIP-712 struct hash, 0x hex.")
+_PARTY = Query(None, description="Only those naming this address.")
 
 
 def create_app(
@@ -89,120 +128,238 @@ def create_app(
         solver, max_streams=max_streams, streams_per_party=streams_per_party
     )
     app.add_middleware(_BodyLimit)
+    _error_handlers(app)
+    _offer_routes(app, solver)
+    _query_routes(app, solver)
+
+    @app.get(
+        "/api/v1/events",
+        status_code=200,
+        response_model=api.SolverEvent,
+        response_class=_EventResponse,
+        responses=_errors(400, 422, 429, 503),
+        summary="Server-sent events",
+        description=_EVENTS_DOC,
+    )
+    async def events(
+        party: str | None = _PARTY,
+        after: int | None = Query(
+            None, description="Resume after this event number; -1: only events from now on."
+        ),
+        last_event_id: str | None = Header(None, description="Resume after this event number."),
+    ) -> _EventResponse:
+        start = after if after is not None else _event_number(last_event_id)
+        subscription = hub.subscribe(_address(party).lower() if party else None)
+        try:
+            position = None
+            if start < 0:
+                start = position = await asyncio.to_thread(solver.store.last_event_seq)
+        except BaseException:
+            hub.release(subscription)
+            raise
+        return _EventResponse(
+            hub.stream(subscription, start, heartbeat_s, position=position),
+            lambda: hub.release(subscription),
+        )
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+_EVENTS_DOC = """The events naming ``party`` (every event, without), in order, as
+``text/event-stream``: each is ``id: <seq>``, ``event: <kind>`` and ``data: <the event's JSON>``
+(the schema below). A comment line (``: keep-alive``) comes after 15 s of silence. A stream
+started from now on (``after=-1``) first names its position with a message of an ``id:`` only,
+so a reconnection with ``Last-Event-ID`` misses nothing. ``after`` wins over ``Last-Event-ID``."""
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the event stream as what it is: ``text/event-stream`` whose
+    messages carry a :data:`~lilypad.solver_api.SolverEvent` each (OpenAPI 3.2's ``itemSchema``
+    for server-sent events, and ``schema`` for tools that read only that)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = FastAPI.openapi(app)
+    event = TypeAdapter(api.SolverEvent).json_schema(
+        ref_template="#/components/schemas/{model}", mode="serialization"
+    )
+    event.pop("$defs", None)  # FastAPI has put them in the components already
+    answers = document["paths"]["/api/v1/events"]["get"]["responses"]
+    for status, answer in answers.items():  # errors are JSON, as from every route
+        if status != "200":
+            answer["content"] = {"application/json": answer["content"].popitem()[1]}
+    answers["200"]["content"] = {
+        "text/event-stream": {
+            "schema": {"type": "string", "description": "server-sent events"},
+            "itemSchema": {
+                "type": "object",
+                "required": ["id", "event", "data"],
+                "properties": {
+                    "id": {"type": "string", "description": "the event's seq"},
+                    "event": {"type": "string", "enum": [k.value for k in api.EventKind]},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": event,
+                    },
+                },
+            },
+        }
+    }
+    return document
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error answer is ``{"error": "<one line>"}``, whatever raised it."""
 
     @app.exception_handler(LilypadError)
     async def _lilypad_error(_: Request, exc: LilypadError) -> JSONResponse:
-        status, headers = 500, {}
+        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+        headers = {}
         if isinstance(exc, RateLimited):
-            status, headers = 429, {"Retry-After": f"{max(1, round(exc.retry_after))}"}
-        elif isinstance(exc, TooManyOffers | TooManyStreams):
-            status = 429
-        elif isinstance(exc, StreamsFull):
-            status = 503
-        elif isinstance(exc, Duplicate):
-            status = 409
-        elif isinstance(exc, DepositShort):
-            status = 402
-        elif isinstance(exc, OfferRejected):
-            status = 400
-        return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
+            headers["Retry-After"] = f"{max(1, round(exc.retry_after))}"
+        return _error(str(exc), status, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=422)
+        return _error(f"{where}: {first['msg']}", 422)
 
-    @app.get("/healthz")
-    def health() -> dict[str, Any]:
-        return {
-            "ok": True,
-            "version": __version__,
-            "chain_id": solver.chain_id,
-            "market": solver.market.address,
-        }
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(str(exc.detail), exc.status_code, exc.headers)
 
-    @app.post("/api/v1/job_offers", status_code=201)
-    def post_job_offer(signed: JobSubmission) -> OfferAccepted:
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        # Logged by the server all the same; the client learns no more than that it failed.
+        return _error(f"the solver failed on {request.method} {request.url.path}", 500)
+
+
+def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        api.ErrorBody(error=message).model_dump(mode="json"),
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _offer_routes(app: FastAPI, solver: Solver) -> None:
+    refused = (400, 402, 409, 413, 422, 429)
+
+    @app.post("/api/v1/job_offers", status_code=201, responses=_errors(*refused))
+    def post_job_offer(signed: api.JobSubmission) -> api.OfferAccepted:
         row = solver.submit_job_offer(signed)
-        return OfferAccepted(id=row.id, state=row.state, seq=row.seq)
+        return api.OfferAccepted(id=row.id, state=api.OfferState(row.state), seq=row.seq)
 
-    @app.post("/api/v1/resource_offers", status_code=201)
-    def post_resource_offer(signed: SignedResourceOffer) -> OfferAccepted:
+    @app.post("/api/v1/resource_offers", status_code=201, responses=_errors(*refused))
+    def post_resource_offer(signed: api.SignedResourceOffer) -> api.OfferAccepted:
         row = solver.submit_resource_offer(signed)
-        return OfferAccepted(id=row.id, state=row.state, seq=row.seq)
+        return api.OfferAccepted(id=row.id, state=api.OfferState(row.state), seq=row.seq)
 
-    @app.get("/api/v1/job_offers/{offer_id}")
-    def get_job_offer(offer_id: str) -> JSONResponse:
-        return _offer(solver, JobOfferRow, offer_id)
+    @app.get("/api/v1/job_offers/{offer_id}", responses=_errors(404, 422))
+    def get_job_offer(offer_id: str = _OFFER_ID) -> api.JobOfferView:
+        row, deal = _offer(solver, JobOfferRow, offer_id)
+        return api.JobOfferView(
+            id=row.id,
+            seq=row.seq,
+            state=api.OfferState(row.state),
+            signer=row.signer,
+            offer=api.JobSubmission.model_validate(row.body),
+            deal=deal,
+        )
 
-    @app.get("/api/v1/resource_offers/{offer_id}")
-    def get_resource_offer(offer_id: str) -> JSONResponse:
-        return _offer(solver, ResourceOfferRow, offer_id)
+    @app.get("/api/v1/resource_offers/{offer_id}", responses=_errors(404, 422))
+    def get_resource_offer(offer_id: str = _OFFER_ID) -> api.ResourceOfferView:
+        row, deal = _offer(solver, ResourceOfferRow, offer_id)
+        return api.ResourceOfferView(
+            id=row.id,
+            seq=row.seq,
+            state=api.OfferState(row.state),
+            signer=row.signer,
+            offer=api.SignedResourceOffer.model_validate(row.body),
+            deal=deal,
+        )
 
-    @app.post("/api/v1/job_offers/{offer_id}/cancel")
-    def cancel_job_offer(offer_id: str, body: Cancellation) -> dict[str, str]:
-        solver.cancel_offer("job", offer_id, body.signature)
-        return {"id": offer_id, "state": "cancelled"}
+    @app.post("/api/v1/job_offers/{offer_id}/cancel", responses=_errors(400, 413, 422))
+    def cancel_job_offer(body: api.Cancellation, offer_id: str = _OFFER_ID) -> api.Cancelled:
+        solver.cancel_offer("job", offer_id.lower(), body.signature)
+        return api.Cancelled(id=offer_id)
 
-    @app.post("/api/v1/resource_offers/{offer_id}/cancel")
-    def cancel_resource_offer(offer_id: str, body: Cancellation) -> dict[str, str]:
-        solver.cancel_offer("resource", offer_id, body.signature)
-        return {"id": offer_id, "state": "cancelled"}
+    @app.post("/api/v1/resource_offers/{offer_id}/cancel", responses=_errors(400, 413, 422))
+    def cancel_resource_offer(body: api.Cancellation, offer_id: str = _OFFER_ID) -> api.Cancelled:
+        solver.cancel_offer("resource", offer_id.lower(), body.signature)
+        return api.Cancelled(id=offer_id)
 
-    @app.get("/api/v1/accounts/{address}")
-    def get_account(address: str) -> JSONResponse:
+
+def _query_routes(app: FastAPI, solver: Solver) -> None:
+    @app.get("/healthz", responses=_errors())
+    def health() -> api.Health:
+        return api.Health(
+            ok=True, version=__version__, chain_id=solver.chain_id, market=solver.market.address
+        )
+
+    @app.get("/api/v1/accounts/{address}", responses=_errors(400, 422))
+    def get_account(address: str = Path(description="An Ethereum address.")) -> api.Account:
         """What an account's open offers may still take from its market deposit: a client adds
         this to an offer's price to know how much deposit it needs."""
-        from eth_utils.address import is_address, to_checksum_address
-
-        if not is_address(address):
-            return JSONResponse({"error": f"{address!r} is not an address"}, status_code=400)
-        signer = to_checksum_address(address)
-        return JSONResponse(
-            {
-                "address": signer,
-                "committed_by_job_offers": str(solver.committed(signer, JobOfferRow)),
-                "committed_by_resource_offers": str(solver.committed(signer, ResourceOfferRow)),
-            }
+        signer = _address(address)
+        return api.Account(
+            address=signer,
+            committed_by_job_offers=solver.committed(signer, JobOfferRow),
+            committed_by_resource_offers=solver.committed(signer, ResourceOfferRow),
         )
 
-    @app.get("/api/v1/deals")
-    def list_deals(party: str | None = None) -> list[dict[str, Any]]:
-        return [_deal(row) for row in solver.store.deals(party=_checksum_or_none(party))]
+    @app.get("/api/v1/deals", responses=_errors(400, 422))
+    def list_deals(party: str | None = _PARTY) -> list[api.DealView]:
+        """Every deal, or those of ``party`` as job creator or provider."""
+        rows = solver.store.deals(party=_address(party) if party else None)
+        return [deal_view(row) for row in rows]
 
-    @app.get("/api/v1/deals/{deal_id}")
-    def get_deal(deal_id: str) -> JSONResponse:
+    @app.get("/api/v1/deals/{deal_id}", responses=_errors(404, 422))
+    def get_deal(
+        deal_id: str = Path(description="keccak256(abi.encode(deal)), 0x hex."),
+    ) -> api.DealView:
         row = solver.store.deal_by_id(deal_id.lower())
         if row is None:
-            return JSONResponse({"error": f"no deal {deal_id}"}, status_code=404)
-        return JSONResponse(_deal(row))
+            raise UnknownObject(f"no deal {deal_id}")
+        return deal_view(row)
 
-    @app.get("/api/v1/events")
-    async def events(
-        party: str | None = Query(None, description="Only events naming this address."),
-        after: int | None = Query(None, description="Resume after this event number."),
-        last_event_id: str | None = Header(None),
-    ) -> Response:
-        try:
-            start = after if after is not None else int(last_event_id or 0)
-        except ValueError:
-            return JSONResponse(
-                {"error": f"Last-Event-ID {last_event_id!r} is not an event number"},
-                status_code=400,
-            )
-        subscription = hub.subscribe(party.lower() if party else None)
-        try:
-            if start < 0:
-                start = await asyncio.to_thread(solver.store.last_event_seq)
-        except BaseException:
-            hub.release(subscription)
-            raise
-        return _EventResponse(
-            hub.stream(subscription, start, heartbeat_s), lambda: hub.release(subscription)
+
+def _offer(
+    solver: Solver, model: type[JobOfferRow] | type[ResourceOfferRow], offer_id: str
+) -> tuple[Any, api.DealView | None]:
+    """An offer's row and its deal, if it has one."""
+    row = solver.store.offer(model, offer_id.lower())
+    if row is None:
+        raise UnknownObject(f"no offer {offer_id}")
+    store = solver.store
+    deal = (
+        store.deal_by_offer(row.id)
+        if model is JobOfferRow
+        else store.deal_by_resource_offer(row.id)
+    )
+    return row, deal_view(deal) if deal else None
+
+
+def _address(value: str) -> str:
+    """``value`` checksummed, or a 400 naming it."""
+    if not is_address(value):
+        raise InvalidRequest(
+            f"{value!r} is not an address: 0x and 40 hex digits, in one case or checksummed"
         )
+    return to_checksum_address(value)
 
-    return app
+
+def _event_number(last_event_id: str | None) -> int:
+    """Where ``Last-Event-ID`` says to resume (0: from the first event)."""
+    if not last_event_id:
+        return 0
+    if not last_event_id.isdigit():
+        raise InvalidRequest(
+            f"Last-Event-ID {last_event_id!r} is not an event number (the id of an event)"
+        )
+    return int(last_event_id)
 
 
 class SolverServer(uvicorn.Server):
@@ -225,10 +382,10 @@ class _EventResponse(StreamingResponse):
     """A server-sent event stream that gives its place back however it ends (even if it never
     started: the client left before the first byte)."""
 
+    media_type = "text/event-stream"
+
     def __init__(self, content: Any, release: Callable[[], None]) -> None:
-        super().__init__(
-            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        super().__init__(content, headers={"Cache-Control": "no-cache"})
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -290,59 +447,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 async def _too_large(scope: Scope, send: Send, limit: int, declared: str | None) -> None:
     size = f"of {declared} bytes " if declared is not None else ""
     route = f"{scope['method']} {scope['path']}"
-    response = JSONResponse(
-        {"error": f"request body {size}is larger than {limit} bytes, the most {route} takes"},
-        status_code=413,
-        headers={"Connection": "close"},
+    response = _error(
+        f"request body {size}is larger than {limit} bytes, the most {route} takes",
+        413,
+        {"Connection": "close"},
     )
     await response(scope, _no_receive, send)
 
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
-
-
-def _offer(
-    solver: Solver, model: type[JobOfferRow] | type[ResourceOfferRow], offer_id: str
-) -> JSONResponse:
-    row = solver.store.offer(model, offer_id.lower())
-    if row is None:
-        return JSONResponse({"error": f"no offer {offer_id}"}, status_code=404)
-    deal = solver.store.deal_by_offer(row.id) if model is JobOfferRow else None
-    return JSONResponse(
-        {
-            "id": row.id,
-            "seq": row.seq,
-            "state": row.state,
-            "signer": row.signer,
-            "offer": row.body,
-            "deal": _deal(deal) if deal else None,
-        }
-    )
-
-
-def _deal(row: DealRow) -> dict[str, Any]:
-    return {
-        "deal_id": row.deal_id,
-        "state": row.state,
-        "job_offer_id": row.job_offer_id,
-        "resource_offer_id": row.resource_offer_id,
-        "job_creator": row.job_creator,
-        "provider": row.provider,
-        "price": row.price,
-        "deal": row.deal,
-        "result_cid": row.result_cid,
-        "tx_hash": row.tx_hash,
-        "error": row.error,
-    }
-
-
-def _checksum_or_none(address: str | None) -> str | None:
-    if address is None:
-        return None
-    from eth_utils.address import to_checksum_address
-
-    try:
-        return to_checksum_address(address)
-    except ValueError:
-        return address

@@ -73,16 +73,10 @@ from lilypad.jobs import (
 )
 from lilypad.modules import JobSpec
 from lilypad.modules.sources import SourceKind, parse_reference
+from lilypad.solver_api import DealState, OfferState, Side
 from solver import matching
 from solver.matching import ANY_MODULE, JobRequest, OrderBook, ResourceOffer
-from solver.store import (
-    DealRow,
-    DealRowState,
-    JobOfferRow,
-    OfferState,
-    ResourceOfferRow,
-    Store,
-)
+from solver.store import DealRow, JobOfferRow, ResourceOfferRow, Store
 
 log = logging.getLogger("lilypad.solver")
 
@@ -106,8 +100,18 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class OfferRejected(SolverError):
-    """An offer failed a check; the message says which and why."""
+class InvalidRequest(SolverError):
+    """A request the solver cannot take as it is (HTTP 400); the message says why."""
+
+    exit_code = 2
+
+
+class OfferRejected(InvalidRequest):
+    """An offer (or a cancellation) failed a check; the message says which and why."""
+
+
+class UnknownObject(SolverError, LookupError):
+    """No offer or deal by that id here (HTTP 404)."""
 
     exit_code = 2
 
@@ -228,12 +232,12 @@ class SolverConfig:
 
 
 _CHAIN_STATES = {
-    "ResultSubmitted": DealRowState.RESULT_SUBMITTED,
-    "ResultAccepted": DealRowState.ACCEPTED,
-    "PaymentClaimed": DealRowState.PAID,
-    "ResultChallenged": DealRowState.CHALLENGED,
-    "MediationResolved": DealRowState.MEDIATED,
-    "DealTimedOut": DealRowState.TIMED_OUT,
+    "ResultSubmitted": DealState.RESULT_SUBMITTED,
+    "ResultAccepted": DealState.ACCEPTED,
+    "PaymentClaimed": DealState.PAID,
+    "ResultChallenged": DealState.CHALLENGED,
+    "MediationResolved": DealState.MEDIATED,
+    "DealTimedOut": DealState.TIMED_OUT,
 }
 
 
@@ -421,7 +425,7 @@ class Solver:
             "created_at": self._clock(),
         }
 
-    def cancel_offer(self, kind: str, offer_id: str, signature: str) -> None:
+    def cancel_offer(self, kind: Side, offer_id: str, signature: str) -> None:
         """Withdraw a pending offer; ``signature`` is its signer's EIP-191 signature of
         ``cancel_message(offer_id)``.
 
@@ -529,10 +533,9 @@ class Solver:
     def _deal_created(self, job_offer_id: str, deal: Deal, tx_hash: str | None) -> None:
         row = self.store.update_deal(
             job_offer_id,
-            DealRowState.CREATED,
-            event_kind="deal.created",
+            DealState.CREATED,
             parties=[deal.job_creator, deal.provider, deal.mediator],
-            expected=DealRowState.MATCHED,  # the follower and the sender can both see it
+            expected=DealState.MATCHED,  # the follower and the sender can both see it
             deal_id=deal.deal_id,
             deal=deal.model_dump(mode="json"),
             tx_hash=tx_hash,
@@ -588,7 +591,7 @@ class Solver:
 
     def _settle_unknown(self) -> None:
         """Matches written before a crash, or whose transaction failed to confirm."""
-        for row in self.store.deals(DealRowState.MATCHED):
+        for row in self.store.deals(DealState.MATCHED):
             with self._lock:
                 if row.job_offer_id in self._sending:
                     continue  # being sent right now
@@ -647,7 +650,6 @@ class Solver:
         self.store.update_deal(
             row.job_offer_id,
             state,
-            event_kind=f"deal.{state.value}",
             parties=payload_parties,
             tx_hash=event.tx_hash,
             **values,
@@ -795,7 +797,7 @@ class Solver:
         return DealRow(
             job_offer_id=match.job_id,
             resource_offer_id=match.offer_id,
-            state=DealRowState.MATCHED.value,
+            state=DealState.MATCHED.value,
             job_creator=match.creator,
             provider=match.provider,
             price=str(match.price),

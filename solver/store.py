@@ -14,12 +14,12 @@ moment restarts with every offer and deal it had:
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -39,45 +39,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from lilypad import solver_api as api
 from lilypad.errors import SolverError
+from lilypad.solver_api import DealState, EventKind, OfferState, Side
+
+log = logging.getLogger("lilypad.solver")
 
 
-class OfferState(StrEnum):
-    PENDING = "pending"  # in the order book, waiting for a match
-    MATCHED = "matched"  # paired; the deal is being created on chain
-    DEALT = "dealt"  # a deal on chain uses it
-    CANCELLED = "cancelled"  # withdrawn by its signer
-    EXPIRED = "expired"
-    REJECTED = "rejected"  # the chain refused it (nonce used, funds gone...)
-
-    def is_terminal(self) -> bool:
-        return self in (
-            OfferState.DEALT,
-            OfferState.CANCELLED,
-            OfferState.EXPIRED,
-            OfferState.REJECTED,
-        )
-
-
-class DealRowState(StrEnum):
-    MATCHED = "matched"  # written before createDeal is sent
-    CREATED = "created"
-    RESULT_SUBMITTED = "result_submitted"
-    ACCEPTED = "accepted"
-    PAID = "paid"
-    CHALLENGED = "challenged"
-    MEDIATED = "mediated"
-    TIMED_OUT = "timed_out"
-    FAILED = "failed"  # createDeal reverted; the offers were released or rejected
-
-    def is_terminal(self) -> bool:
-        return self in (
-            DealRowState.ACCEPTED,
-            DealRowState.PAID,
-            DealRowState.MEDIATED,
-            DealRowState.TIMED_OUT,
-            DealRowState.FAILED,
-        )
+#: The name the solver's code knew the deal states by.
+DealRowState = DealState
 
 
 class Base(DeclarativeBase):
@@ -164,8 +134,25 @@ class StoredEvent:
     payload: dict[str, Any]
     parties: frozenset[str] = frozenset()
 
-    def to_json(self) -> str:
-        return json.dumps({"seq": self.seq, "kind": self.kind, **self.payload}, sort_keys=True)
+    @functools.cached_property
+    def event(self) -> api.OfferEvent | api.DealEvent:
+        """The event as the protocol declares it (:data:`lilypad.solver_api.SolverEvent`).
+
+        Raises:
+            pydantic.ValidationError: the stored payload is not such an event.
+        """
+        payload = {"seq": self.seq, "kind": self.kind, **self.payload}
+        if not self.kind.startswith("deal.") and "state" not in payload:
+            # logged before offer events carried their state: the kind names it
+            state = self.kind.partition(".")[2]
+            payload["state"] = OfferState.PENDING if state == "added" else state
+        return api.parse_event(payload)
+
+    @functools.cached_property
+    def data(self) -> str:
+        """The SSE ``data`` line: the event's JSON, amounts as decimal strings (computed once,
+        however many streams send it)."""
+        return self.event.model_dump_json()
 
 
 class Duplicate(SolverError):
@@ -220,16 +207,17 @@ class Store:
         Raises:
             Duplicate: the offer, or another with the same signer and nonce, is known.
         """
-        kind = "job_offer" if isinstance(row, JobOfferRow) else "resource_offer"
+        side = _side(type(row))
         try:
             with self.session() as session:
                 session.add(row)
                 session.flush()
-                self._event(session, f"{kind}.added", {"id": row.id, "state": row.state}, parties)
+                change = api.OfferChange(id=row.id, state=OfferState(row.state))
+                self._event(session, EventKind.added(side), change, parties)
                 return row.seq
         except IntegrityError:
             raise Duplicate(
-                f"{kind.replace('_', ' ')} {row.id} is already known "
+                f"{side} offer {row.id} is already known "
                 f"(or {row.signer} already used nonce {row.nonce})"
             ) from None
 
@@ -251,11 +239,10 @@ class Store:
         state: OfferState,
         parties: Sequence[str],
         expected: OfferState | None = None,
-        **extra: Any,
+        deal_id: str | None = None,
     ) -> bool:
-        """Move an offer to ``state`` and log its event; with ``expected``, only from that
-        state. Returns whether it moved."""
-        kind = "job_offer" if model is JobOfferRow else "resource_offer"
+        """Move an offer to ``state`` and log its event (naming ``deal_id``, the deal using
+        it); with ``expected``, only from that state. Returns whether it moved."""
         where = model.id == offer_id
         if expected is not None:
             where = where & (model.state == expected.value)
@@ -263,7 +250,8 @@ class Store:
             changed = session.execute(update(model).where(where).values(state=state.value))
             if not changed.rowcount:  # type: ignore[attr-defined]
                 return False
-            self._event(session, f"{kind}.{state.value}", {"id": offer_id, **extra}, parties)
+            change = api.OfferChange(id=offer_id, state=state, deal_id=deal_id)
+            self._event(session, EventKind.for_offer(_side(model), state), change, parties)
             return True
 
     def committed(
@@ -309,10 +297,13 @@ class Store:
                         .values(state=OfferState.MATCHED.value)
                     )
                 self._event(
-                    session, "deal.matched", _deal_payload(deal), [deal.job_creator, deal.provider]
+                    session,
+                    EventKind.DEAL_MATCHED,
+                    deal_view(deal),
+                    [deal.job_creator, deal.provider],
                 )
 
-    def deals(self, *states: DealRowState, party: str | None = None) -> list[DealRow]:
+    def deals(self, *states: DealState, party: str | None = None) -> list[DealRow]:
         with self.session() as session:
             query = select(DealRow)
             if states:
@@ -325,6 +316,12 @@ class Store:
         with self.session() as session:
             return session.scalar(select(DealRow).where(DealRow.job_offer_id == job_offer_id))
 
+    def deal_by_resource_offer(self, resource_offer_id: str) -> DealRow | None:
+        with self.session() as session:
+            return session.scalar(
+                select(DealRow).where(DealRow.resource_offer_id == resource_offer_id)
+            )
+
     def deal_by_id(self, deal_id: str) -> DealRow | None:
         with self.session() as session:
             return session.scalar(select(DealRow).where(DealRow.deal_id == deal_id))
@@ -332,15 +329,14 @@ class Store:
     def update_deal(
         self,
         job_offer_id: str,
-        state: DealRowState,
+        state: DealState,
         *,
-        event_kind: str,
         parties: Sequence[str],
-        expected: DealRowState | None = None,
+        expected: DealState | None = None,
         **values: Any,
     ) -> DealRow | None:
-        """Move a deal to ``state`` (set ``values``) and log ``event_kind``; with ``expected``,
-        only from that state (None when the deal is in another: someone else moved it first)."""
+        """Move a deal to ``state`` (set ``values``) and log its event; with ``expected``, only
+        from that state (None when the deal is in another: someone else moved it first)."""
         where = DealRow.job_offer_id == job_offer_id
         if expected is not None:
             where = where & (DealRow.state == expected.value)
@@ -357,7 +353,7 @@ class Store:
             deal = session.scalar(select(DealRow).where(DealRow.job_offer_id == job_offer_id))
             if deal is None:  # cannot be: it was just updated in this transaction
                 return None
-            self._event(session, event_kind, _deal_payload(deal), parties)
+            self._event(session, EventKind.for_deal(state), deal_view(deal), parties)
             return deal
 
     def fail_deal(
@@ -378,26 +374,26 @@ class Store:
                 update(DealRow)
                 .where(
                     DealRow.job_offer_id == job_offer_id,
-                    DealRow.state == DealRowState.MATCHED.value,
+                    DealRow.state == DealState.MATCHED.value,
                 )
-                .values(state=DealRowState.FAILED.value, error=error[:500], updated_at=time.time())
+                .values(state=DealState.FAILED.value, error=error[:500], updated_at=time.time())
             )
             if not changed.rowcount:  # type: ignore[attr-defined]
                 return False
             deal = session.scalar(select(DealRow).where(DealRow.job_offer_id == job_offer_id))
             if deal is None:  # cannot be: it was just updated in this transaction
                 return False
-            self._event(session, "deal.failed", _deal_payload(deal), [s for _, _, s in rejected])
+            self._event(
+                session, EventKind.DEAL_FAILED, deal_view(deal), [s for _, _, s in rejected]
+            )
             for state, offers in ((OfferState.REJECTED, rejected), (OfferState.PENDING, relisted)):
-                extra = {"reason": error[:300]} if state is OfferState.REJECTED else {}
+                reason = error[:300] if state is OfferState.REJECTED else None
                 for model, offer_id, signer in offers:
-                    kind = "job_offer" if model is JobOfferRow else "resource_offer"
                     session.execute(
                         update(model).where(model.id == offer_id).values(state=state.value)
                     )
-                    self._event(
-                        session, f"{kind}.{state.value}", {"id": offer_id, **extra}, [signer]
-                    )
+                    change = api.OfferChange(id=offer_id, state=state, reason=reason)
+                    self._event(session, EventKind.for_offer(_side(model), state), change, [signer])
             if relisted:
                 session.delete(deal)
             return True
@@ -443,14 +439,16 @@ class Store:
             rows = session.scalars(select(EventRow.seq).order_by(EventRow.seq.desc()).limit(1))
             return next(iter(rows), 0)
 
-    def log_event(self, kind: str, payload: dict[str, Any], parties: Sequence[str]) -> None:
-        with self.session() as session:
-            self._event(session, kind, payload, parties)
-
     def _event(
-        self, session: Session, kind: str, payload: dict[str, Any], parties: Sequence[str]
+        self,
+        session: Session,
+        kind: EventKind,
+        payload: api.OfferChange | api.DealView,
+        parties: Sequence[str],
     ) -> None:
-        row = EventRow(kind=kind, payload=payload, created_at=time.time())
+        row = EventRow(
+            kind=kind.value, payload=payload.model_dump(mode="json"), created_at=time.time()
+        )
         session.add(row)
         session.flush()
         for address in {p.lower() for p in parties if p}:
@@ -467,20 +465,25 @@ class Store:
             session.merge(MetaRow(key=key, value=value))
 
 
-def _deal_payload(deal: DealRow) -> dict[str, Any]:
-    return {
-        "job_offer_id": deal.job_offer_id,
-        "resource_offer_id": deal.resource_offer_id,
-        "deal_id": deal.deal_id,
-        "state": deal.state,
-        "job_creator": deal.job_creator,
-        "provider": deal.provider,
-        "price": deal.price,
-        "result_cid": deal.result_cid,
-        "tx_hash": deal.tx_hash,
-        "error": deal.error,
-        "deal": deal.deal,
-    }
+def deal_view(row: DealRow) -> api.DealView:
+    """A deal row as the protocol shows it: in answers and in deal events alike."""
+    return api.DealView(
+        deal_id=row.deal_id,
+        state=DealState(row.state),
+        job_offer_id=row.job_offer_id,
+        resource_offer_id=row.resource_offer_id,
+        job_creator=row.job_creator,
+        provider=row.provider,
+        price=int(row.price),
+        deal=api.Deal.model_validate(row.deal) if row.deal else None,
+        result_cid=row.result_cid,
+        tx_hash=row.tx_hash,
+        error=row.error,
+    )
+
+
+def _side(model: type[JobOfferRow] | type[ResourceOfferRow]) -> Side:
+    return "job" if model is JobOfferRow else "resource"
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

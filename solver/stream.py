@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+
+from pydantic import ValidationError
 
 from lilypad.errors import SolverError
 from solver.service import Solver
@@ -113,10 +116,19 @@ class EventHub:
 
     # ------------------------------------------------------------------------ streams
     async def stream(
-        self, subscription: Subscription, after: int, heartbeat_s: float
+        self,
+        subscription: Subscription,
+        after: int,
+        heartbeat_s: float,
+        *,
+        position: int | None = None,
     ) -> AsyncIterator[bytes]:
         """The server-sent events of a subscription after event ``after``, with a comment line
-        every ``heartbeat_s`` of silence."""
+        every ``heartbeat_s`` of silence. With ``position``, the stream first names it in a
+        message of an ``id:`` only (no event), so a client that started "from now on" knows
+        where it is before any event comes, and resumes from there (``Last-Event-ID``)."""
+        if position is not None:
+            yield f"id: {position}\n\n".encode()
         await self._start()
         loop = asyncio.get_running_loop()
         party, seq = subscription.party, after
@@ -218,4 +230,9 @@ class EventHub:
 
 
 def _sse(event: StoredEvent) -> bytes:
-    return f"id: {event.seq}\nevent: {event.kind}\ndata: {event.to_json()}\n\n".encode()
+    try:
+        data = event.data
+    except ValidationError as exc:  # a row this version did not write: send it as it is
+        log.error("event %d (%s) is not a protocol event: %s", event.seq, event.kind, exc)
+        data = json.dumps({"seq": event.seq, "kind": event.kind, **event.payload})
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()

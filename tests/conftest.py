@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lilypad.cli import run as run_cli
+from lilypad.cli import invoke as invoke_cli
 from lilypad.storage.importer import ImportProfile
 
 JS_DIR = Path(__file__).parent / "storage" / "js"
@@ -88,7 +88,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
         code: int | str | None = 0
         with redirect_stdout(out), redirect_stderr(err):
             try:
-                run_cli()
+                invoke_cli()
             except SystemExit as exc:
                 code = exc.code
         return CliResult(int(code or 0), out.getvalue(), err.getvalue())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -25,7 +25,7 @@ from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
-from web3.types import BlockIdentifier, TxParams
+from web3.types import BlockIdentifier, FilterParams, LogReceipt, TxParams
 
 from lilypad.chain.abi import load_artifact, reverted
 from lilypad.chain.light import Receipt, retry_taken_nonce
@@ -116,6 +116,31 @@ class Chain:
             raise ChainError(f"{action}: the node refused: {exc.message or exc}") from exc
         except Web3Exception as exc:
             raise ChainError(f"{action}: {exc}") from exc
+
+    def block_number(self) -> int:
+        """The number of the latest block."""
+        return int(self.rpc("block number", lambda: self.w3.eth.block_number))
+
+    def balance(self, address: str) -> int:
+        """The native (ETH) balance of ``address``, in wei."""
+        account = to_checksum_address(address)
+        return int(self.rpc("balance", lambda: self.w3.eth.get_balance(account)))
+
+    def logs(
+        self,
+        action: str,
+        address: str,
+        topics: Sequence[str | Sequence[str] | None],
+        from_block: int,
+        to_block: BlockIdentifier = "latest",
+    ) -> list[LogReceipt]:
+        """The logs of ``address`` whose topics match (a list: any of them; None: any topic),
+        oldest first, in one ``eth_getLogs``."""
+        query = cast(
+            FilterParams,
+            {"address": address, "topics": topics, "fromBlock": from_block, "toBlock": to_block},
+        )
+        return list(self.rpc(action, lambda: self.w3.eth.get_logs(query)))
 
     def block_timestamp(self, tag: str | int = "latest") -> int:
         """The timestamp of block ``tag`` (``latest``, ``pending``, a number)."""

@@ -75,9 +75,24 @@ def min_job_timeout(module_timeout_s: int) -> int:
     return module_timeout_s + MIN_TIMEOUT_MARGIN_S
 
 
+#: Of :data:`MIN_TIMEOUT_MARGIN_S`: what a provider allows itself to see a new deal and start its
+#: job; the rest is its default submit margin (add the outputs to IPFS, mine the result).
+PICKUP_S = 30
+DEFAULT_SUBMIT_MARGIN_S = MIN_TIMEOUT_MARGIN_S - PICKUP_S
+
+
 def default_job_timeout(module_timeout_s: int) -> int:
     """The ``timeout`` a job offer carries unless its creator chooses one."""
     return module_timeout_s + DEFAULT_TIMEOUT_MARGIN_S
+
+
+def provider_min_timeout(
+    module_timeout_s: int, submit_margin_s: int = DEFAULT_SUBMIT_MARGIN_S
+) -> int:
+    """The ``minTimeout`` a provider's offers commit to: the module's timeout, :data:`PICKUP_S`
+    and the provider's submit margin, and never less than :func:`min_job_timeout` (no job offer
+    gives less, so committing to less would change nothing)."""
+    return max(min_job_timeout(module_timeout_s), module_timeout_s + PICKUP_S + submit_margin_s)
 
 
 _EIP712_FIELDS: dict[str, list[dict[str, str]]] = {

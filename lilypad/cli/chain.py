@@ -15,7 +15,7 @@ from lilypad.cli.output import console, emit, note
 from lilypad.errors import ConfigError, UnknownNetwork
 
 if TYPE_CHECKING:  # the chain libraries take seconds to import: only commands that use them do
-    from lilypad.chain import Chain, Deployment
+    from lilypad.chain import Deployment
     from lilypad.chain.anvil import Anvil
     from lilypad.network import NetworkProfile
 
@@ -227,7 +227,7 @@ def status(network: str = _network_option(), json_output: bool = _json_option())
     conn = connect(network, request_timeout=10)
     profile, chain, market, token = conn.profile, conn.chain, conn.market, conn.token
     market_address, token_address = market.address, token.address
-    head = chain.rpc("block number", lambda: chain.w3.eth.block_number)
+    head = chain.block_number()
     contracts = {
         "token": token_address,
         "market": market_address,
@@ -237,7 +237,7 @@ def status(network: str = _network_option(), json_output: bool = _json_option())
         {
             "role": role,
             "address": address,
-            "eth": _eth_balance(chain, address),
+            "eth": chain.balance(address),
             "token": token.balance_of(address),
             "market": market.balance_of(address),
         }
@@ -269,12 +269,6 @@ def _rules(market: Any) -> dict[str, int]:
         "min_collateral": least,
         "collateral_multiple": multiple,
     }
-
-
-def _eth_balance(chain: Chain, address: str) -> int:
-    from eth_utils.address import to_checksum_address
-
-    return int(chain.rpc("balance", lambda: chain.w3.eth.get_balance(to_checksum_address(address))))
 
 
 def _deploy_dev(node: Anvil, network: str) -> NetworkProfile:
@@ -365,7 +359,10 @@ def _print_status(data: dict[str, Any]) -> None:
 
 
 def _lp(wei: int) -> str:
-    return f"{wei / 10**18:,.4f}"
+    """An amount in tokens (or ether), exact: a float would round large balances."""
+    from lilypad.units import format_tokens
+
+    return format_tokens(wei)
 
 
 def _pid_file(network: str) -> Path:

@@ -426,23 +426,14 @@ def _block_source(api: str | None, gateway: str | None, timeout: float | None) -
 
 
 def _write_complete(dest: Path, chunks: Any) -> int:
-    """Write ``chunks`` to ``dest`` through a temporary file renamed only when complete."""
-    import os
-    import tempfile
+    """Write ``chunks`` to ``dest``, which appears only once complete (and fsynced)."""
+    from lilypad.fsutil import atomic_writer
 
     if dest.is_dir():
         raise InputError(f"{dest} is a directory; give a file name for the CAR")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.partial-", dir=dest.parent or Path("."))
     size = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_writer(dest) as out:
+        for chunk in chunks:
+            out.write(chunk)
+            size += len(chunk)
     return size

@@ -192,10 +192,3 @@ def render(
     spec = modules.render(module, inputs)
     # The spec is data either way; both forms are stable, byte for byte, for the same inputs.
     emit(spec.model_dump(mode="json"), json_output, lambda: print(spec.to_json()))
-
-
-# `module run` / `module build` live in their own file (the runtime), registered here.
-from lilypad.cli import module_run  # noqa: E402
-
-app.command("run")(module_run.run)
-app.command("build")(module_run.build)

@@ -11,7 +11,7 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -19,6 +19,7 @@ from lilypad.cli.module_run import UNSAFE_NO_SANDBOX_OPTION, sandbox_for
 from lilypad.cli.output import note
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError, InputError
+from lilypad.net import parse_host_port
 from lilypad.units import parse_tokens
 from resource_provider.executors import ExecutorKind, Weights
 
@@ -28,30 +29,13 @@ def parse_amount(text: str, option: str) -> int:
     return parse_tokens(text, option, allow_zero=True)
 
 
-def parse_listen(text: str, option: str) -> tuple[str, int]:
-    """``HOST:PORT`` (port 0: any free port)."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise InputError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:9100")
-    return host, int(port)
-
-
 def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 if TYPE_CHECKING:  # web3 and eth_account take seconds to import: only the commands do
     from lilypad.network import NetworkProfile
-
-
-def _require(profile: NetworkProfile, field: str, what: str) -> str:
-    value = getattr(profile, field)
-    if not value:
-        raise ConfigError(
-            f"network {profile.name!r} has no {field} ({what})",
-            hint=f'add {field} = "..." to the profile (lilypad chain status -n {profile.name})',
-        )
-    return str(value)
+    from resource_provider.assemble import Node
 
 
 def _mediators(text: str | None, profile: NetworkProfile) -> tuple[str, ...]:
@@ -105,50 +89,26 @@ def _gpus(text: str) -> int | None:
     return int(text)
 
 
-def _emulated(hardware: Any, weights: Weights, served: tuple[str, ...]) -> Any:
-    """The detected machine, raised to what every served module needs (dev networks with tiny
-    weights: a small machine stands in for a GPU box)."""
-    import dataclasses
-    import math
-
-    from lilypad import modules
-    from resource_provider.machine import Gpu
-
-    if weights is not Weights.TINY:
-        raise InputError("--emulate-machine needs --weights tiny: real weights need a real GPU")
-    needs = [modules.resolve(ref).spec.machine for ref in served]
-    vram_mb = max((math.ceil(n.vram_gb * 1024) for n in needs), default=0)
-    gpus = hardware.gpus
-    if any(n.gpus for n in needs) and not gpus:
-        gpus = (Gpu(model="emulated: tiny weights on the CPU", vram_mb=vram_mb),)
-    note(
-        "emulating the machine the served modules need: GPU modules run on the CPU with tiny "
-        "weights (dev networks only)"
-    )
-    return dataclasses.replace(
-        hardware,
-        gpus=gpus,
-        cpus=max(hardware.cpus, math.ceil(max((n.cpus for n in needs), default=0))),
-        ram_mb=max(hardware.ram_mb, math.ceil(max((n.ram_gb for n in needs), default=0) * 1024)),
-        disk_mb=max(hardware.disk_mb, math.ceil(max((n.disk_gb for n in needs), default=0) * 1024)),
-    )
-
-
-def _run_until_signal(daemon: Any) -> None:
-    """Run ``daemon`` until Ctrl-C or SIGTERM, then stop it cleanly."""
+def _run(node: Node) -> None:
+    """Tell the operator about ``node``, run it until Ctrl-C or SIGTERM, then stop it cleanly."""
 
     def _terminate(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    for line in node.notes:
+        note(line)
     previous = signal.signal(signal.SIGTERM, _terminate)
-    daemon.start()
     try:
-        daemon.wait()
-    except KeyboardInterrupt:
-        note("stopping")
+        node.daemon.start()
+        try:
+            node.daemon.wait()
+        except KeyboardInterrupt:
+            note("stopping")
+        finally:
+            node.daemon.stop()
     finally:
-        daemon.stop()
         signal.signal(signal.SIGTERM, previous)
+        node.close()
 
 
 NETWORK_OPTION = typer.Option("local", "--network", "-n", help="Network profile to serve.")
@@ -216,12 +176,13 @@ def resource_provider(
     offer_ttl: int = typer.Option(
         600, "--offer-ttl", min=30, help="Seconds an offer stays valid before a fresh one."
     ),
-    submit_margin: int = typer.Option(
-        30,
+    submit_margin: int | None = typer.Option(
+        None,
         "--submit-margin",
         min=0,
         help="Seconds kept after a module's timeout to add the result and submit it; a deal "
-        "leaving less is refused.",
+        "leaving less is refused. Default: 30 (lilypad.chain.offers.DEFAULT_SUBMIT_MARGIN_S).",
+        show_default=False,
     ),
     deposit: bool = typer.Option(
         True,
@@ -232,25 +193,16 @@ def resource_provider(
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Offer this machine to the market: run the deals it gets, submit results, get paid."""
-    from lilypad.chain.client import Chain
-    from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
     from lilypad.network import load_network
-    from lilypad.storage import open_storage
-    from resource_provider import logs
-    from resource_provider.daemon import ProviderConfig, ResourceProvider
-    from resource_provider.executors import create_executor
-    from resource_provider.machine import detect
-    from resource_provider.metrics import Metrics, MetricsServer
-    from resource_provider.solver_client import SolverClient
+    from resource_provider import assemble, logs
+    from resource_provider.daemon import ProviderConfig
 
     routes = _executor_for(executor_for)  # bad input stops here, before any I/O
     profile = load_network(network)
-    market_address, _ = profile.require_contracts()
-    solver_url = _require(profile, "solver_url", "the solver's URL")
-    metrics_host, metrics_port = parse_listen(metrics, "--metrics")
+    metrics_address = parse_host_port(metrics, "--metrics", example="127.0.0.1:9100")
     units = parse_amount(price, "--price")
-    # auto is read from the market once its client exists (below); 0 stands in until then
+    # auto is read from the market once its client exists; 0 stands in until then
     stake = 0 if collateral == "auto" else parse_amount(collateral, "--collateral")
     config = ProviderConfig(
         modules=_modules(modules),
@@ -262,38 +214,23 @@ def resource_provider(
         gpus=_gpus(gpus),
         offer_ttl_s=offer_ttl,
         start_block=profile.deployed_block,
-        submit_margin_s=submit_margin,
         auto_deposit=deposit,
     )
+    if submit_margin is not None:
+        config = replace(config, submit_margin_s=submit_margin)
     account = load_account(key_file, role="the resource provider")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
-    state_dir = data_dir or get_settings().data_dir / "provider" / network / account.address
-    hardware = detect(state_dir)
-    if emulate_machine:
-        hardware = _emulated(hardware, weights, config.modules)
-    selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox), by_module=routes)
-    counters = Metrics()
-    server = MetricsServer(counters, metrics_host, metrics_port)
-    note(f"executor: {selection.executor.describe()}; metrics on {server.url}")
-    market = JobMarketClient(Chain(profile.rpc_url), market_address)
-    if collateral == "auto":
-        config = replace(config, collateral=market.required_collateral(units))
-    daemon = ResourceProvider(
-        account=account,
-        market=market,
-        solver=SolverClient(solver_url),
-        storage=open_storage(api=profile.ipfs_api_url),
-        executor=selection.executor,
-        hardware=hardware,
-        state_dir=state_dir,
-        config=config,
-        metrics=counters,
+    node = assemble.provider(
+        profile,
+        account,
+        config,
+        state_dir=data_dir or get_settings().data_dir / "provider" / network / account.address,
+        executors=assemble.Executors(executor, routes, sandbox_for(unsafe_no_sandbox)),
+        metrics=metrics_address,
+        auto_collateral=collateral == "auto",
+        emulate_machine=emulate_machine,
     )
-    try:
-        _run_until_signal(daemon)
-    finally:
-        server.stop()
-        selection.executor.close()
+    _run(node)
 
 
 def mediator(
@@ -310,51 +247,24 @@ def mediator(
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Re-run challenged deals that name this mediator and rule on chain."""
-    from lilypad.chain.client import Chain
-    from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
     from lilypad.network import load_network
-    from lilypad.storage import open_storage
-    from resource_provider import logs
-    from resource_provider.executors import create_executor
-    from resource_provider.mediator import Mediator
-    from resource_provider.metrics import Metrics, MetricsServer
-    from resource_provider.solver_client import SolverClient
+    from resource_provider import assemble, logs
 
     routes = _executor_for(executor_for)  # bad input stops here, before any I/O
     profile = load_network(network)
-    market_address, _ = profile.require_contracts()
-    solver_url = _require(profile, "solver_url", "the solver's URL, where job specs are")
-    metrics_host, metrics_port = parse_listen(metrics, "--metrics")
+    metrics_address = parse_host_port(metrics, "--metrics", example="127.0.0.1:9101")
     account = load_account(key_file, role="the mediator")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
-    market = JobMarketClient(Chain(profile.rpc_url), market_address)
-    active, fee = market.mediator(account.address)
-    if not active:
-        raise ConfigError(
-            f"{account.address} is not a registered mediator of the market {market_address}",
-            hint="the market owner registers mediators (lilypad chain up does it for dev accounts)",
-        )
-    selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox), by_module=routes)
-    counters = Metrics()
-    server = MetricsServer(counters, metrics_host, metrics_port)
-    note(f"mediator {account.address} (fee {fee}); executor: {selection.executor.describe()}")
-    daemon = Mediator(
-        account=account,
-        market=market,
-        solver=SolverClient(solver_url),
-        storage=open_storage(api=profile.ipfs_api_url),
-        executor=selection.executor,
+    node = assemble.mediator(
+        profile,
+        account,
         state_dir=data_dir or get_settings().data_dir / "mediator" / network / account.address,
+        executors=assemble.Executors(executor, routes, sandbox_for(unsafe_no_sandbox)),
         weights=weights,
-        start_block=profile.deployed_block,
-        metrics=counters,
+        metrics=metrics_address,
     )
-    try:
-        _run_until_signal(daemon)
-    finally:
-        server.stop()
-        selection.executor.close()
+    _run(node)
 
 
 #: The policies ``lilypad jobcreator --verify`` takes (a contract job is one deal: no redundant).
@@ -386,50 +296,29 @@ def jobcreator(
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Bridge the JobCreator contract: run contract-submitted jobs and call the clients back."""
-    from lilypad.chain.client import Chain
-    from lilypad.chain.job_creator import JobCreatorClient
-    from lilypad.chain.market import JobMarketClient
     from lilypad.keys import load_account
     from lilypad.network import load_network
     from lilypad.verification import Verify
-    from resource_provider import logs
-    from resource_provider.bridge import BridgeConfig, JobCreatorBridge
-    from resource_provider.solver_client import SolverClient
+    from resource_provider import assemble, logs
+    from resource_provider.bridge import BridgeConfig
 
     if verify not in BRIDGE_VERIFY:
         raise InputError(f"--verify {verify!r} is not one of {', '.join(BRIDGE_VERIFY)}")
     served = _modules(modules)  # bad input stops here, before any I/O
     profile = load_network(network)
-    market_address, _ = profile.require_contracts()
-    job_creator_address = _require(profile, "job_creator", "the JobCreator contract")
-    solver_url = _require(profile, "solver_url", "the solver's URL")
+    config = BridgeConfig(
+        modules=served,
+        mediators=_mediators(mediators, profile),
+        verify=Verify(verify),
+        offer_ttl_s=offer_ttl,
+        start_block=profile.deployed_block,
+    )
     account = load_account(key_file, role="the job-creator bridge")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
-    chain = Chain(profile.rpc_url)
-    job_creator = JobCreatorClient(chain, job_creator_address)
-    bridge_address = job_creator.bridge()
-    if bridge_address != account.address:
-        raise ConfigError(
-            f"{account.address} is not the bridge of JobCreator {job_creator_address} "
-            f"(that is {bridge_address})",
-            hint="run with the bridge's key, or have the owner call setBridge",
-        )
-    daemon = JobCreatorBridge(
-        account=account,
-        market=JobMarketClient(chain, market_address),
-        job_creator=job_creator,
-        solver=SolverClient(solver_url),
+    node = assemble.bridge(
+        profile,
+        account,
+        config,
         state_dir=data_dir or get_settings().data_dir / "bridge" / network / account.address,
-        config=BridgeConfig(
-            modules=served,
-            mediators=_mediators(mediators, profile),
-            verify=Verify(verify),
-            offer_ttl_s=offer_ttl,
-            start_block=profile.deployed_block,
-        ),
     )
-    note(
-        f"bridge {account.address} for JobCreator {job_creator_address}: serving "
-        f"{', '.join(served)}; verify {verify}"
-    )
-    _run_until_signal(daemon)
+    _run(node)

@@ -277,12 +277,14 @@ def _summary(record: Any) -> None:
 
 def _verdict(record: Any) -> str:
     """How the result was checked, in words."""
-    if record.state == "provider_slashed":
+    from lilypad.creator import JobState
+
+    if record.state is JobState.PROVIDER_SLASHED:
         return (
             f"the mediator found the provider's result {record.result_cid} wrong; this is the "
             "mediator's result, and the price and the provider's collateral were paid to you"
         )
-    if record.state == "upheld":
+    if record.state is JobState.UPHELD:
         return "audited: a mediator re-ran the job and upheld the result"
     if record.twin:
         return "by redundancy: two providers returned the same result"

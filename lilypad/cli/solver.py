@@ -10,6 +10,7 @@ import typer
 from lilypad.cli.output import note
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError
+from lilypad.net import parse_host_port
 
 
 def solver(
@@ -49,9 +50,7 @@ def solver(
     from solver.service import Solver, SolverConfig
     from solver.store import Store
 
-    host, _, port_text = listen.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"--listen {listen!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    host, port = parse_host_port(listen, "--listen", any_port=False)
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
     account = load_account(key_file, role="the solver")
@@ -75,10 +74,10 @@ def solver(
     )
     service = Solver(Store(db), market, account, config)
     service.start()
-    note(f"solver {account.address} for network {network!r} on http://{host}:{port_text}")
+    note(f"solver {account.address} for network {network!r} on http://{listen}")
     try:
         # serve() ends the event streams at shutdown: uvicorn alone waits for each to close
-        serve(create_app(service), host, int(port_text))
+        serve(create_app(service), host, port)
     finally:
         service.stop()
         service.store.close()

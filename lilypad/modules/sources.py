@@ -25,6 +25,7 @@ from pathlib import Path
 import lilypad
 from lilypad.config import get_settings
 from lilypad.errors import ModuleSourceError, UnknownModule, UnknownVersion
+from lilypad.fsutil import write_atomic
 from lilypad.modules.manifest import (
     MANIFEST_FILE,
     MODULE_NAME,
@@ -240,7 +241,7 @@ def _fetch_git(url: str, tag: str) -> FetchedModule:
     if not directory.is_dir():
         _clone(url, commit, directory)
     record.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(record, commit)
+    write_atomic(record, commit)
     manifest = load_manifest(directory, single_version=tag)
     return FetchedModule(manifest, directory, ModuleSource(SourceKind.GIT, url, commit))
 
@@ -261,9 +262,3 @@ def _clone(url: str, commit: str, directory: Path) -> None:
             raise ModuleSourceError(f"could not store {url} in the cache: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

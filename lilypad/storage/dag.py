@@ -27,6 +27,7 @@ import mmh3
 from lilypad.errors import (
     BlockNotFound,
     InvalidIPFSPath,
+    MalformedContent,
     StorageError,
     UnsafeEntryName,
 )
@@ -65,10 +66,10 @@ def load(source: BlockSource, cid: CID) -> PBNode | bytes:
     if cid.codec == RAW:
         return data
     if cid.codec != DAG_PB:
-        raise StorageError(f"{cid}: codec 0x{cid.codec:x} is not UnixFS (dag-pb or raw)")
+        raise MalformedContent(f"{cid}: codec 0x{cid.codec:x} is not UnixFS (dag-pb or raw)")
     node = decode_node(data)
     if node.unixfs is None:
-        raise StorageError(f"{cid}: dag-pb node without UnixFS data")
+        raise MalformedContent(f"{cid}: dag-pb node without UnixFS data")
     return node
 
 
@@ -86,7 +87,7 @@ def stat(source: BlockSource, cid: CID) -> Entry:
     if kind in (NodeType.FILE, NodeType.RAW):
         size = node.unixfs.filesize
         return Entry(cid, "file", size if size is not None else len(node.unixfs.data or b""))
-    raise StorageError(f"{cid}: UnixFS type {kind.name} is not supported")
+    raise MalformedContent(f"{cid}: UnixFS type {kind.name} is not supported")
 
 
 def list_directory(source: BlockSource, cid: CID) -> list[Link]:
@@ -115,7 +116,7 @@ def _shard_entries(source: BlockSource, node: PBNode) -> Iterator[Link]:
         else:
             child = load(source, link.cid)
             if isinstance(child, bytes):
-                raise StorageError(f"{link.cid}: a HAMT shard link points at a raw block")
+                raise MalformedContent(f"{link.cid}: a HAMT shard link points at a raw block")
             yield from _shard_entries(source, child)
 
 
@@ -241,7 +242,7 @@ def _find_entry(
         blocks.append((link.cid, data))
         child = _directory_node(link.cid, data)
         if child is None or child.unixfs is None or child.unixfs.type is not NodeType.HAMT_SHARD:
-            raise StorageError(f"{link.cid}: a HAMT shard link points at something else")
+            raise MalformedContent(f"{link.cid}: a HAMT shard link points at something else")
         node = child
         depth += 1
     return None
@@ -284,7 +285,7 @@ def _read_range(source: BlockSource, cid: CID, start: int, end: int | None) -> I
     base = len(data)
     sizes = node.unixfs.blocksizes
     if len(sizes) != len(node.links):
-        raise StorageError(
+        raise MalformedContent(
             f"{cid}: malformed file node ({len(sizes)} sizes, {len(node.links)} links)"
         )
     for link, size in zip(node.links, sizes, strict=True):
@@ -369,7 +370,7 @@ def walk_file_range(
         raise StorageError(f"{cid} is not a file")
     sizes = node.unixfs.blocksizes
     if len(sizes) != len(node.links):
-        raise StorageError(
+        raise MalformedContent(
             f"{cid}: malformed file node ({len(sizes)} sizes, {len(node.links)} links)"
         )
     base = len(node.unixfs.data or b"")
@@ -413,7 +414,7 @@ def export(
             f"{dest} already exists; remove it or choose another destination",
         )
     if stat(source, cid).kind == "symlink":
-        raise StorageError(
+        raise MalformedContent(
             f"{cid} is a symlink ({_shown(read_symlink(source, cid))}); there is nothing to "
             "download: downloads do not create symlinks, which could point anywhere"
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import socket
 import threading
@@ -23,24 +22,11 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from lilypad.errors import CorruptBlock, InputError, StorageError
+from lilypad.errors import CorruptBlock, StorageError
+from lilypad.net import parse_host_port
 from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.gateway import create_gateway_app
 from lilypad.storage.rpc import create_api_app
-
-
-def parse_address(addr: str) -> tuple[str, int]:
-    """``HOST:PORT`` (or a multiaddr ``/ip4/HOST/tcp/PORT``) to a host and port.
-
-    Raises:
-        InputError: The address is neither form.
-    """
-    m = re.fullmatch(r"/ip4/([\d.]+)/tcp/(\d+)", addr) or re.fullmatch(
-        r"\[?([\w.:-]+?)\]?:(\d+)", addr
-    )
-    if m is None or int(m[2]) > 65535:
-        raise InputError(f"address {addr!r} is not HOST:PORT (e.g. 127.0.0.1:5001)")
-    return m[1], int(m[2])
 
 
 class EmbeddedNode:
@@ -61,7 +47,15 @@ class EmbeddedNode:
         pinning_token: str | None = None,
     ) -> None:
         self.store = store
-        self._sockets = [_bind(api, "API"), _bind(gateway, "gateway")]
+        addresses = [_address(api, "API"), _address(gateway, "gateway")]  # both, before binding
+        self._sockets: list[socket.socket] = []
+        try:
+            for (host, port), what in zip(addresses, ("API", "gateway"), strict=True):
+                self._sockets.append(_bind(host, port, what))
+        except StorageError:
+            for sock in self._sockets:
+                sock.close()
+            raise
         apps = [create_api_app(store, pinning_token), create_gateway_app(store)]
         self._servers = [
             _Server(uvicorn.Config(a, log_level="warning", lifespan="off")) for a in apps
@@ -134,8 +128,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(addr: str, what: str) -> socket.socket:
-    host, port = parse_address(addr)
+def _address(addr: str, what: str) -> tuple[str, int]:
+    return parse_host_port(addr, f"the {what} address", example="127.0.0.1:5001", multiaddr=True)
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -146,7 +143,8 @@ def _bind(addr: str, what: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StorageError(f"cannot listen for the {what} on {addr}: {exc.strerror}") from None
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise StorageError(f"cannot listen for the {what} on {shown}: {exc.strerror}") from None
     sock.listen(128)
     return sock
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from lilypad.errors import StorageError
+from lilypad.errors import MalformedContent
 from lilypad.storage.cid import CID, decode_varint, encode_varint
 
 
@@ -70,7 +70,7 @@ class UnixFSData:
         """Parse UnixFS data; unknown fields (mode, mtime) are skipped.
 
         Raises:
-            StorageError: The bytes are not UnixFS data.
+            MalformedContent: The bytes are not UnixFS data.
         """
         fields: dict[int, int | bytes] = {}
         blocksizes: list[int] = []
@@ -81,7 +81,7 @@ class UnixFSData:
                 fields[number] = value
         node_type = fields.get(1)
         if not isinstance(node_type, int) or node_type not in NodeType._value2member_map_:
-            raise StorageError(f"not a UnixFS node (type {node_type!r})")
+            raise MalformedContent(f"not a UnixFS node (type {node_type!r})")
 
         def _int(n: int) -> int | None:
             v = fields.get(n)
@@ -135,7 +135,7 @@ def decode_node(block: bytes) -> PBNode:
     """Decode a dag-pb block and the UnixFS data in it.
 
     Raises:
-        StorageError: The block is not valid dag-pb/UnixFS.
+        MalformedContent: The block is not valid dag-pb/UnixFS.
     """
     links: list[Link] = []
     data: bytes | None = None
@@ -149,7 +149,7 @@ def decode_node(block: bytes) -> PBNode:
                 raise ValueError(f"unexpected field {number}")
         unixfs = UnixFSData.decode(data) if data is not None else None
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise StorageError(f"malformed dag-pb block: {exc}") from None
+        raise MalformedContent(f"malformed dag-pb block: {exc}") from None
     return PBNode(tuple(links), data, unixfs)
 
 

@@ -12,6 +12,9 @@ from lilypad.chain.light import DealState
 from lilypad.errors import SolverError
 from lilypad.storage import compute_cid
 from lilypad.storage.backends import KuboStorage, LocalStorage
+from lilypad.storage.blockstore import Blockstore
+from lilypad.storage.cid import CID, DAG_PB
+from lilypad.storage.unixfs import encode_node
 from lilypad.verification import Verify
 from resource_provider.executors import Job, ProcessExecutor
 from tests.creator.conftest import (
@@ -100,7 +103,7 @@ def test_an_unaudited_result_is_accepted_with_the_odds_recorded(
 ) -> None:
     """audit draws after the result is on chain; here the draw says no (and it says so)."""
     world.provider(world.net.providers[0])
-    monkeypatch.setattr("lilypad.creator.draw_audit", lambda p: False)
+    monkeypatch.setattr("lilypad.creator.runner.draw_audit", lambda p: False)
     record = creator.run(cowsay("lucky"), Verify.AUDIT)
     assert record.state == "accepted"
     assert not record.audited
@@ -115,7 +118,7 @@ def test_audit_draws_happen_after_the_result_is_on_chain(
     world.provider(world.net.providers[0])
     seen: list[list[str]] = []
     monkeypatch.setattr(
-        "lilypad.creator.draw_audit",
+        "lilypad.creator.runner.draw_audit",
         lambda p: seen.append([s.name for s in creator.steps]) or False,
     )
     creator.run(cowsay("when"), Verify.AUDIT)
@@ -210,4 +213,38 @@ def test_a_result_never_delivered_loses_even_for_a_module_that_is_not_determinis
     world.advance(CHALLENGE_WINDOW - 75)
     record = job.result(180)
     assert record.state == "provider_slashed"
+    assert world.market.balance_of(cheat.address) == before - COLLATERAL
+
+
+class _MalformedResults(KuboStorage):
+    """Publishes, for every result, a block that hashes to its CID but is no valid UnixFS: a
+    dag-pb node without UnixFS data."""
+
+    def __init__(self, node_store: Blockstore, url: str) -> None:
+        super().__init__(url)
+        self.node_store = node_store
+
+    def add(self, path: Path, *, pin: bool = True, hidden: bool = True) -> CID:
+        block = encode_node((), b"")  # valid dag-pb, no Data field
+        cid = CID.from_data(block, DAG_PB)
+        self.node_store.put(cid, block)
+        return cid
+
+
+def test_a_result_that_is_not_valid_unixfs_is_challenged_at_once_not_retried(
+    world: World, creator: Creator
+) -> None:
+    """Content whose blocks match their CIDs but are not a result fails the same way on every
+    try: the job creator challenges it at once instead of retrying the download until the
+    challenge window closes, and the mediator rules against the provider instead of retrying."""
+    cheat = world.net.providers[1]
+    world.provider(cheat, storage=_MalformedResults(world.ipfs.store, world.ipfs.api_url))
+    world.mediator()
+    before = world.market.balance_of(cheat.address)
+    record = creator.run(cowsay("malformed"), Verify.NEVER)
+    assert record.state == "provider_slashed"
+    reason = next(s.detail["reason"] for s in creator.steps if s.name == "challenged")
+    assert "failed verification" in reason
+    assert "not a UnixFS node" in reason
+    assert not creator.saw("download_retry")
     assert world.market.balance_of(cheat.address) == before - COLLATERAL

@@ -11,7 +11,7 @@ import pytest
 from lilypad import modules
 from lilypad.chain.events import EventFollower
 from lilypad.chain.market import DealState
-from lilypad.chain.offers import module_id
+from lilypad.chain.offers import PICKUP_S, module_id
 from lilypad.errors import ExecutorError
 from lilypad.storage import CID, compute_cid
 from lilypad.storage.backends import KuboStorage
@@ -104,7 +104,7 @@ def test_offers_commit_on_chain_to_the_time_the_provider_needs(world: World) -> 
     a deal), so no job creator can make a deal this provider cannot deliver."""
     account = world.net.providers[0]
     daemon = world.provider(account)
-    needed = modules.resolve(COWSAY).spec.timeout_s + 30 + daemon_module.PICKUP_S
+    needed = modules.resolve(COWSAY).spec.timeout_s + 30 + PICKUP_S
     assert daemon.min_timeouts == {COWSAY: needed}
 
     def listed() -> list[dict[str, Any]] | None:
@@ -271,7 +271,7 @@ def test_offers_are_replaced_before_they_expire(world: World) -> None:
         new = client.get(f"/api/v1/resource_offers/{second}").json()
     assert old["state"] == "cancelled"
     assert new["state"] == "pending"
-    assert new["offer"]["offer"]["nonce"] == old["offer"]["offer"]["nonce"] + 1
+    assert int(new["offer"]["offer"]["nonce"]) == int(old["offer"]["offer"]["nonce"]) + 1
 
 
 class RefusingEngine(ProcessExecutor):

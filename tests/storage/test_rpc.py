@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import socket
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lilypad.errors import BlockNotFound, StorageError
+from lilypad.errors import BlockNotFound, InputError, StorageError
 from lilypad.storage import compute_cid
 from lilypad.storage.blockstore import Blockstore
 from lilypad.storage.car import car_stream
@@ -596,3 +597,23 @@ def test_kubo_rpc_client_drives_the_node(node: EmbeddedNode, tmp_path: Path) -> 
         timeout=60,
     )
     assert out.strip().splitlines()[-1] == "ok"
+
+
+def test_a_node_that_cannot_start_leaves_no_port_bound(store: Blockstore) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    api_port = free.getsockname()[1]
+    free.close()
+    with pytest.raises(InputError, match="gateway address"):
+        EmbeddedNode(store, api=f"127.0.0.1:{api_port}", gateway="not an address")
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    with pytest.raises(StorageError, match="cannot listen for the gateway"):
+        EmbeddedNode(store, api=f"127.0.0.1:{api_port}", gateway=busy)
+    again = socket.socket()  # no SO_REUSEADDR: a socket still listening there would refuse this
+    again.bind(("127.0.0.1", api_port))
+    again.listen(1)
+    again.close()
+    taken.close()

@@ -1,91 +1,60 @@
-"""The job creator's side of a job: offer → deal → result → verified download → verdict.
+"""The runner: one job, from offer to verdict, for one account on one network.
 
-:class:`JobRunner` does the work and reports each step to a callback as a :class:`Step`; it never
-prints (the CLI draws the progress). Every job is also written to a local record
-(``<data_dir>/jobs/<job offer id>.json``, rewritten atomically at each step) so
-``lilypad jobs list|show`` can tell what happened, even after a crash.
+See :mod:`lilypad.creator` for the flow and what each :class:`JobError` says of the funds.
 
-The chain is the truth: the runner follows its offer and its deal on chain as well as through the
-solver's event stream, so a solver that is down or lost an event cannot keep a deal or a result
-from it. Once the result is on chain it is downloaded (every block checked against the CID, an
-unreachable IPFS node retried until the challenge window nearly closes) and judged by the job's
-verification policy (:mod:`lilypad.verification`): accepted, or challenged so that a mediator
-re-runs the job.
-
-Failures end the job with a :class:`JobError` subclass, whose message says what became of the
-funds:
-
-* no provider before the offer expires → the offer is withdrawn (:class:`NoMatch`);
-* no result before the deal's deadline → ``timeoutResult`` refunds the job creator and pays it the
-  provider's collateral (:class:`ResultTimeout`); ``retries`` then tries again with a new offer;
-* a result that fails verification or cannot be fetched in time → it is challenged
-  (:class:`VerificationFailed` when the mediator does not give a correct result back);
-* a mediator that rules against the provider → the price and the provider's collateral come back
-  and the mediator's result replaces the provider's (:class:`CheatCaught` if it gave none).
+    LilypadError
+    └── JobError                  the job did not complete; the message says where the funds went
+        ├── NoMatch               no provider before the offer expired (withdrawn)
+        ├── ResultTimeout         no result by the deadline (refunded, with the collateral)
+        ├── ModuleFailed          the module exited with an error on the provider (it was paid)
+        ├── VerificationFailed    challenged, and no verified result came back
+        ├── CheatCaught           the mediator ruled against the provider and gave no result
+        └── MediationExpired      no mediator ruled in time (both parties refunded)
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import json
 import os
-import queue
-import random
 import secrets
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from lilypad.chain.crypto import Signer
 from lilypad.chain.light import CreatorMarket, DealState
-from lilypad.chain.offers import Deal, JobOffer, Machine, module_id, spec_digest
+from lilypad.chain.offers import Deal, JobOffer
 from lilypad.config import get_settings
+from lilypad.creator._solver import MAX_RETRY_PAUSE_S, DepositShort, EventStream, SolverCalls
+from lilypad.creator.records import JobRecord, JobState, Step, save_record
 from lilypad.errors import (
     ConfigError,
     ContractReverted,
     CorruptBlock,
     InputError,
     LilypadError,
+    MalformedContent,
     SolverError,
     StorageError,
     UnsafeEntryName,
 )
+from lilypad.fsutil import file_lock, replace_folder
 from lilypad.jobs import ChainClock, JobSubmission, cancel_message
 from lilypad.modules import JobSpec
 from lilypad.network import NetworkProfile
 from lilypad.storage import open_storage, result_dir
 from lilypad.storage.cid import CID
-from lilypad.tls import verify_for
 from lilypad.units import format_tokens
 from lilypad.verification import Verify, audit_probability, draw_audit
 
 #: Posts of one offer when the solver finds the deposit short (see JobRunner._fund_and_post).
 POST_ATTEMPTS = 4
-#: Record states that already say how a failed job ended (and so what became of the funds).
-FINAL_FAILURES = (
-    "cancelled",
-    "timed_out",
-    "challenged",
-    "module_failed",
-    "provider_slashed",
-    "mediation_expired",
-)
 #: Seconds before the challenge window closes by which a result that cannot be fetched is
 #: challenged (room for the transaction to be mined).
 CHALLENGE_MARGIN_S = 60
-#: The longest pause between two tries while a solver or an IPFS node is unreachable.
-MAX_RETRY_PAUSE_S = 30.0
-#: An offer is posted no later than this many seconds before it expires (the solver refuses one
-#: with less than 10 s left).
-POST_LIFETIME_S = 30
 #: Seconds between two looks at the chain while waiting on it (a deal, a result, a mediation).
 CHAIN_POLL_S = 1.0
 
@@ -116,93 +85,6 @@ class CheatCaught(JobError):
 
 class MediationExpired(JobError):
     """The result was challenged and no mediator ruled in time: both parties were refunded."""
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a job, for progress display: ``name`` and what is known at that point."""
-
-    name: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class JobRecord:
-    """What ``lilypad jobs`` shows; also the ``--json`` output of ``lilypad run``.
-
-    ``state`` ends as ``accepted`` (paid after verification), ``upheld`` (challenged, and the
-    mediator ruled for the provider), ``provider_slashed`` (the mediator ruled against it: price
-    and collateral refunded, the mediator's result saved), ``mediation_expired``, ``timed_out``,
-    ``cancelled``, ``module_failed`` or ``failed``; ``verify`` is the policy, ``audited`` whether
-    the result was challenged, and ``audit_probability`` the chance it had (``audit``).
-    """
-
-    module: str
-    tunables: dict[str, Any]
-    spec_hash: str
-    network: str
-    state: str = "created"
-    verify: str = Verify.AUDIT.value
-    job_offer_id: str | None = None
-    deal_id: str | None = None
-    provider: str | None = None
-    price: str | None = None
-    collateral: str | None = None
-    result_cid: str | None = None
-    mediator_cid: str | None = None
-    output_dir: str | None = None
-    gateway_url: str | None = None
-    audited: bool = False
-    audit_probability: float | None = None
-    from_block: int | None = None
-    twin: dict[str, Any] | None = None
-    skipped_symlinks: list[str] = field(default_factory=list)
-    error: str | None = None
-    txs: dict[str, str] = field(default_factory=dict)
-    timings_ms: dict[str, int] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.time)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def jobs_dir() -> Path:
-    return get_settings().data_dir / "jobs"
-
-
-def save_record(record: JobRecord) -> None:
-    if record.job_offer_id is None:
-        return
-    folder = jobs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.job_offer_id}.json"
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
-def load_records() -> list[JobRecord]:
-    folder = jobs_dir()
-    records = []
-    for path in folder.glob("*.json") if folder.is_dir() else []:
-        try:
-            records.append(JobRecord(**json.loads(path.read_text())))
-        except (ValueError, TypeError):
-            continue  # a record from another version; skip rather than fail the listing
-    return sorted(records, key=lambda r: r.started_at)
-
-
-def find_record(prefix: str) -> JobRecord:
-    matches = [
-        r
-        for r in load_records()
-        if (r.job_offer_id or "").startswith(prefix.lower())
-        or (r.deal_id or "").startswith(prefix.lower())
-    ]
-    if len(matches) != 1:
-        what = "no job" if not matches else f"{len(matches)} jobs"
-        raise InputError(f"{what} with id starting {prefix!r}; see lilypad jobs list")
-    return matches[0]
 
 
 @dataclass(frozen=True)
@@ -251,14 +133,12 @@ class JobRunner:
             raise ConfigError(f"network {profile.name!r} names no solver_url")
         self.profile, self.account, self.market = profile, account, market
         self.on_step, self.fund = on_step, fund
-        self.http = httpx.Client(
-            base_url=profile.solver_url, timeout=30, verify=verify_for(profile.solver_url)
-        )
+        self.solver = SolverCalls(profile.solver_url)
         self.clock = ChainClock(market)
         self._reserves: dict[tuple[str, ...], int] = {}
 
     def close(self) -> None:
-        self.http.close()
+        self.solver.close()
         self.market.chain.close()
 
     # ---------------------------------------------------------------------------- deposit
@@ -267,20 +147,9 @@ class JobRunner:
         counts what this account's open offers (other jobs running now) may still take."""
         # Commitments first: a deal made between the two reads lowers the balance by its price
         # and the commitments by the offer's whole max price, so this order never under-counts.
-        committed = self._committed()
+        committed = self.solver.committed(self.account.address)
         balance = self.market.balance_of(self.account.address)
         return max(0, amount + committed - balance)
-
-    def _committed(self) -> int:
-        try:
-            response = self.http.get(f"/api/v1/accounts/{self.account.address}")
-        except httpx.TransportError:
-            # Counted as nothing: posting waits for the solver, which then refuses an offer the
-            # deposit does not cover (402), and the offer is topped up and posted again.
-            return 0
-        if response.status_code != 200:
-            return 0  # a solver without the endpoint: its refusal will say what is short
-        return int(response.json().get("committed_by_job_offers", 0))
 
     def deposit(self, amount: int) -> str:
         receipt = self.market.deposit(self.account, amount)
@@ -317,7 +186,7 @@ class JobRunner:
                 self.on_step(Step("retry", {"attempt": attempt, "reason": str(exc)}))
 
     def _run_once(self, spec: JobSpec, options: RunOptions) -> JobRecord:
-        events = _EventStream(self.http, self.account.address)
+        events = self.solver.events(self.account.address)
         job = self._new_job(spec, options)
         try:
             self._post(job, options)
@@ -342,7 +211,7 @@ class JobRunner:
         redundancy is only as good as the providers' independence); different CIDs are both
         challenged and the mediator says which is right. With no second provider in time, the
         one result is audited instead."""
-        events = _EventStream(self.http, self.account.address)
+        events = self.solver.events(self.account.address)
         first = self._new_job(spec, options)
         jobs = [first]
         try:
@@ -367,7 +236,7 @@ class JobRunner:
                 raise ResultTimeout(first.record.error or "no provider delivered a result")
             return self._judge_redundant(delivered)
         except LilypadError as exc:
-            if first.record.state not in FINAL_FAILURES:
+            if not first.record.state.is_failure():
                 _failed(first.record, exc)
             raise
         finally:
@@ -411,7 +280,7 @@ class JobRunner:
             save_record(job.record)
         if both:
             first.record.twin = jobs[1].record.to_dict()
-        good = [j for j in jobs if j.record.state in ("accepted", "upheld", "provider_slashed")]
+        good = [j for j in jobs if j.record.state.is_success()]
         chosen = next((j for j in good if j.record.output_dir), None)
         if chosen is None:
             raise VerificationFailed(
@@ -435,19 +304,14 @@ class JobRunner:
     def _submission(
         self, spec: JobSpec, options: RunOptions, avoid: tuple[str, ...] = ()
     ) -> JobSubmission:
-        m = spec.machine
-        offer = JobOffer(
+        offer = JobOffer.for_spec(
+            spec,
             job_creator=self.account.address,
-            module=module_id(spec.module),
-            spec_hash=spec_digest(spec.spec_hash),
-            machine=Machine.from_requirements(
-                gpus=m.gpus, vram_gb=m.vram_gb, cpus=m.cpus, ram_gb=m.ram_gb, disk_gb=m.disk_gb
-            ).encode(),
             max_price=options.max_price,
-            timeout=options.timeout_s,
             mediators=options.mediators,
             expiry=int(self.clock()) + options.expires_in_s,
             nonce=secrets.randbits(255),
+            timeout=options.timeout_s,
         )
         signature = offer.sign(self.account, self.market.chain.chain_id, self.market.address)
         return JobSubmission(offer=offer, signature=signature, spec=spec, avoid_providers=avoid)
@@ -459,7 +323,7 @@ class JobRunner:
         amount = options.max_price + self.challenge_reserve(options.mediators)
         # Several `lilypad run` of one account at once: each tops up and posts in turn, so
         # each sees the others' offers committed and no two approvals race.
-        with _account_lock(self.account.address):
+        with file_lock(_locks_dir() / f"{self.account.address}.lock"):
             record.job_offer_id = self._fund_and_post(job.submission, amount)
         save_record(record)
         self._mark(record, "posted")
@@ -472,8 +336,8 @@ class JobRunner:
         for attempt in range(POST_ATTEMPTS):
             self._top_up(amount)
             try:
-                return self._post_offer(submission)
-            except _DepositShort:
+                return self.solver.post_offer(submission, clock=self.clock, on_step=self.on_step)
+            except DepositShort:
                 if attempt == POST_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
@@ -490,39 +354,13 @@ class JobRunner:
             )
         self.fund(needed)
 
-    def _post_offer(self, submission: JobSubmission) -> str:
-        """Post the offer; while the solver cannot be reached, try again (a solver restarting
-        loses no job) until the offer has too little life left for the solver to take it."""
-        body = submission.model_dump(mode="json")
-        last_chance = submission.offer.expiry - POST_LIFETIME_S
-        pause = 0.5
-        while True:
-            try:
-                response = self.http.post("/api/v1/job_offers", json=body)
-                break
-            except httpx.TransportError as exc:
-                if self.clock() + pause > last_chance:
-                    raise SolverError(
-                        f"cannot reach the solver at {self.profile.solver_url}: {exc}; the "
-                        "offer was never posted and no funds moved",
-                        hint="is it running? lilypad network status",
-                    ) from None
-                self.on_step(Step("solver_retry", {"error": str(exc), "pause": pause}))
-                time.sleep(pause)
-                pause = min(2 * pause, MAX_RETRY_PAUSE_S)
-        if response.status_code == 402:
-            raise _DepositShort(f"the solver refused the job offer: {_error(response)}")
-        if response.status_code != 201:
-            raise SolverError(f"the solver refused the job offer: {_error(response)}")
-        return str(response.json()["id"])
-
-    def _wait_deal(self, job: _Job, events: _EventStream) -> None:
+    def _wait_deal(self, job: _Job, events: EventStream) -> None:
         record, offer = job.record, job.submission.offer
         offer_id = record.job_offer_id
         assert offer_id is not None
 
         def poll() -> list[dict[str, Any]]:
-            return self._poll_offer(offer_id) or self._chain_deal(job)
+            return self.solver.poll_offer(offer_id) or self._chain_deal(job)
 
         for payload in events.for_offer(
             offer_id, deadline=offer.expiry + 5, poll=poll, clock=self.clock
@@ -556,7 +394,7 @@ class JobRunner:
         job.deal = deal
         record.deal_id, record.provider = deal.deal_id, deal.provider
         record.price, record.collateral = str(deal.price), str(deal.collateral)
-        record.state = "dealt"
+        record.state = JobState.DEALT
         record.txs["deal"] = tx or ""
         self._mark(record, "deal")
         save_record(record)
@@ -586,14 +424,14 @@ class JobRunner:
         return [{"kind": "deal.created", "deal": deal.model_dump(mode="json")}] if deal else []
 
     # ------------------------------------------------------------------------------ result
-    def _wait_result(self, job: _Job, events: _EventStream) -> None:
+    def _wait_result(self, job: _Job, events: EventStream) -> None:
         deal = job.deal
         assert deal is not None
         status = self.market.deal_status(deal.deal_id)
         self.on_step(Step("running", {"deadline": status.deadline}))
 
         def poll() -> list[dict[str, Any]]:
-            return self._poll_deal(deal.deal_id) or self._chain_result(job)
+            return self.solver.poll_deal(deal.deal_id) or self._chain_result(job)
 
         for payload in events.for_offer(
             deal.job_offer_hash, deadline=status.deadline + 2, poll=poll, clock=self.clock
@@ -611,7 +449,7 @@ class JobRunner:
                 break
             time.sleep(1)  # the chain's clock is a little behind ours
         record = job.record
-        record.state = "timed_out"
+        record.state = JobState.TIMED_OUT
         raise ResultTimeout(
             f"provider {deal.provider} sent no result by the deadline; the deal was timed out "
             f"(tx {record.txs.get('timeout') or 'by someone else'}): your payment was refunded "
@@ -652,7 +490,7 @@ class JobRunner:
             cid = CID.parse(bytes.fromhex(hex_cid.removeprefix("0x")))
         except (InputError, ValueError):
             cid = None
-        record.result_cid, record.state = (str(cid) if cid else hex_cid), "result_submitted"
+        record.result_cid, record.state = (str(cid) if cid else hex_cid), JobState.RESULT_SUBMITTED
         record.txs["result"] = tx or ""
         self._mark(record, "result")
         save_record(record)
@@ -690,7 +528,7 @@ class JobRunner:
             try:
                 self._download(record, cid)
                 return None
-            except (CorruptBlock, UnsafeEntryName) as exc:
+            except (CorruptBlock, MalformedContent, UnsafeEntryName) as exc:
                 return f"the result {cid} failed verification ({exc})"
             except StorageError as exc:
                 if clock() + pause >= give_up_at:
@@ -703,7 +541,8 @@ class JobRunner:
         """Fetch ``cid`` into its result folder, every block verified.
 
         Raises:
-            CorruptBlock, UnsafeEntryName: the content is not what the CID names (challenge it).
+            CorruptBlock, MalformedContent, UnsafeEntryName: the content is not what the CID
+                names, or not a valid result (challenge it).
             StorageError: the IPFS node or gateway failed (try again).
         """
         dest = result_dir(cid)
@@ -720,7 +559,7 @@ class JobRunner:
             storage.get(
                 cid, fresh, on_symlink=lambda link: links.append(f"{link.path} -> {link.target}")
             )
-            _install(fresh, dest)
+            replace_folder(fresh, dest)
         finally:
             storage.close()
             shutil.rmtree(fresh, ignore_errors=True)  # gone once installed
@@ -758,7 +597,7 @@ class JobRunner:
             if exc.error != "UnknownDeal":
                 raise
             record.txs["accept"] = ""  # the window had passed and the provider claimed payment
-        record.state = "accepted"
+        record.state = JobState.ACCEPTED
         self._mark(record, "accepted")
         save_record(record)
         self.on_step(Step("accepted", {"tx": record.txs["accept"]}))
@@ -771,7 +610,7 @@ class JobRunner:
         if short > 0 and self.fund is not None:
             self.fund(short)
         record.txs["challenge"] = self.market.challenge_result(self.account, deal).tx_hash
-        record.audited, record.state = True, "challenged"
+        record.audited, record.state = True, JobState.CHALLENGED
         record.error = None if why in ("audit", "--verify always") else why
         save_record(record)
         self.on_step(
@@ -802,12 +641,12 @@ class JobRunner:
             time.sleep(CHAIN_POLL_S)
         ruling = self.market.mediation(deal.deal_id, record.from_block or 0)
         if status.state is DealState.UPHELD:
-            record.state = "upheld"
+            record.state = JobState.UPHELD
             self.on_step(Step("upheld", {"mediator": deal.mediator}))
             if record.output_dir is None:  # it could not be fetched before: the mediator could
                 self._fetch_verdict(job, [job.cid, _cid_or_none(ruling[1] if ruling else b"")])
         elif status.state is DealState.REFUNDED and ruling is not None:
-            record.state = "provider_slashed"
+            record.state = JobState.PROVIDER_SLASHED
             refund = format_tokens(deal.price + deal.collateral)
             self.on_step(Step("slashed", {"provider": deal.provider, "refund": refund}))
             mediator_cid = _cid_or_none(ruling[1])
@@ -822,7 +661,7 @@ class JobRunner:
             record.output_dir = None
             self._fetch_verdict(job, [mediator_cid])
         elif status.state is DealState.MEDIATION_EXPIRED:
-            record.state = "mediation_expired"
+            record.state = JobState.MEDIATION_EXPIRED
             raise MediationExpired(
                 f"no mediator ruled on the challenged result in time; the mediation was timed "
                 f"out: your payment and the fee were refunded and provider {deal.provider} got "
@@ -856,7 +695,7 @@ class JobRunner:
         code = (folder / "exitCode").read_text().strip() if (folder / "exitCode").is_file() else ""
         if code == "0":
             return
-        record.state = "module_failed"
+        record.state = JobState.MODULE_FAILED
         stderr = folder / "stderr"
         tail = (
             stderr.read_text(errors="replace").strip().splitlines()[-5:] if stderr.is_file() else []
@@ -872,37 +711,13 @@ class JobRunner:
         if record.job_offer_id is None:
             return
         signature = "0x" + self.account.sign_message(cancel_message(record.job_offer_id)).hex()
-        # If the solver is unreachable the offer simply expires: nothing can match it after.
-        with contextlib.suppress(httpx.TransportError):
-            self.http.post(
-                f"/api/v1/job_offers/{record.job_offer_id}/cancel", json={"signature": signature}
-            )
-        record.state = "cancelled"
+        self.solver.cancel(record.job_offer_id, signature)
+        record.state = JobState.CANCELLED
 
     def cancel(self, record: JobRecord) -> None:
         """Withdraw a job's offer if it is still pending (Ctrl-C)."""
         self._cancel(record)
         save_record(record)
-
-    def _poll_offer(self, offer_id: str) -> list[dict[str, Any]]:
-        """The deal of a job offer, read directly (in case the event stream missed it)."""
-        try:
-            body = self.http.get(f"/api/v1/job_offers/{offer_id}").json()
-        except (httpx.TransportError, ValueError):
-            return []
-        deal = body.get("deal")
-        if deal and deal.get("state") not in ("matched", "failed"):
-            return [{"kind": "deal.created", **deal}]
-        return []
-
-    def _poll_deal(self, deal_id: str) -> list[dict[str, Any]]:
-        try:
-            body = self.http.get(f"/api/v1/deals/{deal_id}").json()
-        except (httpx.TransportError, ValueError):
-            return []
-        if body.get("result_cid"):
-            return [{"kind": "deal.result_submitted", **body}]
-        return []
 
     def _mark(self, record: JobRecord, phase: str) -> None:
         """Milliseconds from the record's start to ``phase`` (posted, matched, deal, result,
@@ -912,8 +727,8 @@ class JobRunner:
 
 def _failed(record: JobRecord, exc: LilypadError) -> None:
     record.error = str(exc)
-    if record.state not in FINAL_FAILURES:
-        record.state = "failed"
+    if not record.state.is_failure():  # a state that tells more than "failed" stays
+        record.state = JobState.FAILED
 
 
 def _outcome(record: JobRecord) -> str:
@@ -927,135 +742,7 @@ def _cid_or_none(raw: bytes) -> CID | None:
         return None
 
 
-def _install(fresh: Path, dest: Path) -> None:
-    """Move a verified download to ``dest``, replacing what is there: an earlier copy of the same
-    CID, possibly edited since, while ``dest`` must hold exactly the CID's content."""
-    for _ in range(5):  # another `lilypad run` of the same job may be installing its copy too
-        try:
-            os.replace(fresh, dest)  # over a file or an empty folder, at once
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
-                raise StorageError(f"cannot write {dest}: {exc.strerror}") from None
-        stale = dest.with_name(f".{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(dest, stale)
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-    raise StorageError(f"cannot replace {dest}: something keeps writing it")
-
-
-class _DepositShort(SolverError):
-    """The solver found the deposit short of the offer (it may be a moment behind the chain)."""
-
-
-@contextlib.contextmanager
-def _account_lock(address: str) -> Iterator[None]:
-    """Hold this machine's lock on ``address`` (a file lock, so across processes)."""
-    folder = get_settings().data_dir / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"{address}.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class _EventStream:
-    """The solver's event stream for one party, read in a thread into a queue."""
-
-    def __init__(self, http: httpx.Client, party: str) -> None:
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._http = http
-        self._party = party
-        self._ready = threading.Event()
-        self._response: httpx.Response | None = None
-        self._thread = threading.Thread(target=self._read, daemon=True, name="solver-events")
-        self._thread.start()
-        self._ready.wait(5)
-
-    def _read(self) -> None:
-        after = -1  # from now on: the stream starts at the newest event
-        while not self._stop.is_set():
-            try:
-                with self._http.stream(
-                    "GET",
-                    "/api/v1/events",
-                    timeout=httpx.Timeout(30, read=60),
-                    params={"party": self._party, "after": after},
-                ) as response:
-                    self._response = response
-                    self._ready.set()
-                    if response.status_code != 200:  # busy (429, 503) or down: back off
-                        self._stop.wait(1 + random.random() * 4)
-                        continue
-                    for line in response.iter_lines():
-                        if line.startswith("data: "):
-                            payload = json.loads(line.removeprefix("data: "))
-                            after = int(payload.get("seq", after))
-                            self._queue.put(payload)
-            except Exception:
-                self._ready.set()
-                self._stop.wait(1)
-            finally:
-                self._response = None
-
-    def for_offer(
-        self,
-        offer_id: str,
-        *,
-        deadline: float,
-        poll: Callable[[], list[dict[str, Any]]],
-        clock: Callable[[], float] = time.time,
-    ) -> Iterator[dict[str, Any]]:
-        """Events about ``offer_id`` until ``clock()`` passes ``deadline``."""
-        last_poll = time.monotonic()
-        while True:
-            if clock() > deadline:
-                return
-            try:
-                payload = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if time.monotonic() - last_poll > 3:
-                    last_poll = time.monotonic()
-                    yield from poll()
-                continue
-            if payload.get("job_offer_id") == offer_id or payload.get("id") == offer_id:
-                yield payload
-
-    def close(self) -> None:
-        self._stop.set()
-        response = self._response
-        if response is not None:
-            response.close()  # ends the reader's blocking read
-        # Not joined: a daemon thread that may still wait for the solver's next byte, and nothing
-        # is lost by leaving it (waiting cost every `lilypad run` up to 0.1 s at exit).
-
-
-def _error(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error", response.text))
-    except ValueError:
-        return response.text[:200]
-
-
-__all__ = [
-    "CheatCaught",
-    "DealState",
-    "JobError",
-    "JobRecord",
-    "JobRunner",
-    "MediationExpired",
-    "ModuleFailed",
-    "NoMatch",
-    "ResultTimeout",
-    "RunOptions",
-    "Step",
-    "VerificationFailed",
-    "find_record",
-    "load_records",
-]
+def _locks_dir() -> Path:
+    """Where this machine's account locks are: several `lilypad run` of one account post in
+    turn (:func:`lilypad.fsutil.file_lock`)."""
+    return get_settings().data_dir / "locks"

@@ -1,0 +1,168 @@
+"""Job records: what ``lilypad jobs`` lists and shows, one JSON file per job offer.
+
+Each record is ``<data_dir>/jobs/<job offer id>.json``, rewritten atomically at every step of the
+job (:func:`lilypad.fsutil.write_atomic`), so it tells what happened even after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from lilypad.config import get_settings
+from lilypad.errors import InputError
+from lilypad.fsutil import write_atomic
+from lilypad.verification import Verify
+
+
+class JobState(StrEnum):
+    """Where a job stands; the record on disk holds the value (``"accepted"``)."""
+
+    CREATED = "created"
+    DEALT = "dealt"
+    RESULT_SUBMITTED = "result_submitted"
+    #: A mediator re-runs the job (an audit, or a result that failed verification).
+    CHALLENGED = "challenged"
+    #: Paid after verification.
+    ACCEPTED = "accepted"
+    #: Challenged, and the mediator ruled for the provider.
+    UPHELD = "upheld"
+    #: The mediator ruled against the provider: price and collateral refunded, the mediator's
+    #: result saved.
+    PROVIDER_SLASHED = "provider_slashed"
+    MEDIATION_EXPIRED = "mediation_expired"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    MODULE_FAILED = "module_failed"
+    FAILED = "failed"
+
+    def is_terminal(self) -> bool:
+        """Whether the job has ended: nothing more happens to it on chain."""
+        return self not in _UNDER_WAY
+
+    def is_failure(self) -> bool:
+        """Whether the state tells that something went wrong, and so what became of the funds:
+        the offer withdrawn, the deal timed out, the result challenged (the funds wait for the
+        mediator) or found wrong, the module failed, the mediation expired, or ``failed``.
+
+        A run that fails in such a state keeps it, rather than the bare ``failed``.
+        ``provider_slashed`` is one even when the mediator's result was then delivered (the
+        provider failed, not the job: see :meth:`is_success`).
+        """
+        return self in _FAILURES
+
+    def is_success(self) -> bool:
+        """Whether the job gave a verified result (``provider_slashed``: the mediator's)."""
+        return self in _SUCCESSES
+
+
+_UNDER_WAY = frozenset(
+    {JobState.CREATED, JobState.DEALT, JobState.RESULT_SUBMITTED, JobState.CHALLENGED}
+)
+_FAILURES = frozenset(
+    {
+        JobState.CANCELLED,
+        JobState.TIMED_OUT,
+        JobState.CHALLENGED,
+        JobState.MODULE_FAILED,
+        JobState.PROVIDER_SLASHED,
+        JobState.MEDIATION_EXPIRED,
+        JobState.FAILED,
+    }
+)
+_SUCCESSES = frozenset({JobState.ACCEPTED, JobState.UPHELD, JobState.PROVIDER_SLASHED})
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a job, for progress display: ``name`` and what is known at that point."""
+
+    name: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobRecord:
+    """What ``lilypad jobs`` shows; also the ``--json`` output of ``lilypad run``.
+
+    ``state`` is a :class:`JobState` (its value on disk and in JSON); ``verify`` is the policy,
+    ``audited`` whether the result was challenged, and ``audit_probability`` the chance it had
+    (``audit``).
+    """
+
+    module: str
+    tunables: dict[str, Any]
+    spec_hash: str
+    network: str
+    state: JobState = JobState.CREATED
+    verify: str = Verify.AUDIT.value
+    job_offer_id: str | None = None
+    deal_id: str | None = None
+    provider: str | None = None
+    price: str | None = None
+    collateral: str | None = None
+    result_cid: str | None = None
+    mediator_cid: str | None = None
+    output_dir: str | None = None
+    gateway_url: str | None = None
+    audited: bool = False
+    audit_probability: float | None = None
+    from_block: int | None = None
+    twin: dict[str, Any] | None = None
+    skipped_symlinks: list[str] = field(default_factory=list)
+    error: str | None = None
+    txs: dict[str, str] = field(default_factory=dict)
+    timings_ms: dict[str, int] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.state = JobState(self.state)  # a string read from disk; ValueError if unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def jobs_dir() -> Path:
+    return get_settings().data_dir / "jobs"
+
+
+def save_record(record: JobRecord) -> None:
+    """Write ``record`` whole (nothing before its offer is posted: it has no id yet)."""
+    if record.job_offer_id is None:
+        return
+    path = jobs_dir() / f"{record.job_offer_id}.json"
+    write_atomic(path, json.dumps(record.to_dict(), indent=2, sort_keys=True))
+
+
+def load_records() -> list[JobRecord]:
+    """Every record on this machine, oldest first."""
+    folder = jobs_dir()
+    records = []
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            records.append(JobRecord(**json.loads(path.read_text())))
+        except (ValueError, TypeError):
+            continue  # a record from another version; skip rather than fail the listing
+    return sorted(records, key=lambda r: r.started_at)
+
+
+def find_record(prefix: str) -> JobRecord:
+    """The one record whose job offer id or deal id starts with ``prefix``.
+
+    Raises:
+        InputError: no record, or more than one, matches.
+    """
+    matches = [
+        r
+        for r in load_records()
+        if (r.job_offer_id or "").startswith(prefix.lower())
+        or (r.deal_id or "").startswith(prefix.lower())
+    ]
+    if len(matches) != 1:
+        what = "no job" if not matches else f"{len(matches)} jobs"
+        raise InputError(f"{what} with id starting {prefix!r}; see lilypad jobs list")
+    return matches[0]

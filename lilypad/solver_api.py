@@ -1,0 +1,860 @@
+"""The solver's protocol, declared once: wire models, event kinds, states, and its client.
+
+Every process that talks to the solver (job creator, provider, mediator, bridge) and the solver
+itself (:mod:`solver.app`) use these models, so a producer and a consumer cannot drift apart
+silently. This module imports no web3 (pydantic and httpx only), so ``lilypad run`` stays quick.
+
+Routes (``/openapi.json`` of a running solver documents each with these models)::
+
+    POST /api/v1/job_offers                 JobSubmission          -> 201 OfferAccepted
+    POST /api/v1/resource_offers            SignedResourceOffer    -> 201 OfferAccepted
+    GET  /api/v1/job_offers/{id}                                   -> JobOfferView
+    GET  /api/v1/resource_offers/{id}                              -> ResourceOfferView
+    POST /api/v1/{job|resource}_offers/{id}/cancel  Cancellation   -> Cancelled
+    GET  /api/v1/accounts/{address}                                -> Account
+    GET  /api/v1/deals?party=0x...                                 -> list[DealView]
+    GET  /api/v1/deals/{deal_id}                                   -> DealView
+    GET  /api/v1/events?party=0x...&after=N text/event-stream of SolverEvent
+    GET  /healthz                                                  -> Health
+
+Amounts (prices, collateral, deposits, committed sums, nonces, the packed ``machine``: every
+``uint96`` and ``uint256``) travel as decimal strings, which JavaScript cannot round as it rounds
+JSON numbers above 2**53. The models read strings and, for one release, JSON integers too; they
+always write strings. Every error body is :class:`ErrorBody` (``{"error": "..."}``).
+
+Errors of the client (:class:`SolverClient`)::
+
+    SolverError
+    ├── SolverUnreachable              no answer: connection refused, timed out or broken
+    └── SolverRefused                  an error status (``status``, and the solver's ``error``)
+        ├── DepositShort               402: deposit more, then post again
+        ├── NotFound (LookupError)     404: no such offer or deal
+        ├── AlreadyKnown               409: that offer (or its signer's nonce) is known already
+        └── SolverBusy                 429 or 503: try again after ``retry_after`` seconds
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import httpx
+import httpx_sse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from lilypad import jobs
+from lilypad.chain import offers
+from lilypad.chain.offers import Address, Bytes32
+from lilypad.errors import SolverError
+from lilypad.tls import verify_for
+
+log = logging.getLogger("lilypad.solver_api")
+
+TIMEOUT_S = 10.0
+#: Seconds a stream may stay silent before the reader reconnects (the solver sends a comment
+#: line every 15 s of silence).
+STREAM_READ_TIMEOUT_S = 60.0
+#: Seconds between reconnections when the solver named none (``retry:``, ``Retry-After``).
+RECONNECT_S = 1.0
+#: The longest wait between reconnections.
+MAX_RECONNECT_S = 30.0
+
+# --------------------------------------------------------------------------------- amounts
+_DIGITS = re.compile(r"[0-9]{1,78}")  # 2**256 has 78 digits
+_DIGITS_PATTERN = "^[0-9]{1,78}$"
+
+
+def _amount_below(bound: int, kind: str) -> BeforeValidator:
+    """A validator of amounts below ``bound``: a decimal string or (for one release) a JSON
+    integer becomes an int; anything else, or too much, is refused."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, str) and _DIGITS.fullmatch(value):
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            shown = repr(value[:100] if isinstance(value, str) else value)
+            raise ValueError(
+                f'amount {shown} is not a decimal string of digits, e.g. "1000000000000000000"'
+            )
+        if not 0 <= number < bound:
+            raise ValueError(f"amount {number} is not a {kind} (0 to {bound - 1})")
+        return number
+
+    return BeforeValidator(parse)
+
+
+def _read_as(what: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _DIGITS_PATTERN},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": f"{what} as a decimal string (a JSON integer is still read)",
+        },
+        mode="validation",
+    )
+
+
+def _written_as(what: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _DIGITS_PATTERN,
+            "description": f"{what} as a decimal string",
+        },
+        mode="serialization",
+    )
+
+
+_WRITE = PlainSerializer(str, return_type=str, when_used="json")
+
+#: A ``uint96`` amount in token base units (18 decimals): prices, collateral, fees. An int in
+#: Python, a decimal string in JSON.
+Amount96 = Annotated[
+    int,
+    _amount_below(2**96, "uint96"),
+    _WRITE,
+    _read_as("a uint96 in token base units"),
+    _written_as("a uint96 in token base units"),
+]
+#: Any ``uint256``: the packed ``machine``, sums of amounts.
+Amount256 = Annotated[
+    int,
+    _amount_below(2**256, "uint256"),
+    _WRITE,
+    _read_as("a uint256"),
+    _written_as("a uint256"),
+]
+#: A nonce: any ``uint256`` but the largest, which the market reserves.
+Nonce = Annotated[
+    int,
+    _amount_below(2**256 - 1, "nonce (the largest uint256 is reserved)"),
+    _WRITE,
+    _read_as("a uint256 nonce below 2**256 - 1"),
+    _written_as("a uint256 nonce below 2**256 - 1"),
+]
+
+
+# ---------------------------------------------------------------------------------- states
+class OfferState(StrEnum):
+    """An offer's state at the solver."""
+
+    PENDING = "pending"  # in the order book, waiting for a match
+    MATCHED = "matched"  # paired; the deal is being created on chain
+    DEALT = "dealt"  # a deal on chain uses it
+    CANCELLED = "cancelled"  # withdrawn by its signer
+    EXPIRED = "expired"
+    REJECTED = "rejected"  # the chain refused it (nonce used, funds gone...)
+
+    def is_terminal(self) -> bool:
+        return self in (
+            OfferState.DEALT,
+            OfferState.CANCELLED,
+            OfferState.EXPIRED,
+            OfferState.REJECTED,
+        )
+
+
+class DealState(StrEnum):
+    """A deal's state at the solver: from the match (before the chain has it) to its end.
+
+    Not :class:`lilypad.chain.light.DealState`, the market contract's own states.
+    """
+
+    MATCHED = "matched"  # written before createDeal is sent
+    CREATED = "created"
+    RESULT_SUBMITTED = "result_submitted"
+    ACCEPTED = "accepted"
+    PAID = "paid"
+    CHALLENGED = "challenged"
+    MEDIATED = "mediated"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"  # createDeal reverted; the offers were released or rejected
+
+    def is_terminal(self) -> bool:
+        return self in (
+            DealState.ACCEPTED,
+            DealState.PAID,
+            DealState.MEDIATED,
+            DealState.TIMED_OUT,
+            DealState.FAILED,
+        )
+
+
+#: Which side an offer is on: ``job`` (a job creator's) or ``resource`` (a provider's).
+Side = Literal["job", "resource"]
+
+
+class EventKind(StrEnum):
+    """Every kind of event the solver's stream sends (the SSE ``event:`` field and the data's
+    ``kind``). Offer events carry :class:`OfferEvent`, deal events :class:`DealEvent`."""
+
+    JOB_OFFER_ADDED = "job_offer.added"  # taken, state pending
+    JOB_OFFER_PENDING = "job_offer.pending"  # back in the book: its deal failed, not by its fault
+    JOB_OFFER_DEALT = "job_offer.dealt"  # a deal on chain uses it (deal_id)
+    JOB_OFFER_CANCELLED = "job_offer.cancelled"
+    JOB_OFFER_EXPIRED = "job_offer.expired"
+    JOB_OFFER_REJECTED = "job_offer.rejected"  # its deal failed by its fault (reason)
+    RESOURCE_OFFER_ADDED = "resource_offer.added"
+    RESOURCE_OFFER_PENDING = "resource_offer.pending"
+    RESOURCE_OFFER_DEALT = "resource_offer.dealt"
+    RESOURCE_OFFER_CANCELLED = "resource_offer.cancelled"
+    RESOURCE_OFFER_EXPIRED = "resource_offer.expired"
+    RESOURCE_OFFER_REJECTED = "resource_offer.rejected"
+    DEAL_MATCHED = "deal.matched"  # paired; createDeal is being sent
+    DEAL_CREATED = "deal.created"  # on chain (deal, tx_hash)
+    DEAL_FAILED = "deal.failed"  # createDeal reverted (error)
+    DEAL_RESULT_SUBMITTED = "deal.result_submitted"  # the provider's result (result_cid)
+    DEAL_ACCEPTED = "deal.accepted"
+    DEAL_PAID = "deal.paid"
+    DEAL_CHALLENGED = "deal.challenged"
+    DEAL_MEDIATED = "deal.mediated"
+    DEAL_TIMED_OUT = "deal.timed_out"
+
+    @classmethod
+    def for_offer(cls, side: Side, state: OfferState) -> EventKind:
+        """The event of an offer moving to ``state`` (``job_offer.dealt``).
+
+        Raises:
+            ValueError: no event is sent for that state (``matched``: see ``deal.matched``).
+        """
+        return cls(f"{side}_offer.{state.value}")
+
+    @classmethod
+    def added(cls, side: Side) -> EventKind:
+        """The event of a new offer."""
+        return cls.JOB_OFFER_ADDED if side == "job" else cls.RESOURCE_OFFER_ADDED
+
+    @classmethod
+    def for_deal(cls, state: DealState) -> EventKind:
+        """The event of a deal moving to ``state`` (``deal.created``)."""
+        return cls(f"deal.{state.value}")
+
+    def is_deal(self) -> bool:
+        return self.value.startswith("deal.")
+
+
+OfferEventKind = Literal[
+    EventKind.JOB_OFFER_ADDED,
+    EventKind.JOB_OFFER_PENDING,
+    EventKind.JOB_OFFER_DEALT,
+    EventKind.JOB_OFFER_CANCELLED,
+    EventKind.JOB_OFFER_EXPIRED,
+    EventKind.JOB_OFFER_REJECTED,
+    EventKind.RESOURCE_OFFER_ADDED,
+    EventKind.RESOURCE_OFFER_PENDING,
+    EventKind.RESOURCE_OFFER_DEALT,
+    EventKind.RESOURCE_OFFER_CANCELLED,
+    EventKind.RESOURCE_OFFER_EXPIRED,
+    EventKind.RESOURCE_OFFER_REJECTED,
+]
+DealEventKind = Literal[
+    EventKind.DEAL_MATCHED,
+    EventKind.DEAL_CREATED,
+    EventKind.DEAL_FAILED,
+    EventKind.DEAL_RESULT_SUBMITTED,
+    EventKind.DEAL_ACCEPTED,
+    EventKind.DEAL_PAID,
+    EventKind.DEAL_CHALLENGED,
+    EventKind.DEAL_MEDIATED,
+    EventKind.DEAL_TIMED_OUT,
+]
+
+
+# ------------------------------------------------------------------------ offers and deals
+# The chain's models, with their amounts as decimal strings on the wire: each is the chain model
+# (isinstance holds, hashing and signing are the same), only its JSON differs.
+class JobOffer(offers.JobOffer):
+    """:class:`lilypad.chain.offers.JobOffer` on the wire."""
+
+    machine: Amount256 = 0
+    max_price: Amount96
+    nonce: Nonce
+
+
+class ResourceOffer(offers.ResourceOffer):
+    """:class:`lilypad.chain.offers.ResourceOffer` on the wire."""
+
+    machine: Amount256 = 0
+    price: Amount96
+    collateral: Amount96
+    nonce: Nonce
+
+
+class SignedResourceOffer(offers.SignedResourceOffer):
+    """``POST /api/v1/resource_offers``: a resource offer and its provider's signature."""
+
+    offer: ResourceOffer
+
+
+class JobSubmission(jobs.JobSubmission):
+    """``POST /api/v1/job_offers``: a signed job offer with the job spec it commits to
+    (:class:`lilypad.jobs.JobSubmission`)."""
+
+    offer: JobOffer
+
+
+class Deal(offers.Deal):
+    """:class:`lilypad.chain.offers.Deal` on the wire: the settlement terms ``DealCreated``
+    emits; ``deal_id`` is ``keccak256(abi.encode(deal))``."""
+
+    price: Amount96
+    collateral: Amount96
+    mediation_fee: Amount96
+
+
+# ----------------------------------------------------------------------- requests, answers
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorBody(_Wire):
+    """Every error answer: one line saying what failed, the value, and what to do."""
+
+    error: str
+
+
+class Health(_Wire):
+    """``GET /healthz``."""
+
+    ok: bool
+    version: str
+    chain_id: int
+    market: Address
+
+
+class OfferAccepted(_Wire):
+    """An offer the solver took (201)."""
+
+    id: Bytes32 = Field(description="the offer's EIP-712 struct hash")
+    state: OfferState
+    seq: int = Field(description="the offer's arrival number at this solver")
+
+
+class Cancellation(_Wire):
+    """``POST .../cancel``: the offer signer's EIP-191 signature of
+    :func:`lilypad.jobs.cancel_message` of the offer id, as 0x hex."""
+
+    signature: str
+
+
+class Cancelled(_Wire):
+    """A withdrawn offer."""
+
+    id: Bytes32
+    state: Literal[OfferState.CANCELLED] = OfferState.CANCELLED
+
+
+class Account(_Wire):
+    """What an account's open offers may still take from its market deposit: add an offer's
+    amount to know the deposit it needs."""
+
+    address: Address
+    committed_by_job_offers: Amount256
+    committed_by_resource_offers: Amount256
+
+
+class DealView(_Wire):
+    """A deal as the solver keeps it, from its match to its end on chain."""
+
+    deal_id: Bytes32 | None = Field(description="set once the deal is on chain")
+    state: DealState
+    job_offer_id: Bytes32
+    resource_offer_id: Bytes32
+    job_creator: Address
+    provider: Address
+    price: Amount96
+    deal: Deal | None = Field(description="the settlement terms, once the deal is on chain")
+    result_cid: str | None = Field(description="the result's CID bytes as 0x hex, once submitted")
+    tx_hash: str | None = Field(description="the transaction of the deal's latest change")
+    error: str | None = Field(description="why createDeal failed (state failed)")
+
+
+class JobOfferView(_Wire):
+    """``GET /api/v1/job_offers/{id}``: a job offer as posted, its state and its deal."""
+
+    id: Bytes32
+    seq: int
+    state: OfferState
+    signer: Address
+    offer: JobSubmission
+    deal: DealView | None
+
+
+class ResourceOfferView(_Wire):
+    """``GET /api/v1/resource_offers/{id}``: a resource offer as posted, its state and its
+    deal."""
+
+    id: Bytes32
+    seq: int
+    state: OfferState
+    signer: Address
+    offer: SignedResourceOffer
+    deal: DealView | None
+
+
+# ---------------------------------------------------------------------------------- events
+class OfferChange(_Wire):
+    """What an offer event says: the offer and the state it moved to."""
+
+    id: Bytes32
+    state: OfferState
+    deal_id: Bytes32 | None = Field(None, description="the deal using it (dealt)")
+    reason: str | None = Field(None, description="why the chain refused it (rejected)")
+
+
+class OfferEvent(OfferChange):
+    """An event about an offer (``job_offer.*``, ``resource_offer.*``)."""
+
+    seq: int = Field(description="the event's number: its SSE id")
+    kind: OfferEventKind
+
+
+class DealEvent(DealView):
+    """An event about a deal (``deal.*``): the deal as it is after the change."""
+
+    seq: int = Field(description="the event's number: its SSE id")
+    kind: DealEventKind
+
+
+#: One event of the stream, by ``kind``.
+SolverEvent = Annotated[OfferEvent | DealEvent, Field(discriminator="kind")]
+_EVENT: TypeAdapter[OfferEvent | DealEvent] = TypeAdapter(SolverEvent)
+
+
+def parse_event(data: str | bytes | dict[str, Any]) -> OfferEvent | DealEvent:
+    """An event from its JSON (an SSE ``data`` field) or its dict.
+
+    Raises:
+        pydantic.ValidationError: not an event of a kind this version knows.
+    """
+    if isinstance(data, dict):
+        return _EVENT.validate_python(data)
+    return _EVENT.validate_json(data)
+
+
+# ---------------------------------------------------------------------------------- errors
+class SolverUnreachable(SolverError):
+    """The solver did not answer: connection refused, timed out, or broken mid-answer."""
+
+
+class SolverRefused(SolverError):
+    """The solver answered with an error status.
+
+    Attributes:
+        status: The HTTP status.
+        error: The solver's own message (its ``{"error"}``).
+    """
+
+    def __init__(self, message: str, status: int, error: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error or message
+
+
+class DepositShort(SolverRefused):
+    """402: the signer's market deposit does not cover the offer on top of its open ones."""
+
+
+class NotFound(SolverRefused, LookupError):
+    """404: no such offer or deal at this solver."""
+
+
+class AlreadyKnown(SolverRefused):
+    """409: that offer, or another with its signer and nonce, is known already."""
+
+
+class SolverBusy(SolverRefused):
+    """429 or 503: too many offers or streams for now.
+
+    Attributes:
+        retry_after: Seconds to wait before trying again, from ``Retry-After`` (None if absent).
+    """
+
+    def __init__(
+        self, message: str, status: int, error: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status, error)
+        self.retry_after = retry_after
+
+
+_REFUSALS: dict[int, type[SolverRefused]] = {
+    402: DepositShort,
+    404: NotFound,
+    409: AlreadyKnown,
+    429: SolverBusy,
+    503: SolverBusy,
+}
+
+
+def refusal(response: httpx.Response, what: str) -> SolverRefused:
+    """The error of an error answer to ``what`` (``POST /api/v1/job_offers``)."""
+    try:
+        body = response.read()
+    except httpx.HTTPError:
+        body = b""
+    try:
+        error = ErrorBody.model_validate_json(body).error
+    except ValidationError:
+        error = body.decode(errors="replace").strip()[:300] or response.reason_phrase
+    message = f"solver: {what} -> {response.status_code}: {error}"
+    cls = _REFUSALS.get(response.status_code, SolverRefused)
+    if cls is SolverBusy:
+        return SolverBusy(
+            message, response.status_code, error, retry_after(response.headers.get("retry-after"))
+        )
+    return cls(message, response.status_code, error)
+
+
+def retry_after(value: str | None) -> float | None:
+    """``Retry-After`` (RFC 9110: seconds, or an HTTP date) as seconds from now; None if absent
+    or malformed."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# ---------------------------------------------------------------------------------- client
+class SolverClient:
+    """The solver's HTTP API: one method per route, answering the models above.
+
+    This is the boundary where httpx's errors become :class:`SolverUnreachable` and error
+    answers :class:`SolverRefused` (or a subclass, by status).
+
+    Args:
+        url: The solver's base URL (``http://127.0.0.1:8080``).
+        timeout: Seconds for each request.
+        transport: An httpx transport in place of the network (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = TIMEOUT_S,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, verify=verify_for(self.url), transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SolverClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- routes
+    def health(self) -> Health:
+        return Health.model_validate_json(self._request("GET", "/healthz"))
+
+    def post_job_offer(self, submission: jobs.JobSubmission) -> OfferAccepted:
+        """Post a signed job offer with its spec."""
+        body = _wire(JobSubmission, submission)
+        answer = self._request("POST", "/api/v1/job_offers", json=body)
+        return OfferAccepted.model_validate_json(answer)
+
+    def post_resource_offer(self, signed: offers.SignedResourceOffer) -> OfferAccepted:
+        """List a signed resource offer (one job slot)."""
+        body = _wire(SignedResourceOffer, signed)
+        answer = self._request("POST", "/api/v1/resource_offers", json=body)
+        return OfferAccepted.model_validate_json(answer)
+
+    def job_offer(self, offer_id: str) -> JobOfferView:
+        """A job offer as posted, its state and, once matched, its deal."""
+        answer = self._request("GET", f"/api/v1/job_offers/{offer_id}")
+        return JobOfferView.model_validate_json(answer)
+
+    def resource_offer(self, offer_id: str) -> ResourceOfferView:
+        answer = self._request("GET", f"/api/v1/resource_offers/{offer_id}")
+        return ResourceOfferView.model_validate_json(answer)
+
+    def cancel_offer(self, side: Side, offer_id: str, signature: str) -> Cancelled:
+        """Withdraw a pending offer; ``signature`` is its signer's EIP-191 signature of
+        ``lilypad.jobs.cancel_message(offer_id)``, as 0x hex."""
+        answer = self._request(
+            "POST",
+            f"/api/v1/{side}_offers/{offer_id}/cancel",
+            json=Cancellation(signature=signature).model_dump(mode="json"),
+        )
+        return Cancelled.model_validate_json(answer)
+
+    def account(self, address: str) -> Account:
+        """What ``address``'s open offers may still take from its deposit."""
+        return Account.model_validate_json(self._request("GET", f"/api/v1/accounts/{address}"))
+
+    def deals(self, party: str | None = None) -> list[DealView]:
+        """Every deal, or those of ``party`` (as job creator or provider)."""
+        params = {"party": party} if party else None
+        answer = self._request("GET", "/api/v1/deals", params=params)
+        return _DEALS.validate_json(answer)
+
+    def deal(self, deal_id: str) -> DealView:
+        return DealView.model_validate_json(self._request("GET", f"/api/v1/deals/{deal_id}"))
+
+    def events(
+        self,
+        party: str | None = None,
+        *,
+        after: int = 0,
+        reconnect: bool = True,
+        read_timeout: float = STREAM_READ_TIMEOUT_S,
+    ) -> EventStream:
+        """The events naming ``party`` (all, without) after event ``after``: ``0`` from the
+        first, ``-1`` from now on. See :class:`EventStream`."""
+        return EventStream(
+            self._http, party, after=after, reconnect=reconnect, read_timeout=read_timeout
+        )
+
+    # ---------------------------------------------------------------------- transport
+    def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
+        what = f"{method} {path}"
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise SolverUnreachable(
+                f"cannot reach the solver at {self.url} ({what}): {exc or type(exc).__name__}",
+                hint="is `lilypad solver` running, and is solver_url in the network profile right?",
+            ) from exc
+        if response.is_error:
+            raise refusal(response, what)
+        return response.content
+
+
+_DEALS: TypeAdapter[list[DealView]] = TypeAdapter(list[DealView])
+
+
+def _wire(model: type[BaseModel], value: BaseModel) -> dict[str, Any]:
+    """``value`` (a chain model, or already a wire one) as the JSON body ``model`` writes."""
+    if not isinstance(value, model):
+        value = model.model_validate(value.model_dump())
+    return value.model_dump(mode="json")
+
+
+class EventStream:
+    """The solver's server-sent events (WHATWG HTML, "Server-sent events"), as an iterator of
+    :class:`OfferEvent` and :class:`DealEvent`, each once and in order.
+
+    Lines are parsed by httpx-sse (``id:``, ``event:``, ``data:`` over several lines, ``retry:``,
+    comments, any line ending). On a dropped connection, a silent one (``read_timeout``), a 429
+    or a 503, the stream waits (``retry:``, ``Retry-After``, or :data:`RECONNECT_S` doubling up
+    to :data:`MAX_RECONNECT_S`) and reconnects with ``Last-Event-ID``, dropping any event it has
+    had already. Another error answer raises :class:`SolverRefused`. :meth:`close`, from any
+    thread, ends the iteration.
+
+    It connects on the first ``next()``, or at :meth:`open`: a stream from now on
+    (``after=-1``) that must miss nothing of what the caller does next opens first.
+
+    Attributes:
+        last_id: The number of the last event had (the solver names its position even before
+            the first event of a stream from now on); None until known.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        party: str | None,
+        *,
+        after: int = 0,
+        reconnect: bool = True,
+        read_timeout: float = STREAM_READ_TIMEOUT_S,
+    ) -> None:
+        self._http = http
+        self._party = party
+        self._from_now = after < 0
+        self.last_id: int | None = None if after < 0 else after
+        self._reconnect = reconnect
+        self._timeout = httpx.Timeout(TIMEOUT_S, read=read_timeout)
+        self._retry_s: float | None = None  # the server's retry:, once it names one
+        self._closed = threading.Event()
+        self._response: httpx.Response | None = None
+        self._events = self._follow()
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> OfferEvent | DealEvent:
+        return next(self._events)
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def open(self) -> EventStream:
+        """Connect now, unless connected.
+
+        Raises:
+            SolverUnreachable: no answer.
+            SolverRefused: an error answer (:class:`SolverBusy` for 429 and 503).
+        """
+        if self._response is None:
+            self._response = self._connect()
+        return self
+
+    def close(self) -> None:
+        """End the stream (from any thread: a blocked read returns at once)."""
+        self._closed.set()
+        response = self._response
+        if response is not None:
+            response.close()
+
+    def _follow(self) -> Iterator[OfferEvent | DealEvent]:
+        """Every event, over as many connections as it takes."""
+        pause = RECONNECT_S
+        while not self._closed.is_set():
+            try:
+                for event in self._read(self._response or self._connect()):
+                    pause = RECONNECT_S
+                    yield event
+                wait = self._retry_s if self._retry_s is not None else pause
+            except SolverBusy as exc:
+                if not self._reconnect:
+                    raise
+                wait = exc.retry_after if exc.retry_after is not None else pause
+            except SolverUnreachable:
+                if not self._reconnect or self._closed.is_set():
+                    raise
+                wait = self._retry_s if self._retry_s is not None else pause
+            if not self._reconnect:
+                return
+            pause = min(2 * pause, MAX_RECONNECT_S)
+            self._closed.wait(min(wait, MAX_RECONNECT_S))
+
+    def _connect(self) -> httpx.Response:
+        """One connection, its answer's head read."""
+        params: dict[str, str | int] = {"party": self._party} if self._party else {}
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if self.last_id is not None:
+            headers["Last-Event-ID"] = str(self.last_id)
+        elif self._from_now:
+            params["after"] = -1
+        request = self._http.build_request(
+            "GET", "/api/v1/events", params=params, headers=headers, timeout=self._timeout
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise SolverUnreachable(
+                f"cannot reach the solver's event stream at {self._http.base_url}: "
+                f"{exc or type(exc).__name__}"
+            ) from exc
+        if response.is_error:
+            try:
+                raise refusal(response, "GET /api/v1/events")
+            finally:
+                response.close()
+        return response
+
+    def _read(self, response: httpx.Response) -> Iterator[OfferEvent | DealEvent]:
+        """The events of one connection, until it ends."""
+        self._response = response
+        try:
+            for sse in httpx_sse.EventSource(response).iter_sse():
+                event = self._event(sse)
+                if event is not None:
+                    yield event
+        except httpx_sse.SSEError as exc:  # answered, but not with an event stream
+            raise SolverRefused(
+                f"solver: GET /api/v1/events: {exc}", response.status_code
+            ) from None
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            if self._closed.is_set():
+                return  # closed under the read
+            raise SolverUnreachable(
+                f"event stream of {self._http.base_url} broke: {exc or type(exc).__name__}"
+            ) from exc
+        finally:
+            self._response = None
+            response.close()
+
+    def _event(self, sse: httpx_sse.ServerSentEvent) -> OfferEvent | DealEvent | None:
+        """The event of one SSE message, or None: a message without data (the solver naming
+        its position), one already had, or one this version cannot read."""
+        if sse.retry is not None and sse.retry >= 0:
+            self._retry_s = sse.retry / 1000
+        seq = int(sse.id) if sse.id.isdigit() else None
+        if seq is not None and self.last_id is not None and seq <= self.last_id:
+            return None  # had already (a reconnection resent it)
+        if seq is not None:
+            self.last_id = seq
+        if not sse.data:
+            return None
+        try:
+            return parse_event(sse.data)
+        except ValidationError as exc:
+            # A newer solver's event kind, or a broken one: skip it, keep the stream.
+            log.warning("skipping solver event %s (%s): %s", sse.id, sse.event, _first(exc))
+            return None
+
+
+def _first(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"[:200]
+
+
+__all__ = [
+    "Account",
+    "AlreadyKnown",
+    "Amount96",
+    "Amount256",
+    "Cancellation",
+    "Cancelled",
+    "Deal",
+    "DealEvent",
+    "DealState",
+    "DealView",
+    "DepositShort",
+    "ErrorBody",
+    "EventKind",
+    "EventStream",
+    "Health",
+    "JobOffer",
+    "JobOfferView",
+    "JobSubmission",
+    "Nonce",
+    "NotFound",
+    "OfferAccepted",
+    "OfferChange",
+    "OfferEvent",
+    "OfferState",
+    "ResourceOffer",
+    "ResourceOfferView",
+    "SignedResourceOffer",
+    "SolverBusy",
+    "SolverClient",
+    "SolverEvent",
+    "SolverRefused",
+    "SolverUnreachable",
+    "parse_event",
+]
