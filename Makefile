@@ -44,6 +44,15 @@ $(STORAGE_JS_STAMP): tests/storage/js/package.json tests/storage/js/package-lock
 	touch $@
 INSTALL_DEPS += $(STORAGE_JS_STAMP)
 
+# --- solver (protocol) --------------------------------------------------------------------------
+# ethers 6, pinned by tests/solver/js/package-lock.json: the independent JavaScript job creator that
+# tests/solver/test_js_client.py runs against a real solver.
+SOLVER_JS_STAMP := tests/solver/js/node_modules/.stamp
+$(SOLVER_JS_STAMP): tests/solver/js/package.json tests/solver/js/package-lock.json
+	cd tests/solver/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+INSTALL_DEPS += $(SOLVER_JS_STAMP)
+
 .PHONY: storage-js bench-ipfs
 storage-js: $(STORAGE_JS_STAMP)
 

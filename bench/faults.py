@@ -97,11 +97,11 @@ def cheater(network: str, rate: float, log: Path) -> None:
     from lilypad.chain.market import JobMarketClient
     from lilypad.config import get_settings
     from lilypad.network import load_network
+    from lilypad.solver_api import SolverClient
     from lilypad.storage import open_storage
     from resource_provider.daemon import ProviderConfig, ResourceProvider
     from resource_provider.executors import ExecutionResult, Job, ProcessExecutor
     from resource_provider.machine import detect
-    from resource_provider.solver_client import SolverClient
 
     class CheatingExecutor(ProcessExecutor):
         def run(self, job: Job) -> ExecutionResult:

@@ -97,7 +97,7 @@ def main() -> None:
         specs = [modules.render(MODULE, [f"Message=job {i}"]) for i in range(args.jobs)]
         base = baseline(specs, root, ipfs.api_url)
 
-        from resource_provider.solver_client import SolverClient
+        from lilypad.solver_api import SolverClient
 
         state = root / "provider"
         daemon = ResourceProvider(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
-from lilypad.chain.offers import Address, SignedJobOffer, module_id, spec_digest
+from lilypad.chain.offers import Address, Machine, SignedJobOffer, module_id, spec_digest
 from lilypad.errors import ChainError
 from lilypad.errors import SpecMismatch as SpecMismatch  # raised here; imported from here too
 from lilypad.modules import JobSpec, render
@@ -44,7 +44,8 @@ def check_submission(submission: JobSubmission) -> None:
     """Refuse a spec that is not the one the offer's signature covers.
 
     Raises:
-        SpecMismatch: the spec's own hash is wrong, or the offer names another module or spec.
+        SpecMismatch: the spec's own hash is wrong, the offer names another module or spec, or
+            its ``machine`` is less than the module needs in some lane (``0`` included).
     """
     spec = submission.spec
     fields = spec.model_dump(mode="json")
@@ -56,6 +57,26 @@ def check_submission(submission: JobSubmission) -> None:
         )
     if module_id(spec.module) != submission.offer.module:
         raise SpecMismatch(f"job offer names another module than {spec.module!r}")
+    _check_machine(submission.offer.machine, spec)
+
+
+def _check_machine(machine: int, spec: JobSpec) -> None:
+    """Refuse an offer asking for less machine than its spec's module needs: a provider short of
+    it would be matched, could only fail, and lose its collateral (``machine: 0``, "no
+    requirements", asked for nothing a module ever runs on)."""
+    if Machine.reserved_bits(machine):
+        raise SpecMismatch(
+            f"job offer machine {machine} sets the reserved lanes 5-7 (bits 160 and up), which "
+            "no provider offers; leave them zero"
+        )
+    needs = Machine.for_spec(spec)
+    short = Machine.decode(machine).shortfall(needs)
+    if short:
+        raise SpecMismatch(
+            f"job offer machine {machine} asks for less than {spec.module} needs "
+            f"({', '.join(short)}); sign it with machine {needs.encode()} ({needs.describe()}) "
+            "or more in every lane, as JobOffer.for_spec does"
+        )
 
 
 def rerender(spec: JobSpec) -> JobSpec:

@@ -35,14 +35,18 @@ Errors of the client (:class:`SolverClient`)::
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import queue
 import re
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 import httpx_sse
@@ -64,6 +68,7 @@ from lilypad.errors import SolverError
 from lilypad.tls import verify_for
 
 log = logging.getLogger("lilypad.solver_api")
+_T = TypeVar("_T")
 
 TIMEOUT_S = 10.0
 #: Seconds a stream may stay silent before the reader reconnects (the solver sends a comment
@@ -543,8 +548,9 @@ def retry_after(value: str | None) -> float | None:
 class SolverClient:
     """The solver's HTTP API: one method per route, answering the models above.
 
-    This is the boundary where httpx's errors become :class:`SolverUnreachable` and error
-    answers :class:`SolverRefused` (or a subclass, by status).
+    This is the boundary where httpx's errors become :class:`SolverUnreachable`, error
+    answers :class:`SolverRefused` (or a subclass, by status), and an answer that is not its
+    route's model a plain :class:`~lilypad.errors.SolverError` (pydantic's errors stay inside).
 
     Args:
         url: The solver's base URL (``http://127.0.0.1:8080``).
@@ -575,51 +581,52 @@ class SolverClient:
 
     # ------------------------------------------------------------------------- routes
     def health(self) -> Health:
-        return Health.model_validate_json(self._request("GET", "/healthz"))
+        return self._call(Health.model_validate_json, "GET", "/healthz")
 
     def post_job_offer(self, submission: jobs.JobSubmission) -> OfferAccepted:
         """Post a signed job offer with its spec."""
         body = _wire(JobSubmission, submission)
-        answer = self._request("POST", "/api/v1/job_offers", json=body)
-        return OfferAccepted.model_validate_json(answer)
+        return self._call(
+            OfferAccepted.model_validate_json, "POST", "/api/v1/job_offers", json=body
+        )
 
     def post_resource_offer(self, signed: offers.SignedResourceOffer) -> OfferAccepted:
         """List a signed resource offer (one job slot)."""
         body = _wire(SignedResourceOffer, signed)
-        answer = self._request("POST", "/api/v1/resource_offers", json=body)
-        return OfferAccepted.model_validate_json(answer)
+        return self._call(
+            OfferAccepted.model_validate_json, "POST", "/api/v1/resource_offers", json=body
+        )
 
     def job_offer(self, offer_id: str) -> JobOfferView:
         """A job offer as posted, its state and, once matched, its deal."""
-        answer = self._request("GET", f"/api/v1/job_offers/{offer_id}")
-        return JobOfferView.model_validate_json(answer)
+        return self._call(JobOfferView.model_validate_json, "GET", f"/api/v1/job_offers/{offer_id}")
 
     def resource_offer(self, offer_id: str) -> ResourceOfferView:
-        answer = self._request("GET", f"/api/v1/resource_offers/{offer_id}")
-        return ResourceOfferView.model_validate_json(answer)
+        return self._call(
+            ResourceOfferView.model_validate_json, "GET", f"/api/v1/resource_offers/{offer_id}"
+        )
 
     def cancel_offer(self, side: Side, offer_id: str, signature: str) -> Cancelled:
         """Withdraw a pending offer; ``signature`` is its signer's EIP-191 signature of
         ``lilypad.jobs.cancel_message(offer_id)``, as 0x hex."""
-        answer = self._request(
+        return self._call(
+            Cancelled.model_validate_json,
             "POST",
             f"/api/v1/{side}_offers/{offer_id}/cancel",
             json=Cancellation(signature=signature).model_dump(mode="json"),
         )
-        return Cancelled.model_validate_json(answer)
 
     def account(self, address: str) -> Account:
         """What ``address``'s open offers may still take from its deposit."""
-        return Account.model_validate_json(self._request("GET", f"/api/v1/accounts/{address}"))
+        return self._call(Account.model_validate_json, "GET", f"/api/v1/accounts/{address}")
 
     def deals(self, party: str | None = None) -> list[DealView]:
         """Every deal, or those of ``party`` (as job creator or provider)."""
         params = {"party": party} if party else None
-        answer = self._request("GET", "/api/v1/deals", params=params)
-        return _DEALS.validate_json(answer)
+        return self._call(_DEALS.validate_json, "GET", "/api/v1/deals", params=params)
 
     def deal(self, deal_id: str) -> DealView:
-        return DealView.model_validate_json(self._request("GET", f"/api/v1/deals/{deal_id}"))
+        return self._call(DealView.model_validate_json, "GET", f"/api/v1/deals/{deal_id}")
 
     def events(
         self,
@@ -636,6 +643,25 @@ class SolverClient:
         )
 
     # ---------------------------------------------------------------------- transport
+    def _call(self, read: Callable[[bytes], _T], method: str, path: str, **kwargs: Any) -> _T:
+        """One request, its answer read by ``read`` (a model's ``model_validate_json``).
+
+        Raises:
+            SolverUnreachable: no answer.
+            SolverRefused: an error answer (a subclass by status).
+            SolverError: an answer that is not the model this version reads (not a solver, or
+                one of another protocol version).
+        """
+        answer = self._request(method, path, **kwargs)
+        try:
+            return read(answer)
+        except ValidationError as exc:
+            raise SolverError(
+                f"the answer of {self.url} to {method} {path} is not what this version of "
+                f"lilypad reads: {_first(exc)}",
+                hint="is solver_url in the network profile a Lilypad solver of this version?",
+            ) from None
+
     def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
         what = f"{method} {path}"
         try:
@@ -674,6 +700,10 @@ class EventStream:
     It connects on the first ``next()``, or at :meth:`open`: a stream from now on
     (``after=-1``) that must miss nothing of what the caller does next opens first.
 
+    A caller that waits on a deadline of its own (a job creator polling the chain beside the
+    stream) reads it with :meth:`get` instead of iterating: a thread then reads the stream into
+    a buffer, and ``get(timeout)`` waits at most ``timeout`` seconds for the next event.
+
     Attributes:
         last_id: The number of the last event had (the solver names its position even before
             the first event of a stream from now on); None until known.
@@ -698,6 +728,9 @@ class EventStream:
         self._closed = threading.Event()
         self._response: httpx.Response | None = None
         self._events = self._follow()
+        self._buffer: queue.SimpleQueue[OfferEvent | DealEvent | _Ended] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._reader_lock = threading.Lock()
 
     def __iter__(self) -> EventStream:
         return self
@@ -722,11 +755,48 @@ class EventStream:
             self._response = self._connect()
         return self
 
+    def get(self, timeout: float) -> OfferEvent | DealEvent | None:
+        """The next event, waiting at most ``timeout`` seconds; None if none came by then (or the
+        stream was closed). Read a stream either with this or by iterating it, not both.
+
+        The first call starts a thread that reads the stream, reconnecting as iteration does,
+        into a buffer; :meth:`close` ends it.
+
+        Raises:
+            SolverRefused: the stream ended with an error answer (at this call and every later
+                one, once the events before it are had).
+            SolverUnreachable: the solver could not be reached, and ``reconnect`` is off.
+        """
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = threading.Thread(
+                    target=self._fill, daemon=True, name="solver-events"
+                )
+                self._reader.start()
+        try:
+            item = self._buffer.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        if isinstance(item, _Ended):
+            self._buffer.put(item)  # every later call raises it too
+            raise item.error
+        return item
+
+    def _fill(self) -> None:
+        """The reader thread of :meth:`get`: every event into the buffer, then the error that
+        ended the stream, if one did."""
+        try:
+            for event in self._events:
+                self._buffer.put(event)
+        except Exception as exc:  # handed to the caller by get(), not lost in this thread
+            self._buffer.put(_Ended(exc))
+
     def close(self) -> None:
         """End the stream (from any thread: a blocked read returns at once)."""
         self._closed.set()
         response = self._response
         if response is not None:
+            _hang_up(response)
             response.close()
 
     def _follow(self) -> Iterator[OfferEvent | DealEvent]:
@@ -779,6 +849,10 @@ class EventStream:
     def _read(self, response: httpx.Response) -> Iterator[OfferEvent | DealEvent]:
         """The events of one connection, until it ends."""
         self._response = response
+        if self._closed.is_set():  # closed while it connected: close() did not see it
+            self._response = None
+            response.close()
+            return
         try:
             for sse in httpx_sse.EventSource(response).iter_sse():
                 event = self._event(sse)
@@ -816,6 +890,24 @@ class EventStream:
             # A newer solver's event kind, or a broken one: skip it, keep the stream.
             log.warning("skipping solver event %s (%s): %s", sse.id, sse.event, _first(exc))
             return None
+
+
+def _hang_up(response: httpx.Response) -> None:
+    """Shut the answer's socket down, so that a read blocked on it in another thread returns
+    now: closing a socket does not wake a thread blocked in ``recv`` on it (Linux), shutting it
+    down does. httpx names the connection in the ``network_stream`` response extension."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """In :class:`EventStream`'s buffer: the error that ended the stream."""
+
+    error: Exception
 
 
 def _first(exc: ValidationError) -> str:

@@ -104,10 +104,10 @@ def provider(
     """
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
+    from lilypad.solver_api import SolverClient
     from lilypad.storage import open_storage
     from resource_provider.daemon import ResourceProvider
     from resource_provider.machine import detect
-    from resource_provider.solver_client import SolverClient
 
     market_address, _ = profile.require_contracts()
     solver_url = require(profile, "solver_url", "the solver's URL")
@@ -157,9 +157,9 @@ def mediator(
     """
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
+    from lilypad.solver_api import SolverClient
     from lilypad.storage import open_storage
     from resource_provider.mediator import Mediator
-    from resource_provider.solver_client import SolverClient
 
     market_address, _ = profile.require_contracts()
     solver_url = require(profile, "solver_url", "the solver's URL, where job specs are")
@@ -204,8 +204,8 @@ def bridge(
     from lilypad.chain.client import Chain
     from lilypad.chain.job_creator import JobCreatorClient
     from lilypad.chain.market import JobMarketClient
+    from lilypad.solver_api import SolverClient
     from resource_provider.bridge import JobCreatorBridge
-    from resource_provider.solver_client import SolverClient
 
     market_address, _ = profile.require_contracts()
     job_creator_address = require(profile, "job_creator", "the JobCreator contract")

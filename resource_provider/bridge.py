@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,16 +38,17 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, ConfigDict
 
-from lilypad.chain.events import ChainEvent, EventFollower
+from lilypad.chain.events import ChainEvent
 from lilypad.chain.job_creator import JobCreatorClient, JobState, bridge_signature
 from lilypad.chain.light import DealState, DealStatus
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal, JobOffer
-from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError
+from lilypad.errors import ContractReverted, InputError, LilypadError
 from lilypad.jobs import ChainClock, JobSubmission
 from lilypad.modules import JobSpec, render
+from lilypad.solver_api import AlreadyKnown, OfferState, SolverClient, SolverRefused
 from lilypad.verification import Verify, audit_probability, draw_audit
-from resource_provider.solver_client import SolverClient, SolverRefused
+from resource_provider.service import ChainService
 from resource_provider.state import JsonStore
 
 log = logging.getLogger("lilypad.bridge")
@@ -149,8 +149,15 @@ class BridgeConfig:
             raise InputError("the bridge must serve at least one module")
 
 
-class JobCreatorBridge:
-    """Serves one JobCreator contract with the bridge's account."""
+class JobCreatorBridge(ChainService):
+    """Serves one JobCreator contract with the bridge's account.
+
+    The bridge owns ``solver`` from then on: :meth:`stop` closes it.
+    """
+
+    role = "bridge"
+    logger = log
+    join_timeout_s = 30.0  # a pass may send a transaction for each of several jobs
 
     def __init__(
         self,
@@ -162,16 +169,9 @@ class JobCreatorBridge:
         state_dir: Path,
         config: BridgeConfig,
     ) -> None:
-        self.account, self.market, self.job_creator = account, market, job_creator
-        self.solver, self.config = solver, config
-        self.store = JsonStore(state_dir)
-        self.clock = ChainClock(market)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._follower = EventFollower(
-            market.chain,
-            [job_creator.contract, market.contract],
-            from_block=int(self.store.meta("next_block", config.start_block)),
+        super().__init__(
+            chain=market.chain,
+            contracts=[job_creator.contract, market.contract],
             events=(
                 "JobRequested",
                 "JobDelivered",
@@ -181,7 +181,14 @@ class JobCreatorBridge:
                 "ResultSubmitted",
                 "MediationResolved",
             ),
+            store=JsonStore(state_dir),
+            start_block=config.start_block,
+            poll_interval_s=config.poll_interval_s,
         )
+        self.account, self.market, self.job_creator = account, market, job_creator
+        self.solver, self.config = solver, config
+        self.clock = ChainClock(market)
+        self._owns(solver.close)
         # The jobs each pass looks at (ended ones stay on disk, never read again), and the open
         # ones by the struct hash of their offer: how a DealCreated finds its job.
         unfinished = [j for j in self.store.all("jobs", BridgeJob) if not j.phase.is_terminal()]
@@ -197,34 +204,10 @@ class JobCreatorBridge:
             ", ".join(self.config.modules),
             self.config.verify.value,
         )
-        self._thread = threading.Thread(target=self._loop, name="bridge", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.solver.close()
-
-    def wait(self) -> None:
-        while not self._stop.wait(1.0):
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except ChainError as exc:
-                log.warning("chain: %s", exc)
-            except Exception:
-                log.exception("bridge pass failed")
-            self._stop.wait(self.config.poll_interval_s)
-
-    def step(self) -> None:
-        """Apply new chain events, then move every open job on by what the chain says."""
-        for event in self._follower.poll():
-            self._apply(event)
-        self.store.set_meta(next_block=self._follower.next_block)
+    def _act(self) -> None:
+        """Move every open job on by what the chain says."""
         for job_id in sorted(self._open):
             job = self._get(job_id)
             if job is None or job.phase.is_terminal() or self._stop.is_set():
@@ -370,14 +353,14 @@ class JobCreatorBridge:
         try:
             offer_id: str | None = self.solver.post_job_offer(
                 JobSubmission(offer=job.offer, signature=signature, spec=spec)
-            )
-        except SolverRefused as exc:
-            if exc.status in _REFUSED:
-                self._cancel(job, f"the solver refused the job's offer: {exc}")
-                return
-            if exc.status != 409:  # 409: it has the offer already (posted before a crash)
-                raise
+            ).id
+        except AlreadyKnown:  # posted before a crash
             offer_id = None
+        except SolverRefused as exc:
+            if exc.status not in _REFUSED:
+                raise
+            self._cancel(job, f"the solver refused the job's offer: {exc}")
+            return
         log.info("job %d: offer posted (%s)", job.job_id, offer_id or "already at the solver")
         self._put(job.model_copy(update={"posted": True, "job_offer_id": offer_id}))
 
@@ -387,12 +370,14 @@ class JobCreatorBridge:
             self._post(job)
             return
         if job.job_offer_id is not None:
-            state = self.solver.job_offer(job.job_offer_id)
-            found = (state.get("deal") or {}).get("deal")
-            if found and self._deal_from_solver(job, Deal.model_validate(found)):
+            view = self.solver.job_offer(job.job_offer_id)
+            found = view.deal.deal if view.deal is not None else None
+            # as the chain's model, as DealCreated gives it (the wire model compares unequal)
+            if found and self._deal_from_solver(job, Deal.model_validate(found.model_dump())):
                 return
-            if state.get("state") in ("rejected", "cancelled"):
-                self._cancel(job, f"the solver {state['state']} the offer: {state.get('reason')}")
+            if view.state in (OfferState.REJECTED, OfferState.CANCELLED):
+                why = f": {view.deal.error}" if view.deal is not None and view.deal.error else ""
+                self._cancel(job, f"the solver {view.state.value} the offer{why}")
                 return
         if self.clock() > job.offer.expiry:
             self._cancel(job, "no provider took the job before its offer expired")

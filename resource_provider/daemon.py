@@ -34,15 +34,17 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
 from lilypad import modules
-from lilypad.chain.events import ChainEvent, EventFollower
+from lilypad.chain.events import ChainEvent
 from lilypad.chain.light import DealState
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import (
@@ -54,14 +56,24 @@ from lilypad.chain.offers import (
     module_id,
     provider_min_timeout,
 )
-from lilypad.errors import ChainError, ContractReverted, InputError, LilypadError, SolverError
-from lilypad.jobs import ChainClock, JobSubmission
+from lilypad.errors import ContractReverted, InputError, LilypadError, SolverError
+from lilypad.jobs import ChainClock, JobSubmission, cancel_message
+from lilypad.solver_api import (
+    AlreadyKnown,
+    DealEvent,
+    EventKind,
+    EventStream,
+    OfferEvent,
+    SolverBusy,
+    SolverClient,
+    SolverRefused,
+)
 from lilypad.storage import CID, Storage
 from resource_provider.executors import Executor, Weights
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics
-from resource_provider.runner import JobRefused, execute_job, verified_spec
-from resource_provider.solver_client import SolverClient, SolverRefused
+from resource_provider.runner import JobRefused, execute_job, job_submission, verified_spec
+from resource_provider.service import ChainService
 from resource_provider.state import DealRecord, JsonStore, Outcome, Phase
 
 log = logging.getLogger("lilypad.provider")
@@ -80,8 +92,13 @@ EVENTS = (
 TIMEOUT_OUTCOMES = {0: Outcome.TIMED_OUT, 1: Outcome.PAID, 2: Outcome.MEDIATION_TIMED_OUT}
 #: Seconds before retrying a deal whose last attempt hit a passing failure (solver, chain).
 RETRY_S = 3.0
-#: Seconds before listing offers again after the solver refused one or could not be reached.
+#: Seconds before listing offers again after the solver refused one or could not be reached,
+#: unless it said how long to wait (``Retry-After`` of a 429 or 503).
 OFFER_RETRY_S = 15.0
+#: The longest ``Retry-After`` honoured: a solver asking for more is asked again after this.
+MAX_RETRY_AFTER_S = 60.0
+#: Seconds between reconnections of the solver's event stream after it refused one.
+STREAM_RETRY_S = 1.0
 #: Starts of one job (a crash and restart counts too) before the provider gives it up.
 MAX_RUNS = 5
 
@@ -141,7 +158,16 @@ class _Pending:
     retry_at: dict[str, float] = field(default_factory=dict)
 
 
-class ResourceProvider:
+@dataclass
+class _Backoff:
+    """When offers may be listed again, and the offer the solver asked to send later."""
+
+    until: float = 0.0
+    refused: SignedResourceOffer | None = None
+    module: str = ""
+
+
+class ResourceProvider(ChainService):
     """One provider account serving one market.
 
     Args:
@@ -157,6 +183,9 @@ class ResourceProvider:
 
     The daemon owns ``solver`` and ``storage`` from then on: :meth:`stop` closes them.
     """
+
+    role = "provider"
+    logger = log
 
     def __init__(
         self,
@@ -175,11 +204,19 @@ class ResourceProvider:
             raise InputError(f"max concurrent jobs must be at least 1, not {config.max_concurrent}")
         if not config.modules:
             raise InputError("a provider must serve at least one module")
+        super().__init__(
+            chain=market.chain,
+            contracts=[market.contract],
+            events=EVENTS,
+            store=JsonStore(state_dir),
+            start_block=config.start_block,
+            confirmations=config.confirmations,
+            poll_interval_s=config.poll_interval_s,
+        )
         self.account, self.market, self.solver = account, market, solver
         self.storage, self.executor, self.hardware = storage, executor, hardware
         self.config = config
         self.metrics = metrics or Metrics()
-        self.store = JsonStore(state_dir)
         self.results_dir = state_dir / "results"
         self.machine: Machine = hardware.machine(config.gpus)
         # Deadlines and expiries are the chain's; read about once per pass of the main loop.
@@ -191,12 +228,13 @@ class ResourceProvider:
         }
         self._lock = threading.RLock()
         self._pending = _Pending()
-        self._offer_retry_at = 0.0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._backoff = _Backoff()
         self._incoming: queue.Queue[Deal] = queue.Queue()
+        self._stream: EventStream | None = None
         self._pool = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="provider-job")
-        self._threads: list[threading.Thread] = []
+        self._owns(storage.close)
+        self._owns(solver.close)
+        self._owns(self._pool.shutdown)  # first: running jobs end before what they use closes
         # Deals not yet settled or refused, by id: what each pass looks at (settled deals stay on
         # disk but are never read again).
         self._open: dict[str, Phase] = {
@@ -207,13 +245,6 @@ class ResourceProvider:
         self._offers: dict[str, _Offer] = {
             k: _Offer(**v) for k, v in self.store.meta("offers", {}).items()
         }
-        self._follower = EventFollower(
-            market.chain,
-            [market.contract],
-            from_block=int(self.store.meta("next_block", config.start_block)),
-            confirmations=config.confirmations,
-            events=EVENTS,
-        )
 
     @property
     def address(self) -> str:
@@ -247,13 +278,7 @@ class ResourceProvider:
             log.info("resuming deal %s from phase %s", deal_id, phase)
         if self.config.auto_deposit:
             self._top_up()
-        targets = [("main", self._main_loop)]
-        if self.config.event_stream:
-            targets.append(("events", self._stream_loop))
-        for name, target in targets:
-            thread = threading.Thread(target=target, name=f"provider-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        super().start()
 
     def stop(self, *, cancel_offers: bool = True) -> None:
         """Stop taking work, withdraw open offers, and wait for running jobs to end."""
@@ -262,16 +287,15 @@ class ResourceProvider:
         if cancel_offers:
             for offer in list(self._offers.values()):
                 self._cancel(offer)
-        self.solver.close()  # ends the event stream's read
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._pool.shutdown(wait=True)
-        self.storage.close()
+        super().stop()
 
-    def wait(self) -> None:
-        """Block until :meth:`stop` (or Ctrl-C in the caller)."""
-        while not self._stop.wait(1.0):
-            pass
+    def _loops(self) -> list[tuple[str, Callable[[], None]]]:
+        return [("events", self._stream_loop)] if self.config.event_stream else []
+
+    def _interrupt(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.close()
 
     def _top_up(self, offers: int | None = None) -> None:
         """Deposit what the collateral of ``offers`` open offers (every slot's by default) needs
@@ -302,23 +326,8 @@ class ResourceProvider:
         log.info("deposited %d into the market for collateral (%s)", missing, receipt.tx_hash)
 
     # ------------------------------------------------------------------------------ main loop
-    def _main_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except ChainError as exc:
-                log.warning("chain: %s", exc)
-            except Exception:  # one bad pass must not end the daemon; the state is on disk
-                log.exception("provider pass failed")
-            self._wake.wait(self.config.poll_interval_s)
-            self._wake.clear()
-
-    def step(self) -> None:
-        """One pass: chain events, new deals, work to (re)start, submissions, claims, offers."""
-        events = self._follower.poll()
-        for event in events:
-            self._apply(event)
-        self.store.set_meta(next_block=self._follower.next_block)
+    def _act(self) -> None:
+        """After the chain's events: new deals, work to (re)start, submissions, claims, offers."""
         while not self._incoming.empty():
             self._accept(self._incoming.get_nowait())
         for deal_id, phase in list(self._open.items()):
@@ -466,7 +475,7 @@ class ResourceProvider:
         kept = self.store.get("submissions", deal.deal_id, JobSubmission)
         if kept is not None:
             return kept
-        submission = self.solver.job_submission(deal.job_offer_hash)
+        submission = job_submission(self.solver, deal.job_offer_hash)
         self.store.put("submissions", deal.deal_id, submission)
         return submission
 
@@ -549,20 +558,56 @@ class ResourceProvider:
                 self._cancel(offer)
         self.metrics.open_offers.set(len(self._offers))
         free = self.config.max_concurrent - self._busy_slots() - len(self._offers)
-        if free <= 0 or time.monotonic() < self._offer_retry_at:
+        if free <= 0 or time.monotonic() < self._backoff.until:
             return
         if self.config.auto_deposit:
             self._top_up(len(self._offers) + free)
         for _ in range(free):
-            if not self._post_offer(now):
+            wait = self._post_offer(now)
+            if wait is not None:
                 # Refused (deposit too small, rate limit) or unreachable: try again later
                 # rather than on every pass.
-                self._offer_retry_at = time.monotonic() + OFFER_RETRY_S
+                self._backoff.until = time.monotonic() + wait
                 break
 
-    def _post_offer(self, now: int) -> bool:
+    def _post_offer(self, now: int) -> float | None:
+        """List one offer: the one the solver asked to have again later while it is fresh, else
+        a new one. Returns None once it is listed, else the seconds to wait before trying again.
+        """
+        signed, module = self._backoff.refused, self._backoff.module
+        self._backoff.refused = None
+        again = signed is not None and signed.offer.expiry - now >= self.config.offer_ttl_s // 3
+        if signed is None or not again:
+            module = self._least_offered_module()
+            signed = self._sign_offer(module, now)
+        try:
+            offer_id = self.solver.post_resource_offer(signed).id
+        except SolverBusy as exc:
+            # Put off, not taken: the same offer (and nonce) goes again once the wait is over.
+            self._backoff.refused, self._backoff.module = signed, module
+            wait = OFFER_RETRY_S if exc.retry_after is None else exc.retry_after
+            wait = min(wait, MAX_RETRY_AFTER_S)
+            log.info("offer for %s put off for %gs: %s", module, wait, exc)
+            return wait
+        except AlreadyKnown as exc:
+            if not again:
+                log.warning("cannot list an offer: %s", exc)
+                return OFFER_RETRY_S
+            offer_id = signed.offer.struct_hash()  # it reached the solver after all
+        except SolverError as exc:
+            log.warning("cannot list an offer: %s", exc)
+            return OFFER_RETRY_S
+        with self._lock:
+            self._offers[offer_id] = _Offer(
+                offer_id, signed.offer.nonce, signed.offer.expiry, module
+            )
+            self._save_offers()
+        log.info("offer %s listed for %s until %d", offer_id, module, signed.offer.expiry)
+        return None
+
+    def _sign_offer(self, module: str, now: int) -> SignedResourceOffer:
+        """A new offer of one slot for ``module``, with a nonce never used before."""
         nonce = int(self.store.meta("next_nonce", 0)) or _initial_nonce()
-        module = self._least_offered_module()
         offer = ResourceOffer(
             provider=self.address,
             module=module_id(module),
@@ -575,20 +620,10 @@ class ResourceProvider:
             nonce=nonce,
         )
         chain_id, market = self.market.chain.chain_id, self.market.address
-        signed = SignedResourceOffer(
+        self.store.set_meta(next_nonce=nonce + 1)  # never reuse a nonce, even if posting fails
+        return SignedResourceOffer(
             offer=offer, signature=offer.sign(self.account, chain_id, market)
         )
-        self.store.set_meta(next_nonce=nonce + 1)  # never reuse a nonce, even if posting fails
-        try:
-            offer_id = self.solver.post_resource_offer(signed)
-        except SolverError as exc:
-            log.warning("cannot list an offer: %s", exc)
-            return False
-        with self._lock:
-            self._offers[offer_id] = _Offer(offer_id, nonce, offer.expiry, module)
-            self._save_offers()
-        log.info("offer %s listed for %s until %d", offer_id, module, offer.expiry)
-        return True
 
     def _least_offered_module(self) -> str:
         """The served module with the fewest open offers (the first on a tie), so that with as
@@ -601,8 +636,11 @@ class ResourceProvider:
         return min(self.config.modules, key=lambda module: counts[module])
 
     def _cancel(self, offer: _Offer) -> None:
+        signed = self.account.sign_message(encode_defunct(text=cancel_message(offer.offer_id)))
         try:
-            self.solver.cancel_resource_offer(offer.offer_id, self.account)
+            self.solver.cancel_offer(
+                "resource", offer.offer_id, "0x" + bytes(signed.signature).hex()
+            )
         except SolverRefused as exc:
             # Matched meanwhile (its deal arrives as an event) or already gone: once it has
             # expired, it can make no deal, and the slot is free again.
@@ -621,27 +659,30 @@ class ResourceProvider:
 
     # -------------------------------------------------------------------------- event stream
     def _stream_loop(self) -> None:
+        """Hand each deal the solver makes for this provider to the main loop at once. The
+        stream reconnects by itself (and resumes where it was); a refused one starts again."""
         after = -1  # from now on: earlier deals are found on chain
         while not self._stop.is_set():
+            stream = self._stream = self.solver.events(self.address, after=after)
             try:
-                for event in self.solver.events(self.address, after):
-                    after = max(after, event.seq)
-                    if event.kind == "deal.created":
-                        self._incoming_deal(event.data)
-                    if self._stop.is_set():
-                        return
+                if self._stop.is_set():
+                    return  # stopped before it could close this stream
+                for event in stream:
+                    self._heard(event)
             except SolverError as exc:
                 if not self._stop.is_set():
                     log.debug("solver event stream: %s; reconnecting", exc)
-            self._stop.wait(1.0)
+            finally:
+                stream.close()
+            after = stream.last_id if stream.last_id is not None else after
+            self._stop.wait(STREAM_RETRY_S)
 
-    def _incoming_deal(self, data: dict[str, Any]) -> None:
-        try:
-            deal = Deal.model_validate(data.get("deal") or {})
-        except ValueError:
+    def _heard(self, event: OfferEvent | DealEvent) -> None:
+        if not isinstance(event, DealEvent) or event.kind != EventKind.DEAL_CREATED:
             return
-        if deal.provider == self.address:
-            self._incoming.put(deal)
+        if event.deal is not None and event.deal.provider == self.address:
+            # as the chain's model, as DealCreated gives it (the wire model compares unequal)
+            self._incoming.put(Deal.model_validate(event.deal.model_dump()))
             self._wake.set()
 
 

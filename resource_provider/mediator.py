@@ -35,13 +35,12 @@ from pathlib import Path
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, ConfigDict
 
-from lilypad.chain.events import ChainEvent, EventFollower
+from lilypad.chain.events import ChainEvent
 from lilypad.chain.light import DealState
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal
 from lilypad.errors import (
     BlockNotFound,
-    ChainError,
     ContractReverted,
     CorruptBlock,
     InputError,
@@ -51,11 +50,12 @@ from lilypad.errors import (
 )
 from lilypad.modules import JobSpec
 from lilypad.modules.manifest import VerificationMethod
+from lilypad.solver_api import SolverClient
 from lilypad.storage import CID, Storage
 from resource_provider.executors import Executor, Weights
 from resource_provider.metrics import Metrics
-from resource_provider.runner import run_job, verified_spec
-from resource_provider.solver_client import SolverClient
+from resource_provider.runner import job_submission, run_job, verified_spec
+from resource_provider.service import ChainService
 from resource_provider.state import JsonStore
 from resource_provider.verify import Verdict, compare, compare_exact
 
@@ -97,8 +97,14 @@ class MediationRecord(BaseModel):
     reason: str | None = None
 
 
-class Mediator:
-    """One mediator account for one market (see the module docstring)."""
+class Mediator(ChainService):
+    """One mediator account for one market (see the module docstring).
+
+    The mediator owns ``solver`` and ``storage`` from then on: :meth:`stop` closes them.
+    """
+
+    role = "mediator"
+    logger = log
 
     def __init__(
         self,
@@ -115,24 +121,25 @@ class Mediator:
         poll_interval_s: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__(
+            chain=market.chain,
+            contracts=[market.contract],
+            events=EVENTS,
+            store=JsonStore(state_dir),
+            start_block=start_block,
+            confirmations=confirmations,
+            poll_interval_s=poll_interval_s,
+        )
         self.account, self.market, self.solver = account, market, solver
         self.storage, self.executor, self.weights = storage, executor, weights
-        self.store = JsonStore(state_dir)
         self.results_dir = state_dir / "results"
         self.metrics = metrics or Metrics()
-        self.poll_interval_s = poll_interval_s
-        self._stop = threading.Event()
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mediator-job")
-        self._thread: threading.Thread | None = None
-        self._follower = EventFollower(
-            market.chain,
-            [market.contract],
-            from_block=int(self.store.meta("next_block", start_block)),
-            confirmations=confirmations,
-            events=EVENTS,
-        )
+        self._owns(storage.close)
+        self._owns(solver.close)
+        self._owns(self._pool.shutdown)  # first: a mediation under way ends before what it uses
 
     @property
     def address(self) -> str:
@@ -140,36 +147,10 @@ class Mediator:
 
     def start(self) -> None:
         log.info("mediator %s following market %s", self.address, self.market.address)
-        self._thread = threading.Thread(target=self._loop, name="mediator", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True)
-        self.solver.close()
-        self.storage.close()
-
-    def wait(self) -> None:
-        while not self._stop.wait(1.0):
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except ChainError as exc:
-                log.warning("chain: %s", exc)
-            except Exception:
-                log.exception("mediator pass failed")
-            self._stop.wait(self.poll_interval_s)
-
-    def step(self) -> None:
-        """Apply new events, then start every challenge not yet being worked on."""
-        for event in self._follower.poll():
-            self._apply(event)
-        self.store.set_meta(next_block=self._follower.next_block)
+    def _act(self) -> None:
+        """Start every challenge not yet being worked on."""
         for record in self.store.all("deals", MediationRecord):
             if record.phase is MediationPhase.CHALLENGED:
                 self._schedule(record.deal.deal_id)
@@ -227,7 +208,7 @@ class Mediator:
             return
         if record.submitted_cid is None:
             raise LilypadError(f"no ResultSubmitted seen for deal {deal.deal_id} yet")
-        spec = verified_spec(self.solver.job_submission(deal.job_offer_hash), deal)
+        spec = verified_spec(job_submission(self.solver, deal.job_offer_hash), deal)
         record = record.model_copy(update={"spec_hash": spec.spec_hash})
         # Theirs first: whether it can be fetched at all must not depend on what we add.
         theirs, links, lost = self._fetch_submitted(record)

@@ -1,9 +1,10 @@
 """Turning a deal into a result: find its job spec, check it, run it, add the result to IPFS.
 
 Shared by the resource provider (runs deals), the mediator (re-runs challenged deals) and tests.
-A deal carries only ``job_offer_hash``; the spec comes from the solver, and nothing from there is
-trusted: :func:`verified_spec` checks that the signed offer hashes to the deal's
-``job_offer_hash``, that the spec is the one the offer commits to, and re-renders it here.
+A deal carries only ``job_offer_hash``; the spec comes from the solver (:func:`job_submission`),
+and nothing from there is trusted: :func:`verified_spec` checks that the signed offer hashes to
+the deal's ``job_offer_hash``, that the spec is the one the offer commits to, and re-renders it
+here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lilypad import modules
 from lilypad.chain.offers import Deal
-from lilypad.errors import InputError
+from lilypad.errors import InputError, SolverError
 from lilypad.jobs import JobSubmission, SpecMismatch, check_submission, rerender
 from lilypad.modules import JobSpec
+from lilypad.solver_api import SolverClient
 from lilypad.storage import CID, Storage
 from resource_provider.executors import ExecutionResult, Executor, Job, Weights
 
@@ -31,6 +35,26 @@ class RunResult:
 
     execution: ExecutionResult
     cid: CID
+
+
+def job_submission(solver: SolverClient, job_offer_id: str) -> JobSubmission:
+    """The signed job offer and spec that a deal's ``job_offer_hash`` names, as the solver has
+    them (unchecked: see :func:`verified_spec`).
+
+    Raises:
+        NotFound: the solver has no such offer.
+        SolverError: it could not be reached, or answered something that is no job offer.
+    """
+    try:
+        view = solver.job_offer(job_offer_id)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SolverError(
+            f"the solver's job offer {job_offer_id} is malformed ({where}: {first['msg']})"
+        ) from None
+    # as lilypad.jobs models: what the provider keeps on disk, amounts as JSON numbers
+    return JobSubmission.model_validate(view.offer.model_dump())
 
 
 def verified_spec(submission: JobSubmission, deal: Deal) -> JobSpec:

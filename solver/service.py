@@ -443,7 +443,8 @@ class Solver:
             shown = signature if len(signature) <= 20 else f"{signature[:20]}..."
             raise OfferRejected(
                 f"cancellation signature {shown!r} is malformed ({exc}); send the offer "
-                f"signer's 65-byte EIP-191 signature of {cancel_message(offer_id)!r} as hex"
+                "signer's EIP-191 signature (65 bytes, or 64 compact) of "
+                f"{cancel_message(offer_id)!r} as hex"
             ) from None
         if signer != row.signer:
             raise OfferRejected(f"cancellation is signed by {signer}, not by {row.signer}")

@@ -328,5 +328,14 @@ def test_spec_hash_is_the_hash_of_the_canonical_spec(cli: CliRunner) -> None:
         cli("module", "render", "sdxl:v1.0-lilypad1", "-i", "Width=768", "--json").stdout
     )
     claimed = spec.pop("spec_hash")
-    body = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    # RFC 8785 for this spec (ASCII keys, no big integers): sorted compact JSON in which a whole
+    # float is written as an integer, as JavaScript's JSON.stringify writes it (16, not 16.0)
+    def js(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: js(v) for k, v in value.items()}
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    body = json.dumps(js(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert '"vram_gb":16}' in body
     assert claimed == "sha256:" + hashlib.sha256(body.encode()).hexdigest()

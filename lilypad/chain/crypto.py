@@ -14,8 +14,10 @@ What is covered, and only that:
   use; anything dynamic is refused, not guessed;
 * :class:`Signer`: a private key that signs digests (recoverable, low-s, RFC 6979, as
   eth-account does), EIP-191 messages and EIP-1559 / EIP-155 transactions;
-* :func:`recover`: the signer of a digest, rejecting what OpenZeppelin's ``ECDSA`` rejects
-  (``v`` other than 27/28, high ``s``);
+* :func:`normalize_signature`: the forms wallets write (65 bytes with ``v`` 27/28 or 0/1, 64-byte
+  EIP-2098 compact) as the one form OpenZeppelin's ``ECDSA`` and so the market take (65 bytes,
+  ``v`` 27/28), refusing a malleable high ``s``; :func:`recover`: the signer of a digest from
+  any of those forms;
 * :func:`rlp_encode` for transactions.
 
 ``tests/chain/test_crypto.py`` checks each against eth-account, eth-abi and eth-utils.
@@ -182,20 +184,54 @@ def eip191_digest(text: str) -> bytes:
     return keccak(b"\x19Ethereum Signed Message:\n" + str(len(body)).encode() + body)
 
 
-def recover(digest: bytes, signature: bytes | str) -> str:
-    """The checksummed address whose key made the 65-byte ``signature`` (r ‖ s ‖ v) of ``digest``.
+def normalize_signature(signature: bytes | str) -> bytes:
+    """An ECDSA signature in the one form the market checks: 65 bytes ``r ‖ s ‖ v``, ``v`` 27 or 28.
+
+    Takes what wallets and libraries write: 65 bytes with ``v`` 27/28 (``eth_sign``, ethers'
+    ``signature``) or 0/1 (the bare recovery id), and 64 bytes ``r ‖ yParityAndS`` (EIP-2098
+    compact: the top bit of the second word is the parity, the rest is ``s``). Hex with or
+    without ``0x``, or bytes.
 
     Raises:
-        ValueError: not 65 bytes, ``v`` not 27 or 28, ``s`` in the upper half of the curve order
-            (malleable), or no key recovers; the same signatures OpenZeppelin's ECDSA refuses.
+        ValueError: not hex, another length, another ``v``, or ``s`` in the upper half of the
+            curve order (malleable: OpenZeppelin's ECDSA refuses it; sign again, as every
+            wallet signs low-s).
     """
-    raw = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else signature
-    if len(raw) != 65:
-        raise ValueError(f"a signature is 65 bytes, not {len(raw)}")
+    try:
+        raw = (
+            bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else signature
+        )
+    except ValueError:
+        raise ValueError(f"signature {_shown(signature)!r} is not hex") from None
+    if len(raw) == 64:
+        word = int.from_bytes(raw[32:], "big")
+        parity, s = word >> 255, word & ((1 << 255) - 1)
+        raw = raw[:32] + s.to_bytes(32, "big") + bytes([27 + parity])
+    elif len(raw) == 65 and raw[64] in (0, 1):
+        raw = raw[:64] + bytes([27 + raw[64]])
+    elif len(raw) != 65:
+        raise ValueError(
+            f"a signature is 65 bytes (r, s, v) or 64 (EIP-2098 compact), not {len(raw)}"
+        )
     if raw[64] not in (27, 28):
-        raise ValueError(f"signature v is {raw[64]}, not 27 or 28")
+        raise ValueError(f"signature v is {raw[64]}, not 27 or 28 (or 0 or 1)")
     if int.from_bytes(raw[32:64], "big") > SECP256K1_N // 2:
-        raise ValueError("signature s is in the upper half of the curve order (malleable)")
+        raise ValueError(
+            "signature s is in the upper half of the curve order (a malleable signature, which "
+            "the market refuses); sign again: wallets and ethers sign with low s"
+        )
+    return raw
+
+
+def recover(digest: bytes, signature: bytes | str) -> str:
+    """The checksummed address whose key made ``signature`` of ``digest``.
+
+    ``signature`` is any form :func:`normalize_signature` takes.
+
+    Raises:
+        ValueError: what :func:`normalize_signature` refuses, or no key recovers.
+    """
+    raw = normalize_signature(signature)
     try:
         key = coincurve.PublicKey.from_signature_and_message(
             raw[:64] + bytes([raw[64] - 27]), digest, hasher=None
@@ -203,6 +239,11 @@ def recover(digest: bytes, signature: bytes | str) -> str:
     except Exception as exc:  # coincurve raises ValueError or its own errors on bad points
         raise ValueError(f"no public key recovers from this signature: {exc}") from None
     return _address_of(key)
+
+
+def _shown(value: bytes | str) -> str:
+    text = value if isinstance(value, str) else value.hex()
+    return text if len(text) <= 20 else f"{text[:20]}..."
 
 
 def _address_of(key: coincurve.PublicKey) -> str:

@@ -200,9 +200,9 @@ class JobMarketClient:
         """Create a deal from two signed offers (the sender must be a registered solver)."""
         fn = self.contract.functions.createDeal(
             job.offer.as_tuple(),
-            _sig(job.signature),
+            self._signature(job),
             resource.offer.as_tuple(),
-            _sig(resource.signature),
+            self._signature(resource),
         )
         deals = self.deals_in(self.chain.transact(fn, solver))
         return deals[0]
@@ -214,11 +214,17 @@ class JobMarketClient:
     ) -> tuple[list[Deal], Receipt]:
         """Create several deals in one transaction; all or none."""
         requests = [
-            (j.offer.as_tuple(), _sig(j.signature), r.offer.as_tuple(), _sig(r.signature))
+            (j.offer.as_tuple(), self._signature(j), r.offer.as_tuple(), self._signature(r))
             for j, r in pairs
         ]
         receipt = self.chain.transact(self.contract.functions.createDeals(requests), solver)
         return self.deals_in(receipt), receipt
+
+    def _signature(self, signed: SignedJobOffer | SignedResourceOffer) -> bytes:
+        """An offer's signature as the market checks it: an ECDSA one in any form the solver
+        takes (v 0/1, EIP-2098 compact) as 65 bytes with v 27/28; an ERC-1271 blob as it is."""
+        chain_id = self.chain.chain_id
+        return _sig(signed.offer.chain_signature(signed.signature, chain_id, self.address))
 
     def deals_in(self, receipt: Receipt) -> list[Deal]:
         """The deals a transaction created, in order."""

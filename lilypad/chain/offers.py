@@ -41,6 +41,7 @@ from lilypad.chain.crypto import (
     encode_words,
     is_address,
     keccak,
+    normalize_signature,
     recover,
     to_checksum_address,
 )
@@ -191,6 +192,19 @@ class Machine(BaseModel):
     disk_mb: Uint32 = 0
 
     @classmethod
+    def for_spec(cls, spec: JobSpec) -> Self:
+        """What a job spec's module needs (``JobSpec.machine``), in lanes: the least ``machine``
+        a job offer for the spec may ask for."""
+        needs = spec.machine
+        return cls.from_requirements(
+            gpus=needs.gpus,
+            vram_gb=needs.vram_gb,
+            cpus=needs.cpus,
+            ram_gb=needs.ram_gb,
+            disk_gb=needs.disk_gb,
+        )
+
+    @classmethod
     def from_requirements(
         cls, *, gpus: int, vram_gb: float, cpus: float, ram_gb: float, disk_gb: float
     ) -> Self:
@@ -203,10 +217,14 @@ class Machine(BaseModel):
             disk_mb=_ceil(disk_gb * 1024),
         )
 
+    @staticmethod
+    def reserved_bits(value: int) -> int:
+        """What a packed ``machine`` holds in the reserved lanes 5-7 (0 when it is well formed)."""
+        return value >> (32 * 5)
+
     def encode(self) -> int:
         """The ``uint256`` the offers carry."""
-        lanes = (self.gpus, self.vram_mb, self.cpu_millis, self.ram_mb, self.disk_mb)
-        return sum(value << (32 * lane) for lane, value in enumerate(lanes))
+        return sum(value << (32 * lane) for lane, value in enumerate(self._lanes()))
 
     @classmethod
     def decode(cls, value: int) -> Self:
@@ -215,6 +233,26 @@ class Machine(BaseModel):
         return cls(
             gpus=lane[0], vram_mb=lane[1], cpu_millis=lane[2], ram_mb=lane[3], disk_mb=lane[4]
         )
+
+    def shortfall(self, needed: Machine) -> list[str]:
+        """The lanes in which this machine is below ``needed``, as ``"ram_mb 1024 < 16384"``."""
+        return [
+            f"{name} {have} < {want}"
+            for name, have, want in zip(
+                type(self).model_fields, self._lanes(), needed._lanes(), strict=True
+            )
+            if have < want
+        ]
+
+    def describe(self) -> str:
+        """The lanes for people: ``gpus=1 vram_mb=12288 cpu_millis=4000 ...``."""
+        return " ".join(
+            f"{name}={value}"
+            for name, value in zip(type(self).model_fields, self._lanes(), strict=True)
+        )
+
+    def _lanes(self) -> tuple[int, ...]:
+        return (self.gpus, self.vram_mb, self.cpu_millis, self.ram_mb, self.disk_mb)
 
     def satisfies(self, needed: Machine) -> bool:
         """Whether this (offered) machine meets ``needed`` in every lane, as the contract checks."""
@@ -295,6 +333,9 @@ class _Offer(BaseModel):
     def signer(self, signature: str, chain_id: int, market: str) -> str | None:
         """The address an ECDSA ``signature`` of this offer recovers to (None if malformed).
 
+        Any form :func:`~lilypad.chain.crypto.normalize_signature` reads: 65 bytes with ``v``
+        27/28 or 0/1, or 64 bytes (EIP-2098 compact); a high-``s`` (malleable) one is malformed.
+
         Compare it with the offer's signer; a contract signer (ERC-1271) needs the chain:
         :meth:`lilypad.chain.market.JobMarketClient.signature_valid`.
         """
@@ -302,6 +343,18 @@ class _Offer(BaseModel):
             return recover(_b32(self.digest(chain_id, market)), signature)
         except ValueError:  # any malformed signature: no signer, as the contract sees it
             return None
+
+    def chain_signature(self, signature: str, chain_id: int, market: str) -> str:
+        """``signature`` as the market takes it: an ECDSA signature by this offer's own signer,
+        in any form :func:`~lilypad.chain.crypto.normalize_signature` reads (``v`` 0/1, EIP-2098
+        compact), as 65 bytes with ``v`` 27/28; anything else (a contract signer's ERC-1271
+        blob, which only that contract reads) unchanged."""
+        if self.signer(signature, chain_id, market) == self._party():
+            return "0x" + normalize_signature(signature).hex()
+        return signature
+
+    def _party(self) -> str:
+        raise NotImplementedError
 
     def sign(self, account: Signer | LocalAccount | str, chain_id: int, market: str) -> str:
         """Sign with ``account`` (a signer, an eth-account account or a private key); returns the
@@ -350,24 +403,20 @@ class JobOffer(_Offer):
             timeout: Seconds the provider gets for a result; by default
                 :func:`default_job_timeout` of the module's timeout.
         """
-        machine = spec.machine
         return cls(
             job_creator=job_creator,
             module=module_id(spec.module),
             spec_hash=spec_digest(spec.spec_hash),
-            machine=Machine.from_requirements(
-                gpus=machine.gpus,
-                vram_gb=machine.vram_gb,
-                cpus=machine.cpus,
-                ram_gb=machine.ram_gb,
-                disk_gb=machine.disk_gb,
-            ).encode(),
+            machine=Machine.for_spec(spec).encode(),
             max_price=max_price,
             timeout=default_job_timeout(spec.timeout_s) if timeout is None else timeout,
             mediators=tuple(mediators),
             expiry=expiry,
             nonce=nonce,
         )
+
+    def _party(self) -> str:
+        return self.job_creator
 
     def _values(self) -> list[tuple[str, Any]]:
         return [
@@ -403,6 +452,9 @@ class ResourceOffer(_Offer):
     expiry: Uint64
     nonce: Nonce
 
+    def _party(self) -> str:
+        return self.provider
+
     def _values(self) -> list[tuple[str, Any]]:
         return [
             ("address", self.provider),
@@ -422,7 +474,8 @@ class ResourceOffer(_Offer):
 
 
 class SignedJobOffer(BaseModel):
-    """A job offer with its job creator's signature (65 bytes hex, or an ERC-1271 blob)."""
+    """A job offer with its job creator's signature: ECDSA as hex (65 bytes with ``v`` 27/28 or
+    0/1, or 64 bytes EIP-2098 compact), or a contract signer's ERC-1271 blob."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -28,7 +28,7 @@ _STEP_TEXT = {
     "result": "result submitted: {cid} (tx {tx:.18}…)",
     "downloading": "downloading and verifying {cid}",
     "download_retry": "download failed ({error}); trying again in {pause:g}s",
-    "solver_retry": "cannot reach the solver ({error}); trying again in {pause:g}s",
+    "solver_retry": "{error}; trying again in {pause:g}s",
     "verified": "verified every block into {dest}",
     "symlinks_skipped": "the result holds {count} symlink(s), verified but not created (the "
     "first: {first})",

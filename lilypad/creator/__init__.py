@@ -25,7 +25,8 @@ funds:
 
 The package, by role: :mod:`~lilypad.creator.records` (:class:`JobRecord`, :class:`JobState`,
 :class:`Step`, the records on disk), :mod:`~lilypad.creator.runner` (:class:`JobRunner` and the
-:class:`JobError` family) and ``_solver`` (the solver's HTTP API and event stream, private).
+:class:`JobError` family) and ``_solver`` (private: the job creator's policy over
+:class:`lilypad.solver_api.SolverClient`, what it retries and how it waits on the event stream).
 """
 
 from lilypad.chain.light import DealState

@@ -22,13 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lilypad.chain.crypto import Signer
 from lilypad.chain.light import CreatorMarket, DealState
 from lilypad.chain.offers import Deal, JobOffer
 from lilypad.config import get_settings
-from lilypad.creator._solver import MAX_RETRY_PAUSE_S, DepositShort, EventStream, SolverCalls
+from lilypad.creator._solver import MAX_RETRY_PAUSE_S, OfferEvents, SolverCalls
 from lilypad.creator.records import JobRecord, JobState, Step, save_record
 from lilypad.errors import (
     ConfigError,
@@ -45,6 +44,7 @@ from lilypad.fsutil import file_lock, replace_folder
 from lilypad.jobs import ChainClock, JobSubmission, cancel_message
 from lilypad.modules import JobSpec
 from lilypad.network import NetworkProfile
+from lilypad.solver_api import DealEvent, DepositShort, EventKind, OfferEvent
 from lilypad.storage import open_storage, result_dir
 from lilypad.storage.cid import CID
 from lilypad.units import format_tokens
@@ -354,33 +354,23 @@ class JobRunner:
             )
         self.fund(needed)
 
-    def _wait_deal(self, job: _Job, events: EventStream) -> None:
+    def _wait_deal(self, job: _Job, events: OfferEvents) -> None:
         record, offer = job.record, job.submission.offer
         offer_id = record.job_offer_id
         assert offer_id is not None
-
-        def poll() -> list[dict[str, Any]]:
-            return self.solver.poll_offer(offer_id) or self._chain_deal(job)
-
-        for payload in events.for_offer(
-            offer_id, deadline=offer.expiry + 5, poll=poll, clock=self.clock
-        ):
-            kind = payload["kind"]
-            if kind == "deal.matched":
-                record.provider = payload.get("provider")
-                self._mark(record, "matched")
-                self.on_step(Step("matched", {"provider": record.provider}))
-            elif kind == "deal.created":
-                self._dealt(job, Deal.model_validate(payload["deal"]), payload.get("tx_hash"))
+        for event in events.about(offer_id, deadline=offer.expiry + 5, clock=self.clock):
+            if event is None:  # nothing from the stream for a while: look for the deal directly
+                found = self._looked_up_deal(job, offer_id)
+                if found is not None:
+                    self._dealt(job, *found)
+                    return
+            elif self._deal_event(job, event):
                 return
-            elif kind in ("job_offer.rejected", "deal.failed"):
-                raise SolverError(
-                    f"the job offer was refused: {payload.get('reason') or payload.get('error')}"
-                )
         # The offer has expired: a deal made in its last second is on chain, whatever the solver
         # says (or if it says nothing, being down).
-        for payload in self._chain_deal(job):
-            self._dealt(job, Deal.model_validate(payload["deal"]), None)
+        deal = self._chain_deal(job)
+        if deal is not None:
+            self._dealt(job, deal, None)
             return
         self._cancel(record)
         raise NoMatch(
@@ -388,6 +378,37 @@ class JobRunner:
             "funds moved",
             hint="raise --max-price, or check that a provider serves this module",
         )
+
+    def _deal_event(self, job: _Job, event: OfferEvent | DealEvent) -> bool:
+        """Take one event of the offer while it waits for a deal; whether the deal is made.
+
+        Raises:
+            SolverError: the chain refused the offer (its deal failed by its fault).
+        """
+        record = job.record
+        if event.kind is EventKind.JOB_OFFER_REJECTED:
+            assert isinstance(event, OfferEvent)
+            raise SolverError(f"the job offer was refused: {event.reason}")
+        if not isinstance(event, DealEvent):
+            return False
+        if event.kind is EventKind.DEAL_FAILED:
+            raise SolverError(f"the job offer was refused: {event.error}")
+        if event.kind is EventKind.DEAL_MATCHED:
+            record.provider = event.provider
+            self._mark(record, "matched")
+            self.on_step(Step("matched", {"provider": record.provider}))
+        elif event.kind is EventKind.DEAL_CREATED and event.deal is not None:
+            self._dealt(job, event.deal, event.tx_hash)
+            return True
+        return False
+
+    def _looked_up_deal(self, job: _Job, offer_id: str) -> tuple[Deal, str | None] | None:
+        """The offer's deal and its transaction, from the solver or else from the chain."""
+        view = self.solver.offer_deal(offer_id)
+        if view is not None and view.deal is not None:
+            return view.deal, view.tx_hash
+        deal = self._chain_deal(job)
+        return (deal, None) if deal is not None else None
 
     def _dealt(self, job: _Job, deal: Deal, tx: str | None) -> None:
         record = job.record
@@ -410,40 +431,44 @@ class JobRunner:
             )
         )
 
-    def _chain_deal(self, job: _Job) -> list[dict[str, Any]]:
+    def _chain_deal(self, job: _Job) -> Deal | None:
         """The job's deal as the chain has it (found from the offer's used nonce)."""
         offer, record = job.submission.offer, job.record
         try:
             if not self.market.nonce_used(self.account.address, offer.nonce):
-                return []
-            deal = self.market.find_deal(
+                return None
+            return self.market.find_deal(
                 self.account.address, offer.struct_hash(), record.from_block or 0
             )
         except LilypadError:
-            return []  # the chain is out of reach for now; look again later
-        return [{"kind": "deal.created", "deal": deal.model_dump(mode="json")}] if deal else []
+            return None  # the chain is out of reach for now; look again later
 
     # ------------------------------------------------------------------------------ result
-    def _wait_result(self, job: _Job, events: EventStream) -> None:
+    def _wait_result(self, job: _Job, events: OfferEvents) -> None:
         deal = job.deal
         assert deal is not None
         status = self.market.deal_status(deal.deal_id)
         self.on_step(Step("running", {"deadline": status.deadline}))
-
-        def poll() -> list[dict[str, Any]]:
-            return self.solver.poll_deal(deal.deal_id) or self._chain_result(job)
-
-        for payload in events.for_offer(
-            deal.job_offer_hash, deadline=status.deadline + 2, poll=poll, clock=self.clock
-        ):
-            if payload["kind"] == "deal.result_submitted" and payload.get("result_cid"):
-                self._result(job, payload["result_cid"], payload.get("tx_hash"))
+        offer_id = deal.job_offer_hash
+        for event in events.about(offer_id, deadline=status.deadline + 2, clock=self.clock):
+            if event is None:  # nothing from the stream for a while: look for the result directly
+                found = self._looked_up_result(job)
+                if found is not None:
+                    self._result(job, *found)
+                    return
+            elif (
+                isinstance(event, DealEvent)
+                and event.kind is EventKind.DEAL_RESULT_SUBMITTED
+                and event.result_cid
+            ):
+                self._result(job, event.result_cid, event.tx_hash)
                 return
         # The deadline has passed. The chain has the last word: a result the solver never passed
         # on (it may be down) is still the result.
         for _ in range(30):
-            for payload in self._chain_result(job):
-                self._result(job, payload["result_cid"], None)
+            cid = self._chain_result(job)
+            if cid is not None:
+                self._result(job, cid, None)
                 return
             if self._time_out(job):
                 break
@@ -457,17 +482,27 @@ class JobRunner:
             "to you"
         )
 
-    def _chain_result(self, job: _Job) -> list[dict[str, Any]]:
-        """The result CID on chain, if the provider submitted one (whatever the solver says)."""
+    def _looked_up_result(self, job: _Job) -> tuple[str, str | None] | None:
+        """The result's CID (0x hex) and its transaction, from the solver or else the chain."""
+        assert job.deal is not None
+        view = self.solver.deal_result(job.deal.deal_id)
+        if view is not None and view.result_cid:
+            return view.result_cid, view.tx_hash
+        cid = self._chain_result(job)
+        return (cid, None) if cid is not None else None
+
+    def _chain_result(self, job: _Job) -> str | None:
+        """The result CID on chain as 0x hex, if the provider submitted one (whatever the solver
+        says)."""
         deal, record = job.deal, job.record
         assert deal is not None
         try:
             if self.market.deal_status(deal.deal_id).state is DealState.CREATED:
-                return []
+                return None
             cid = self.market.result_cid(deal.deal_id, record.from_block or 0)
         except LilypadError:
-            return []
-        return [{"kind": "deal.result_submitted", "result_cid": "0x" + cid.hex()}] if cid else []
+            return None
+        return "0x" + cid.hex() if cid else None
 
     def _time_out(self, job: _Job) -> bool:
         """End an overdue deal (refunding us, with the provider's collateral); whether it ended."""

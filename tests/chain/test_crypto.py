@@ -16,7 +16,14 @@ from eth_utils.address import to_checksum_address as eth_checksum
 from eth_utils.crypto import keccak as eth_keccak
 
 from lilypad.chain import crypto
-from lilypad.chain.crypto import SECP256K1_N, Signer, decode_words, encode_words, recover
+from lilypad.chain.crypto import (
+    SECP256K1_N,
+    Signer,
+    decode_words,
+    encode_words,
+    normalize_signature,
+    recover,
+)
 
 KEYS = [bytes([i + 1]) * 32 for i in range(8)]
 
@@ -98,6 +105,17 @@ def test_signatures_match_eth_account_and_recover() -> None:
         )
 
 
+def test_recover_reads_every_form_wallets_write() -> None:
+    key = Signer(KEYS[0])
+    digest = b"\x01" * 32
+    signature = key.sign_hash(digest)  # 65 bytes, v 27/28
+    r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
+    compact = r + ((v - 27) << 255 | s).to_bytes(32, "big")  # EIP-2098
+    for form in (signature, signature[:64] + bytes([v - 27]), compact, "0x" + compact.hex()):
+        assert normalize_signature(form) == signature
+        assert recover(digest, form) == key.address
+
+
 def test_recover_refuses_what_openzeppelin_refuses() -> None:
     digest = bytes(32)
     signature = Signer(KEYS[0]).sign_hash(b"\x01" * 32)
@@ -105,10 +123,14 @@ def test_recover_refuses_what_openzeppelin_refuses() -> None:
     malleable = r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - v])
     with pytest.raises(ValueError, match="upper half"):
         recover(b"\x01" * 32, malleable)
+    with pytest.raises(ValueError, match="upper half"):  # nor the malleable twin in v 0/1 form
+        recover(b"\x01" * 32, malleable[:64] + bytes([28 - v]))
     with pytest.raises(ValueError, match="not 27 or 28"):
-        recover(digest, signature[:64] + bytes([v - 27]))
-    with pytest.raises(ValueError, match="65 bytes"):
-        recover(digest, signature[:64])
+        recover(digest, signature[:64] + bytes([29]))
+    with pytest.raises(ValueError, match=r"65 bytes .* or 64"):
+        recover(digest, signature[:63])
+    with pytest.raises(ValueError, match="not hex"):
+        recover(digest, "0xzz")
     assert recover(digest, signature) != Signer(KEYS[0]).address  # another digest, another key
 
 

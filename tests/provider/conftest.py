@@ -19,6 +19,7 @@ from lilypad.chain.offers import JobOffer, Machine, module_id, spec_digest
 from lilypad.jobs import JobSubmission
 from lilypad.modules import render
 from lilypad.network import NetworkProfile
+from lilypad.solver_api import SolverClient
 from lilypad.storage.backends import KuboStorage, Storage
 from lilypad.storage.node import EmbeddedNode
 from resource_provider.daemon import ProviderConfig, ResourceProvider
@@ -26,7 +27,6 @@ from resource_provider.executors import Executor, ProcessExecutor
 from resource_provider.machine import Hardware
 from resource_provider.mediator import Mediator
 from resource_provider.metrics import Metrics
-from resource_provider.solver_client import SolverClient
 from resource_provider.state import DealRecord, JsonStore, Outcome, Phase
 from tests.solver.conftest import (  # noqa: F401 - fixtures used by the tests here
     ETH,

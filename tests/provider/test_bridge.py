@@ -19,10 +19,10 @@ from web3.contract import Contract
 
 from lilypad.chain.job_creator import JobCreatorClient, JobState
 from lilypad.chain.market import JobMarketClient, TokenClient
+from lilypad.solver_api import SolverClient
 from lilypad.storage import compute_cid
 from lilypad.verification import Verify
 from resource_provider.bridge import BridgeConfig, BridgeJob, BridgePhase, JobCreatorBridge
-from resource_provider.solver_client import SolverClient
 from resource_provider.state import JsonStore, Phase
 from solver.store import JobOfferRow, OfferState
 from tests.chain.solidity import deploy_test_contract

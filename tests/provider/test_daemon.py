@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from lilypad.chain.offers import PICKUP_S, module_id
 from lilypad.errors import ExecutorError
 from lilypad.storage import CID, compute_cid
 from lilypad.storage.backends import KuboStorage
+from lilypad.storage.node import EmbeddedNode
 from resource_provider import daemon as daemon_module
 from resource_provider.executors import (
     DockerExecutor,
@@ -34,6 +36,9 @@ from tests.provider.conftest import (
     ETH,
     HARDWARE,
     PRICE,
+    Net,
+    Server,
+    SolverFactory,
     World,
     records,
     wait_for,
@@ -272,6 +277,32 @@ def test_offers_are_replaced_before_they_expire(world: World) -> None:
     assert old["state"] == "cancelled"
     assert new["state"] == "pending"
     assert int(new["offer"]["offer"]["nonce"]) == int(old["offer"]["offer"]["nonce"]) + 1
+
+
+def test_an_offer_the_solver_puts_off_goes_again_when_it_says(
+    net: Net,
+    make_solver: SolverFactory,
+    ipfs: EmbeddedNode,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 429 with ``Retry-After`` holds back only the offer it refused, for as long as the
+    solver asks: the same offer (same nonce) is listed once the wait is over, not after the
+    long back-off of other failures (which was taken after any refusal)."""
+    monkeypatch.setattr(daemon_module, "OFFER_RETRY_S", 3600.0)
+    # one offer at once, then one a second: the second slot's offer is refused, Retry-After: 1
+    with Server(make_solver(rate=1.0, burst=1)) as server:
+        world = World(net, server, ipfs, tmp_path)
+        world.sync_clock()
+        daemon = world.provider(net.providers[1], max_concurrent=2)
+        try:
+            offers = wait_for(lambda: len(daemon._offers) == 2 and dict(daemon._offers), 30)
+            rows = server.solver.store.offers(ResourceOfferRow, OfferState.PENDING)
+        finally:
+            daemon.stop()
+    nonces = sorted(offer.nonce for offer in offers.values())
+    assert nonces[1] == nonces[0] + 1  # the refused offer itself went again
+    assert {row.id for row in rows} == set(offers)
 
 
 class RefusingEngine(ProcessExecutor):

@@ -17,12 +17,12 @@ from eth_account.signers.local import LocalAccount
 from lilypad.chain.market import DealState, JobMarketClient
 from lilypad.chain.offers import Deal, Machine, min_job_timeout, module_id
 from lilypad.network import load_network, save_network
+from lilypad.solver_api import SolverClient
 from lilypad.storage import result_dir
 from lilypad.storage.backends import KuboStorage
 from lilypad.storage.node import EmbeddedNode
 from resource_provider.executors import ProcessExecutor
 from resource_provider.mediator import Mediator
-from resource_provider.solver_client import SolverClient
 from tests.conftest import CliResult, CliRunner
 from tests.solver.conftest import ETH, Net, Server, SolverFactory
 
