@@ -555,8 +555,9 @@ class Solver:
         """One pair was refused: reject the offer at fault, put the other back in the book."""
         job = self.store.offer(JobOfferRow, row.job_offer_id)
         resource = self.store.offer(ResourceOfferRow, row.resource_offer_id)
-        job_bad = self._still_bad(job)
-        resource_bad = self._still_bad(resource) or not job_bad
+        named = _named_party(exc)  # BadSignature, OfferExpired, NonceUsed... name the signer
+        job_bad = self._still_bad(job) or named == job.signer.lower()
+        resource_bad = self._still_bad(resource) or named == resource.signer.lower() or not job_bad
         rejected, relisted, requests = [], [], []
         for bad, model, offer in (
             (job_bad, JobOfferRow, job),
@@ -857,3 +858,13 @@ def _machine(value: int) -> matching.Machine:
 
 def _hex(value: Any) -> str:
     return value if isinstance(value, str) else "0x" + bytes(value).hex()
+
+
+def _named_party(exc: ContractReverted) -> str | None:
+    """The address a market revert blames (``BadSignature(signer)``, ``OfferExpired(signer,
+    ...)``, ``NonceUsed(signer, ...)``, ``InsufficientBalance(account, ...)``), lower-cased."""
+    for key in ("signer", "account"):
+        value = exc.details.get(key)
+        if isinstance(value, str):
+            return value.lower()
+    return None

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import httpx
+import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from lilypad.chain.market import DealState
+from lilypad.errors import ContractReverted
 from lilypad.jobs import cancel_message
 from tests.solver.conftest import ETH, Net, Server, wait_for
 
@@ -234,3 +237,40 @@ def test_offers_of_one_signer_posted_at_once_never_commit_more_than_its_deposit(
     assert sorted(codes) == [201] + [402] * (len(offers) - 1)
     committed = client.get(f"/api/v1/accounts/{creator.address}").json()
     assert int(committed["committed_by_job_offers"]) <= balance
+
+
+def test_a_deal_the_chain_refuses_for_one_signer_rejects_that_signers_offer_only(
+    net: Net, make_solver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The market names whom it blames (BadSignature(signer), as an ERC-1271 job creator that no
+    longer signs causes): that offer is rejected and the other party's offer goes back in the
+    book and makes the next deal. Before, the provider's offer was blamed whenever the job offer
+    still looked fresh."""
+    with Server(make_solver()) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        market = server.solver.market
+        real = market.create_deals
+        job_creator = net.creators[0].address
+        calls: list[int] = []
+
+        def refuse_once(account: Any, pairs: Any) -> Any:
+            calls.append(len(pairs))
+            if len(calls) == 1:
+                raise ContractReverted(
+                    "BadSignature", error="BadSignature", details={"signer": job_creator}
+                )
+            return real(account, pairs)
+
+        monkeypatch.setattr(market, "create_deals", refuse_once)
+        offer = post(client, "resource", net.resource()).json()["id"]
+        first = post(client, "job", net.job()).json()["id"]
+        view = wait_for(
+            lambda: (
+                (v := client.get(f"/api/v1/job_offers/{first}").json())
+                and v["state"] == "rejected"
+                and v
+            )
+        )
+        assert view["state"] == "rejected"
+        second = post(client, "job", net.job(net.creators[1])).json()["id"]
+        deal = wait_for(lambda: (d := deal_of(client, second)) and d["state"] == "created" and d)
+        assert deal["resource_offer_id"] == offer
