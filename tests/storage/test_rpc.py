@@ -169,6 +169,14 @@ def test_rpc_add_of_a_truncated_body_adds_and_pins_nothing(
     assert node.store.pins() == {}
 
 
+def test_rpc_add_refuses_a_part_whose_headers_never_end(node: EmbeddedNode) -> None:
+    """A client cannot make the node buffer an endless header line (the body is streamed)."""
+    huge = _part("a" * 200_000 + ".txt", b"data")
+    message = _kubo_error(_post(node, "add", _body(huge)), 400)
+    assert "header size exceeded" in message
+    assert node.store.pins() == {}
+
+
 def test_rpc_add_without_a_file_is_an_error(node: EmbeddedNode) -> None:
     message = _kubo_error(_post(node, "add", _body()), 400)
     assert "file argument 'path' is required" in message
