@@ -29,6 +29,7 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   ├── CorruptBlock
     │   ├── BlockTooLarge
     │   ├── MalformedContent
+    │   │   └── ContentTooLarge
     │   └── UnsafeEntryName
     ├── ExecutorError
     │   ├── ExecutorUnavailable
@@ -182,6 +183,11 @@ class BlockTooLarge(StorageError):
 class MalformedContent(StorageError):
     """The blocks are what their CIDs name, but they are not valid UnixFS (a bad node, a root
     that is a symlink, a file node whose sizes do not add up): the same on every try."""
+
+
+class ContentTooLarge(MalformedContent):
+    """A download holds more bytes than its reader allows (a job's result over the job's output
+    limit): the same on every try."""
 
 
 class UnsafeEntryName(StorageError):

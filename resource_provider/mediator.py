@@ -211,7 +211,7 @@ class Mediator(ChainService):
         spec = verified_spec(job_submission(self.solver, deal.job_offer_hash), deal)
         record = record.model_copy(update={"spec_hash": spec.spec_hash})
         # Theirs first: whether it can be fetched at all must not depend on what we add.
-        theirs, links, lost = self._fetch_submitted(record)
+        theirs, links, lost = self._fetch_submitted(record, spec.result_limit)
         ours = self._run(spec, record)
         if lost is not None:
             verdict = lost
@@ -249,7 +249,7 @@ class Mediator(ChainService):
         self._put(record.model_copy(update=update))
 
     def _fetch_submitted(
-        self, record: MediationRecord
+        self, record: MediationRecord, max_bytes: int
     ) -> tuple[Path, dict[str, str], Verdict | None]:
         """Download the submitted result, verified, into ``<deal>.submitted``, with the symlinks
         the download leaves out (path -> link text); the verdict when the provider never
@@ -271,7 +271,10 @@ class Mediator(ChainService):
             links.clear()
             try:
                 self.storage.get(
-                    cid, theirs, on_symlink=lambda link: links.__setitem__(link.path, link.target)
+                    cid,
+                    theirs,
+                    on_symlink=lambda link: links.__setitem__(link.path, link.target),
+                    max_bytes=max_bytes,  # a result over the job's limit is no honest one
                 )
                 return theirs, links, None
             except (CorruptBlock, MalformedContent, UnsafeEntryName) as exc:

@@ -544,7 +544,8 @@ class JobRunner:
         status = self.market.deal_status(deal.deal_id)
         open_window = status.state is DealState.SUBMITTED
         give_up_at = status.deadline - CHALLENGE_MARGIN_S if open_window else self.clock() + 60
-        why = self._download_until(record, cid, give_up_at, self.clock)
+        limit = job.submission.spec.result_limit
+        why = self._download_until(record, cid, give_up_at, self.clock, limit)
         if why is None:
             return True
         if not open_window:
@@ -553,7 +554,12 @@ class JobRunner:
         return False
 
     def _download_until(
-        self, record: JobRecord, cid: CID, give_up_at: float, clock: Callable[[], float]
+        self,
+        record: JobRecord,
+        cid: CID,
+        give_up_at: float,
+        clock: Callable[[], float],
+        max_bytes: int | None = None,
     ) -> str | None:
         """Download ``cid``, retrying what the IPFS node or gateway fails with, at growing
         pauses, until ``clock()`` reaches ``give_up_at``; None once it is in place, else why not
@@ -561,7 +567,7 @@ class JobRunner:
         pause = 1.0
         while True:
             try:
-                self._download(record, cid)
+                self._download(record, cid, max_bytes)
                 return None
             except (CorruptBlock, MalformedContent, UnsafeEntryName) as exc:
                 return f"the result {cid} failed verification ({exc})"
@@ -572,7 +578,7 @@ class JobRunner:
                 time.sleep(pause)
                 pause = min(2 * pause, MAX_RETRY_PAUSE_S)
 
-    def _download(self, record: JobRecord, cid: CID) -> None:
+    def _download(self, record: JobRecord, cid: CID, max_bytes: int | None = None) -> None:
         """Fetch ``cid`` into its result folder, every block verified.
 
         Raises:
@@ -592,7 +598,10 @@ class JobRunner:
         links: list[str] = []
         try:
             storage.get(
-                cid, fresh, on_symlink=lambda link: links.append(f"{link.path} -> {link.target}")
+                cid,
+                fresh,
+                on_symlink=lambda link: links.append(f"{link.path} -> {link.target}"),
+                max_bytes=max_bytes,
             )
             replace_folder(fresh, dest)
         finally:
@@ -713,7 +722,8 @@ class JobRunner:
         record = job.record
         errors = []
         for cid in [c for c in cids if c is not None]:
-            why = self._download_until(record, cid, time.monotonic() + 60, time.monotonic)
+            limit = job.submission.spec.result_limit
+            why = self._download_until(record, cid, time.monotonic() + 60, time.monotonic, limit)
             if why is None:
                 return
             errors.append(why)

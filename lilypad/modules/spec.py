@@ -69,6 +69,18 @@ class JobSpec(BaseModel):
         body = {k: v for k, v in fields.items() if k != "spec_hash"}
         return "sha256:" + hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
+    @property
+    def output_limit(self) -> int:
+        """Most bytes the job may leave (outputs + stdout + stderr): its ``disk_gb``. Executors
+        cap a run at it; job creators and mediators refuse to download more."""
+        return int(self.machine.disk_gb * 2**30)
+
+    @property
+    def result_limit(self) -> int:
+        """Most bytes a downloaded result of the job may hold: its output limit, and 1 MiB of
+        room for ``exitCode`` and the like."""
+        return self.output_limit + 2**20
+
     def to_json(self, *, indent: int | None = 2) -> str:
         """Stable JSON: sorted keys, so equal specs print byte-identically."""
         return json.dumps(

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lilypad.config import get_settings
-from lilypad.errors import BlockNotFound, StorageError
+from lilypad.errors import BlockNotFound, ContentTooLarge, StorageError
 from lilypad.storage import dag
 from lilypad.storage.blockstore import Blockstore, PinType
 from lilypad.storage.cid import CID, as_cid
@@ -79,12 +79,21 @@ class Storage(Protocol):
     def add(self, path: Path, *, pin: bool = True) -> CID:
         """Add a file or directory tree (dotfiles included) and return its CID."""
 
-    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
+    def get(
+        self,
+        cid: CID | str,
+        dest: Path,
+        *,
+        on_symlink: OnSymlink | None = None,
+        max_bytes: int | None = None,
+    ) -> Path:
         """Download ``cid`` (or ``<cid>/path``) to ``dest`` (file or folder), verified; nothing
         partial is left.
 
         Symlinks in the content are verified but never created; each one is passed to
-        ``on_symlink`` (see :func:`lilypad.storage.dag.export`).
+        ``on_symlink`` (see :func:`lilypad.storage.dag.export`). More than ``max_bytes`` of
+        file content (or, from a remote, about twice that in blocks) is
+        :class:`~lilypad.errors.ContentTooLarge`.
         """
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
@@ -130,12 +139,19 @@ class LocalStorage:
                 self.store.pin(link.cid, check=False)  # the writer just stored every block
         return link.cid
 
-    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
+    def get(
+        self,
+        cid: CID | str,
+        dest: Path,
+        *,
+        on_symlink: OnSymlink | None = None,
+        max_bytes: int | None = None,
+    ) -> Path:
         """Export from the local store (verified on read)."""
         root, subpath = _split(cid)
         try:
             target = dag.resolve(self.store, root, subpath)
-            return dag.export(self.store, target, dest, on_symlink=on_symlink)
+            return dag.export(self.store, target, dest, on_symlink=on_symlink, max_bytes=max_bytes)
         except BlockNotFound as exc:
             raise BlockNotFound(
                 exc.message,
@@ -184,7 +200,14 @@ class _CarDownload:
     client: _CarSource
     car_warnings: int = 0
 
-    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
+    def get(
+        self,
+        cid: CID | str,
+        dest: Path,
+        *,
+        on_symlink: OnSymlink | None = None,
+        max_bytes: int | None = None,
+    ) -> Path:
         """Verified download of ``<cid>[/path]``: one CAR request, then block by block for
         anything it lacked."""
         root, subpath = _split(cid)
@@ -192,7 +215,8 @@ class _CarDownload:
         with tempfile.TemporaryDirectory(prefix=".car-", dir=dest.parent) as tmp:
             cache = Blockstore(Path(tmp))
             try:
-                with cache.writer() as sink:
+                with cache.writer() as writer:
+                    sink = _Bounded(writer, root, max_bytes)
                     car = self.client.fetch_car(root, sink, subpath)
                 if car.problem is not None:
                     self._warn(car.url, car.problem)
@@ -205,7 +229,7 @@ class _CarDownload:
                     source.on_miss = lambda missing: self._warn(
                         car.url, f"the CAR lacks block {missing} (cut off?)"
                     )
-                return dag.export(source, target, dest, on_symlink=on_symlink)
+                return dag.export(source, target, dest, on_symlink=on_symlink, max_bytes=max_bytes)
             finally:
                 cache.close()
 
@@ -222,6 +246,28 @@ class _CarDownload:
     def _warn(self, url: str, reason: str) -> None:
         self.car_warnings += 1
         log.warning("%s: %s; fetching the rest block by block, each verified", url, reason)
+
+
+class _Bounded:
+    """A sink that refuses more than about twice ``max_bytes`` of blocks: room for a result's
+    UnixFS nodes, none for a remote that streams blocks without end."""
+
+    SLACK = 1024 * 1024
+
+    def __init__(self, sink: BlockSink, root: CID, max_bytes: int | None) -> None:
+        self.sink = sink
+        self.root = root
+        self.limit = None if max_bytes is None else 2 * max_bytes + self.SLACK
+        self.used = 0
+
+    def put(self, cid: CID, data: bytes) -> None:
+        self.used += len(data)
+        if self.limit is not None and self.used > self.limit:
+            raise ContentTooLarge(
+                f"the CAR for {self.root} holds more than {self.limit} bytes of blocks, more "
+                "than a download this size can need; nothing of it was kept"
+            )
+        self.sink.put(cid, data)
 
 
 class _Fallback:
@@ -337,9 +383,16 @@ class RemotePinning:
             self.service.add(cid, name=path.name)
         return cid
 
-    def get(self, cid: CID | str, dest: Path, *, on_symlink: OnSymlink | None = None) -> Path:
+    def get(
+        self,
+        cid: CID | str,
+        dest: Path,
+        *,
+        on_symlink: OnSymlink | None = None,
+        max_bytes: int | None = None,
+    ) -> Path:
         """Through ``inner``."""
-        return self.inner.get(cid, dest, on_symlink=on_symlink)
+        return self.inner.get(cid, dest, on_symlink=on_symlink, max_bytes=max_bytes)
 
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Through ``inner``."""

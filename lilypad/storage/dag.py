@@ -26,6 +26,7 @@ import mmh3
 
 from lilypad.errors import (
     BlockNotFound,
+    ContentTooLarge,
     InvalidIPFSPath,
     MalformedContent,
     StorageError,
@@ -398,12 +399,17 @@ def export(
     dest: Path,
     *,
     on_symlink: Callable[[SkippedSymlink], None] | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``cid`` to ``dest`` (a file or a directory tree), verifying every block.
 
     The content is written under a temporary name in ``dest``'s folder and renamed to ``dest``
     only when complete; on any error the temporary copy is removed. Symlinks are verified but
     not created: each is passed to ``on_symlink`` instead.
+
+    Args:
+        max_bytes: The most file bytes the download may write; more is :class:`ContentTooLarge`
+            (nothing is left behind).
 
     Raises:
         StorageError: ``dest`` exists (and is not an empty folder), a block is missing or
@@ -421,7 +427,8 @@ def export(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
-        _write(source, cid, tmp / "content", str(cid), "", on_symlink)
+        budget = _Budget(cid, max_bytes)
+        _write(source, cid, tmp / "content", str(cid), "", on_symlink, budget)
         if dest.is_dir():
             dest.rmdir()
         os.replace(tmp / "content", dest)
@@ -432,6 +439,23 @@ def export(
     return dest
 
 
+class _Budget:
+    """What a download may still write (``None``: no limit)."""
+
+    def __init__(self, root: CID, limit: int | None) -> None:
+        self.root = root
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, size: int) -> None:
+        self.used += size
+        if self.limit is not None and self.used > self.limit:
+            raise ContentTooLarge(
+                f"{self.root} holds more than the {self.limit} bytes this download allows "
+                "(the job's output limit); nothing of it was kept"
+            )
+
+
 def _write(
     source: BlockSource,
     cid: CID,
@@ -439,6 +463,7 @@ def _write(
     where: str,
     rel: str,
     on_symlink: Callable[[SkippedSymlink], None] | None,
+    budget: _Budget,
 ) -> None:
     entry = stat(source, cid)
     if entry.kind == "directory":
@@ -446,10 +471,15 @@ def _write(
         for link in list_directory(source, cid):
             name = check_name(link.name, where)
             inner = f"{rel}/{name}" if rel else name
-            _write(source, link.cid, target / name, f"{where}/{name}", inner, on_symlink)
+            _write(source, link.cid, target / name, f"{where}/{name}", inner, on_symlink, budget)
     elif entry.kind == "file":
+        budget.spend(entry.size)  # NOTE: before a byte is fetched; the bytes are checked too
+        written = 0
         with target.open("xb") as out:
             for chunk in read_file(source, cid):
+                written += len(chunk)
+                if written > entry.size:
+                    budget.spend(len(chunk))
                 out.write(chunk)
     else:
         skipped = SkippedSymlink(rel, _shown(read_symlink(source, cid)))

@@ -176,7 +176,7 @@ class Executor(ABC):
 
 def output_limit(spec: JobSpec, override: int | None = None) -> int:
     """Most bytes a job may leave (outputs + stdout + stderr): the module's ``disk_gb``."""
-    return override if override is not None else int(spec.machine.disk_gb * 2**30)
+    return override if override is not None else spec.output_limit
 
 
 def tiny_weights_cache(kind: ExecutorKind = ExecutorKind.PROCESS) -> Path:

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, Response
 
-from lilypad.errors import BlockNotFound, CorruptBlock, InvalidCID, StorageError, UnsafeEntryName
+from lilypad.errors import (
+    BlockNotFound,
+    ContentTooLarge,
+    CorruptBlock,
+    InvalidCID,
+    StorageError,
+    UnsafeEntryName,
+)
 from lilypad.storage import (
     GatewayStorage,
     KuboStorage,
@@ -381,3 +388,56 @@ def test_an_identity_block_the_car_leaves_out_is_no_warning(
         storage.get(root, tmp_path / "out")
     assert (tmp_path / "out" / "hi.txt").read_bytes() == b"hi"
     assert not caplog.messages
+
+
+def test_a_download_over_its_byte_limit_is_refused_and_leaves_nothing(
+    node: EmbeddedNode, store: Blockstore, tmp_path: Path
+) -> None:
+    """A job creator downloads at most what the job may leave: a provider cannot fill its disk
+    with a result larger than the module's output limit."""
+    root = write_tree(tmp_path / "big", {"a.bin": b"a" * 300_000, "b.bin": b"b" * 300_000})
+    cid = LocalStorage(store.root).add(root)
+    backends = [
+        LocalStorage(store.root),
+        KuboStorage(node.api_url),
+        GatewayStorage(node.gateway_url),
+    ]
+    for index, backend in enumerate(backends):
+        with closing(backend):
+            dest = tmp_path / f"out-{index}"
+            with pytest.raises(ContentTooLarge, match="more than the 400000 bytes"):
+                backend.get(cid, dest, max_bytes=400_000)
+            assert _nothing_left(dest)
+            ok = backend.get(cid, tmp_path / f"ok-{index}", max_bytes=600_000)
+            assert _tree_equal(ok, root)
+
+
+def test_a_remote_that_streams_blocks_without_end_is_cut_off(tmp_path: Path) -> None:
+    """A gateway's CAR may hold blocks that belong to nothing: the download stops once they pass
+    what a result of the allowed size can need, instead of filling the disk."""
+    wanted = b"the result"
+    cid = CID.from_data(wanted, RAW)
+
+    def endless() -> Iterator[bytes]:
+        from lilypad.storage.car import car_header, car_section
+
+        yield car_header([cid])
+        for n in range(10_000):  # 10,000 valid 1 KiB blocks nobody asked for
+            junk = n.to_bytes(4, "big") * 256
+            yield car_section(CID.from_data(junk, RAW), junk)
+
+    app = FastAPI()
+
+    @app.get("/ipfs/{rest:path}")
+    def car(rest: str) -> Response:
+        from fastapi.responses import StreamingResponse
+
+        return StreamingResponse(endless(), media_type="application/vnd.ipld.car; version=1")
+
+    with (
+        serve_app(app) as url,
+        closing(GatewayStorage(url)) as gateway,
+        pytest.raises(ContentTooLarge, match="blocks"),
+    ):
+        gateway.get(cid, tmp_path / "out", max_bytes=1000)
+    assert _nothing_left(tmp_path / "out")
