@@ -76,7 +76,7 @@ from lilypad.modules.sources import SourceKind, parse_reference
 from lilypad.solver_api import DealState, OfferState, Side
 from solver import matching
 from solver.matching import ANY_MODULE, JobRequest, OrderBook, ResourceOffer
-from solver.store import DealRow, JobOfferRow, ResourceOfferRow, Store
+from solver.store import DealRow, Duplicate, JobOfferRow, ResourceOfferRow, Store
 
 log = logging.getLogger("lilypad.solver")
 
@@ -346,6 +346,7 @@ class Solver:
             check_submission(signed)
         except SpecMismatch as exc:
             raise OfferRejected(str(exc)) from None
+        self._check_new(JobOfferRow, offer.struct_hash())
         self._check_offer(offer, signer, signed.signature, "job offer")
         if offer.max_price == 0:
             raise OfferRejected(
@@ -375,6 +376,7 @@ class Solver:
         """
         offer = signed.offer
         signer = offer.provider
+        self._check_new(ResourceOfferRow, offer.struct_hash())
         self._check_offer(offer, signer, signed.signature, "resource offer")
         if offer.collateral == 0:
             raise OfferRejected(
@@ -400,6 +402,13 @@ class Solver:
                 self._book.add_offer(request)
         self._notify()
         return row
+
+    def _check_new(self, model: Model, offer_id: str) -> None:
+        """An offer posted again is a duplicate (409), checked first: its first post may have
+        made a deal since, which uses its nonce and commits the deposit it would be checked
+        against (a client retrying a post whose answer it lost must hear "known")."""
+        if self.store.offer(model, offer_id) is not None:
+            raise Duplicate(f"offer {offer_id} is already known")
 
     def _check_offer(
         self, offer: JobOffer | ChainResourceOffer, signer: str, signature: str, what: str

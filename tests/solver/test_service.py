@@ -274,3 +274,19 @@ def test_a_deal_the_chain_refuses_for_one_signer_rejects_that_signers_offer_only
         second = post(client, "job", net.job(net.creators[1])).json()["id"]
         deal = wait_for(lambda: (d := deal_of(client, second)) and d["state"] == "created" and d)
         assert deal["resource_offer_id"] == offer
+
+
+def test_an_offer_posted_again_after_it_made_a_deal_is_a_duplicate(
+    net: Net, served: Served
+) -> None:
+    """409, not 402: once its first post made a deal, the deposit is committed to that deal, and
+    a second post of the same offer must still be told it is known (a client retrying a post
+    whose answer it lost must not think its deposit is short)."""
+    _, client = served
+    resource = net.resource()
+    assert post(client, "resource", resource).status_code == 201
+    job = post(client, "job", net.job()).json()["id"]
+    wait_for(lambda: (d := deal_of(client, job)) and d["state"] == "created")
+    again = post(client, "resource", resource)
+    assert again.status_code == 409, again.text
+    assert "already known" in again.json()["error"]
