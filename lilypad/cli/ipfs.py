@@ -15,6 +15,8 @@ from lilypad.errors import InputError
 
 if TYPE_CHECKING:  # the storage stack loads with the first ipfs command, not with every command
     from lilypad.storage.backends import Storage, StorageSettings
+    from lilypad.storage.blockstore import Blockstore
+    from lilypad.storage.client import GatewayClient, KuboClient
 
 app = typer.Typer(
     help="Add, serve, fetch and pin IPFS content (CIDs identical to kubo's).",
@@ -138,15 +140,20 @@ def serve(
 def _storage(api: str | None, gateway: str | None, timeout: float | None = None) -> Storage:
     from lilypad.storage.backends import open_storage
 
-    if api and gateway:
-        raise InputError("give either --api or --gateway, not both")
+    _check_source(api, gateway, timeout)
     settings = _settings()
     if timeout is not None:
-        if timeout <= 0:
-            raise InputError(f"--timeout {timeout:g} must be a positive number of seconds")
         settings.ipfs_timeout = timeout
     settings.pinning_endpoint = None  # NOTE: fetching never needs the pinning service.
     return open_storage(settings, api=api, gateway=gateway)
+
+
+def _check_source(api: str | None, gateway: str | None, timeout: float | None) -> None:
+    """The options that name where content is read from: at most one source, a real timeout."""
+    if api and gateway:
+        raise InputError("give either --api or --gateway, not both")
+    if timeout is not None and timeout <= 0:
+        raise InputError(f"--timeout {timeout:g} must be a positive number of seconds")
 
 
 def _timeout_option() -> Any:
@@ -393,36 +400,20 @@ def dag_import(
         raise typer.Exit(1)
 
 
-class _Closing:
-    """A block source that may hold a connection pool."""
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-
-    def get(self, cid: Any) -> bytes:
-        data: bytes = self.source.get(cid)
-        return data
-
-    def close(self) -> None:
-        if hasattr(self.source, "close"):
-            self.source.close()
-
-
-def _block_source(api: str | None, gateway: str | None, timeout: float | None) -> _Closing:
+def _block_source(
+    api: str | None, gateway: str | None, timeout: float | None
+) -> Blockstore | KuboClient | GatewayClient:
     """Where ``dag export`` reads verified blocks: a Kubo API, a gateway, or the local store."""
     from lilypad.storage.blockstore import Blockstore
     from lilypad.storage.client import GatewayClient, KuboClient
 
-    if api and gateway:
-        raise InputError("give either --api or --gateway, not both")
-    if timeout is not None and timeout <= 0:
-        raise InputError(f"--timeout {timeout:g} must be a positive number of seconds")
+    _check_source(api, gateway, timeout)
     wait = timeout or _settings().ipfs_timeout
     if api:
-        return _Closing(KuboClient(api, wait))
+        return KuboClient(api, wait)
     if gateway:
-        return _Closing(GatewayClient(gateway, wait))
-    return _Closing(Blockstore(_settings().repo()))
+        return GatewayClient(gateway, wait)
+    return Blockstore(_settings().repo())
 
 
 def _write_complete(dest: Path, chunks: Any) -> int:
