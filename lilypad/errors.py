@@ -11,6 +11,7 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   │   ├── UnknownVersion (LookupError)
     │   │   ├── InvalidManifest
     │   │   └── InvalidTunable
+    │   │       └── UnacceptableInput      [resource_provider.inputs]
     │   ├── ConfigError
     │   │   └── UnknownNetwork (LookupError)
     │   ├── InvalidCID
@@ -30,7 +31,8 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   ├── BlockTooLarge
     │   ├── MalformedContent
     │   │   └── ContentTooLarge
-    │   └── UnsafeEntryName
+    │   ├── UnsafeEntryName
+    │   └── InputUnavailable               [resource_provider.inputs]
     ├── ExecutorError
     │   ├── ExecutorUnavailable
     │   ├── ImageNotFound
@@ -58,7 +60,8 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   ├── ModuleFailed                   [lilypad.creator.runner]
     │   ├── VerificationFailed             [lilypad.creator.runner]
     │   ├── CheatCaught                    [lilypad.creator.runner]
-    │   └── MediationExpired               [lilypad.creator.runner]
+    │   ├── MediationExpired               [lilypad.creator.runner]
+    │   └── InputLost                      [lilypad.creator.runner]
     └── NetworkError                       [lilypad.localnet]
 
 A name in brackets is defined in that module, beside the code that raises it; every other

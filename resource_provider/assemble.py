@@ -205,6 +205,7 @@ def bridge(
     from lilypad.chain.job_creator import JobCreatorClient
     from lilypad.chain.market import JobMarketClient
     from lilypad.solver_api import SolverClient
+    from lilypad.storage import open_storage
     from resource_provider.bridge import JobCreatorBridge
 
     market_address, _ = profile.require_contracts()
@@ -224,6 +225,11 @@ def bridge(
         market=JobMarketClient(chain, market_address),
         job_creator=job_creator,
         solver=SolverClient(solver_url),
+        # where contract jobs' file inputs are checked before an offer is signed
+        storage=open_storage(
+            api=profile.ipfs_api_url,
+            gateway=None if profile.ipfs_api_url else profile.gateway_url,
+        ),
         state_dir=state_dir,
         config=config,
     )

@@ -6,19 +6,25 @@ takes every job to one of its three ends:
 
 1. ``JobRequested``: a module this bridge does not serve (``BridgeConfig.modules``: a local path,
    a git URL, an unknown name) or inputs that do not render cancel the job at once, and nothing
-   outside the served set is ever resolved or rendered. Otherwise the bridge signs a JobOffer for
-   the JobCreator with nonce = the job id, a maximum price within the job's funds (less the
-   mediation fee when it may audit), and the ERC-1271 signature blob, records it, and posts it
-   with the spec to the solver.
+   outside the served set is ever resolved or rendered. A file input is given by its IPFS path
+   (``Image=bafy…`` or ``Image=bafy…/photo.png``) and checked on the bridge's IPFS node as
+   ``lilypad run`` checks it (it exists, is a file of the allowed size, a picture decodes): one
+   that is not cancels the job too. Otherwise the bridge signs a JobOffer for the JobCreator with
+   nonce = the job id, a maximum price within the job's funds (less the mediation fee when it may
+   audit, or when the job has a file input: see 3.), and the ERC-1271 signature blob, records it,
+   and posts it with the spec to the solver.
 2. The deal: from the chain's ``DealCreated`` (job creator = the JobCreator), bound to the job by
    the offer's struct hash, or from the solver (checked on chain). ``ResultSubmitted`` and
    ``MediationResolved`` are recorded by deal id whenever they are seen, and a deal learned late
    has its logs read back, so a result that lands first is never missed.
 3. Each pass reads the deal's state on chain and acts: a submitted result is audited at random
    (``--verify``, :mod:`lilypad.verification`) through ``challengeResult`` or delivered with
-   ``deliverResult``; after a mediation it is delivered (the mediator's result when the provider
-   lost) or the job closed; an overdue deal is closed (``closeJob`` times it out); an offer that
-   finds no provider before it expires, or that the solver refuses, is cancelled.
+   ``deliverResult``, except a result that says its provider could not fetch an input (exit code
+   123): that one is always challenged, so that nobody is paid for it (the mediator leaves it, see
+   :class:`lilypad.creator.runner.InputLost`, and the job is closed once the mediation times
+   out); after a mediation it is delivered (the mediator's result when the provider lost) or the
+   job closed; an overdue deal is closed (``closeJob`` times it out); an offer that finds no
+   provider before it expires, or that the solver refuses, is cancelled.
 
 A client's callback that reverts or runs out of its gas is recorded from ``JobDelivered`` and the
 job is done: nothing is retried. Every job's state is on disk (:mod:`resource_provider.state`),
@@ -43,11 +49,16 @@ from lilypad.chain.job_creator import JobCreatorClient, JobState, bridge_signatu
 from lilypad.chain.light import DealState, DealStatus
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal, JobOffer
-from lilypad.errors import ContractReverted, InputError, LilypadError
+from lilypad.creator.runner import CHALLENGE_MARGIN_S
+from lilypad.errors import ContractReverted, InputError, LilypadError, StorageError
 from lilypad.jobs import ChainClock, JobSubmission
 from lilypad.modules import JobSpec, render
+from lilypad.modules.files import check_remote, file_inputs
 from lilypad.solver_api import AlreadyKnown, OfferState, SolverClient, SolverRefused
+from lilypad.storage import CID, Storage
 from lilypad.verification import Verify, audit_probability, draw_audit
+from resource_provider.executors import EXIT_INPUT_UNAVAILABLE
+from resource_provider.executors.layout import EXIT_CODE
 from resource_provider.service import ChainService
 from resource_provider.state import JsonStore
 
@@ -88,6 +99,7 @@ class BridgeJob(BaseModel):
         callback_ok: Whether the client's ``submitResults`` succeeded.
         refund: What a closed or cancelled job returned to the payee.
         error: Why the job was cancelled or closed.
+        input_lost: The provider's result says it could not fetch an input (challenged).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -106,6 +118,7 @@ class BridgeJob(BaseModel):
     callback_ok: bool | None = None
     refund: int | None = None
     error: str | None = None
+    input_lost: bool = False
 
 
 class SeenDeal(BaseModel):
@@ -152,7 +165,8 @@ class BridgeConfig:
 class JobCreatorBridge(ChainService):
     """Serves one JobCreator contract with the bridge's account.
 
-    The bridge owns ``solver`` from then on: :meth:`stop` closes it.
+    The bridge owns ``solver`` and ``storage`` (where file inputs and results are looked at)
+    from then on: :meth:`stop` closes them.
     """
 
     role = "bridge"
@@ -166,6 +180,7 @@ class JobCreatorBridge(ChainService):
         market: JobMarketClient,
         job_creator: JobCreatorClient,
         solver: SolverClient,
+        storage: Storage,
         state_dir: Path,
         config: BridgeConfig,
     ) -> None:
@@ -186,9 +201,10 @@ class JobCreatorBridge(ChainService):
             poll_interval_s=config.poll_interval_s,
         )
         self.account, self.market, self.job_creator = account, market, job_creator
-        self.solver, self.config = solver, config
+        self.solver, self.storage, self.config = solver, storage, config
         self.clock = ChainClock(market)
         self._owns(solver.close)
+        self._owns(storage.close)
         # The jobs each pass looks at (ended ones stay on disk, never read again), and the open
         # ones by the struct hash of their offer: how a DealCreated finds its job.
         unfinished = [j for j in self.store.all("jobs", BridgeJob) if not j.phase.is_terminal()]
@@ -296,10 +312,15 @@ class JobCreatorBridge(ChainService):
             self._follow_deal(job)
 
     def _sign(self, job: BridgeJob) -> None:
-        """Check the request, then sign, record and post its offer."""
+        """Check the request, then sign, record and post its offer.
+
+        Raises:
+            StorageError: the IPFS node could not be asked about a file input (next pass).
+        """
         try:
             spec = self._render(job)
-            max_price = self._max_price(job)
+            self._check_files(spec)
+            max_price = self._max_price(job, spec)
         except InputError as exc:
             self._cancel(job, str(exc))
             return
@@ -328,15 +349,32 @@ class JobCreatorBridge(ChainService):
             )
         return render(job.module, list(job.inputs))
 
-    def _max_price(self, job: BridgeJob) -> int:
-        """The job's funds, less the fee of an audit if this bridge may audit."""
+    def _check_files(self, spec: JobSpec) -> None:
+        """Check each file input on the bridge's IPFS node, as ``lilypad run`` does.
+
+        Raises:
+            InvalidTunable: one is not there, or not a file its module takes.
+            StorageError: the node could not be asked.
+        """
+        items = file_inputs(spec)
+        if not items:
+            return
+        workdir = self.store.root / "checks"
+        workdir.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            check_remote(item.tunable, f"{item.name}={item.ref}", item.ref, self.storage, workdir)
+
+    def _max_price(self, job: BridgeJob, spec: JobSpec) -> int:
+        """The job's funds, less the fee of an audit if this bridge may audit, or if the job has
+        a file input (a result that says it could not be fetched is always challenged)."""
         fees = [fee for active, fee in map(self.market.mediator, self.config.mediators) if active]
         if not fees:
             raise InputError(
                 f"none of the bridge's mediators ({', '.join(self.config.mediators)}) is "
                 "registered in the market, so no deal could be made"
             )
-        room = 0 if self.config.verify is Verify.NEVER else max(fees)
+        audits = self.config.verify is not Verify.NEVER or bool(file_inputs(spec))
+        room = max(fees) if audits else 0
         if job.amount <= room:
             raise InputError(
                 f"the job's funds ({job.amount}) do not cover the mediation fee ({room}) an "
@@ -407,7 +445,8 @@ class JobCreatorBridge(ChainService):
         if state in (DealState.CREATED, DealState.CHALLENGED):
             if self.clock() > status.deadline:
                 what = "no result" if state is DealState.CREATED else "no ruling"
-                self._close(job, f"{what} before the deadline")
+                lost = "the provider could not fetch an input; " if job.input_lost else ""
+                self._close(job, f"{lost}{what} before the deadline")
         elif state is DealState.SUBMITTED:
             self._judge(job, status)
         elif state is DealState.UPHELD or (
@@ -419,6 +458,8 @@ class JobCreatorBridge(ChainService):
                 DealState.REFUNDED: "no result before the deadline, or refuted without one",
                 DealState.MEDIATION_EXPIRED: "the mediation expired without a ruling",
             }[state]
+            if job.input_lost:
+                why = "the provider could not fetch an input; " + why
             self._close(job, why)
         else:  # NONE: settled and deleted; by this bridge's own delivery, or by the provider
             self._sync(job)
@@ -429,9 +470,18 @@ class JobCreatorBridge(ChainService):
         assert offer is not None
         assert deal is not None
         if job.audit is None:
-            audit = self._draw(deal)
-            job = job.model_copy(update={"audit": audit})
+            lost = bool(file_inputs(render(job.module, list(job.inputs)))) and self._input_lost(
+                deal, status
+            )
+            audit = lost or self._draw(deal)
+            job = job.model_copy(update={"audit": audit, "input_lost": lost})
             self._put(job)  # before acting: a restart keeps the decision
+            if lost:
+                log.warning(
+                    "job %d: the provider could not fetch an input (exit code 123); challenging "
+                    "the result so that nobody is paid for it",
+                    job.job_id,
+                )
             log.info("job %d: %s the result", job.job_id, "auditing" if audit else "accepting")
         if not job.audit:
             self._deliver(job, status)
@@ -445,6 +495,32 @@ class JobCreatorBridge(ChainService):
             self._put(job.model_copy(update={"audit": False}))
             return
         log.info("job %d: result challenged; a mediator re-runs it", job.job_id)
+
+    def _input_lost(self, deal: Deal, status: DealStatus) -> bool:
+        """Whether the submitted result says its provider could not fetch an input (its
+        ``exitCode`` is 123). Read from IPFS; an unreadable result counts as not, once the
+        challenge window nearly closes.
+
+        Raises:
+            StorageError: it could not be read, and there is time to try again.
+        """
+        cid = self._cid_for(deal, status)
+        try:
+            if cid is None:
+                raise StorageError(f"the result of deal {deal.deal_id} is not in its logs yet")
+            code = b""
+            for chunk in self.storage.cat(f"{CID.parse(cid)}/{EXIT_CODE}"):
+                code += chunk
+                if len(code) > 16:  # no exit code is this long: not one of ours
+                    break
+        except InputError:  # a malformed CID: judged as any other result
+            return False
+        except StorageError:
+            if self.clock() < status.deadline - CHALLENGE_MARGIN_S:
+                raise
+            log.warning("deal %s: its result's exit code could not be read", deal.deal_id)
+            return False
+        return code.strip() == str(EXIT_INPUT_UNAVAILABLE).encode()
 
     def _draw(self, deal: Deal) -> bool:
         if self.config.verify is Verify.ALWAYS:

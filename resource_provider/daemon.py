@@ -11,9 +11,18 @@
   that a job starts at once rather than at the next chain poll (the chain is still checked before
   anything is run or submitted);
 * a pool of ``max_concurrent`` **workers** runs jobs: fetch the spec from the solver, check and
-  re-render it, refuse what cannot be served or finished before the deadline, run it, add the
-  result folder to IPFS (pinned) and submit its CID. An IPFS outage retries the upload until the
-  deadline, never the run.
+  re-render it, refuse what cannot be served or finished before the deadline, fetch its file
+  inputs, run it, add the result folder to IPFS (pinned) and submit its CID. An IPFS outage
+  retries the upload until the deadline, never the run.
+
+A job's file inputs decide the deal in two ways (:func:`~resource_provider.runner.not_run`): an
+input its module cannot take (a folder, too large, not a picture) is the result at once, exit
+code 2, which any mediator reaches too, so the provider is paid for checking (`lilypad run` and
+the bridge refuse such inputs before signing: only a job creator that bypasses them gets here);
+an input that cannot be fetched is tried again, pass after pass, for ``input_wait_s`` or until
+the job could no longer start and finish in time, then the result says so, exit code 123, and is
+submitted before the deadline like any other. Nobody is judged on that one (see
+:class:`lilypad.creator.runner.InputLost`): the provider gets its collateral back, unpaid.
 
 Every offer commits on chain to the least time this provider needs for a result of its module
 (``minTimeout``: :func:`~lilypad.chain.offers.provider_min_timeout`), so no job creator
@@ -58,6 +67,8 @@ from lilypad.chain.offers import (
 )
 from lilypad.errors import ContractReverted, InputError, LilypadError, SolverError
 from lilypad.jobs import ChainClock, JobSubmission, cancel_message
+from lilypad.modules import JobSpec
+from lilypad.modules.files import file_inputs
 from lilypad.solver_api import (
     AlreadyKnown,
     DealEvent,
@@ -69,10 +80,19 @@ from lilypad.solver_api import (
     SolverRefused,
 )
 from lilypad.storage import CID, Storage
-from resource_provider.executors import Executor, Weights
+from resource_provider.executors import EXIT_INPUT_UNAVAILABLE, Executor, JobInput, Weights
+from resource_provider.inputs import InputUnavailable, UnacceptableInput
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics
-from resource_provider.runner import JobRefused, execute_job, job_submission, verified_spec
+from resource_provider.runner import (
+    EXIT_BAD_INPUT,
+    JobRefused,
+    execute_job,
+    job_inputs,
+    job_submission,
+    not_run,
+    verified_spec,
+)
 from resource_provider.service import ChainService
 from resource_provider.state import DealRecord, JsonStore, Outcome, Phase
 
@@ -101,6 +121,9 @@ MAX_RETRY_AFTER_S = 60.0
 STREAM_RETRY_S = 1.0
 #: Starts of one job (a crash and restart counts too) before the provider gives it up.
 MAX_RUNS = 5
+#: Seconds a provider keeps trying to fetch a job's input (from the first failure) before it
+#: submits the result that says it could not (exit code 123), unless the deadline comes first.
+INPUT_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,8 @@ class ProviderConfig:
         event_stream: Listen to the solver's event stream (faster than chain polling alone).
         auto_deposit: Move tokens from the wallet into the market balance when it does not
             cover the collateral of every slot: at start, and whenever fresh offers need more.
+        input_wait_s: Seconds to keep trying to fetch a job's input before its result says it
+            could not be fetched (the deadline may end the wait sooner).
     """
 
     modules: tuple[str, ...]
@@ -140,6 +165,7 @@ class ProviderConfig:
     confirmations: int = 0
     event_stream: bool = True
     auto_deposit: bool = False
+    input_wait_s: float = INPUT_WAIT_S
 
 
 @dataclass
@@ -449,15 +475,20 @@ class ResourceProvider(ChainService):
             raise JobRefused(f"gave up after {record.runs} failed starts: {record.error}")
         left = int(status.deadline - self.clock())
         needed = spec.timeout_s + self.config.submit_margin_s
-        if left < needed:
+        if left < needed and deal.deal_id not in self._input_waits():
             raise JobRefused(
                 f"only {left}s left before the deadline; {spec.module} may take {spec.timeout_s}s "
                 f"plus {self.config.submit_margin_s}s to submit"
             )
+        inputs = self._inputs(record, spec, latest_start=status.deadline - needed)
+        if isinstance(inputs, str):  # the job cannot run: its result says so
+            return self._save(
+                record, phase=Phase.EXECUTED, module=spec.module, duration_ms=0, error=inputs[:500]
+            )
         record = self._save(record, phase=Phase.RUNNING, module=spec.module, runs=record.runs + 1)
         log.info("deal %s: running %s (run %d)", deal.deal_id, spec.module, record.runs)
         execution = execute_job(
-            self.executor, spec, self.results_dir / deal.deal_id, self.config.weights
+            self.executor, spec, self.results_dir / deal.deal_id, self.config.weights, inputs
         )
         self.metrics.jobs_run.labels(spec.module).inc()
         self.metrics.job_duration.labels(spec.module).observe(execution.duration_ms / 1000)
@@ -467,6 +498,71 @@ class ResourceProvider(ChainService):
                 "deal %s: %s (its result is submitted as is)", deal.deal_id, execution.message
             )
         return self._save(record, phase=Phase.EXECUTED, duration_ms=execution.duration_ms)
+
+    def _inputs(
+        self, record: DealRecord, spec: JobSpec, latest_start: float
+    ) -> tuple[JobInput, ...] | str:
+        """The job's file inputs, fetched; or why they keep it from running, once the result
+        that says so is written (see :func:`~resource_provider.runner.not_run`).
+
+        An input the module cannot take is the result at once (exit code 2: any mediator finds
+        the same). One that cannot be fetched is tried again, pass after pass, until the job
+        could no longer start and finish in time (``latest_start``) or for ``input_wait_s``,
+        whichever comes first; then the result says so (exit code 123) and is submitted like any
+        other, so the deadline never passes without a result (which would cost the collateral).
+        Nobody is judged on that result: the job creator challenges it, and the mediator leaves it
+        to time out.
+
+        Raises:
+            InputUnavailable: an input could not be fetched, and there is time to try again.
+        """
+        deal_id = record.deal_id
+        folder = self.results_dir / deal_id
+        try:
+            inputs = job_inputs(self.storage, spec)
+        except UnacceptableInput as exc:
+            log.warning("deal %s: %s; the job does not run (exit code 2)", deal_id, exc)
+            self.metrics.jobs_failed.labels("bad_input").inc()
+            not_run(self.executor, folder, exc.input, EXIT_BAD_INPUT)
+            self._input_wait_over(deal_id)
+            return str(exc)
+        except InputUnavailable as exc:
+            now = self.clock()
+            since = self._input_waits().get(deal_id)
+            if since is None:
+                self._set_input_wait(deal_id, now)
+                since = now
+            if now + RETRY_S < latest_start and now - since < self.config.input_wait_s:
+                raise
+            item, why = exc.input, f"{exc}; gave up after {now - since:.0f}s"
+            log.warning("deal %s: %s (exit code 123)", deal_id, why)
+        else:
+            if not inputs or self.clock() <= latest_start:
+                self._input_wait_over(deal_id)
+                return inputs
+            # fetched, but too late to run the job before the deadline: the last one held it up
+            item, why = file_inputs(spec)[-1], "the inputs came too late to run the job in time"
+            log.warning("deal %s: %s (exit code 123)", deal_id, why)
+        self.metrics.jobs_failed.labels("input_unavailable").inc()
+        not_run(self.executor, folder, item, EXIT_INPUT_UNAVAILABLE)
+        self._input_wait_over(deal_id)
+        return why
+
+    def _input_waits(self) -> dict[str, float]:
+        """Deals whose inputs could not be fetched: the chain time of the first failure (kept in
+        ``meta.json``, so a restart does not start the wait again, nor refuse such a deal as
+        too late to run when its result must still be submitted)."""
+        return dict(self.store.meta("input_waits", {}))
+
+    def _set_input_wait(self, deal_id: str, since: float) -> None:
+        with self._lock:
+            self.store.set_meta(input_waits={**self._input_waits(), deal_id: since})
+
+    def _input_wait_over(self, deal_id: str) -> None:
+        with self._lock:
+            waits = self._input_waits()
+            if waits.pop(deal_id, None) is not None:
+                self.store.set_meta(input_waits=waits)
 
     def _submission(self, deal: Deal) -> JobSubmission:
         """The deal's signed job offer and spec: from the solver once, then from this provider's

@@ -9,16 +9,26 @@ naming it as mediator (it needs their terms later), ``ResultSubmitted`` for thei
 2. fetches the submitted result, every block verified, *before* anything of its own is added to
    IPFS: a result that cannot be fetched (or whose CID is malformed, or whose blocks do not match)
    was never delivered, and the provider loses;
-3. runs the job with its own executor and compares with the submitted result by the module's
-   declared verification (:mod:`resource_provider.verify`);
+3. fetches the job's inputs, runs the job with its own executor and compares with the submitted
+   result by the module's declared verification (:mod:`resource_provider.verify`);
 4. before ruling against a delivered result that differs from its own, runs the job a second
    time: a module that gives this mediator two different results is not deterministic, and
    neither party is judged on it (the challenge is left to time out: both are refunded);
 5. calls ``resolveMediation`` with its own result's CID, which it adds to IPFS and pins, so the
    job creator gets the correct result whoever wins.
 
-A challenge whose job cannot be checked here (the spec does not re-render, the module is unknown)
-is not guessed at: it is left unresolved, the mediation times out and both parties are refunded.
+A challenge whose job cannot be checked here (the spec does not re-render, the module is unknown,
+an input cannot be fetched) is not guessed at: it is left unresolved, the mediation times out and
+both parties are refunded. So is a submitted result of a job with file inputs that says an input
+could not be fetched (exit code 123): that an input can be fetched now proves nothing of when the
+provider tried (a job creator could unpin it for the provider's fetch and pin it again for the
+mediator's), so neither party is judged on it: the job creator gets its price and fee back, the
+provider its collateral, and nobody is paid. (A job without file inputs has nothing to lose: its
+123 is compared as any result, or a provider could claim it for every job and never risk its
+collateral.) An input the module cannot take (a folder, too large, not a picture) is the same on
+every machine: the mediator's result is the one that says so (exit code 2), compared as any
+other.
+
 A job already run here for another deal (the same spec: ``lilypad run --verify redundant``
 challenges both of its deals) is not run again.
 """
@@ -49,12 +59,15 @@ from lilypad.errors import (
     UnsafeEntryName,
 )
 from lilypad.modules import JobSpec
+from lilypad.modules.files import file_inputs
 from lilypad.modules.manifest import VerificationMethod
 from lilypad.solver_api import SolverClient
 from lilypad.storage import CID, Storage
-from resource_provider.executors import Executor, Weights
+from resource_provider.executors import EXIT_INPUT_UNAVAILABLE, Executor, Weights
+from resource_provider.executors.layout import EXIT_CODE
+from resource_provider.inputs import InputUnavailable
 from resource_provider.metrics import Metrics
-from resource_provider.runner import job_submission, run_job, verified_spec
+from resource_provider.runner import RunResult, job_submission, run_job, verified_spec
 from resource_provider.service import ChainService
 from resource_provider.state import JsonStore
 from resource_provider.verify import Verdict, compare, compare_exact
@@ -212,6 +225,14 @@ class Mediator(ChainService):
         record = record.model_copy(update={"spec_hash": spec.spec_hash})
         # Theirs first: whether it can be fetched at all must not depend on what we add.
         theirs, links, lost = self._fetch_submitted(record, spec.result_limit)
+        # NOTE: only a job with file inputs can lack one; for any other, 123 is judged as any
+        # result (else a provider could claim it for every job and never risk its collateral).
+        lost_input = _exit_code(theirs) == str(EXIT_INPUT_UNAVAILABLE) and file_inputs(spec)
+        if lost is None and lost_input:
+            raise Unresolvable(
+                "the provider says an input could not be fetched (exit code 123): whether it "
+                "could be then cannot be known now, so neither party is judged on it"
+            )
         ours = self._run(spec, record)
         if lost is not None:
             verdict = lost
@@ -302,7 +323,26 @@ class Mediator(ChainService):
                 if str(cid) == other.our_cid:
                     log.info("deal %s: the job ran here before", record.deal.deal_id)
                     return cid
-        return run_job(self.executor, self.storage, spec, folder, self.weights).cid
+        return self._run_job(spec, folder).cid
+
+    def _run_job(self, spec: JobSpec, folder: Path) -> RunResult:
+        """Run the job here, its inputs fetched first: one the module cannot take gives the
+        result that says so (exit code 2), as on the provider.
+
+        Raises:
+            Unresolvable: an input cannot be fetched here; the job cannot be checked.
+            StorageError: this mediator's own IPFS node failed (try again later).
+        """
+        for attempt in range(FETCH_TRIES):
+            try:
+                return run_job(self.executor, self.storage, spec, folder, self.weights)
+            except InputUnavailable as exc:
+                if attempt == FETCH_TRIES - 1:
+                    raise Unresolvable(
+                        f"{exc.message}: the job cannot be run here, so neither party is judged"
+                    ) from None
+                self._stop.wait(5)
+        raise AssertionError("unreachable")
 
     def _check_deterministic(self, spec: JobSpec, record: MediationRecord, first: CID) -> None:
         """Run the job again before ruling against a provider: two different results here mean
@@ -312,7 +352,7 @@ class Mediator(ChainService):
             Unresolvable: the two runs differ.
         """
         again_dir = self.results_dir / f"{record.deal.deal_id}.again"
-        again = run_job(self.executor, self.storage, spec, again_dir, self.weights)
+        again = self._run_job(spec, again_dir)
         if spec.verification.method is VerificationMethod.EXACT:
             same = compare_exact(str(again.cid), str(first))
         else:
@@ -329,6 +369,14 @@ class Mediator(ChainService):
 
     def _put(self, record: MediationRecord) -> None:
         self.store.put("deals", record.deal.deal_id, record)
+
+
+def _exit_code(result: Path) -> str:
+    """The ``exitCode`` of a downloaded result ("" when it has none)."""
+    try:
+        return (result / EXIT_CODE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeError):
+        return ""
 
 
 def _submitted_cid(record: MediationRecord) -> CID | None:

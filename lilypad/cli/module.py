@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -11,11 +13,17 @@ from rich.table import Table
 from lilypad import modules
 from lilypad.cli.output import console, emit, note
 from lilypad.errors import InvalidTunable
-from lilypad.modules import ResolvedModule, version_key
+from lilypad.modules import JobSpec, ResolvedModule, version_key
+
+if TYPE_CHECKING:
+    from lilypad.modules.files import StagedInputs
 
 app = typer.Typer(help="List, inspect and render job modules.", no_args_is_help=True)
 
-INPUT_HELP = 'A tunable as KEY=VALUE; repeat for more (-i Prompt="a cat" -i Seed=24).'
+INPUT_HELP = (
+    'A tunable as KEY=VALUE; repeat for more (-i Prompt="a cat" -i Seed=24). A file tunable '
+    "takes @path/to/file, ipfs://CID[/path] or a bare CID (-i Image=@photo.png)."
+)
 
 
 #: Words after the reference that belong to no option; caught to explain `-i Key Value`.
@@ -32,6 +40,26 @@ def check_inputs(inputs: list[str], stray: list[str] | None) -> list[str]:
             )
         raise InvalidTunable(f"unexpected argument {stray[0]!r}; tunables go as -i KEY=VALUE")
     return inputs
+
+
+def stage(
+    module: ResolvedModule,
+    inputs: list[str],
+    workdir: Path,
+    *,
+    add: Callable[[Path], Any] | None = None,
+    storage: Any = None,
+) -> tuple[JobSpec, StagedInputs]:
+    """Render ``module`` with ``inputs``, file inputs first turned into IPFS paths: local files
+    added with ``add`` (default: only their CID computed, nothing stored), ``ipfs://`` inputs
+    checked on ``storage`` when one is given. Nothing is signed or paid before this returns."""
+    from lilypad.modules.files import stage_inputs
+    from lilypad.storage import compute_cid
+
+    staged = stage_inputs(module, inputs, add=add or compute_cid, workdir=workdir, storage=storage)
+    for name, ref in staged.refs.items():
+        note(f"{name}: ipfs://{ref}")
+    return modules.render(module, staged.inputs), staged
 
 
 def _json_option() -> Any:
@@ -102,6 +130,11 @@ def describe(module: ResolvedModule) -> dict[str, Any]:
                 "choices": list(t.choices) if t.choices is not None else None,
                 "multiple_of": t.multiple_of,
                 "max_length": t.max_length if t.type.value == "string" else None,
+                "max_bytes": t.byte_limit if t.is_file else None,
+                "max_pixels": t.pixel_limit if t.type.value == "image" else None,
+                "formats": [f.value for f in t.image_formats] if t.type.value == "image" else None,
+                "required": t.required,
+                "mount": f"/inputs/{t.name}/<file name>" if t.is_file else None,
                 "aliases": list(t.aliases),
                 "env": t.env,
                 "description": t.description,
@@ -112,6 +145,7 @@ def describe(module: ResolvedModule) -> dict[str, Any]:
             {"name": item.name, "variable": item.variable, "tunable": item.tunable}
             for item in spec.legacy_inputs
         ],
+        "at_least_one": [list(group) for group in spec.at_least_one],
     }
 
 
@@ -147,6 +181,8 @@ def _print_show(data: dict[str, Any]) -> None:
     console.print("\n[bold]Tunables[/] (-i NAME=VALUE)")
     for t in data["tunables"]:
         default = repr(t["default"]) if t["type"] == "string" else str(t["default"])
+        if t["max_bytes"] is not None:
+            default = "none, required" if t["required"] else "none, optional"
         aliases = "".join(f", alias {a}" for a in t["aliases"])
         console.print(
             f"  [bold]{t['name']}[/] ({t['type']}, env {t['env']}{aliases})  "
@@ -160,6 +196,8 @@ def _print_show(data: dict[str, Any]) -> None:
         console.print(
             f'  legacy input {item["name"]}="{item["variable"]}=..." sets {item["tunable"]}'
         )
+    for group in data["at_least_one"]:
+        console.print(f"  at least one of {', '.join(group)} must be above 0")
 
 
 def _allowed(t: dict[str, Any]) -> str:
@@ -172,6 +210,13 @@ def _allowed(t: dict[str, Any]) -> str:
         return f"{low}..{high}{step}"
     if t["type"] == "string":
         return f"text, up to {t['max_length']} characters"
+    if t["max_bytes"] is not None:
+        kinds = "/".join(f.upper() for f in t["formats"]) if t["formats"] else "any file"
+        pixels = f", {t['max_pixels']:,} pixels" if t["max_pixels"] else ""
+        return (
+            f"{kinds} up to {t['max_bytes']:,} bytes{pixels}, as @file, ipfs://CID[/path] or "
+            f"a CID; the job reads it at {t['mount']}"
+        )
     return "any"
 
 
@@ -186,9 +231,15 @@ def render(
     json_output: bool = _json_option(),
     stray: list[str] = STRAY_ARGS,
 ) -> None:
-    """Print the fully resolved job spec: image, env, machine needs, tunables and spec_hash."""
+    """Print the fully resolved job spec: image, env, machine needs, tunables and spec_hash.
+
+    A local file (-i Image=@photo.png) shows as the CID it would have on IPFS; nothing is added.
+    """
+    import tempfile
+
     inputs = check_inputs(inputs, stray)
     module = _resolve(ref)
-    spec = modules.render(module, inputs)
+    with tempfile.TemporaryDirectory(prefix="lilypad-render-") as work:
+        spec, _ = stage(module, inputs, Path(work))
     # The spec is data either way; both forms are stable, byte for byte, for the same inputs.
     emit(spec.model_dump(mode="json"), json_output, lambda: print(spec.to_json()))

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from lilypad import modules
-from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, _resolve, check_inputs
+from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, _resolve, check_inputs, stage
 from lilypad.cli.output import console, emit, err_console, note, show_warnings
 from lilypad.errors import JobFailed
+from lilypad.modules.files import StagedInputs, file_inputs
 from resource_provider.executors import (
     ExecutionResult,
     ExecutorKind,
     Job,
+    JobInput,
     Sandbox,
     Selection,
     Weights,
@@ -79,11 +82,13 @@ def run(
     """Run a module on this machine and leave its result in --output."""
     inputs = check_inputs(inputs, stray)
     module = _resolve(ref)
-    spec = modules.render(module, inputs)
-    selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox))
-    _say_executor(selection, chosen=executor is None)
-    with selection.executor, show_warnings("lilypad.executor", "red") as warned:
-        result = _run_with_progress(selection, Job.of(module, spec, output, weights))
+    with tempfile.TemporaryDirectory(prefix="lilypad-inputs-") as work:
+        spec, staged = stage(module, inputs, Path(work))
+        selection = create_executor(executor, sandbox=sandbox_for(unsafe_no_sandbox))
+        _say_executor(selection, chosen=executor is None)
+        with selection.executor, show_warnings("lilypad.executor", "red") as warned:
+            job = Job.of(module, spec, output, weights, inputs=_job_inputs(module, spec, staged))
+            result = _run_with_progress(selection, job)
     for remark in result.notes:
         if not any(remark in warning for warning in warned):  # said once is enough
             note(f"[yellow]note:[/] {escape(remark)}")
@@ -102,6 +107,35 @@ def run(
             hint=f"the whole log: {result.output_dir / STDERR}",
         )
     emit(data, json_output, lambda: _show_success(spec.module, result))
+
+
+def _job_inputs(
+    module: modules.ResolvedModule, spec: modules.JobSpec, staged: StagedInputs
+) -> list[JobInput]:
+    """The job's files: a local file (@photo.png) mounted as it is, an ``ipfs://`` one fetched
+    (verified, cached) from this machine's IPFS (``LILYPAD_IPFS_API``, ``_GATEWAY`` or the
+    embedded node's store)."""
+    from lilypad.errors import InvalidTunable
+    from lilypad.storage import open_storage
+    from resource_provider.inputs import InputUnavailable, fetch_inputs
+
+    wanted = file_inputs(spec, module)
+    mounts = [JobInput(staged.local[f.name], f.mount) for f in wanted if f.name in staged.local]
+    remote = [f for f in wanted if f.name not in staged.local]
+    if remote:
+        storage = open_storage()
+        try:
+            with err_console.status("Fetching inputs from IPFS"):
+                mounts += fetch_inputs(storage, remote)
+        except InputUnavailable as exc:
+            raise InvalidTunable(
+                exc.message,
+                hint="add it to IPFS first (lilypad ipfs add FILE), point LILYPAD_IPFS_API or "
+                "LILYPAD_IPFS_GATEWAY at a node that has it, or give the file as @path",
+            ) from None
+        finally:
+            storage.close()
+    return mounts
 
 
 def build(

@@ -12,9 +12,10 @@ from rich.status import Status
 from rich.table import Table
 
 from lilypad import modules
-from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs
+from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs, stage
 from lilypad.cli.output import console, emit, err_console, note
 from lilypad.errors import InputError
+from lilypad.modules.files import precheck
 from lilypad.verification import Verify
 
 jobs_app = typer.Typer(help="Jobs you ran from this machine.", no_args_is_help=True)
@@ -35,6 +36,8 @@ _STEP_TEXT = {
     "not_audited": "not audited this time (chance {probability:.0%})",
     "challenged": "result challenged ({reason}); mediator {mediator} re-runs the job",
     "mediating": "waiting for mediator {mediator} to rule",
+    "input_lost": "the provider could not fetch an input: nobody is judged on it; your payment "
+    "and fee come back when the mediation times out (chain time {deadline})",
     "upheld": "the mediator upheld the result: it is correct",
     "slashed": "the mediator found the result wrong: {refund} tokens (price and the provider's "
     "collateral) are yours; fetching the mediator's result",
@@ -96,12 +99,13 @@ def run(
 
     inputs = check_inputs(inputs, stray)
     module = modules.resolve(ref)
-    spec = modules.render(module, inputs)  # bad input stops here, before anything is signed
+    precheck(module, inputs)  # bad input stops here, before anything is signed
     price = parse_tokens(max_price, "--max-price")
     _in_range("--expires-in", expires_in, 15, MAX_EXPIRES_IN_S)
     _in_range("--retries", retries, 0, 10)
-    timeout_s = _job_timeout(timeout, spec)
     profile = load_network(network)
+    spec = _stage(module, inputs, profile)  # files checked and added to the network's IPFS
+    timeout_s = _job_timeout(timeout, spec)
     market_address, _ = profile.require_contracts()
     account = load_signer(key_file, role="the job creator")
     options = RunOptions(
@@ -157,6 +161,34 @@ def run(
     finally:
         runner.close()
     emit(record.to_dict(), json_output, lambda: _summary(record))
+
+
+def _stage(module: modules.ResolvedModule, inputs: list[str], profile: Any) -> modules.JobSpec:
+    """The job spec, its file inputs added to the network's IPFS (the profile's API, which the
+    providers fetch from) and checked there; a module without file inputs touches nothing."""
+    import tempfile
+
+    from lilypad.modules.files import has_file_inputs, has_local_files
+    from lilypad.storage import open_storage
+
+    if not has_file_inputs(module, inputs):
+        return modules.render(module, inputs)
+    if has_local_files(module, inputs) and not profile.ipfs_api_url:
+        raise InputError(
+            f"network {profile.name!r} names no IPFS API (ipfs_api_url) to add the local file "
+            "inputs to",
+            hint="add the file to an IPFS node the network's providers reach and pass "
+            "ipfs://CID, or set ipfs_api_url in the network profile",
+        )
+    storage = open_storage(
+        api=profile.ipfs_api_url, gateway=None if profile.ipfs_api_url else profile.gateway_url
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="lilypad-inputs-") as work:
+            spec, _ = stage(module, inputs, Path(work), add=storage.add, storage=storage)
+    finally:
+        storage.close()
+    return spec
 
 
 def _job_timeout(timeout: int | None, spec: modules.JobSpec) -> int:

@@ -21,7 +21,9 @@ funds:
 * a result that fails verification or cannot be fetched in time → it is challenged
   (:class:`VerificationFailed` when the mediator does not give a correct result back);
 * a mediator that rules against the provider → the price and the provider's collateral come back
-  and the mediator's result replaces the provider's (:class:`CheatCaught` if it gave none).
+  and the mediator's result replaces the provider's (:class:`CheatCaught` if it gave none);
+* an input the provider could not fetch → always challenged and left to time out: the price and
+  the fee come back, the provider is not paid and keeps its collateral (:class:`InputLost`).
 
 The package, by role: :mod:`~lilypad.creator.records` (:class:`JobRecord`, :class:`JobState`,
 :class:`Step`, the records on disk), :mod:`~lilypad.creator.runner` (:class:`JobRunner` and the
@@ -41,6 +43,7 @@ from lilypad.creator.records import (
 )
 from lilypad.creator.runner import (
     CheatCaught,
+    InputLost,
     JobError,
     JobRunner,
     MediationExpired,
@@ -54,6 +57,7 @@ from lilypad.creator.runner import (
 __all__ = [
     "CheatCaught",
     "DealState",
+    "InputLost",
     "JobError",
     "JobRecord",
     "JobRunner",

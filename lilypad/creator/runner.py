@@ -9,7 +9,8 @@ See :mod:`lilypad.creator` for the flow and what each :class:`JobError` says of 
         ├── ModuleFailed          the module exited with an error on the provider (it was paid)
         ├── VerificationFailed    challenged, and no verified result came back
         ├── CheatCaught           the mediator ruled against the provider and gave no result
-        └── MediationExpired      no mediator ruled in time (both parties refunded)
+        ├── MediationExpired      no mediator ruled in time (both parties refunded)
+        └── InputLost             the provider could not fetch an input (both parties refunded)
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ POST_ATTEMPTS = 4
 CHALLENGE_MARGIN_S = 60
 #: Seconds between two looks at the chain while waiting on it (a deal, a result, a mediation).
 CHAIN_POLL_S = 1.0
+#: Why a result whose provider could not fetch an input is challenged (see :class:`InputLost`).
+INPUT_LOST = "the provider could not fetch an input (exit code 123)"
 
 
 class JobError(LilypadError):
@@ -85,6 +88,15 @@ class CheatCaught(JobError):
 
 class MediationExpired(JobError):
     """The result was challenged and no mediator ruled in time: both parties were refunded."""
+
+
+class InputLost(JobError):
+    """The provider could not fetch one of the job's inputs (its result's exit code is 123).
+
+    Nobody can prove later whether an input could be fetched then, so neither party is judged on
+    it: the result is always challenged, the mediator leaves it, and once the mediation has timed
+    out the job creator has its price and fee back and the provider its collateral, unpaid.
+    """
 
 
 @dataclass(frozen=True)
@@ -258,7 +270,11 @@ class JobRunner:
         )
         if agree:
             self.on_step(Step("agree", {"cid": str(first.cid)}))
-            if self._fetch(first):
+            if self._fetch(first) and _input_lost(first.record):
+                for job in jobs:  # two providers that could not fetch it are paid no more
+                    job.record.output_dir = first.record.output_dir
+                    self._challenge(job, INPUT_LOST)
+            elif first.record.output_dir is not None:
                 for job in jobs:
                     job.record.output_dir, job.record.gateway_url = (
                         first.record.output_dir,
@@ -272,16 +288,25 @@ class JobRunner:
                 self.on_step(Step("disagree", {"cids": [str(j.cid) for j in jobs]}))
             for job in jobs:
                 if self._fetch(job):
-                    self._challenge(job, "the providers' results differ" if both else "audit")
+                    why = "the providers' results differ" if both else "audit"
+                    self._challenge(job, INPUT_LOST if _input_lost(job.record) else why)
+        lost: list[InputLost] = []
         for job in jobs:
             if job.record.audited:
-                with contextlib.suppress(JobError):
+                try:
                     self._await_mediation(job)
+                except InputLost as exc:
+                    lost.append(exc)
+                    job.record.error = str(exc)
+                except JobError:
+                    pass  # the other result may still be good; the record tells what happened
             save_record(job.record)
         if both:
             first.record.twin = jobs[1].record.to_dict()
         good = [j for j in jobs if j.record.state.is_success()]
         chosen = next((j for j in good if j.record.output_dir), None)
+        if chosen is None and len(lost) == len(jobs):
+            raise lost[0]
         if chosen is None:
             raise VerificationFailed(
                 "neither provider's result could be verified: "
@@ -621,6 +646,10 @@ class JobRunner:
         """Accept the downloaded result, or audit it (challenge) as the policy draws."""
         deal, record = job.deal, job.record
         assert deal is not None
+        if _input_lost(record):
+            # Never accepted (that would pay for nothing), whatever the policy: see InputLost.
+            self._challenge(job, INPUT_LOST)
+            return
         if verify is Verify.NEVER:
             self._accept(job)
             return
@@ -680,7 +709,10 @@ class JobRunner:
                     record.txs["timeout"] = receipt.tx_hash
                 continue
             if not announced:
-                self.on_step(Step("mediating", {"mediator": deal.mediator}))
+                # a result that says an input was lost is left to time out (see InputLost)
+                name = "input_lost" if _input_lost(record) else "mediating"
+                detail = {"mediator": deal.mediator, "deadline": status.deadline}
+                self.on_step(Step(name, detail))
                 announced = True
             time.sleep(CHAIN_POLL_S)
         ruling = self.market.mediation(deal.deal_id, record.from_block or 0)
@@ -706,6 +738,15 @@ class JobRunner:
             self._fetch_verdict(job, [mediator_cid])
         elif status.state is DealState.MEDIATION_EXPIRED:
             record.state = JobState.MEDIATION_EXPIRED
+            if _input_lost(record):
+                raise InputLost(
+                    f"provider {deal.provider} could not fetch an input of the job "
+                    f"({_not_run_line(record)}); nobody can tell now whether it could then, so "
+                    "the challenge was left to time out: your payment and the fee were refunded, "
+                    "and the provider got its collateral back and was not paid",
+                    hint="check that every input is pinned where providers can fetch it "
+                    "(lilypad ipfs pin add CID), then run the job again",
+                )
             raise MediationExpired(
                 f"no mediator ruled on the challenged result in time; the mediation was timed "
                 f"out: your payment and the fee were refunded and provider {deal.provider} got "
@@ -768,6 +809,26 @@ class JobRunner:
         """Milliseconds from the record's start to ``phase`` (posted, matched, deal, result,
         downloaded, accepted): what ``bench/e2e_overhead.py`` breaks the overhead down by."""
         record.timings_ms.setdefault(phase, int((time.time() - record.started_at) * 1000))
+
+
+def _input_lost(record: JobRecord) -> bool:
+    """Whether the downloaded result says the provider could not fetch an input (exit code 123,
+    :data:`resource_provider.executors.EXIT_INPUT_UNAVAILABLE`)."""
+    from resource_provider.executors import EXIT_INPUT_UNAVAILABLE  # NOTE: lazy: run's start-up
+
+    code = Path(record.output_dir or "") / "exitCode"
+    return (
+        record.output_dir is not None
+        and code.is_file()
+        and (code.read_text(errors="replace").strip() == str(EXIT_INPUT_UNAVAILABLE))
+    )
+
+
+def _not_run_line(record: JobRecord) -> str:
+    """The line the provider's result gives on stderr for a job that did not run."""
+    stderr = Path(record.output_dir or "") / "stderr"
+    text = stderr.read_text(errors="replace").strip() if stderr.is_file() else ""
+    return text.splitlines()[-1].removeprefix("lilypad: ")[:300] if text else "no reason given"
 
 
 def _failed(record: JobRecord, exc: LilypadError) -> None:

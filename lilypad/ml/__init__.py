@@ -1,4 +1,5 @@
-"""Inference code shared by the built-in ML modules (``module/sdxl``, ``module/sdv-pipeline``).
+"""Inference code shared by the built-in ML modules (``module/sdxl``, ``module/sdv-pipeline``,
+``module/sdxl-img2img``, ``module/sdxl-inpainting``, ``module/sdxl-outpainting``).
 
 Only module entrypoints import this package: it needs the optional ``ml`` extra (torch, diffusers,
 transformers), which the CLI, the solver and the provider daemon never load.
@@ -9,6 +10,7 @@ transformers), which the CLI, the solver and the provider daemon never load.
     denoisers    diffusers UNets wrapped as ``denoised = D(x, sigma)``
     tiny         deterministic tiny weights of the real architectures
     weights      where a module's weights come from (``MODEL_DIR`` or tiny)
-    sdxl, svd    the text-to-image and image-to-video jobs
+    sdxl, svd    the text-to-image, image-editing and image-to-video jobs
+    edit         the pictures and masks of image-editing jobs, from input file to result
     media        byte-deterministic PNG, APNG, WebP and MP4 writers
 """

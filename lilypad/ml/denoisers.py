@@ -38,6 +38,10 @@ class SDXLDenoiser:
         text_embeds: Pooled text embeddings (added conditioning), same batch layout.
         time_ids: Size/crop (and for the refiner, aesthetic score) ids, same batch layout.
         guidance_scale: None for no classifier-free guidance.
+        image_channels: For an inpainting UNet (9 input channels): the mask and the masked
+            picture's latents, concatenated after the scaled noisy latents on the channel axis
+            (unscaled, as diffusers' ``StableDiffusionXLInpaintPipeline`` feeds them); the
+            batch of ``x``. None for a 4-channel UNet.
     """
 
     unet: Any
@@ -46,12 +50,20 @@ class SDXLDenoiser:
     text_embeds: torch.Tensor
     time_ids: torch.Tensor
     guidance_scale: float | None
+    image_channels: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        batch = torch.cat([x, x]) if self.guidance_scale is not None else x
+        guided = self.guidance_scale is not None
+        batch = torch.cat([x, x]) if guided else x
         timestep = self.sampling.timestep(sigma).to(device=x.device, dtype=torch.float32)
+        model_input = (batch * _c_in(sigma)).to(self.prompt_embeds.dtype)
+        if self.image_channels is not None:
+            extra = self.image_channels.to(model_input.dtype)
+            model_input = torch.cat(
+                [model_input, torch.cat([extra, extra]) if guided else extra], 1
+            )
         eps = self.unet(
-            (batch * _c_in(sigma)).to(self.prompt_embeds.dtype),
+            model_input,
             timestep,
             encoder_hidden_states=self.prompt_embeds,
             added_cond_kwargs={"text_embeds": self.text_embeds, "time_ids": self.time_ids},

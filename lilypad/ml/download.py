@@ -16,7 +16,7 @@ from lilypad.errors import InferenceError
 from lilypad.ml import job
 
 MODELS = {m.folder: m for m in (job.SDXL_BASE_09, job.SDXL_BASE_10, job.SDXL_REFINER_10,
-                                job.SVD_10, job.SVD_11)}  # fmt: skip
+                                job.SDXL_INPAINT_10, job.SVD_10, job.SVD_11)}  # fmt: skip
 _WEIGHTS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".h5")
 
 

@@ -4,9 +4,10 @@ and outputs live, logging, and turning errors into one line and an exit code.
 The runtime contract: tunables arrive as environment variables named by the manifest; the
 executor adds ``LILYPAD_OUTPUTS_DIR``, ``LILYPAD_WEIGHTS`` (``real`` | ``tiny``) and
 ``LILYPAD_TINY_WEIGHTS_DIR`` (read-only: the executor has generated there, before the job, the
-models the manifest lists in ``tiny_models``); real images set ``MODEL_DIR``. Progress goes to
-stderr and a deterministic list of written files to stdout; neither contains timings or absolute
-paths.
+models the manifest lists in ``tiny_models``); real images set ``MODEL_DIR``. A file tunable's
+variable holds the path of its file, mounted read-only (``/inputs/Image/photo.png``). Progress
+goes to stderr and a deterministic list of written files to stdout; neither contains timings or
+absolute paths.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-from lilypad.errors import InferenceError, LilypadError
+from lilypad.errors import InferenceError, InvalidTunable, LilypadError
 
 # Before diffusers/transformers are imported: their import-time notices and progress bars would
 # otherwise land in the job's stderr.
@@ -50,6 +51,9 @@ SDXL_BASE_09 = Model("sdxl-base-0.9", "stabilityai/stable-diffusion-xl-base-0.9"
 SDXL_BASE_10 = Model("sdxl-base-1.0", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl-base")
 SDXL_REFINER_10 = Model(
     "sdxl-refiner-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0", "sdxl-refiner"
+)
+SDXL_INPAINT_10 = Model(
+    "sdxl-inpainting-1.0", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "sdxl-inpaint"
 )
 SVD_10 = Model("svd-1.0", "stabilityai/stable-video-diffusion-img2vid", "svd")
 SVD_11 = Model("svd-xt-1.1", "stabilityai/stable-video-diffusion-img2vid-xt-1-1", "svd")
@@ -108,6 +112,24 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InferenceError(f"{name}={value!r} is not allowed; allowed: {', '.join(choices)}")
     return value
+
+
+def env_file(name: str) -> Path:
+    """The input file that a file tunable's variable names (its read-only mount in a job).
+
+    Raises:
+        InvalidTunable: (exit code 2) the variable is not set, or names no readable file.
+    """
+    raw = os.environ.get(name)
+    if not raw:
+        raise InvalidTunable(
+            f"{name} is not set: the job has no input file for it; give the file as a tunable "
+            "(-i Name=@path/to/file)"
+        )
+    path = Path(raw)
+    if not path.is_file():
+        raise InvalidTunable(f"{name}={raw}: no such file in the job")
+    return path
 
 
 def weights_mode() -> WeightsMode:

@@ -1,6 +1,6 @@
-"""Text to image with Stable Diffusion XL.
+"""Text to image, image to image and inpainting with Stable Diffusion XL.
 
-Two paths, both real diffusers code:
+Three paths, all real diffusers code:
 
 - :func:`generate_default` runs ``StableDiffusionXLPipeline`` as published, with the scheduler
   the model ships (SDXL 0.9: Euler). It is what the ``v0.9`` module runs.
@@ -10,6 +10,14 @@ Two paths, both real diffusers code:
   the steps whose timestep is at or above ``1000 * (1 - refiner_switch)`` (diffusers'
   ``denoising_end``) and ``StableDiffusionXLImg2ImgPipeline``'s refiner UNet the rest
   (``denoising_start``), continuing from the base's noisy latents.
+- :func:`img2img` and :func:`inpaint` drive the same samplers from a picture, with the helpers
+  of ``StableDiffusionXLImg2ImgPipeline`` and ``StableDiffusionXLInpaintPipeline`` (their image
+  and mask processors, time ids, mask latents). The picture is encoded with the VAE's mean (no
+  sampling: the same picture always gives the same latents); ``strength`` picks the tail of the
+  sigma schedule as diffusers' ``strength`` does (:func:`strength_sigmas`); the latents are
+  noised to that tail's first sigma with the job's seeded CPU generator, ``x = z + sigma * n``,
+  or, at strength 1, start from pure noise as text to image does. Inpainting feeds the 9-channel
+  UNet the mask and the masked picture's latents beside the noisy latents at every step.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
+    retrieve_latents,
+)
 from diffusers.utils.torch_utils import randn_tensor
 
 from lilypad.ml import determinism
@@ -110,9 +121,16 @@ def _base_denoiser(pipe: Any, s: ImageSettings) -> SDXLDenoiser:
     return SDXLDenoiser(pipe.unet, sampling, embeds, pooled, time_ids, guidance)
 
 
-def _refiner_denoiser(refiner: Any, s: ImageSettings) -> SDXLDenoiser:
+def _img2img_denoiser(
+    pipe: Any, s: ImageSettings, image_channels: torch.Tensor | None = None
+) -> SDXLDenoiser:
+    """The UNet of an image-to-image or inpainting pipeline (the refiner too) as a denoiser.
+
+    Their ``_get_add_time_ids`` add the aesthetic scores for a model that asks for them (the
+    refiner: ``requires_aesthetics_score``) and the target size for the others.
+    """
     device, guidance = determinism.device(), _cfg(s.guidance_scale)
-    embeds, negative, pooled, negative_pooled = refiner.encode_prompt(
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
         prompt=s.prompt,
         device=device,
         num_images_per_prompt=s.batch,
@@ -120,17 +138,17 @@ def _refiner_denoiser(refiner: Any, s: ImageSettings) -> SDXLDenoiser:
         negative_prompt=s.negative_prompt or None,
     )
     size = (s.height, s.width)
-    time_ids, negative_time_ids = refiner._get_add_time_ids(
+    time_ids, negative_time_ids = pipe._get_add_time_ids(
         size, (0, 0), size, AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, size, (0, 0), size,
         dtype=embeds.dtype,
-        text_encoder_projection_dim=refiner.text_encoder_2.config.projection_dim,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
     )  # fmt: skip
     time_ids = time_ids.to(device).repeat(s.batch, 1)
     if guidance is not None:
         embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
         time_ids = torch.cat([negative_time_ids.to(device).repeat(s.batch, 1), time_ids])
-    sampling = ModelSampling.discrete(refiner.scheduler.alphas_cumprod)
-    return SDXLDenoiser(refiner.unet, sampling, embeds, pooled, time_ids, guidance)
+    sampling = ModelSampling.discrete(pipe.scheduler.alphas_cumprod)
+    return SDXLDenoiser(pipe.unet, sampling, embeds, pooled, time_ids, guidance, image_channels)
 
 
 def split_at_switch(sampling: ModelSampling, sigmas: torch.Tensor, switch: float) -> int:
@@ -189,7 +207,7 @@ def _generate(
     decoder = pipe
     if refiner is not None and switch < len(sigmas) - 1:
         latents = sample(
-            settings.sampler, _refiner_denoiser(refiner, settings), latents, sigmas[switch:],
+            settings.sampler, _img2img_denoiser(refiner, settings), latents, sigmas[switch:],
             generator=generator, seed=settings.seed, progress=progress,
         )  # fmt: skip
         decoder = refiner
@@ -203,3 +221,114 @@ def decode(pipe: Any, latents: torch.Tensor) -> list[Any]:
     with torch.inference_mode():
         images = vae.decode(latents, return_dict=False)[0]
     return list(pipe.image_processor.postprocess(images, output_type="pil"))
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """How many of a ``steps``-step schedule an image-editing job runs: the last
+    ``floor(steps * strength)``, as diffusers' ``strength`` (``get_timesteps``)."""
+    return min(int(steps * strength), steps)
+
+
+def strength_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
+    """The tail of ``sigmas`` (a schedule, ending with 0) that ``strength`` selects; just
+    ``[0]`` when it selects no step."""
+    steps = len(sigmas) - 1
+    return sigmas[steps - strength_steps(steps, strength) :]
+
+
+def encode(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of preprocessed pictures (``[-1, 1]``), in float32: the mean of the VAE's latent
+    distribution (diffusers' ``sample_mode="argmax"``), so no noise is drawn."""
+    vae = pipe.vae
+    encoded = vae.encode(pixels.to(device=determinism.device(), dtype=torch.float32))
+    latents: torch.Tensor = retrieve_latents(encoded, sample_mode="argmax")
+    return latents * float(vae.config.scaling_factor)
+
+
+def sample_from(
+    pipe: Any,
+    settings: ImageSettings,
+    latents: torch.Tensor,
+    progress: Callable[[int, int], None] | None = None,
+    image_channels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Latents sampled from a picture's ``latents`` over the tail of the schedule that
+    ``settings.strength`` selects (module docstring); ``latents`` themselves for no step.
+
+    Args:
+        pipe: An image-to-image or inpainting pipeline.
+        settings: The job.
+        latents: The picture's latents (:func:`encode`).
+        progress: Called after each model evaluation.
+        image_channels: An inpainting UNet's mask and masked-picture latents.
+    """
+    denoiser = _img2img_denoiser(pipe, settings, image_channels)
+    sigmas = strength_sigmas(
+        get_sigmas(settings.scheduler, denoiser.sampling, settings.steps), settings.strength
+    )
+    if len(sigmas) == 1:
+        return latents  # no step selected: the picture's own latents
+    generator = determinism.generator(settings.seed)
+    if settings.strength >= 1:
+        start = initial_noise(tuple(latents.shape), sigmas[0], generator, torch.float32)
+    else:
+        noise = randn_tensor(
+            tuple(latents.shape), generator=generator, device=latents.device, dtype=torch.float32
+        )
+        start = latents + noise * float(sigmas[0])
+    return sample(
+        settings.sampler, denoiser, start, sigmas,
+        generator=generator, seed=settings.seed, progress=progress,
+    )  # fmt: skip
+
+
+def img2img(
+    pipe: Any, settings: ImageSettings, image: Any, progress: Callable[[int, int], None]
+) -> Any:
+    """``image`` (PIL, ``settings.width`` x ``settings.height``) re-imagined after the prompt.
+
+    Args:
+        pipe: A ``StableDiffusionXLImg2ImgPipeline`` (the base model's weights).
+        settings: The job; ``strength`` says how much of the schedule runs.
+        image: The picture, already at the job's size.
+        progress: Called after each model evaluation.
+    """
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(
+            image, height=settings.height, width=settings.width
+        )
+        latents = sample_from(pipe, settings, encode(pipe, pixels), progress)
+        return decode(pipe, latents)[0]
+
+
+def inpaint(
+    pipe: Any,
+    settings: ImageSettings,
+    image: Any,
+    mask: Any,
+    progress: Callable[[int, int], None],
+) -> Any:
+    """``image`` repainted where ``mask`` is white, as the inpainting model decodes it.
+
+    The pixels outside the mask are the model's too: pasting the original ones back is the
+    caller's (:func:`lilypad.ml.edit.composite`).
+
+    Args:
+        pipe: A ``StableDiffusionXLInpaintPipeline`` with a 9-channel UNet.
+        settings: The job; ``strength`` says how much of the schedule runs.
+        image: The picture (PIL RGB), already at the job's size.
+        mask: Its mask (PIL ``L``, 255 = repaint, 0 = keep), the same size.
+        progress: Called after each model evaluation.
+    """
+    height, width = settings.height, settings.width
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(image, height=height, width=width)
+        repaint = pipe.mask_processor.preprocess(mask, height=height, width=width)
+        latents = encode(pipe, pixels)
+        masked_latents = encode(pipe, pixels * (repaint < 0.5))
+        small_mask, masked_latents = pipe.prepare_mask_latents(
+            repaint, masked_latents, 1, height, width, pipe.unet.dtype, determinism.device(),
+            None, False,
+        )  # fmt: skip
+        channels = torch.cat([small_mask, masked_latents], dim=1)
+        return decode(pipe, sample_from(pipe, settings, latents, progress, channels))[0]

@@ -1,4 +1,4 @@
-"""What a text-to-image or image-to-video job asks for (light: no torch or diffusers import)."""
+"""What an image or video job asks for (light: no torch or diffusers import)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """One text-to-image job."""
+    """One text-to-image job, or one image-editing job (image-to-image, inpainting) on a
+    picture of ``width`` x ``height``."""
 
     prompt: str
     seed: int
@@ -21,6 +22,9 @@ class ImageSettings:
     batch: int = 1
     #: Fraction of the schedule after which the refiner takes over; 0 for no refiner.
     refiner_switch: float = 0.0
+    #: Image editing: the share of the schedule run from the noised picture (diffusers'
+    #: ``strength``); 1 starts from pure noise, as text to image does.
+    strength: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,17 @@ def _vae(scaling_factor: float) -> Any:
     )
 
 
-def _sdxl_base(directory: Path) -> None:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+def _sdxl_base_parts(directory: Path, in_channels: int) -> dict[str, Any]:
+    """The components of an SDXL 1.0-style pipeline (base or inpainting), tokenizers built in
+    ``directory`` (the caller removes their folders after saving)."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tok_1 = _tokenizer(directory / "_tok1", tokenizer.EOS)
     tok_2 = _tokenizer(directory / "_tok2", "!")
     unet = UNet2DConditionModel(
         sample_size=TINY_LIMITS.width // 8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -135,18 +137,36 @@ def _sdxl_base(directory: Path) -> None:
         # pooled text (text_encoder_2) + 6 size/crop ids
         projection_class_embeddings_input_dim=_TEXT_PROJECTION + 6 * _TIME_EMBED,
     )
-    pipe = StableDiffusionXLPipeline(
-        vae=_vae(0.13025),
-        text_encoder=CLIPTextModel(_text_config(tok_1, "quick_gelu")),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(tok_2, "gelu")),
-        tokenizer=tok_1,
-        tokenizer_2=tok_2,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(**_SDXL_SCHEDULER),
-    )
+    return {
+        "vae": _vae(0.13025),
+        "text_encoder": CLIPTextModel(_text_config(tok_1, "quick_gelu")),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config(tok_2, "gelu")),
+        "tokenizer": tok_1,
+        "tokenizer_2": tok_2,
+        "unet": unet,
+        "scheduler": EulerDiscreteScheduler(**_SDXL_SCHEDULER),
+    }
+
+
+def _save(pipe: Any, directory: Path) -> None:
     shutil.rmtree(directory / "_tok1")
     shutil.rmtree(directory / "_tok2")
     pipe.save_pretrained(directory, safe_serialization=True)
+
+
+def _sdxl_base(directory: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    _save(StableDiffusionXLPipeline(**_sdxl_base_parts(directory, in_channels=4)), directory)
+
+
+def _sdxl_inpaint(directory: Path) -> None:
+    """SDXL 1.0 inpainting 0.1: the base architecture with a 9-channel UNet input (noisy latents,
+    the mask, the masked image's latents)."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    parts = _sdxl_base_parts(directory, in_channels=9)
+    _save(StableDiffusionXLInpaintPipeline(**parts), directory)
 
 
 def _sdxl_refiner(directory: Path) -> None:
@@ -272,6 +292,7 @@ _BUILDERS: dict[str, tuple[int, Callable[[Path], None]]] = {
     "sdxl-base": (1, _sdxl_base),
     "sdxl-refiner": (2, _sdxl_refiner),
     "svd": (3, _svd),
+    "sdxl-inpaint": (4, _sdxl_inpaint),
 }
 
 

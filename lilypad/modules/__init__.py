@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lilypad.errors import InvalidTunable
 from lilypad.modules.manifest import (
     NETWORK,
     OUTPUTS_PATH,
@@ -97,10 +98,23 @@ def resolve(ref: str) -> ResolvedModule:
 
 
 def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, TunableValue]:
-    """Validate raw ``KEY=VALUE`` inputs and return every tunable's value, defaults filled."""
-    return resolve_tunables(
+    """Validate raw ``KEY=VALUE`` inputs and return every tunable's value, defaults filled.
+
+    Raises:
+        InvalidTunable: for any input that is unknown, malformed or out of range, or a group of
+            the manifest's ``at_least_one`` left all at 0.
+    """
+    values = resolve_tunables(
         module.spec.tunables, module.spec.legacy_inputs, parse_inputs(inputs), module.ref
     )
+    for group in module.spec.at_least_one:
+        if not any(values.get(name) not in (None, 0, "", False) for name in group):
+            given = ", ".join(f"{name}={values.get(name)!r}" for name in group)
+            raise InvalidTunable(
+                f"{module.ref} needs at least one of {', '.join(group)} above 0 or set; "
+                f"all are left at nothing ({given})"
+            )
+    return values
 
 
 def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:

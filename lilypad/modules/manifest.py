@@ -33,6 +33,7 @@ from lilypad.modules.tunables import (
     EnvName,
     LegacyInput,
     Tunable,
+    TunableName,
     validate_tunable_set,
 )
 
@@ -60,6 +61,7 @@ _SHARED_KEYS = {
     "tiny_weights",
     "tiny_models",
     "summary",
+    "at_least_one",
 }
 
 
@@ -110,10 +112,22 @@ class ModuleVersion(BaseModel):
     #: The tiny models the version loads with ``--weights tiny`` (``["sdxl-base"]``): the
     #: executor has lilypad generate them before the job, which may only read them.
     tiny_models: tuple[TinyModel, ...] = ()
+    #: Groups of tunables of which a job must set at least one to something other than 0, ""
+    #: or false (outpainting's borders): checked with the other inputs, before anything is
+    #: signed, where the module would otherwise fail after the deal.
+    at_least_one: tuple[tuple[TunableName, ...], ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         validate_tunable_set(self.tunables, self.legacy_inputs)
+        known = {t.name for t in self.tunables}
+        for group in self.at_least_one:
+            unknown = [name for name in group if name not in known]
+            if unknown or len(group) < 2:
+                raise ValueError(
+                    f"at_least_one group {list(group)}: "
+                    + (f"no tunable {unknown[0]!r}" if unknown else "name two tunables or more")
+                )
         for name in self.env:
             if name in RESERVED_ENV or name.startswith(("LD_", "DYLD_")):
                 raise ValueError(f"env {name!r} is reserved")

@@ -45,6 +45,33 @@ class TunableType(StrEnum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    #: Any bytes, by CID: the job reads the file at the path its env variable names.
+    FILE = "file"
+    #: A PNG, JPEG or WebP picture, by CID, decoded and checked before anything is signed.
+    IMAGE = "image"
+
+    @property
+    def is_file(self) -> bool:
+        return self in (TunableType.FILE, TunableType.IMAGE)
+
+
+class ImageFormat(StrEnum):
+    """The picture formats an ``image`` tunable may accept (as Pillow names them, lower-case)."""
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
+_FORMAT_NAMES = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WebP"}
+#: Where a job finds its file inputs: ``/inputs/<tunable name>/<file name>``, read-only.
+INPUTS_ROOT = "/inputs"
+#: Defaults of a file tunable's limits, when its manifest names none.
+DEFAULT_FILE_MAX_BYTES = 100 * 2**20
+DEFAULT_IMAGE_MAX_BYTES = 50 * 2**20
+DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Longest name of one file or folder in an input's IPFS path (as most file systems allow).
+MAX_NAME_BYTES = 255
 
 
 def suggest(value: str, allowed: Iterable[str]) -> str:
@@ -86,15 +113,52 @@ class Tunable(BaseModel):
     multiple_of: int | None = Field(default=None, gt=0)
     max_length: int = Field(default=DEFAULT_MAX_LENGTH, gt=0, le=100_000)
     aliases: tuple[TunableName, ...] = ()
+    #: ``file`` and ``image``: the most bytes the file may hold (default 100 MiB, images 50 MiB).
+    max_bytes: int | None = Field(default=None, gt=0, le=2**40)
+    #: ``image``: the most pixels (width times height) the picture may have.
+    max_pixels: int | None = Field(default=None, gt=0, le=2**31)
+    #: ``image``: the formats accepted (default: PNG, JPEG and WebP).
+    formats: tuple[ImageFormat, ...] | None = Field(default=None, min_length=1)
+    #: ``file`` and ``image``: the job may run without it (its env variable is then not set).
+    optional: bool = False
+    #: ``file`` and ``image``: the name the file is mounted under when the value is a bare CID
+    #: (default: the tunable's name in lower case); a path's last segment names it otherwise.
+    file_name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_BYTES)
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and not self.optional
+
+    @property
+    def is_file(self) -> bool:
+        return self.type.is_file
+
+    @property
+    def byte_limit(self) -> int:
+        """The most bytes a file tunable's file may hold."""
+        if self.max_bytes is not None:
+            return self.max_bytes
+        return DEFAULT_IMAGE_MAX_BYTES if self.type is TunableType.IMAGE else DEFAULT_FILE_MAX_BYTES
+
+    @property
+    def pixel_limit(self) -> int:
+        return self.max_pixels if self.max_pixels is not None else DEFAULT_MAX_PIXELS
+
+    @property
+    def image_formats(self) -> tuple[ImageFormat, ...]:
+        return self.formats if self.formats is not None else tuple(ImageFormat)
+
+    def mount_path(self, value: str) -> str:
+        """Where the job finds the file of ``value`` (a canonical ``<CID>[/path]``)."""
+        _, _, path = value.partition("/")
+        name = path.rsplit("/", 1)[-1] if path else self.file_name or self.name.lower()
+        return f"{INPUTS_ROOT}/{self.name}/{name}"
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.env in RESERVED_ENV or self.env.startswith(RESERVED_ENV_PREFIXES):
             raise ValueError(f"env {self.env!r} is reserved and cannot be filled by a tunable")
+        self._check_file_fields()
         numeric = self.type in (TunableType.INT, TunableType.FLOAT)
         if not numeric and (self.min is not None or self.max is not None or self.multiple_of):
             raise ValueError(f"min, max and multiple_of need a numeric type, not {self.type}")
@@ -105,6 +169,30 @@ class Tunable(BaseModel):
         if self.default is not None:
             object.__setattr__(self, "default", self.validate_value(self._coerce(self.default)))
         return self
+
+    def _check_file_fields(self) -> None:
+        file_only = {
+            "max_bytes": self.max_bytes,
+            "optional": self.optional or None,
+            "file_name": self.file_name,
+        }
+        image_only = {"max_pixels": self.max_pixels, "formats": self.formats}
+        if not self.is_file:
+            given = sorted(k for k, v in {**file_only, **image_only}.items() if v is not None)
+            if given:
+                raise ValueError(f"{', '.join(given)} need type file or image, not {self.type}")
+            return
+        if self.type is TunableType.FILE:
+            given = sorted(k for k, v in image_only.items() if v is not None)
+            if given:
+                raise ValueError(f"{', '.join(given)} need type image, not file")
+        if self.default is not None or self.choices is not None:
+            raise ValueError(
+                f"a tunable of type {self.type} has no default or choices; mark it optional = true "
+                "if a job may leave it out"
+            )
+        if self.file_name is not None:
+            _check_segment(self.file_name, f"{self.name}: file_name")
 
     def _coerce(self, value: TunableValue) -> TunableValue:
         """Turn a manifest literal (TOML gives ints for floats like `7`) into this type."""
@@ -119,6 +207,8 @@ class Tunable(BaseModel):
             TunableType.INT: int,
             TunableType.FLOAT: float,
             TunableType.BOOL: bool,
+            TunableType.FILE: str,
+            TunableType.IMAGE: str,
         }[self.type]
         if type(value) is not expected:
             raise ValueError(f"{self.name}: {value!r} is not a {self.type}")
@@ -128,6 +218,8 @@ class Tunable(BaseModel):
         """A short phrase for error messages: what values this tunable accepts."""
         if self.choices is not None:
             return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.is_file:
+            return self._describe_file()
         parts = [f"{'an integer' if self.type is TunableType.INT else 'a ' + self.type.value}"]
         if self.min is not None and self.max is not None:
             parts.append(f"from {_num(self.min)} to {_num(self.max)}")
@@ -139,6 +231,19 @@ class Tunable(BaseModel):
             parts.append(f"and a multiple of {self.multiple_of}")
         return " ".join(parts)
 
+    def _describe_file(self) -> str:
+        limits = [_size(self.byte_limit)]
+        what = "a file"
+        if self.type is TunableType.IMAGE:
+            names = [_FORMAT_NAMES[f] for f in self.image_formats]
+            kinds = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            what = f"a {kinds} picture"
+            limits.append(f"{self.pixel_limit:,} pixels")
+        return (
+            f"{what} (at most {', '.join(limits)}) as @path/to/file, ipfs://CID[/path] "
+            "or a bare CID"
+        )
+
     def parse(self, raw: str, given_as: str | None = None) -> TunableValue:
         """Parse a raw command-line string into this tunable's type and validate it.
 
@@ -148,7 +253,9 @@ class Tunable(BaseModel):
         label = given_as or self.name
         check_text(label, raw, self.max_length)
         value: TunableValue
-        if self.type is TunableType.STRING:
+        if self.is_file:
+            value = parse_file_ref(label, raw, self.describe_allowed())
+        elif self.type is TunableType.STRING:
             value = raw
         elif self.type is TunableType.INT:
             if not _INT.fullmatch(raw):
@@ -178,7 +285,12 @@ class Tunable(BaseModel):
                     f"{label}={value!r} is not allowed; choose {self.describe_allowed()}.{hint}"
                 )
             return value
-        if isinstance(value, str):
+        if self.is_file:
+            if not isinstance(value, str):
+                raise InvalidTunable(f"{label}={value!r} is not an IPFS file reference")
+            if parse_file_ref(label, value, self.describe_allowed()) != value:
+                raise InvalidTunable(f"{label}={value!r} is not a canonical IPFS file reference")
+        elif isinstance(value, str):
             check_text(label, value, self.max_length)
         elif not isinstance(value, bool):
             out_of_range = (self.min is not None and value < self.min) or (
@@ -194,7 +306,10 @@ class Tunable(BaseModel):
         return value
 
     def env_value(self, value: TunableValue) -> str:
-        """The canonical text of a value as the module's process sees it."""
+        """The canonical text of a value as the module's process sees it: for a file, the path
+        it is mounted at."""
+        if self.is_file:
+            return self.mount_path(str(value))
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, float):
@@ -282,6 +397,8 @@ def resolve_tunables(
             values[tunable.name] = given[tunable.name][1]
         elif tunable.default is not None:
             values[tunable.name] = tunable.default
+        elif tunable.optional:
+            continue  # an optional file left out: no value, no env variable
         else:
             raise InvalidTunable(
                 f"{module_label} needs {tunable.name}: {tunable.description} "
@@ -291,8 +408,66 @@ def resolve_tunables(
 
 
 def tunables_env(tunables: Sequence[Tunable], values: Mapping[str, Any]) -> dict[str, str]:
-    """The environment variables a job gets from its tunable values."""
-    return {t.env: t.env_value(values[t.name]) for t in tunables}
+    """The environment variables a job gets from its tunable values (none for an optional file
+    left out)."""
+    return {t.env: t.env_value(values[t.name]) for t in tunables if t.name in values}
+
+
+def parse_file_ref(label: str, raw: str, allowed: str = "") -> str:
+    """A file tunable's value as its canonical IPFS path: ``<CIDv1>`` or ``<CIDv1>/<path>``.
+
+    Accepts ``ipfs://CID[/path]`` (percent-escapes decoded), ``/ipfs/CID[/path]`` and a bare
+    ``CID[/path]``; a CIDv0 becomes its CIDv1. ``@file`` and ``https://`` must have been added
+    to IPFS by the CLI before the spec is made.
+
+    Raises:
+        InvalidTunable: naming the value and what is allowed.
+    """
+    from urllib.parse import unquote
+
+    from lilypad.errors import InvalidCID
+    from lilypad.storage.cid import CID  # NOTE: lazy: the storage package costs 0.1 s
+
+    expected = f"; expected {allowed}" if allowed else ""
+    text = raw.strip()
+    if text.startswith("@"):
+        raise InvalidTunable(
+            f"{label}={raw!r} names a local file: `lilypad run` and `lilypad module run` "
+            f"add it to IPFS first; here give its IPFS CID{expected}"
+        )
+    if text.lower().startswith(("http://", "https://")):
+        raise InvalidTunable(
+            f"{label}={raw!r} is a web address: `lilypad run` downloads it and adds it to IPFS "
+            f"first; here give its IPFS CID{expected}"
+        )
+    if text.lower().startswith("ipfs://"):
+        text = unquote(text[len("ipfs://") :])
+    elif text.startswith("/ipfs/"):
+        text = text[len("/ipfs/") :]
+    root, _, path = text.partition("/")
+    try:
+        cid = CID.parse(root)
+    except InvalidCID as exc:
+        raise InvalidTunable(
+            f"{label}={raw!r} is not an IPFS file: {exc.message}{expected}"
+        ) from None
+    segments = path.split("/") if path else []
+    for segment in segments:
+        _check_segment(segment, f"{label}={raw!r}")
+    return "/".join([str(cid.v1()), *segments])
+
+
+def _check_segment(name: str, label: str) -> None:
+    """One name of an IPFS path: a file or folder name, never ``..`` or empty."""
+    if not name:
+        raise InvalidTunable(f"{label}: the path has an empty segment (// or a trailing /)")
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise InvalidTunable(
+            f"{label}: {name!r} is not allowed as a name in an IPFS path (no '..', '/' or '\\')"
+        )
+    check_text(label, name, MAX_NAME_BYTES)
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidTunable(f"{label}: the name {name[:40]!r}… is over {MAX_NAME_BYTES} bytes")
 
 
 def validate_tunable_set(tunables: Sequence[Tunable], legacy: Sequence[LegacyInput]) -> None:
@@ -321,6 +496,16 @@ def validate_tunable_set(tunables: Sequence[Tunable], legacy: Sequence[LegacyInp
                 f"{canonical[item.tunable].env}"
             )
         names.add(item.name)
+
+
+def _size(count: int) -> str:
+    """A byte count for people: ``50 MiB``, ``1.5 GiB``, ``300 bytes``."""
+    value: float = count
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{_num(round(value, 1))} {unit}"
+        value /= 1024
+    return f"{count} bytes"
 
 
 def _num(value: float | int) -> str:

@@ -99,6 +99,10 @@ class Storage(Protocol):
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """The bytes of a file (``<cid>`` or ``<cid>/path``), verified block by block."""
 
+    def stat(self, cid: CID | str) -> dag.Entry:
+        """What ``<cid>`` or ``<cid>/path`` is (file, directory, symlink) and a file's size,
+        from the blocks on the way only (verified)."""
+
     def pin(self, cid: CID | str) -> None:
         """Keep ``cid`` and its whole DAG."""
 
@@ -115,6 +119,11 @@ class Storage(Protocol):
 def _split(target: CID | str) -> tuple[CID, str]:
     """``<cid>[/path]`` as the root CID and the path inside it."""
     return (target, "") if isinstance(target, CID) else dag.parse_ipfs_path(target)
+
+
+def _stat(source: dag.BlockSource, target: CID | str) -> dag.Entry:
+    root, subpath = _split(target)
+    return dag.stat(source, dag.resolve(source, root, subpath))
 
 
 def _cat(source: dag.BlockSource, target: CID | str) -> Iterator[bytes]:
@@ -161,6 +170,10 @@ class LocalStorage:
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """File bytes from the local store."""
         return _cat(self.store, cid)
+
+    def stat(self, cid: CID | str) -> dag.Entry:
+        """Kind and size, from the local store."""
+        return _stat(self.store, cid)
 
     def pin(self, cid: CID | str) -> None:
         """Pin recursively (every block must be present)."""
@@ -312,6 +325,10 @@ class KuboStorage(_CarDownload):
         """Verified file bytes."""
         return _cat(self.client, cid)
 
+    def stat(self, cid: CID | str) -> dag.Entry:
+        """Kind and size, from the blocks on the path (each verified)."""
+        return _stat(self.client, cid)
+
     def pin(self, cid: CID | str) -> None:
         """``pin/add``."""
         self.client.pin_add(as_cid(cid))
@@ -351,6 +368,10 @@ class GatewayStorage(_CarDownload):
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Verified file bytes."""
         return _cat(self.client, cid)
+
+    def stat(self, cid: CID | str) -> dag.Entry:
+        """Kind and size, from the blocks on the path (each verified)."""
+        return _stat(self.client, cid)
 
     def pin(self, cid: CID | str) -> None:
         """Not possible on a gateway."""
@@ -397,6 +418,10 @@ class RemotePinning:
     def cat(self, cid: CID | str) -> Iterator[bytes]:
         """Through ``inner``."""
         return self.inner.cat(cid)
+
+    def stat(self, cid: CID | str) -> dag.Entry:
+        """Through ``inner``."""
+        return self.inner.stat(cid)
 
     def pin(self, cid: CID | str) -> None:
         """Request a pin at the service (it fetches the content on its own)."""

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from lilypad.errors import ExecutorUnavailable
 from resource_provider.executors.base import (
+    EXIT_INPUT_UNAVAILABLE,
     EXIT_OUTPUT_LIMIT,
     EXIT_TIMEOUT,
     ExecutionResult,
     Executor,
     ExecutorKind,
     Job,
+    JobInput,
     JobStatus,
     Weights,
 )
@@ -105,6 +107,7 @@ def _create(
 
 
 __all__ = [
+    "EXIT_INPUT_UNAVAILABLE",
     "EXIT_OUTPUT_LIMIT",
     "EXIT_TIMEOUT",
     "LAYOUT",
@@ -114,6 +117,7 @@ __all__ = [
     "Executor",
     "ExecutorKind",
     "Job",
+    "JobInput",
     "JobStatus",
     "ProcessExecutor",
     "Sandbox",

@@ -12,7 +12,7 @@ import logging
 import shlex
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +25,8 @@ from lilypad.modules import JobSpec, ResolvedModule
 EXIT_TIMEOUT = 124
 #: ``exitCode`` of a job killed because it wrote more than its module's ``disk_gb``.
 EXIT_OUTPUT_LIMIT = 125
+#: ``exitCode`` of a job that did not run because an input could not be fetched.
+EXIT_INPUT_UNAVAILABLE = 123
 
 #: Where every executor says what it does to a job that a provider should know (unsandboxed...).
 log = logging.getLogger("lilypad.executor")
@@ -34,6 +36,8 @@ SANDBOX_OUTPUTS = "/outputs"
 SANDBOX_SCRATCH = "/tmp"
 SANDBOX_TINY_WEIGHTS = "/cache/tiny-weights"
 SANDBOX_MODULE = "/module"
+#: Where a job's file inputs are mounted, read-only, each at its own path below (see JobInput).
+SANDBOX_INPUTS = "/inputs"
 #: The user a job runs as inside a container or sandbox ("nobody").
 SANDBOX_UID = 65534
 #: The host name a job sees, fixed so nothing about the host leaks into its output.
@@ -77,6 +81,24 @@ class JobStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class JobInput:
+    """A host file that the job sees, read-only, at ``mount``.
+
+    Both executors bind the file itself (never its folder), so the job sees nothing else of the
+    folder it lies in. The executor checks every input before it runs anything (see
+    :func:`~resource_provider.executors.inputs.check_inputs`).
+
+    Attributes:
+        source: The file on the host: a regular file, not a symlink.
+        mount: Where the job sees it: an absolute, normalised path strictly under ``/inputs/``
+            (``/inputs/Image/photo.png``), which the module's env names.
+    """
+
+    source: Path
+    mount: str
+
+
+@dataclass(frozen=True)
 class Job:
     """One job to run: a rendered spec, the module's folder and where the result goes.
 
@@ -88,6 +110,7 @@ class Job:
         on_stderr: Called with each line the module writes to stderr, as it comes.
         tiny_models: The tiny models the module loads (its manifest's ``tiny_models``): with
             tiny weights, the executor has them generated before the job, which only reads them.
+        inputs: The files the job reads, each bound read-only at its mount path.
     """
 
     spec: JobSpec
@@ -96,6 +119,7 @@ class Job:
     weights: Weights = Weights.REAL
     on_stderr: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     tiny_models: tuple[str, ...] = ()
+    inputs: tuple[JobInput, ...] = ()
 
     @classmethod
     def of(
@@ -105,8 +129,17 @@ class Job:
         output_dir: Path,
         weights: Weights = Weights.REAL,
         on_stderr: Callable[[str], None] | None = None,
+        inputs: Iterable[JobInput] = (),
     ) -> Job:
-        return cls(spec, module.directory, output_dir, weights, on_stderr, module.spec.tiny_models)
+        return cls(
+            spec,
+            module.directory,
+            output_dir,
+            weights,
+            on_stderr,
+            module.spec.tiny_models,
+            tuple(inputs),
+        )
 
     @property
     def needs_tiny_weights(self) -> tuple[str, ...]:
@@ -157,7 +190,8 @@ class Executor(ABC):
 
         Raises:
             OutputDirInUse: the output folder holds something other than a previous result.
-            ExecutorError: the job could not be started (image missing, engine gone...).
+            ExecutorError: the job could not be started (image missing, engine gone...), or
+                one of its inputs is not a file that can be mounted where it asks; nothing ran.
         """
 
     @abstractmethod

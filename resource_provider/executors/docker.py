@@ -3,10 +3,12 @@
 Each job gets a fresh container: no network, a read-only root filesystem, a tmpfs ``/tmp``,
 the user ``nobody`` (or the provider's own uid when it is not root), no capabilities, memory,
 CPU and PID limits from the module's machine needs, GPUs through device requests when the job
-needs them and the host has them, ``DIR/outputs`` bind-mounted at ``/outputs`` and the image's
-tiny-weights cache read-only at ``/cache/tiny-weights``. stdout and stderr come raw from an
-attach made before the start, so the logs are the module's exact bytes. The container is always
-removed, also after a timeout, and every process in it ends with it.
+needs them and the host has them, ``DIR/outputs`` bind-mounted at ``/outputs``, the image's
+tiny-weights cache read-only at ``/cache/tiny-weights`` and each input file read-only at its path
+under ``/inputs/`` (a copy the job's user can read when it may not read the file itself).
+stdout and stderr come raw from an attach made before the start, so the logs are the module's
+exact bytes. The container is always removed, also after a timeout, and every process in it
+ends with it.
 
 Tiny weights are generated before the job, in a container of the same image with the same
 limits where only the cache is writable. That generator is the image's own code, so each image
@@ -52,6 +54,7 @@ from resource_provider.executors.base import (
     tiny_weights_command,
     tiny_weights_env,
 )
+from resource_provider.executors.inputs import check_inputs, readable_inputs
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, watch
 
@@ -171,8 +174,11 @@ class DockerExecutor(Executor):
         self.client.close()
 
     def run(self, job: Job) -> ExecutionResult:
+        inputs = check_inputs(job.inputs)
         out = prepare_output_dir(job.output_dir)
-        job = dataclasses.replace(job, module_dir=job.module_dir.absolute(), output_dir=out)
+        job = dataclasses.replace(
+            job, module_dir=job.module_dir.absolute(), output_dir=out, inputs=inputs
+        )
         image = self._check_image(job)
         tiny = tiny_weights_cache(self.kind) / image.removeprefix("sha256:")
         tiny.mkdir(parents=True, exist_ok=True)
@@ -182,15 +188,20 @@ class DockerExecutor(Executor):
                 self._make_tiny_weights(job, image, tiny)
         notes: list[str] = []
         user = self._hand_over(out / OUTPUTS)
-        with docker_errors("create the job's container"):
-            container = self.client.containers.create(
-                **self._container_args(job, image, user, tiny, notes)
-            )
+        uid, gid = (int(part) for part in user.split(":"))
         try:
-            return self._execute(job, container, tuple(notes))
+            with readable_inputs(job.inputs, uid=uid, gid=gid) as readable:
+                job = dataclasses.replace(job, inputs=readable)
+                with docker_errors("create the job's container"):
+                    container = self.client.containers.create(
+                        **self._container_args(job, image, user, tiny, notes)
+                    )
+                try:
+                    return self._execute(job, container, tuple(notes))
+                finally:
+                    with contextlib.suppress(docker.errors.DockerException):
+                        container.remove(force=True)
         finally:
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
             self._take_back(out / OUTPUTS)
 
     def _check_image(self, job: Job) -> str:
@@ -229,6 +240,11 @@ class DockerExecutor(Executor):
                 Mount(SANDBOX_OUTPUTS, str(job.output_dir / OUTPUTS), type="bind"),
                 # read-only: every job of this image is made with these weights
                 Mount(SANDBOX_TINY_WEIGHTS, str(tiny), type="bind", read_only=True),
+                # the file itself, not its folder: the job sees nothing else of the host's
+                *(
+                    Mount(item.mount, str(item.source), type="bind", read_only=True)
+                    for item in job.inputs
+                ),
             ],
             # The logs come from the attach; the engine need not keep a copy.
             "log_config": LogConfig(type="none"),

@@ -2,15 +2,19 @@
 
 With ``bwrap`` the job sees a read-only view of the system's programs and libraries and of
 Python, its module at ``/module`` (read-only, the working directory), ``/outputs`` and ``/tmp``
-writable, the tiny-weights cache read-only, no network, its own PID/IPC/UTS namespaces (nothing
-of the provider's processes, and every process of the job ends with it), and runs as ``nobody``:
-the same paths as in the docker executor. Nothing of the provider's own folders (data dir,
-profiles, cache, home) is visible, even where a bound Python folder holds one.
+writable, the tiny-weights cache and each input file (at its path under ``/inputs/``) read-only,
+no network, its own PID/IPC/UTS namespaces (nothing of the provider's processes, and every
+process of the job ends with it), and runs as ``nobody``: the same paths as in the docker
+executor. Nothing of the provider's own folders (data dir, profiles, cache, home) is visible,
+even where a bound Python folder holds one.
 
 Where bubblewrap is missing or cannot create namespaces, the executor refuses to run
 (:class:`~lilypad.errors.ExecutorUnavailable`). Only :attr:`Sandbox.NONE`, which the operator
 asks for with ``--unsafe-no-sandbox``, runs jobs unsandboxed: as the provider's user, able to
 read its keys, reach its services and outlive the job, with a warning logged for every job.
+Without a mount namespace there is no ``/inputs/``: such a job reads each input at its host path,
+which every variable of its env that names the input's mount holds instead (a module that only
+opens the path its env gives makes the same result either way).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from resource_provider.executors.base import (
     tiny_weights_command,
     tiny_weights_env,
 )
+from resource_provider.executors.inputs import check_inputs, host_paths, readable_inputs
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, pump, watch
 
@@ -124,8 +129,11 @@ class ProcessExecutor(Executor):
         return f"process ({UNSANDBOXED})"
 
     def run(self, job: Job) -> ExecutionResult:
+        inputs = check_inputs(job.inputs)
         out = prepare_output_dir(job.output_dir)
-        job = dataclasses.replace(job, module_dir=job.module_dir.absolute(), output_dir=out)
+        job = dataclasses.replace(
+            job, module_dir=job.module_dir.absolute(), output_dir=out, inputs=inputs
+        )
         tiny = tiny_weights_cache()
         tiny.mkdir(parents=True, exist_ok=True)
         notes: tuple[str, ...] = ()
@@ -135,19 +143,29 @@ class ProcessExecutor(Executor):
         if job.needs_tiny_weights:
             self._make_tiny_weights(job, tiny)
         with tempfile.TemporaryDirectory(prefix="lilypad-job-") as scratch:
-            if self.sandboxed:
-                argv, env, cwd = self._sandboxed(job, Path(scratch), tiny)
-            else:
-                env = job_env(
-                    job.spec,
-                    job.weights,
-                    outputs=str(out / OUTPUTS),
-                    scratch=scratch,
-                    tiny_weights=str(tiny),
-                )
-                argv, cwd = command(job.spec), job.module_dir
-                env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
-            return self._execute(job, argv, env, cwd, notes)
+            if not self.sandboxed:
+                argv, env, cwd = self._unsandboxed(job, scratch, tiny)
+                return self._execute(job, argv, env, cwd, notes)
+            # The job's processes have this user's uid and gid, without its privileges.
+            with readable_inputs(job.inputs, uid=os.geteuid(), gid=os.getegid()) as readable:
+                staged = dataclasses.replace(job, inputs=readable)
+                argv, env, cwd = self._sandboxed(staged, Path(scratch), tiny)
+                return self._execute(job, argv, env, cwd, notes)
+
+    @staticmethod
+    def _unsandboxed(job: Job, scratch: str, tiny: Path) -> tuple[list[str], dict[str, str], Path]:
+        """The job as a plain subprocess. With no mount namespace, it reads its inputs at their
+        host paths: each variable that names an input's mount names its host path instead."""
+        env = job_env(
+            job.spec,
+            job.weights,
+            outputs=str(job.output_dir / OUTPUTS),
+            scratch=scratch,
+            tiny_weights=str(tiny),
+        )
+        env = host_paths(env, job.inputs)
+        env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+        return command(job.spec), env, job.module_dir
 
     def _sandboxed(
         self, job: Job, scratch: Path, tiny: Path
@@ -166,6 +184,8 @@ class ProcessExecutor(Executor):
             *("--bind", str(job.output_dir / OUTPUTS), SANDBOX_OUTPUTS),
             # read-only: every module's results are made with these weights
             *("--ro-bind", str(tiny), SANDBOX_TINY_WEIGHTS),
+            # each input is the file itself (never its folder); bwrap makes the folders above
+            *(arg for item in job.inputs for arg in ("--ro-bind", str(item.source), item.mount)),
             *_gpu_args(job),
             *("--remount-ro", "/"),  # the sandbox's own root: nothing new can appear there
             *("--chdir", SANDBOX_MODULE),

@@ -56,9 +56,9 @@ def engine_with_cowsay() -> None:
 
 @pytest.mark.slow
 @pytest.mark.docker
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_network_up_runs_jobs_end_to_end(
-    network_up: Up, engine_with_cowsay: None, js_reference: Reference
+    network_up: Up, engine_with_cowsay: None, js_reference: Reference, tmp_path: Path
 ) -> None:
     profile = network_up(NETWORK, "--port-offset", "3000")  # the executor is left to pick
     status = lilypad("network", "status", "--network", NETWORK, "--json")
@@ -100,3 +100,24 @@ def test_network_up_runs_jobs_end_to_end(
         assert image.mode in ("RGB", "RGBA")
     assert js_reference(sdxl_out, NETWORK_PROFILE) == sdxl["result_cid"]
     assert containers_started("lilypad/sdxl:v0.9-lilypad1", since) == 0
+
+    # file inputs, as the README writes them: a local picture (added to the network's IPFS by
+    # the CLI, fetched by the provider and, audited, by the mediator, each verified) ...
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (96, 64), (30, 120, 200)).save(photo)
+    edited = run_job(
+        NETWORK, "sdxl-img2img:v1.0-lilypad1", f"Image=@{photo}", "Prompt=a watercolour painting",
+        "Strength=0.5", timeout=600, verify="always",
+    )  # fmt: skip
+    assert edited["state"] == "upheld", edited
+    assert edited["tunables"]["Image"].endswith("/photo.png")
+    with Image.open(Path(edited["output_dir"]) / "outputs" / "image-0.png") as image:
+        image.load()
+    # ... and the SDXL job's output, by CID
+    source = f"{sdxl['result_cid']}/outputs/image-0.png"
+    chained = run_job(
+        NETWORK, "sdxl-img2img:v1.0-lilypad1", f"Image=ipfs://{source}", "Prompt=at night",
+        timeout=600, verify="never",
+    )  # fmt: skip
+    assert chained["tunables"]["Image"] == source
+    assert (Path(chained["output_dir"]) / "exitCode").read_text() == "0"

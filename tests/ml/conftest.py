@@ -1,6 +1,7 @@
 """Fixtures for the ML module tests: the `ml` extra, a shared tiny-weights cache, and running a
 module entrypoint the way the runtime contract says (cwd = module folder, env = rendered spec env
-plus the LILYPAD_* variables an executor adds)."""
+plus the LILYPAD_* variables an executor adds; a file input's variable names its host file, where
+an executor would name its read-only mount)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from lilypad.modules import render, resolve
+from lilypad.storage import compute_cid
 
 _MISSING = [m for m in ("torch", "diffusers", "transformers") if not importlib.util.find_spec(m)]
 if _MISSING:
@@ -46,16 +48,30 @@ ModuleRunner = Callable[..., ModuleRun]
 
 @pytest.fixture(scope="session")
 def run_module(tiny_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ModuleRunner:
-    """Run ``ref`` with ``-i`` inputs on tiny weights; returns its exit code, logs and outputs."""
+    """Run ``ref`` with ``-i`` inputs on tiny weights; returns its exit code, logs and outputs.
 
-    def run(ref: str, inputs: Sequence[str] = (), weights: str = "tiny") -> ModuleRun:
+    ``files`` gives file tunables as host files: the spec holds each one's CID, as a spec made by
+    the CLI would, and the job reads the host file itself.
+    """
+
+    def run(
+        ref: str,
+        inputs: Sequence[str] = (),
+        weights: str = "tiny",
+        files: Mapping[str, Path] | None = None,
+    ) -> ModuleRun:
         module = resolve(ref)
-        spec = render(module, inputs)
+        files = dict(files or {})
+        cids = [f"{name}={compute_cid(path).v1()}" for name, path in files.items()]
+        spec = render(module, [*inputs, *cids])
+        env_of = {t.name: t.env for t in module.spec.tunables}
+        host_files = {env_of[name]: str(path) for name, path in files.items()}
         job_dir = tmp_path_factory.mktemp("job")
         (job_dir / "outputs").mkdir(parents=True)
         (job_dir / "tmp").mkdir()
         env = {
             **spec.env,
+            **host_files,
             "LILYPAD_OUTPUTS_DIR": str(job_dir / "outputs"),
             "LILYPAD_WEIGHTS": weights,
             "LILYPAD_TINY_WEIGHTS_DIR": str(tiny_weights_dir),

@@ -4,6 +4,7 @@ callback with the CID. Every job ends, and each job's funds are its own."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -17,16 +18,20 @@ from typing import Any
 import pytest
 from web3.contract import Contract
 
+from lilypad.chain.deployment import DEFAULT_MEDIATION_TIMEOUT
 from lilypad.chain.job_creator import JobCreatorClient, JobState
 from lilypad.chain.market import JobMarketClient, TokenClient
 from lilypad.solver_api import SolverClient
 from lilypad.storage import compute_cid
+from lilypad.storage.backends import KuboStorage
 from lilypad.verification import Verify
 from resource_provider.bridge import BridgeConfig, BridgeJob, BridgePhase, JobCreatorBridge
-from resource_provider.state import JsonStore, Phase
+from resource_provider.mediator import MediationPhase, MediationRecord
+from resource_provider.state import JsonStore, Outcome, Phase
 from solver.store import JobOfferRow, OfferState
 from tests.chain.solidity import deploy_test_contract
-from tests.provider.conftest import COWSAY, World, wait_phase
+from tests.provider.conftest import COWSAY, World, records, wait_outcome, wait_phase
+from tests.provider.test_inputs import DATA, FILE_LIMIT, HASHFILE, add, png, remove
 from tests.solver.conftest import ETH, Server, SolverFactory, wait_for
 
 JOB_COST = ETH  # the deployment's default job cost
@@ -66,6 +71,7 @@ class Bridges:
             market=JobMarketClient(net.chain, net.deployment.market),
             job_creator=self.job_creator,
             solver=SolverClient(solver_url or self.world.server.url),
+            storage=KuboStorage(self.world.ipfs.api_url),
             state_dir=self.world.tmp / "bridge",
             config=BridgeConfig(**(settings | config)),
         )
@@ -73,8 +79,10 @@ class Bridges:
         self.started.append(bridge)
         return bridge
 
-    def provider(self) -> None:
-        self.world.provider(self.world.net.providers[0], price=PRICE, collateral=COLLATERAL)
+    def provider(self, **config: Any) -> None:
+        self.world.provider(
+            self.world.net.providers[0], price=PRICE, collateral=COLLATERAL, **config
+        )
 
     def client(self, name: str = "ExampleClient") -> Contract:
         net = self.world.net
@@ -85,14 +93,22 @@ class Bridges:
             return net.chain.contract("ExampleClient", address)
         return deploy_test_contract(net.chain, name, sender=net.owner)
 
-    def run_job(self, client: Contract, message: str, module: str = COWSAY) -> int:
-        """The user asks ``client`` for a job (and pays for it); returns its job id."""
+    def run_job(
+        self,
+        client: Contract,
+        message: str,
+        module: str = COWSAY,
+        inputs: list[str] | None = None,
+    ) -> int:
+        """The user asks ``client`` for a job (and pays for it); returns its job id. The job's
+        inputs are ``Message=<message>`` unless ``inputs`` are given."""
         chain = self.world.net.chain
         self.token.approve(self.user, client.address, JOB_COST)
+        inputs = [f"Message={message}"] if inputs is None else inputs
         if any(entry.get("name") == "ask" for entry in client.abi):  # the test clients
-            fn = client.functions.ask(self.job_creator.address, module, [f"Message={message}"])
+            fn = client.functions.ask(self.job_creator.address, module, inputs)
         else:
-            fn = client.functions.runJob(module, [f"Message={message}"])
+            fn = client.functions.runJob(module, inputs)
         receipt = chain.transact(fn, self.user)
         (event,) = self.job_creator.events(receipt, "JobRequested")
         return int(event["jobId"])
@@ -363,3 +379,110 @@ def test_a_result_the_bridge_never_saw_is_read_back_from_the_chain(bridges: Brid
     assert "0x" + bytes(world.net.chain.call(client.functions.results(job_id))).hex() == (
         job.result_cid
     )
+
+
+# -------------------------------------------------------------------------------- file inputs
+#: An IPFS path nobody has (a raw block of bytes never added anywhere).
+UNKNOWN = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+def test_a_contract_job_reads_its_file_input_by_cid(bridges: Bridges) -> None:
+    world = bridges.world
+    bridges.provider(modules=(HASHFILE,))
+    bridge = bridges.bridge(modules=(HASHFILE,))
+    client = bridges.client()
+    wallet = bridges.token.balance_of(bridges.user.address)
+    picture = png(8, 8)
+    inputs = [f"File={add(world, 'data.bin', DATA)}", f"Picture={add(world, 'p.png', picture)}"]
+    job_id = bridges.run_job(client, "", module=HASHFILE, inputs=inputs)
+
+    job = bridges.ended(bridge.store.root, job_id)
+    assert job.phase is BridgePhase.DELIVERED, job.error
+    assert job.deal is not None
+    folder = result_folder(world, job.deal.deal_id)
+    assert bytes(world.net.chain.call(client.functions.results(job_id))) == bytes(
+        compute_cid(folder)
+    )
+    assert (folder / "outputs" / "sha256").read_text().split()[0] == (
+        hashlib.sha256(DATA).hexdigest()
+    )
+    assert (folder / "outputs" / "picture.sha256").read_text().split()[0] == (
+        hashlib.sha256(picture).hexdigest()
+    )
+    assert bridges.token.balance_of(bridges.user.address) == wallet - PRICE
+    assert bridges.held() == 0
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda w: [f"File={UNKNOWN}"], "not found on IPFS"),
+        (lambda w: [f"File={add(w, 'data.bin', DATA).split('/')[0]}"], "is a folder"),
+        (lambda w: [f"File={add(w, 'data.bin', DATA)}/deeper"], "not found"),
+        (lambda w: [f"File={add(w, 'big.bin', b'x' * (FILE_LIMIT + 1))}"], "at most 64 KiB"),
+        (lambda w: ["File=@data.bin"], "names a local file"),
+        (lambda w: [f"File={add(w, 'a', DATA)}", f"Picture={add(w, 'b.png', DATA)}"], "picture"),
+    ],
+    ids=["unknown", "folder", "through-a-file", "too-large", "local-path", "not-a-picture"],
+)
+def test_a_contract_job_with_a_bad_file_input_is_cancelled_unsigned(
+    bridges: Bridges, make: Any, says: str
+) -> None:
+    world = bridges.world
+    bridge = bridges.bridge(modules=(HASHFILE,))
+    client = bridges.client()
+    wallet = bridges.token.balance_of(bridges.user.address)
+    inputs = make(world)
+    job_id = bridges.run_job(client, "", module=HASHFILE, inputs=inputs)
+
+    job = bridges.ended(bridge.store.root, job_id)
+    assert job.phase is BridgePhase.CANCELLED
+    assert says in (job.error or ""), job.error
+    assert inputs[-1].split("=")[1][:20] in (job.error or "")  # it names the value
+    assert job.offer is None  # nothing signed
+    assert bridges.token.balance_of(bridges.user.address) == wallet
+    assert bridges.held() == 0
+
+
+@pytest.mark.slow
+def test_a_contract_job_whose_input_is_gone_is_challenged_and_refunded_in_full(
+    bridges: Bridges,
+) -> None:
+    """The input was there when the bridge checked it, and gone when the provider fetched it:
+    the result that says so is challenged (even with --verify never), the mediator leaves it,
+    and once the mediation times out the job is closed: the payee has the whole job cost back,
+    the provider its collateral, unpaid."""
+    world = bridges.world
+    provider = world.net.providers[0]
+    world.mediator()
+    bridge = bridges.bridge(modules=(HASHFILE,))
+    client = bridges.client()
+    wallet = bridges.token.balance_of(bridges.user.address)
+    provider_before = world.market.balance_of(provider.address)
+    ref = add(world, "data.bin", DATA)
+    job_id = bridges.run_job(client, "", module=HASHFILE, inputs=[f"File={ref}"])
+    wait_for(lambda: (job := bridge.job(job_id)) is not None and job.posted, 30)
+    remove(world, ref)
+    bridges.provider(modules=(HASHFILE,), input_wait_s=1)
+
+    wait_for(lambda: (job := bridge.job(job_id)) is not None and job.input_lost, 60)
+    wait_for(
+        lambda: any(
+            r.phase is MediationPhase.UNRESOLVABLE
+            for r in world.mediators[0].store.all("deals", MediationRecord)
+        ),
+        60,
+    )
+    world.advance(DEFAULT_MEDIATION_TIMEOUT + 1)
+    job = bridges.ended(bridge.store.root, job_id)
+
+    assert job.phase is BridgePhase.CLOSED
+    assert job.audit is True
+    assert "could not fetch an input" in (job.error or "")
+    assert job.refund == JOB_COST
+    assert bridges.token.balance_of(bridges.user.address) == wallet  # every token back
+    assert bridges.held() == 0
+    (record,) = records(world.state_dir(provider))
+    assert (result_folder(world, record.deal_id) / "exitCode").read_text() == "123"
+    assert world.market.balance_of(provider.address) == provider_before  # collateral, no pay
+    wait_outcome(world.state_dir(provider), Outcome.MEDIATION_TIMED_OUT)
