@@ -15,6 +15,9 @@ REQUIRED_MODULES = {
     "cowsay": ["v0.0.4"],
     "sdxl": ["v0.9-lilypad1", "v1.0-lilypad1"],
     "sdv-pipeline": ["v1.0-lilypad2", "v1.1-lilypad2"],
+    "sdxl-img2img": ["v1.0-lilypad1"],
+    "sdxl-inpainting": ["v1.0-lilypad1"],
+    "sdxl-outpainting": ["v1.0-lilypad1"],
 }
 
 

@@ -211,7 +211,8 @@ def _allowed(t: dict[str, Any]) -> str:
     if t["type"] == "string":
         return f"text, up to {t['max_length']} characters"
     if t["max_bytes"] is not None:
-        kinds = "/".join(f.upper() for f in t["formats"]) if t["formats"] else "any file"
+        names = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
+        kinds = "/".join(names[f] for f in t["formats"]) if t["formats"] else "any file"
         pixels = f", {t['max_pixels']:,} pixels" if t["max_pixels"] else ""
         return (
             f"{kinds} up to {t['max_bytes']:,} bytes{pixels}, as @file, ipfs://CID[/path] or "
