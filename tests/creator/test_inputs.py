@@ -5,8 +5,10 @@ deposit)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import CliRunner
 from tests.creator.conftest import Creator
@@ -65,3 +67,69 @@ def test_a_price_the_wallet_cannot_pay_is_refused_before_any_transaction(
     assert result.exit_code == 2, result.stderr
     assert "the wallet of" in result.stderr
     assert (market.balance_of(address), market.token.balance_of(address)) == before
+
+
+IMG2IMG = ("run", "sdxl-img2img:v1.0-lilypad1", "--network", "test", "--yes")
+UNKNOWN_CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+def _pins(creator: Creator) -> set[str]:
+    from lilypad.storage import KuboStorage
+
+    storage = KuboStorage(creator.world.ipfs.api_url)
+    try:
+        return {str(cid) for cid in storage.pins()}
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "value", "says"),
+    [
+        (None, "@{dir}/missing.png", "no such file"),
+        (None, "@{dir}", "is a folder"),
+        ("text", "@{dir}/note.png", "is not a picture Image can take"),
+        (None, f"ipfs://{UNKNOWN_CID}", "not found on IPFS"),
+        ("folder", "ipfs://{folder}", "is a folder; Image needs a file in it"),
+        (None, "not-a-cid", "is not an IPFS file"),
+    ],
+    ids=["missing", "directory", "not-an-image", "unknown-cid", "cid-of-a-folder", "malformed"],
+)
+def test_bad_file_inputs_are_exit_2_before_anything_is_signed(
+    profile: None,
+    creator: Creator,
+    cli: CliRunner,
+    tmp_path: Path,
+    make: str | None,
+    value: str,
+    says: str,
+) -> None:
+    from lilypad.storage import KuboStorage
+
+    (tmp_path / "note.png").write_text("no picture")
+    folder = ""
+    if make == "folder":
+        (tmp_path / "tree").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "tree" / "a.png")
+        storage = KuboStorage(creator.world.ipfs.api_url)
+        folder = str(storage.add(tmp_path / "tree"))
+        storage.close()
+    market, address = creator.world.market, creator.account.address
+    before = market.balance_of(address), market.token.balance_of(address), _pins(creator)
+    result = cli(*IMG2IMG, "-i", "Image=" + value.format(dir=tmp_path, folder=folder))
+    assert result.exit_code == 2, result.stderr
+    assert says in " ".join(result.stderr.split()), result.stderr
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []  # nothing was posted
+    after = market.balance_of(address), market.token.balance_of(address), _pins(creator)
+    assert after == before  # nothing deposited, nothing added to the network's IPFS
+
+
+def test_a_typo_in_another_input_costs_no_upload(
+    profile: None, creator: Creator, cli: CliRunner, tmp_path: Path
+) -> None:
+    Image.new("RGB", (16, 16)).save(tmp_path / "photo.png")
+    before = _pins(creator)
+    result = cli(*IMG2IMG, "-i", f"Image=@{tmp_path / 'photo.png'}", "-i", "Strength=2")
+    assert result.exit_code == 2, result.stderr
+    assert "Strength=2" in result.stderr
+    assert _pins(creator) == before
