@@ -32,6 +32,7 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   ├── MalformedContent
     │   │   └── ContentTooLarge
     │   ├── UnsafeEntryName
+    │   ├── NotPinned                      [lilypad.storage.client]
     │   └── InputUnavailable               [resource_provider.inputs]
     ├── ExecutorError
     │   ├── ExecutorUnavailable

@@ -5,8 +5,9 @@
 * the **main loop** reads the market's events (the truth: ``DealCreated`` naming this provider,
   and how each deal settled), resuming from the block saved in ``meta.json``; it also keeps one
   signed resource offer at the solver per free slot (a fresh offer, with a fresh nonce, before an
-  old one expires), submits results that are ready, and claims payment once a challenge window
-  has passed;
+  old one expires), submits results that are ready, claims payment once a challenge window
+  has passed, and times out a mediation nobody ruled on in time (its collateral would otherwise
+  stay locked until the job creator did);
 * the **event stream** thread listens to the solver's server-sent events for ``deal.created`` so
   that a job starts at once rather than at the next chain poll (the chain is still checked before
   anything is run or submitted);
@@ -23,6 +24,12 @@ an input that cannot be fetched is tried again, pass after pass, for ``input_wai
 the job could no longer start and finish in time, then the result says so, exit code 123, and is
 submitted before the deadline like any other. Nobody is judged on that one (see
 :class:`lilypad.creator.runner.InputLost`): the provider gets its collateral back, unpaid.
+
+Every input fetched (or found in the cache) stays pinned on the provider's IPFS node until its
+deal settles (:func:`~resource_provider.inputs.keep`; the deal's record says what it pinned, so a
+restart releases the same), then is unpinned unless another open deal holds it: a job creator
+that removes its input once it has the result, and challenges, still faces a mediator that can
+fetch it. Pins someone else made (the job creator's, on a node both use) are never touched.
 
 Every offer commits on chain to the least time this provider needs for a result of its module
 (``minTimeout``: :func:`~lilypad.chain.offers.provider_min_timeout`), so no job creator
@@ -54,7 +61,7 @@ from eth_account.signers.local import LocalAccount
 
 from lilypad import modules
 from lilypad.chain.events import ChainEvent
-from lilypad.chain.light import DealState
+from lilypad.chain.light import DealState, Receipt
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import (
     DEFAULT_SUBMIT_MARGIN_S,
@@ -80,8 +87,9 @@ from lilypad.solver_api import (
     SolverRefused,
 )
 from lilypad.storage import CID, Storage
+from lilypad.storage.blockstore import PinType
 from resource_provider.executors import EXIT_INPUT_UNAVAILABLE, Executor, JobInput, Weights
-from resource_provider.inputs import InputUnavailable, UnacceptableInput
+from resource_provider.inputs import InputUnavailable, UnacceptableInput, keep, release
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics
 from resource_provider.runner import (
@@ -253,6 +261,8 @@ class ResourceProvider(ChainService):
             for ref in config.modules
         }
         self._lock = threading.RLock()
+        # Held while the pins of the deals' inputs change; taken before _lock, never after it.
+        self._keeping = threading.Lock()
         self._pending = _Pending()
         self._backoff = _Backoff()
         self._incoming: queue.Queue[Deal] = queue.Queue()
@@ -362,7 +372,7 @@ class ResourceProvider(ChainService):
             elif phase is Phase.SUBMITTED:
                 record = self.store.get("deals", deal_id, DealRecord)
                 if record is not None:
-                    self._maybe_claim(record)
+                    self._maybe_close(record)
         if not self._stop.is_set():
             self._refresh_offers()
 
@@ -392,7 +402,7 @@ class ResourceProvider(ChainService):
     def _settled(self, record: DealRecord, outcome: Outcome) -> None:
         if record.phase is Phase.SETTLED:
             return
-        self._save(record, phase=Phase.SETTLED, outcome=outcome)
+        self._finish(record, phase=Phase.SETTLED, outcome=outcome)
         deal = record.deal
         if outcome in (Outcome.PAID, Outcome.ACCEPTED, Outcome.WON):
             self.metrics.earnings.inc(deal.price)
@@ -485,6 +495,8 @@ class ResourceProvider(ChainService):
             return self._save(
                 record, phase=Phase.EXECUTED, module=spec.module, duration_ms=0, error=inputs[:500]
             )
+        if inputs:
+            record = self._keep(record, spec)
         record = self._save(record, phase=Phase.RUNNING, module=spec.module, runs=record.runs + 1)
         log.info("deal %s: running %s (run %d)", deal.deal_id, spec.module, record.runs)
         execution = execute_job(
@@ -547,6 +559,40 @@ class ResourceProvider(ChainService):
         not_run(self.executor, folder, item, EXIT_INPUT_UNAVAILABLE)
         self._input_wait_over(deal_id)
         return why
+
+    def _keep(self, record: DealRecord, spec: JobSpec) -> DealRecord:
+        """Pin the job's inputs on this provider's IPFS node until the deal settles, each pin on
+        the deal's record before it is made (see :func:`~resource_provider.inputs.keep`)."""
+        items = file_inputs(spec, modules.resolve(spec.module))
+        with self._keeping:
+            planned = dict(record.kept)
+
+            def note(cid: str, kind: PinType) -> None:
+                planned[cid] = kind
+                self._save(record, kept=dict(planned))
+
+            ours = {**self._pins_of_open_deals(but=record.deal_id), **record.kept}
+            held = keep(self.storage, items, ours=ours, note=note)
+            return self._save(record, kept={**record.kept, **held})
+
+    def _finish(self, record: DealRecord, **changes: Any) -> None:
+        """Save ``record`` in a terminal phase, unpinning what it held for its inputs (unless
+        another open deal holds it too)."""
+        with self._keeping:
+            if record.kept:
+                release(self.storage, record.kept, self._pins_of_open_deals(but=record.deal_id))
+            self._save(record, kept={}, **changes)
+
+    def _pins_of_open_deals(self, but: str) -> dict[str, PinType]:
+        """The input pins every open deal but ``but`` holds."""
+        with self._lock:
+            deal_ids = [deal_id for deal_id in self._open if deal_id != but]
+        held: dict[str, PinType] = {}
+        for deal_id in deal_ids:
+            other = self.store.get("deals", deal_id, DealRecord)
+            if other is not None:
+                held.update(other.kept)
+        return held
 
     def _input_waits(self) -> dict[str, float]:
         """Deals whose inputs could not be fetched: the chain time of the first failure (kept in
@@ -611,21 +657,31 @@ class ResourceProvider(ChainService):
         else:
             raise JobRefused(f"the chain holds another result for deal {deal.deal_id}")
 
-    def _maybe_claim(self, record: DealRecord) -> None:
+    def _maybe_close(self, record: DealRecord) -> None:
+        """Once a submitted deal's time is up, end it: claim the payment (nobody challenged the
+        result within the window), or time out the mediation nobody ruled on (the collateral
+        would stay locked until the job creator did, and its `lilypad run` may be gone)."""
         status = self.market.deal_status(record.deal_id)
-        if status.state is not DealState.SUBMITTED or self.clock() <= status.deadline:
+        if self.clock() <= status.deadline:
+            return
+        close: Callable[[LocalAccount, Deal], Receipt]
+        if status.state is DealState.SUBMITTED:
+            what, close = "payment claim", self.market.claim_payment
+        elif status.state is DealState.CHALLENGED:
+            what, close = "mediation timeout", self.market.timeout_mediation
+        else:
             return
         try:
-            receipt = self.market.claim_payment(self.account, record.deal)
-        except ContractReverted as exc:
-            log.info("deal %s: claim refused (%s); will look again", record.deal_id, exc.error)
+            receipt = close(self.account, record.deal)
+        except ContractReverted as exc:  # e.g. the job creator timed it out first
+            log.info("deal %s: %s refused (%s); will look again", record.deal_id, what, exc.error)
             return
-        log.info("deal %s: payment claimed in %s", record.deal_id, receipt.tx_hash)
+        log.info("deal %s: %s in %s", record.deal_id, what, receipt.tx_hash)
 
     def _refuse(self, record: DealRecord, why: str) -> None:
         self.metrics.jobs_failed.labels("refused").inc()
         log.warning("deal %s refused: %s", record.deal_id, why)
-        self._save(record, phase=Phase.REFUSED, error=why[:500])
+        self._finish(record, phase=Phase.REFUSED, error=why[:500])
 
     def _save(self, record: DealRecord, **changes: Any) -> DealRecord:
         updated = record.model_copy(update=changes)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lilypad.chain.offers import Deal
 from lilypad.errors import ConfigError
 from lilypad.fsutil import write_atomic
+from lilypad.storage.blockstore import PinType
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -138,6 +139,8 @@ class DealRecord(BaseModel):
         runs: How many times the job was started (more than one after a crash).
         outcome: How it ended, once settled.
         error: Why it was refused or failed.
+        kept: The pins this provider holds on its IPFS node for the deal's inputs (CID -> type,
+            see :func:`resource_provider.inputs.keep`), until it settles.
         times: When (Unix time) each phase was first reached: for operators and for
             ``bench/e2e_overhead.py``.
     """
@@ -152,6 +155,7 @@ class DealRecord(BaseModel):
     duration_ms: int | None = None
     outcome: Outcome | None = None
     error: str | None = None
+    kept: dict[str, PinType] = Field(default_factory=dict)
     times: dict[str, float] = Field(default_factory=dict)
 
     @property

@@ -38,6 +38,7 @@ from lilypad.storage.client import (
     GatewayClient,
     KuboClient,
     PinningServiceClient,
+    PinStatus,
 )
 from lilypad.storage.importer import NETWORK_PROFILE, BlockSink, Importer, ImportProfile
 
@@ -103,11 +104,20 @@ class Storage(Protocol):
         """What ``<cid>`` or ``<cid>/path`` is (file, directory, symlink) and a file's size,
         from the blocks on the way only (verified)."""
 
-    def pin(self, cid: CID | str) -> None:
-        """Keep ``cid`` and its whole DAG."""
+    def trace(self, cid: CID | str) -> dag.PathTrace:
+        """Resolve ``<cid>/path`` and the blocks on the way (verified; see
+        :func:`lilypad.storage.dag.trace_path`)."""
+
+    def pin(self, cid: CID | str, *, recursive: bool = True) -> None:
+        """Keep ``cid`` and its whole DAG, or with ``recursive=False`` its one block."""
 
     def unpin(self, cid: CID | str) -> None:
-        """Stop keeping ``cid``."""
+        """Stop keeping ``cid`` (a recursive or a direct pin)."""
+
+    def pinned(self, cid: CID | str) -> PinType | None:
+        """How ``cid`` itself is pinned, or ``None``: a block held only by a recursive pin of
+        another CID is not pinned itself, and the same block under another CID (its CIDv0, its
+        raw CID) is another pin."""
 
     def pins(self) -> list[CID]:
         """What is pinned."""
@@ -124,6 +134,11 @@ def _split(target: CID | str) -> tuple[CID, str]:
 def _stat(source: dag.BlockSource, target: CID | str) -> dag.Entry:
     root, subpath = _split(target)
     return dag.stat(source, dag.resolve(source, root, subpath))
+
+
+def _trace(source: dag.BlockSource, target: CID | str) -> dag.PathTrace:
+    root, subpath = _split(target)
+    return dag.trace_path(source, root, subpath)
 
 
 def _cat(source: dag.BlockSource, target: CID | str) -> Iterator[bytes]:
@@ -175,13 +190,21 @@ class LocalStorage:
         """Kind and size, from the local store."""
         return _stat(self.store, cid)
 
-    def pin(self, cid: CID | str) -> None:
-        """Pin recursively (every block must be present)."""
-        self.store.pin(as_cid(cid), PinType.RECURSIVE)
+    def trace(self, cid: CID | str) -> dag.PathTrace:
+        """The path's blocks, from the local store."""
+        return _trace(self.store, cid)
+
+    def pin(self, cid: CID | str, *, recursive: bool = True) -> None:
+        """Pin recursively or directly (every block pinned must be present)."""
+        self.store.pin(as_cid(cid), PinType.RECURSIVE if recursive else PinType.DIRECT)
 
     def unpin(self, cid: CID | str) -> None:
         """Remove a pin."""
         self.store.unpin(as_cid(cid))
+
+    def pinned(self, cid: CID | str) -> PinType | None:
+        """From the store's pin set."""
+        return self.store.pinned(as_cid(cid))
 
     def pins(self) -> list[CID]:
         """Pinned CIDs."""
@@ -329,13 +352,22 @@ class KuboStorage(_CarDownload):
         """Kind and size, from the blocks on the path (each verified)."""
         return _stat(self.client, cid)
 
-    def pin(self, cid: CID | str) -> None:
-        """``pin/add``."""
-        self.client.pin_add(as_cid(cid))
+    def trace(self, cid: CID | str) -> dag.PathTrace:
+        """The path's blocks, by ``block/get`` (each verified)."""
+        return _trace(self.client, cid)
+
+    def pin(self, cid: CID | str, *, recursive: bool = True) -> None:
+        """``pin/add`` (the node fetches what it lacks, for up to the timeout)."""
+        self.client.pin_add(as_cid(cid), recursive=recursive)
 
     def unpin(self, cid: CID | str) -> None:
         """``pin/rm``."""
         self.client.pin_rm(as_cid(cid))
+
+    def pinned(self, cid: CID | str) -> PinType | None:
+        """``pin/ls?arg=``, recursive then direct."""
+        kind = self.client.pin_type(as_cid(cid))
+        return None if kind is None else PinType(kind)
 
     def pins(self) -> list[CID]:
         """``pin/ls``."""
@@ -373,13 +405,21 @@ class GatewayStorage(_CarDownload):
         """Kind and size, from the blocks on the path (each verified)."""
         return _stat(self.client, cid)
 
-    def pin(self, cid: CID | str) -> None:
+    def trace(self, cid: CID | str) -> dag.PathTrace:
+        """The path's blocks, by ``?format=raw`` (each verified)."""
+        return _trace(self.client, cid)
+
+    def pin(self, cid: CID | str, *, recursive: bool = True) -> None:
         """Not possible on a gateway."""
         raise self._read_only("pin")
 
     def unpin(self, cid: CID | str) -> None:
         """Not possible on a gateway."""
         raise self._read_only("unpin")
+
+    def pinned(self, cid: CID | str) -> PinType | None:
+        """Not possible on a gateway."""
+        raise self._read_only("list pins")
 
     def pins(self) -> list[CID]:
         """Not possible on a gateway."""
@@ -391,7 +431,10 @@ class GatewayStorage(_CarDownload):
 
 
 class RemotePinning:
-    """Adds and fetches through ``inner``; pins at an IPFS Pinning Service as well."""
+    """Adds and fetches through ``inner``; pins at an IPFS Pinning Service as well.
+
+    A direct pin (one block) is made on ``inner`` only: the Pinning Service API pins whole DAGs.
+    """
 
     def __init__(self, inner: Storage, service: PinningServiceClient) -> None:
         self.inner = inner
@@ -423,14 +466,33 @@ class RemotePinning:
         """Through ``inner``."""
         return self.inner.stat(cid)
 
-    def pin(self, cid: CID | str) -> None:
-        """Request a pin at the service (it fetches the content on its own)."""
-        self.service.add(cid)
+    def trace(self, cid: CID | str) -> dag.PathTrace:
+        """Through ``inner``."""
+        return self.inner.trace(cid)
+
+    def pin(self, cid: CID | str, *, recursive: bool = True) -> None:
+        """Request a pin at the service (it fetches the content on its own); a direct pin is
+        made on ``inner``."""
+        if recursive:
+            self.service.add(cid)
+        else:
+            self.inner.pin(cid, recursive=False)
 
     def unpin(self, cid: CID | str) -> None:
-        """Withdraw every request for ``cid`` at the service."""
-        for request in self.service.list(cid=cid):
+        """Withdraw every request for ``cid`` at the service; without one, unpin it on
+        ``inner`` (where direct pins are made)."""
+        requests = self.service.list(cid=cid, status=_REQUESTED)
+        for request in requests:
             self.service.remove(request.requestid)
+        if not requests:
+            self.inner.unpin(cid)
+
+    def pinned(self, cid: CID | str) -> PinType | None:
+        """Recursive while the service holds a request for ``cid`` that has not failed; else as
+        ``inner`` pins it."""
+        if self.service.list(cid=cid, status=_REQUESTED):
+            return PinType.RECURSIVE
+        return self.inner.pinned(cid)
 
     def pins(self) -> list[CID]:
         """Pinned at the service."""
@@ -440,6 +502,10 @@ class RemotePinning:
         """Close both."""
         self.inner.close()
         self.service.close()
+
+
+#: A pin request the service has not failed: it holds the content, or will.
+_REQUESTED = [PinStatus.QUEUED, PinStatus.PINNING, PinStatus.PINNED]
 
 
 def open_storage(

@@ -213,8 +213,14 @@ class Blockstore:
 
         Raises:
             BlockNotFound: A block of the DAG is missing (nothing is pinned then).
+            StorageError: A direct pin of a CID pinned recursively (as kubo refuses it: it would
+                take away the recursive pin).
         """
         with self.lock():
+            if kind is PinType.DIRECT and self.pinned(cid) is PinType.RECURSIVE:
+                raise StorageError(
+                    f"{cid} is already pinned recursively", hint="see `lilypad ipfs pin ls`"
+                )
             if not check:
                 pass
             elif kind is PinType.RECURSIVE:
@@ -254,6 +260,13 @@ class Blockstore:
         cursor = self._db().execute("DELETE FROM pins WHERE cid = ?", (str(cid),))
         if cursor.rowcount == 0:
             raise StorageError(f"{cid} is not pinned", hint="see `lilypad ipfs pin ls`")
+
+    def pinned(self, cid: CID) -> PinType | None:
+        """How ``cid`` itself is pinned; ``None`` when it is not (a block that only a recursive
+        pin of another CID holds is not pinned itself). A pin is of a CID, not of a block: the
+        same block under another CID (its CIDv0, its raw CID) is another pin."""
+        row = self._db().execute("SELECT type FROM pins WHERE cid = ?", (str(cid),)).fetchone()
+        return None if row is None else PinType(row[0])
 
     def pins(self) -> dict[CID, PinType]:
         """Every pin and its type."""

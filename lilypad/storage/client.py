@@ -98,6 +98,10 @@ def _http_errors(what: str, url: str, timeout: float) -> Iterator[None]:
         raise StorageError(f"{what}: HTTP error talking to {url}: {exc}") from None
 
 
+class NotPinned(StorageError):
+    """The node says a CID is not pinned (``pin/rm`` or ``pin/ls`` of it)."""
+
+
 def _check_url(url: str, what: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise InputError(f"{what} {url!r} is not an http(s) URL, e.g. http://127.0.0.1:5001")
@@ -140,6 +144,8 @@ class KuboClient(_HTTPClient):
         lowered = message.lower()
         if "not found" in lowered or "deadline exceeded" in lowered or "timeout" in lowered:
             return BlockNotFound(f"{what}: {message} (after up to {self.timeout:g} s)")
+        if "not pinned" in lowered:  # kubo: "path '/ipfs/…' is not pinned", "not pinned or …"
+            return NotPinned(f"{what}: {message}")
         return StorageError(f"{what}: the node answered {response.status_code}: {message}")
 
     def version(self) -> dict[str, Any]:
@@ -213,13 +219,29 @@ class KuboClient(_HTTPClient):
         """``cat`` as the node does it (unverified: use :mod:`lilypad.storage.dag` to verify)."""
         return self._post("cat", {"arg": str(cid)}).content
 
-    def pin_add(self, cid: CID) -> None:
-        """Pin recursively on the node."""
-        self._post("pin/add", {"arg": str(cid), "recursive": "true"})
+    def pin_add(self, cid: CID, *, recursive: bool = True) -> None:
+        """Pin on the node: ``cid`` and its whole DAG (the node fetches what it lacks), or with
+        ``recursive=False`` the one block (it must be there or be fetched)."""
+        self._post("pin/add", {"arg": str(cid), "recursive": str(recursive).lower()})
 
     def pin_rm(self, cid: CID) -> None:
-        """Remove a recursive pin on the node."""
+        """Remove a pin on the node (recursive or direct)."""
         self._post("pin/rm", {"arg": str(cid)})
+
+    def pin_type(self, cid: CID) -> str | None:
+        """How the node pins ``cid`` itself: ``"recursive"``, ``"direct"``, or ``None``.
+
+        NOTE: asked type by type, as ``pin/ls?arg=`` of any type also looks for an indirect pin,
+        which walks the DAG of every recursive pin on the node.
+        """
+        for kind in ("recursive", "direct"):
+            try:
+                keys = self._post("pin/ls", {"arg": str(cid), "type": kind}).json().get("Keys")
+            except NotPinned:
+                continue
+            if keys:
+                return kind
+        return None
 
     def pin_ls(self) -> dict[CID, str]:
         """The node's pins and their types."""

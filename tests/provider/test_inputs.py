@@ -10,12 +10,20 @@ provider can be anything. Two outcomes are defined for an input that keeps a job
 * one that cannot be fetched (exit code 123) judges nobody: the job creator always challenges
   it, the mediator leaves it, and once the mediation times out the job creator has its price and
   fee back and the provider its collateral, unpaid.
+
+An input the provider did fetch it keeps pinned on its IPFS node until the deal settles, so that a
+job creator that removes its input once it has the result, and challenges, still faces a mediator
+that can check the job. Every role here shares one IPFS node (and, being in one process, one
+inputs cache: a test that needs the mediator to fetch an input from IPFS, as on a machine of its
+own, empties the cache first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +40,19 @@ from lilypad.modules import JobSpec, render
 from lilypad.modules.files import file_inputs
 from lilypad.storage import CID, LocalStorage, compute_cid
 from lilypad.storage.backends import KuboStorage
+from lilypad.storage.blockstore import PinType
+from lilypad.storage.cid import RAW
 from lilypad.storage.dag import Entry
 from lilypad.verification import Verify
 from resource_provider.executors import ExecutionResult, Job, ProcessExecutor
+from resource_provider.inputs import inputs_cache
 from resource_provider.mediator import MediationPhase, MediationRecord
 from resource_provider.runner import EXIT_BAD_INPUT, NOT_RUN, not_run, run_job
-from resource_provider.state import Outcome, Phase
+from resource_provider.state import DealRecord, JsonStore, Outcome, Phase
 from tests.creator.conftest import Creator, cowsay, creator  # noqa: F401 - a fixture used here
 from tests.provider.conftest import (
     COLLATERAL,
+    COWSAY,
     World,
     records,
     wait_for,
@@ -60,12 +72,15 @@ def png(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def add(world: World, name: str, data: bytes) -> str:
-    """Add ``data`` as ``name`` in a folder of its own, pinned on the world's node (as `lilypad
-    run -i File=@name` does); its IPFS path."""
-    folder = world.tmp / "adds" / hashlib.sha256(name.encode() + data).hexdigest()[:16]
+def add(world: World, name: str, data: bytes, *, beside: bytes | None = None) -> str:
+    """Add ``data`` as ``name`` in a folder of its own (with another file, ``beside``, if given),
+    pinned on the world's node (as `lilypad run -i File=@name` does); its IPFS path."""
+    key = name.encode() + data + (beside or b"")
+    folder = world.tmp / "adds" / hashlib.sha256(key).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(data)
+    if beside is not None:
+        (folder / "beside.bin").write_bytes(beside)
     storage = KuboStorage(world.ipfs.api_url)
     try:
         return f"{storage.add(folder)}/{name}"
@@ -73,12 +88,48 @@ def add(world: World, name: str, data: bytes) -> str:
         storage.close()
 
 
-def remove(world: World, ref: str) -> None:
-    """Unpin ``ref``'s folder on the node and collect its blocks: it is gone from IPFS."""
-    root = CID.parse(ref.split("/")[0])
-    world.ipfs.store.unpin(root)
+def unpin(world: World, ref: str) -> None:
+    """What a job creator can do to its input: unpin its folder on the node and collect every
+    block no pin holds."""
+    world.ipfs.store.unpin(CID.parse(ref.split("/")[0]))
     world.ipfs.store.gc()
-    assert not world.ipfs.store.has(root)
+
+
+def remove(world: World, ref: str) -> None:
+    """Unpin ``ref``'s folder on the node and collect its blocks: it is gone from IPFS (no
+    provider keeps it)."""
+    unpin(world, ref)
+    assert not world.ipfs.store.has(CID.parse(ref.split("/")[0]))
+
+
+def kept_pins(world: World, ref: str) -> dict[CID, PinType]:
+    """What a provider pins to keep the input at ``ref`` (a file in a folder): the file, and the
+    folder's block under its raw CID (the folder's own CID is its job creator's pin)."""
+    folder = CID.parse(ref.split("/")[0])
+    file_cid = LocalStorage(world.ipfs.store.root).trace(ref).target
+    return {file_cid: PinType.RECURSIVE, CID(1, RAW, folder.multihash): PinType.DIRECT}
+
+
+def input_pins(world: World, ref: str) -> dict[CID, PinType]:
+    """The node's pins of the input at ``ref`` under any CID (not those of results)."""
+    folder = CID.parse(ref.split("/")[0])
+    names = {folder, *kept_pins(world, ref)}
+    return {cid: kind for cid, kind in world.ipfs.store.pins().items() if cid in names}
+
+
+def deal_record(world: World, deal_id: str) -> DealRecord | None:
+    return JsonStore(world.state_dir(world.net.providers[0])).get("deals", deal_id, DealRecord)
+
+
+def settled(world: World, deal_id: str, outcome: Outcome) -> DealRecord:
+    """Wait until the provider has settled ``deal_id`` as ``outcome``."""
+
+    def done() -> DealRecord | None:
+        record = deal_record(world, deal_id)
+        return record if record is not None and record.outcome is outcome else None
+
+    result: DealRecord = wait_for(done, 30)
+    return result
 
 
 def hashfile(**inputs: str) -> JobSpec:
@@ -209,8 +260,9 @@ def test_an_input_is_fetched_once_and_a_cached_one_runs_even_once_gone(
     world: World,
     creator: Creator,  # noqa: F811
 ) -> None:
-    """Two deals of one input: the first fetches it, the second asks IPFS nothing about it, and
-    so runs although the input has gone from IPFS in between."""
+    """Two deals of one input: the first fetches it, the second fetches nothing and asks IPFS
+    nothing about it, and so runs although the input has gone from IPFS in between (the
+    provider adds it again from its cache, to keep it while the deal is open)."""
     storage = CountingStorage(world.ipfs.api_url)
     world.provider(modules=(HASHFILE,), storage=storage)
     ref = add(world, "data.bin", DATA)
@@ -219,6 +271,7 @@ def test_an_input_is_fetched_once_and_a_cached_one_runs_even_once_gone(
     first = creator.run(hashfile(File=ref), Verify.NEVER)
     assert storage.fetched.count(file_cid) == 1
     assert storage.looked_up == [ref]
+    settled(world, first.deal_id or "", Outcome.ACCEPTED)  # its pins released
     remove(world, ref)
     second = creator.run(hashfile(File=ref), Verify.NEVER)
 
@@ -425,3 +478,157 @@ def test_a_claim_that_an_input_was_lost_for_a_job_without_inputs_is_judged(
     assert record.state == "provider_slashed"
     assert (Path(record.output_dir or "") / "exitCode").read_text() == "0"
     assert world.market.balance_of(cheat.address) == before - COLLATERAL
+
+
+# ------------------------------------------------------------ inputs kept until the deal settles
+def resolved(world: World, timeout: float = 90) -> MediationRecord:
+    """The mediator's ruling, once it has ruled."""
+
+    def ruled() -> MediationRecord | None:
+        (mediator,) = world.mediators
+        found = mediator.store.all("deals", MediationRecord)
+        return next((r for r in found if r.phase is MediationPhase.RESOLVED), None)
+
+    result: MediationRecord = wait_for(ruled, timeout)
+    return result
+
+
+def submitted(world: World, job: JobSubmission) -> DealRecord:
+    """The provider's record of the deal of ``job``, once it has submitted the result."""
+    deal_id = world.deal_of(world.post(job))["deal_id"]
+
+    def done() -> DealRecord | None:
+        record = deal_record(world, deal_id)
+        return record if record is not None and record.phase is Phase.SUBMITTED else None
+
+    result: DealRecord = wait_for(done, 60)
+    return result
+
+
+def forget_inputs() -> None:
+    """Empty the inputs cache: the mediator fetches from IPFS, as on a machine of its own."""
+    shutil.rmtree(inputs_cache(), ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_job_creator_that_removes_its_input_after_the_run_still_pays(world: World) -> None:
+    """The hole this closes: a job creator has the result, unpins its input, lets the node
+    collect it, and challenges. A mediator that could not fetch the input would leave the deal
+    to time out: the job creator would have the result and its money back, the provider nothing
+    for its work. The provider kept the input pinned, so the mediator checks the job and upholds
+    the result: the provider is paid."""
+    account, job_creator = world.net.providers[0], world.net.creators[0]
+    world.provider(account, modules=(HASHFILE,))
+    world.mediator()
+    ref = add(world, "data.bin", DATA)
+    who = {"creator": job_creator, "provider": account, "mediator": world.net.mediator}
+    before = {role: holdings(world, a.address) for role, a in who.items()}
+    record = submitted(world, offer(world, hashfile(File=ref)))
+
+    unpin(world, ref)
+    forget_inputs()
+    world.market.challenge_result(job_creator, record.deal)
+
+    ruling = resolved(world)
+    assert ruling.provider_wins is True, ruling.reason
+    assert world.market.deal_status(record.deal_id).state is DealState.UPHELD
+    settled(world, record.deal_id, Outcome.WON)
+    deal = record.deal
+    after = {role: holdings(world, a.address) for role, a in who.items()}
+    assert after == {
+        "creator": before["creator"] - deal.price - deal.mediation_fee,
+        "provider": before["provider"] + deal.price,
+        "mediator": before["mediator"] + deal.mediation_fee,
+    }
+
+
+@pytest.mark.slow
+def test_a_cached_input_gone_from_ipfs_is_added_again_and_kept(world: World) -> None:
+    """The same, with an input the provider cached for an earlier deal and that has gone from
+    IPFS since: the provider puts it back from its cache (a file in a folder of its own, as
+    `lilypad run -i File=@file` adds it, gives the same CIDs) and keeps it, and is paid."""
+    job_creator = world.net.creators[0]
+    world.provider(modules=(HASHFILE,))
+    world.mediator()
+    ref = add(world, "data.bin", DATA)
+    first = submitted(world, offer(world, hashfile(File=ref)))
+    world.market.accept_result(job_creator, first.deal)
+    settled(world, first.deal_id, Outcome.ACCEPTED)
+    remove(world, ref)
+
+    record = submitted(world, offer(world, hashfile(File=ref)))
+    forget_inputs()
+    world.market.challenge_result(job_creator, record.deal)
+
+    assert resolved(world).provider_wins is True
+    settled(world, record.deal_id, Outcome.WON)
+
+
+def test_an_input_that_cannot_be_kept_is_a_warning_and_the_job_runs(
+    world: World,
+    creator: Creator,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cached input gone from IPFS whose folder held more than the file cannot be put back
+    from the cache: the job runs all the same, and the provider says what it risks."""
+    world.provider(modules=(HASHFILE,))
+    ref = add(world, "data.bin", DATA, beside=b"another file")
+    first = creator.run(hashfile(File=ref), Verify.NEVER)
+    settled(world, first.deal_id or "", Outcome.ACCEPTED)
+    remove(world, ref)
+
+    with caplog.at_level(logging.WARNING, logger="resource_provider.inputs"):
+        second = creator.run(hashfile(File=ref), Verify.NEVER)
+
+    assert second.state == "accepted"
+    assert second.result_cid == first.result_cid
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot be kept" in r.getMessage()]
+    assert f"File={ref}" in warning
+    assert "this provider is not paid (its collateral comes back)" in warning
+
+
+@pytest.mark.slow
+def test_the_provider_unpins_only_its_own_pins_once_every_deal_of_the_input_settles(
+    world: World,
+) -> None:
+    """Two open deals of one input hold it until both have settled, across a restart; then the
+    provider's pins are gone, and the job creator's pin of its folder is still there."""
+    job_creator = world.net.creators[0]
+    daemon = world.provider(modules=(HASHFILE,))
+    ref = add(world, "data.bin", DATA)
+    theirs = input_pins(world, ref)
+    assert theirs == {CID.parse(ref.split("/")[0]): PinType.RECURSIVE}
+    first = submitted(world, offer(world, hashfile(File=ref)))
+    second = submitted(world, offer(world, hashfile(File=ref)))
+    ours = kept_pins(world, ref)
+    assert input_pins(world, ref) == {**theirs, **ours}
+    assert first.kept == second.kept == {str(cid): kind for cid, kind in ours.items()}
+
+    daemon.stop()
+    world.providers.remove(daemon)
+    world.provider(modules=(HASHFILE,))
+    world.market.accept_result(job_creator, first.deal)
+    settled(world, first.deal_id, Outcome.ACCEPTED)
+    assert input_pins(world, ref) == {**theirs, **ours}  # the other deal still holds them
+    world.market.accept_result(job_creator, second.deal)
+    settled(world, second.deal_id, Outcome.ACCEPTED)
+
+    assert input_pins(world, ref) == theirs
+
+
+def test_the_provider_times_out_a_mediation_nobody_ruled_on(world: World) -> None:
+    """A challenged deal no mediator rules on, whose job creator never times it out: the
+    provider does once the deadline has passed, so that its collateral comes back (and the job
+    creator's price and fee)."""
+    account, job_creator = world.net.providers[0], world.net.creators[0]
+    world.provider(account)
+    before = {a.address: holdings(world, a.address) for a in (account, job_creator)}
+    record = submitted(world, world.job("nobody rules on this"))
+    assert record.module == COWSAY
+    world.market.challenge_result(job_creator, record.deal)
+
+    world.advance(DEFAULT_MEDIATION_TIMEOUT + 1)
+
+    settled(world, record.deal_id, Outcome.MEDIATION_TIMED_OUT)
+    assert world.market.deal_status(record.deal_id).state is DealState.MEDIATION_EXPIRED
+    assert {a.address: holdings(world, a.address) for a in (account, job_creator)} == before
