@@ -38,8 +38,13 @@ STDERR = "stderr"
 EXIT_CODE = "exitCode"
 LAYOUT = frozenset({OUTPUTS, STDOUT, STDERR, EXIT_CODE})
 
-#: What is kept of stdout and stderr when a job is stopped for writing too much.
-KEPT_LOG_BYTES = 64 * 1024
+#: The whole ``stderr`` of a job stopped for writing too much (its outputs and logs are
+#: discarded): how much a module wrote before the watchdog looked depends on the machine's speed,
+#: so nothing of it may stay in a result that a provider and a mediator must agree on.
+OVER_LIMIT_LINE = (
+    "lilypad: stopped for writing more than the module allows (its disk_gb, 10,000 entries or "
+    "folders 32 deep); its outputs and logs were discarded\n"
+)
 #: The most entries ``outputs/`` may hold, and how deep its folders may nest. A module that goes
 #: beyond is stopped as one that writes too many bytes (outputs discarded, exit code 125): the
 #: walks, the IPFS import and the job creator's download all stay bounded, and a module cannot
@@ -251,7 +256,8 @@ def _printable(rel: str) -> str:
 
 
 def discard_outputs(path: Path) -> None:
-    """Empty ``outputs/`` and cut the logs: what a job that wrote too much leaves behind."""
+    """Empty ``outputs/``, empty ``stdout`` and leave :data:`OVER_LIMIT_LINE` as ``stderr``: what
+    a job that wrote too much leaves behind, the same bytes on every machine."""
     outputs = path / OUTPUTS
     if outputs.is_dir() and not outputs.is_symlink():
         outputs.chmod(outputs.stat().st_mode | 0o700)
@@ -266,9 +272,8 @@ def discard_outputs(path: Path) -> None:
     elif os.path.lexists(outputs):
         outputs.unlink()
     outputs.mkdir()
-    for name in (STDOUT, STDERR):
-        with open(path / name, "r+b") as log:
-            log.truncate(min(KEPT_LOG_BYTES, os.fstat(log.fileno()).st_size))
+    (path / STDOUT).write_bytes(b"")
+    (path / STDERR).write_text(OVER_LIMIT_LINE, encoding="utf-8")
 
 
 def tail(path: Path, lines: int = 20) -> str:
