@@ -16,11 +16,20 @@ For one module (default: cowsay) it measures, in the same run, the median wall t
   is not built: ``make images``);
 
 and prints each as milliseconds, as overhead over ``direct`` in milliseconds, and as a ratio.
+
+    .venv/bin/python bench/module_run.py --tiny-report [--repeat 3]
+
+instead runs every version of every built-in ML module (those with ``tiny_models``) directly on
+tiny weights, with its default tunables and a generated 64x48 picture (a mask: a white square)
+for each picture it needs, and prints the median wall time of one job per version: what a tiny
+job costs on this machine (imports and model loading included; generating the tiny weights is
+the warm-up's, not counted).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import runpy
 import statistics
@@ -31,9 +40,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from lilypad import modules
 from lilypad.errors import LilypadError
-from lilypad.modules import JobSpec, ResolvedModule
+from lilypad.modules import JobSpec, ResolvedModule, list_builtin, version_key
+from lilypad.storage import compute_cid
 from resource_provider.executors import (
     DockerExecutor,
     Executor,
@@ -68,13 +80,71 @@ def direct_env(spec: JobSpec, weights: Weights, outputs: Path, scratch: str) -> 
     return env
 
 
-def direct(module: ResolvedModule, spec: JobSpec, weights: Weights, work: Path) -> None:
+def direct(
+    module: ResolvedModule,
+    spec: JobSpec,
+    weights: Weights,
+    work: Path,
+    files: dict[str, str] | None = None,
+    quiet: bool = False,
+) -> None:
+    """Run the entrypoint as a plain subprocess; ``files`` maps a file tunable's variable to
+    the host file it reads (an executor would mount it); ``quiet`` keeps the job's stderr to
+    itself unless it fails."""
     outputs = work / "direct"
     outputs.mkdir(exist_ok=True)
-    env = direct_env(spec, weights, outputs, str(work))
-    subprocess.run(
-        command(spec), cwd=module.directory, env=env, check=True, stdout=subprocess.DEVNULL
+    env = {**direct_env(spec, weights, outputs, str(work)), **(files or {})}
+    done = subprocess.run(
+        command(spec),
+        cwd=module.directory,
+        env=env,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if quiet else None,
     )
+    if done.returncode != 0:
+        last = (done.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
+        raise SystemExit(f"{spec.module}: the job exited {done.returncode} {' '.join(last)}")
+
+
+def pictures(module: ResolvedModule, work: Path) -> tuple[list[str], dict[str, str]]:
+    """``-i`` inputs (by CID) and host files for each required picture of ``module``: a 64x48
+    gradient, or for a mask a white square on black."""
+    inputs, files = [], {}
+    for tunable in module.spec.tunables:
+        if not (tunable.is_file and tunable.required):
+            continue
+        path = work / f"{tunable.name.lower()}.png"
+        if tunable.name == "Mask":
+            picture = Image.new("L", (64, 48))
+            picture.paste(255, (16, 12, 48, 36))
+        else:
+            picture = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
+        picture.save(path)
+        inputs.append(f"{tunable.name}={compute_cid(path).v1()}")
+        files[tunable.env] = str(path)
+    return inputs, files
+
+
+def tiny_report(repeat: int) -> None:
+    """Each built-in ML module version's tiny-weight job time (module docstring)."""
+    refs = [
+        f"{manifest.name}:{version}"
+        for manifest, _ in list_builtin()
+        for version in sorted(manifest.versions, key=version_key)
+        if manifest.versions[version].tiny_models
+    ]
+    print(f"tiny weights, direct runs: median of {repeat} jobs each, same machine, same run")
+    print(f"{'module':<36}{'ms/job':>10}")
+    with tempfile.TemporaryDirectory(prefix="bench-module-run-") as tmp:
+        work = Path(tmp)
+        for ref in refs:
+            module = modules.resolve(ref)
+            inputs, files = pictures(module, work)
+            spec = modules.render(module, inputs)
+            job = functools.partial(direct, module, spec, Weights.TINY, work, files, quiet=True)
+            ms = median_ms(job, repeat)
+            print(f"{ref:<36}{ms:>10.1f}", flush=True)
 
 
 def in_process(module: ResolvedModule, spec: JobSpec, weights: Weights, work: Path) -> None:
@@ -112,7 +182,13 @@ def main() -> None:
     parser.add_argument("-i", "--input", action="append", default=[], dest="inputs")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--weights", choices=[w.value for w in Weights], default="real")
+    parser.add_argument(
+        "--tiny-report", action="store_true", help="every ML module's tiny-weight job time"
+    )
     args = parser.parse_args()
+    if args.tiny_report:
+        tiny_report(args.repeat)
+        return
     module = modules.resolve(args.module)
     spec = modules.render(module, args.inputs)
     weights = Weights(args.weights)

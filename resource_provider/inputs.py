@@ -44,8 +44,8 @@ from lilypad.errors import (
     StorageError,
 )
 from lilypad.fsutil import write_atomic
-from lilypad.modules.files import FileInput, check_image
-from lilypad.modules.tunables import TunableType, _size
+from lilypad.modules.files import FileInput, check_content
+from lilypad.modules.tunables import _size
 from lilypad.storage import CID, Storage, compute_cid
 from lilypad.storage.blockstore import PinType
 from lilypad.storage.cid import DAG_PB, RAW, SHA2_256
@@ -192,8 +192,9 @@ def _cached(item: FileInput, cache: Path) -> Path | None:
 
 
 def _check_content(item: FileInput, label: str, path: Path) -> None:
-    if item.tunable.type is TunableType.IMAGE:
-        check_image(item.tunable, label, path)
+    """What the job creator's CLI checked before signing, again here: an image decoded, a
+    ``.safetensors`` file's header against the module's architecture."""
+    check_content(item.tunable, label, path)
 
 
 # --------------------------------------------------------------------- keeping inputs pinned

@@ -14,10 +14,15 @@ from tests.conftest import CliRunner
 REQUIRED_MODULES = {
     "cowsay": ["v0.0.4"],
     "sdxl": ["v0.9-lilypad1", "v1.0-lilypad1"],
-    "sdv-pipeline": ["v1.0-lilypad2", "v1.1-lilypad2"],
+    "sdv-pipeline": ["v1.0-lilypad2", "v1.1-lilypad2", "v1.0-lilypad3", "v1.1-lilypad3"],
     "sdxl-img2img": ["v1.0-lilypad1"],
     "sdxl-inpainting": ["v1.0-lilypad1"],
     "sdxl-outpainting": ["v1.0-lilypad1"],
+    "sd15": ["v1.0-lilypad1"],
+    "sd21": ["v1.0-lilypad1"],
+    "sdxl-turbo": ["v1.0-lilypad1"],
+    "sd-turbo": ["v1.0-lilypad1"],
+    "lcm": ["v1.0-lilypad1"],
 }
 
 
@@ -83,9 +88,9 @@ def test_reference_without_version_picks_newest_and_says_so(cli: CliRunner) -> N
     result = cli("module", "show", "sdv-pipeline", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["version"] == "v1.1-lilypad2"
+    assert data["version"] == "v1.1-lilypad3"
     assert data["resolved_newest"] is True
-    assert "sdv-pipeline:v1.1-lilypad2" in result.stderr
+    assert "sdv-pipeline:v1.1-lilypad3" in result.stderr
     assert "newest" in result.stderr
 
 

@@ -14,6 +14,7 @@ from lilypad import modules
 from lilypad.cli.output import console, emit, note
 from lilypad.errors import InvalidTunable
 from lilypad.modules import JobSpec, ResolvedModule, version_key
+from lilypad.modules.manifest import SamplerReference
 
 if TYPE_CHECKING:
     from lilypad.modules.files import StagedInputs
@@ -120,6 +121,7 @@ def describe(module: ResolvedModule) -> dict[str, Any]:
         "outputs": modules.OUTPUTS_PATH,
         "verification": spec.verification.model_dump(mode="json"),
         "tiny_weights": spec.tiny_weights,
+        "sampler_reference": spec.sampler_reference.value,
         "tunables": [
             {
                 "name": t.name,
@@ -133,6 +135,7 @@ def describe(module: ResolvedModule) -> dict[str, Any]:
                 "max_bytes": t.byte_limit if t.is_file else None,
                 "max_pixels": t.pixel_limit if t.type.value == "image" else None,
                 "formats": [f.value for f in t.image_formats] if t.type.value == "image" else None,
+                "safetensors": t.safetensors.value if t.safetensors is not None else None,
                 "required": t.required,
                 "mount": f"/inputs/{t.name}/<file name>" if t.is_file else None,
                 "aliases": list(t.aliases),
@@ -178,6 +181,12 @@ def _print_show(data: dict[str, Any]) -> None:
     )
     if data["tiny_weights"]:
         console.print(f"  tiny mode  {escape(data['tiny_weights'])}")
+    # NOTE: every version has a reference; it matters to those that sample (the ML modules,
+    # which all describe their tiny mode) or that chose one.
+    if data["tiny_weights"] or data["sampler_reference"] != SamplerReference.K_DIFFUSION:
+        console.print(
+            f"  samplers   follow {data['sampler_reference']} where k-diffusion and ComfyUI differ"
+        )
     console.print("\n[bold]Tunables[/] (-i NAME=VALUE)")
     for t in data["tunables"]:
         default = repr(t["default"]) if t["type"] == "string" else str(t["default"])
@@ -213,6 +222,9 @@ def _allowed(t: dict[str, Any]) -> str:
     if t["max_bytes"] is not None:
         names = {"png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
         kinds = "/".join(names[f] for f in t["formats"]) if t["formats"] else "any file"
+        if t["safetensors"]:
+            what = {"lora-sdxl": "an SDXL LoRA", "embedding-sdxl": "an SDXL embedding"}
+            kinds = f"{what.get(t['safetensors'], t['safetensors'])} (.safetensors)"
         pixels = f", {t['max_pixels']:,} pixels" if t["max_pixels"] else ""
         return (
             f"{kinds} up to {t['max_bytes']:,} bytes{pixels}, as @file, ipfs://CID[/path] or "

@@ -9,6 +9,7 @@ classifier-free guidance applied on the way. Samplers work in float32 whatever t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -16,8 +17,32 @@ import torch
 from lilypad.ml.schedules import ModelSampling
 
 
+class Prediction(StrEnum):
+    """What a DDPM UNet predicts, as diffusers' schedulers name it (``prediction_type``)."""
+
+    #: The noise (Stable Diffusion 1.x, 2.x at 512 pixels, SDXL, the turbo models).
+    EPSILON = "epsilon"
+    #: The velocity ``v = alpha * noise - sigma_vp * x0`` (Salimans & Ho 2022; SD 2.x at 768).
+    V = "v_prediction"
+
+
 def _c_in(sigma: torch.Tensor) -> torch.Tensor:
     return 1 / (sigma**2 + 1) ** 0.5
+
+
+def to_denoised(
+    prediction: Prediction, x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """The denoised estimate from a UNet's (guided) output ``out`` at ``x``, noise level ``sigma``.
+
+    In the variance-exploding form ``x = x0 + sigma * noise`` the UNet saw ``x * c_in`` with
+    ``c_in = 1 / sqrt(sigma**2 + 1)``. Epsilon: ``x0 = x - sigma * eps``. V-prediction
+    (k-diffusion's ``DiscreteVDDPMDenoiser``, sigma_data = 1):
+    ``x0 = x / (sigma**2 + 1) - v * sigma / sqrt(sigma**2 + 1)``.
+    """
+    if prediction is Prediction.V:
+        return x / (sigma**2 + 1) - out * (sigma / (sigma**2 + 1) ** 0.5)
+    return x - sigma * out
 
 
 def _guide(out: torch.Tensor, scale: torch.Tensor | float | None) -> torch.Tensor:
@@ -70,6 +95,83 @@ class SDXLDenoiser:
             return_dict=False,
         )[0].float()
         return x - sigma * _guide(eps, self.guidance_scale)
+
+
+@dataclass
+class SDDenoiser:
+    """A Stable Diffusion 1.x/2.x UNet (discrete DDPM timesteps, conditioned on text hidden
+    states alone) as a denoiser, predicting epsilon or v.
+
+    Attributes:
+        unet: A ``UNet2DConditionModel`` without added conditioning.
+        sampling: The model's noise levels (from its scheduler's ``alphas_cumprod``).
+        prompt_embeds: Text hidden states; negative first when guidance is on.
+        guidance_scale: None for no classifier-free guidance.
+        prediction: What the UNet predicts (SD 2.1 at 768 pixels: v).
+    """
+
+    unet: Any
+    sampling: ModelSampling
+    prompt_embeds: torch.Tensor
+    guidance_scale: float | None
+    prediction: Prediction = Prediction.EPSILON
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        batch = torch.cat([x, x]) if self.guidance_scale is not None else x
+        timestep = self.sampling.timestep(sigma).to(device=x.device, dtype=torch.float32)
+        out = self.unet(
+            (batch * _c_in(sigma)).to(self.prompt_embeds.dtype),
+            timestep,
+            encoder_hidden_states=self.prompt_embeds,
+            return_dict=False,
+        )[0].float()
+        return to_denoised(self.prediction, x, sigma, _guide(out, self.guidance_scale))
+
+
+#: A consistency model's boundary condition (Song et al. 2023): sigma_data, and the factor the
+#: LCM scheduler scales timesteps by before it (diffusers' ``timestep_scaling`` default).
+LCM_SIGMA_DATA, LCM_TIMESTEP_SCALING = 0.5, 10.0
+
+
+@dataclass
+class LCMDenoiser:
+    """A latent consistency model's UNet (epsilon; guidance as an embedding) as a denoiser.
+
+    Returns the consistency function of diffusers' ``LCMScheduler.step``: the epsilon estimate
+    of x0 mixed with the (variance-preserving) input by the boundary condition of the whole
+    timestep ``t``, ``c_skip * x * c_in + c_out * x0`` with ``c_skip = sd**2 / ((s t)**2 +
+    sd**2)`` and ``c_out = s t / sqrt((s t)**2 + sd**2)`` (sd = 0.5, s = ``timestep_scaling``).
+
+    Attributes:
+        unet: A ``UNet2DConditionModel`` with ``time_cond_proj_dim``.
+        sampling: The model's noise levels.
+        prompt_embeds: Text hidden states (no negative: guidance is the embedding).
+        guidance_embedding: The guidance scale's embedding (``timestep_cond``), one per image.
+        timestep_scaling: The scheduler's ``timestep_scaling``.
+    """
+
+    unet: Any
+    sampling: ModelSampling
+    prompt_embeds: torch.Tensor
+    guidance_embedding: torch.Tensor
+    timestep_scaling: float = LCM_TIMESTEP_SCALING
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # NOTE: LCM schedules sit on whole training timesteps; rounding undoes the float32
+        # rounding of their sigmas, so the UNet and the boundary condition see those exactly.
+        timestep = self.sampling.timestep(sigma).round().to(device=x.device, dtype=torch.float32)
+        model_input = x * _c_in(sigma)
+        eps = self.unet(
+            model_input.to(self.prompt_embeds.dtype),
+            timestep,
+            timestep_cond=self.guidance_embedding,
+            encoder_hidden_states=self.prompt_embeds,
+            return_dict=False,
+        )[0].float()
+        scaled = timestep * self.timestep_scaling
+        c_skip = LCM_SIGMA_DATA**2 / (scaled**2 + LCM_SIGMA_DATA**2)
+        c_out = scaled / (scaled**2 + LCM_SIGMA_DATA**2) ** 0.5
+        return c_out * to_denoised(Prediction.EPSILON, x, sigma, eps) + c_skip * model_input
 
 
 @dataclass

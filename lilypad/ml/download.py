@@ -16,8 +16,13 @@ from lilypad.errors import InferenceError
 from lilypad.ml import job
 
 MODELS = {m.folder: m for m in (job.SDXL_BASE_09, job.SDXL_BASE_10, job.SDXL_REFINER_10,
-                                job.SDXL_INPAINT_10, job.SVD_10, job.SVD_11)}  # fmt: skip
+                                job.SDXL_INPAINT_10, job.SVD_10, job.SVD_11, job.SD_15, job.SD_21,
+                                job.SDXL_TURBO_10, job.SD_TURBO_10,
+                                job.LCM_DREAMSHAPER_7)}  # fmt: skip
 _WEIGHTS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".h5")
+#: Components no module loads: the modules decode latents themselves and never run the SD 1.5
+#: safety checker (a CLIP image classifier as large as the text encoder), as ComfyUI does not.
+_NOT_BAKED = ("safety_checker",)
 
 
 def pick_files(files: list[str]) -> list[str]:
@@ -25,7 +30,9 @@ def pick_files(files: list[str]) -> list[str]:
 
     Only files inside component folders (``unet/``, ``vae/``...) and ``model_index.json``: the
     single-file checkpoints at a repository's top level are a second copy of the same weights.
+    Nothing of a component in :data:`_NOT_BAKED`.
     """
+    files = [f for f in files if f.split("/")[0] not in _NOT_BAKED]
     chosen = [
         f for f in files if f == "model_index.json" or ("/" in f and not f.endswith(_WEIGHTS))
     ]

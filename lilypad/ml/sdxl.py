@@ -1,6 +1,8 @@
 """Text to image, image to image and inpainting with Stable Diffusion XL.
 
-Three paths, all real diffusers code:
+Three paths, all real diffusers code (the two that drive the UNet here read their prompts as
+diffusers' ``encode_prompt`` does, or with ``weighted=True`` with weights and blends:
+:mod:`lilypad.ml.prompts`):
 
 - :func:`generate_default` runs ``StableDiffusionXLPipeline`` as published, with the scheduler
   the model ships (SDXL 0.9: Euler). It is what the ``v0.9`` module runs.
@@ -32,10 +34,10 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2im
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from lilypad.ml import determinism
+from lilypad.ml import determinism, prompts
 from lilypad.ml.denoisers import SDXLDenoiser
-from lilypad.ml.samplers import sample
-from lilypad.ml.schedules import ModelSampling, get_sigmas
+from lilypad.ml.samplers import get_reference, sample
+from lilypad.ml.schedules import ModelSampling
 from lilypad.ml.settings import ImageSettings
 
 #: The refiner's aesthetic-score conditioning: diffusers' defaults for the SDXL 1.0 refiner.
@@ -100,15 +102,21 @@ def _cfg(scale: float) -> float | None:
     return scale if scale > 1 else None
 
 
-def _base_denoiser(pipe: Any, s: ImageSettings) -> SDXLDenoiser:
-    device, guidance = determinism.device(), _cfg(s.guidance_scale)
-    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=s.prompt,
-        device=device,
-        num_images_per_prompt=s.batch,
-        do_classifier_free_guidance=guidance is not None,
-        negative_prompt=s.negative_prompt or None,
+def _encode(pipe: Any, s: ImageSettings, weighted: bool) -> prompts.Conditioning:
+    return prompts.encode(
+        pipe,
+        s.prompt,
+        s.negative_prompt,
+        batch=s.batch,
+        guidance=_cfg(s.guidance_scale) is not None,
+        weighted=weighted,
     )
+
+
+def _base_denoiser(pipe: Any, s: ImageSettings, *, weighted: bool = False) -> SDXLDenoiser:
+    device, guidance = determinism.device(), _cfg(s.guidance_scale)
+    c = _encode(pipe, s, weighted)
+    embeds, negative, pooled, negative_pooled = c.embeds, c.negative, c.pooled, c.negative_pooled
     size = (s.height, s.width)
     time_ids = pipe._get_add_time_ids(
         size, (0, 0), size, dtype=embeds.dtype,
@@ -122,7 +130,11 @@ def _base_denoiser(pipe: Any, s: ImageSettings) -> SDXLDenoiser:
 
 
 def _img2img_denoiser(
-    pipe: Any, s: ImageSettings, image_channels: torch.Tensor | None = None
+    pipe: Any,
+    s: ImageSettings,
+    image_channels: torch.Tensor | None = None,
+    *,
+    weighted: bool = False,
 ) -> SDXLDenoiser:
     """The UNet of an image-to-image or inpainting pipeline (the refiner too) as a denoiser.
 
@@ -130,13 +142,8 @@ def _img2img_denoiser(
     refiner: ``requires_aesthetics_score``) and the target size for the others.
     """
     device, guidance = determinism.device(), _cfg(s.guidance_scale)
-    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=s.prompt,
-        device=device,
-        num_images_per_prompt=s.batch,
-        do_classifier_free_guidance=guidance is not None,
-        negative_prompt=s.negative_prompt or None,
-    )
+    c = _encode(pipe, s, weighted)
+    embeds, negative, pooled, negative_pooled = c.embeds, c.negative, c.pooled, c.negative_pooled
     size = (s.height, s.width)
     time_ids, negative_time_ids = pipe._get_add_time_ids(
         size, (0, 0), size, AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE, size, (0, 0), size,
@@ -167,11 +174,19 @@ def split_at_switch(sampling: ModelSampling, sigmas: torch.Tensor, switch: float
 def initial_noise(
     shape: tuple[int, ...], sigma_max: torch.Tensor, generator: torch.Generator, dt: torch.dtype
 ) -> torch.Tensor:
-    """Seeded CPU noise on the job's device, scaled as ComfyUI and diffusers' Euler scale it."""
+    """Seeded CPU noise on the job's device, scaled as diffusers' Euler scales it (and the
+    ``k-diffusion`` reference: :meth:`~lilypad.ml.samplers.SamplerReference.noise_scale`)."""
+    return scaled_noise(shape, float((1 + sigma_max**2) ** 0.5), generator, dt)
+
+
+def scaled_noise(
+    shape: tuple[int, ...], scale: float, generator: torch.Generator, dt: torch.dtype
+) -> torch.Tensor:
+    """Seeded CPU noise on the job's device, times ``scale``."""
     noise: torch.Tensor = randn_tensor(
         shape, generator=generator, device=determinism.device(), dtype=dt
     )
-    return noise * float((1 + sigma_max**2) ** 0.5)
+    return noise * scale
 
 
 def generate(
@@ -179,17 +194,27 @@ def generate(
     settings: ImageSettings,
     progress: Callable[[int, int], None],
     refiner: Any | None = None,
+    *,
+    weighted: bool = False,
 ) -> list[Any]:
-    """Sample with ``settings.sampler`` over ``settings.scheduler``; returns PIL images."""
+    """Sample with ``settings.sampler`` over ``settings.scheduler``; returns PIL images.
+
+    ``weighted`` reads the prompts with weights and blends (:mod:`lilypad.ml.prompts`).
+    """
     with torch.inference_mode():
-        return _generate(pipe, settings, progress, refiner)
+        return _generate(pipe, settings, progress, refiner, weighted)
 
 
 def _generate(
-    pipe: Any, settings: ImageSettings, progress: Callable[[int, int], None], refiner: Any | None
+    pipe: Any,
+    settings: ImageSettings,
+    progress: Callable[[int, int], None],
+    refiner: Any | None,
+    weighted: bool,
 ) -> list[Any]:
-    base = _base_denoiser(pipe, settings)
-    sigmas = get_sigmas(settings.scheduler, base.sampling, settings.steps)
+    base = _base_denoiser(pipe, settings, weighted=weighted)
+    reference = get_reference(settings.sampler_reference)
+    sigmas = reference.sigmas(settings.scheduler, settings.sampler, base.sampling, settings.steps)
     generator = determinism.generator(settings.seed)
     factor = pipe.vae_scale_factor
     shape = (
@@ -198,17 +223,19 @@ def _generate(
         settings.height // factor,
         settings.width // factor,
     )
-    latents = initial_noise(shape, sigmas[0], generator, torch.float32)
+    scale = reference.noise_scale(sigmas[0], base.sampling)
+    latents = scaled_noise(shape, scale, generator, torch.float32)
     switch = split_at_switch(base.sampling, sigmas, settings.refiner_switch if refiner else 0)
     latents = sample(
         settings.sampler, base, latents, sigmas[: switch + 1],
-        generator=generator, seed=settings.seed, progress=progress,
+        generator=generator, seed=settings.seed, progress=progress, reference=reference.name,
     )  # fmt: skip
     decoder = pipe
     if refiner is not None and switch < len(sigmas) - 1:
         latents = sample(
-            settings.sampler, _img2img_denoiser(refiner, settings), latents, sigmas[switch:],
-            generator=generator, seed=settings.seed, progress=progress,
+            settings.sampler, _img2img_denoiser(refiner, settings, weighted=weighted), latents,
+            sigmas[switch:],
+            generator=generator, seed=settings.seed, progress=progress, reference=reference.name,
         )  # fmt: skip
         decoder = refiner
     return decode(decoder, latents)
@@ -251,6 +278,8 @@ def sample_from(
     latents: torch.Tensor,
     progress: Callable[[int, int], None] | None = None,
     image_channels: torch.Tensor | None = None,
+    *,
+    weighted: bool = False,
 ) -> torch.Tensor:
     """Latents sampled from a picture's ``latents`` over the tail of the schedule that
     ``settings.strength`` selects (module docstring); ``latents`` themselves for no step.
@@ -261,16 +290,18 @@ def sample_from(
         latents: The picture's latents (:func:`encode`).
         progress: Called after each model evaluation.
         image_channels: An inpainting UNet's mask and masked-picture latents.
+        weighted: Read the prompts with weights and blends (:mod:`lilypad.ml.prompts`).
     """
-    denoiser = _img2img_denoiser(pipe, settings, image_channels)
-    sigmas = strength_sigmas(
-        get_sigmas(settings.scheduler, denoiser.sampling, settings.steps), settings.strength
-    )
+    denoiser = _img2img_denoiser(pipe, settings, image_channels, weighted=weighted)
+    reference = get_reference(settings.sampler_reference)
+    full = reference.sigmas(settings.scheduler, settings.sampler, denoiser.sampling, settings.steps)
+    sigmas = strength_sigmas(full, settings.strength)
     if len(sigmas) == 1:
         return latents  # no step selected: the picture's own latents
     generator = determinism.generator(settings.seed)
     if settings.strength >= 1:
-        start = initial_noise(tuple(latents.shape), sigmas[0], generator, torch.float32)
+        scale = reference.noise_scale(sigmas[0], denoiser.sampling)
+        start = scaled_noise(tuple(latents.shape), scale, generator, torch.float32)
     else:
         noise = randn_tensor(
             tuple(latents.shape), generator=generator, device=latents.device, dtype=torch.float32
@@ -278,12 +309,17 @@ def sample_from(
         start = latents + noise * float(sigmas[0])
     return sample(
         settings.sampler, denoiser, start, sigmas,
-        generator=generator, seed=settings.seed, progress=progress,
+        generator=generator, seed=settings.seed, progress=progress, reference=reference.name,
     )  # fmt: skip
 
 
 def img2img(
-    pipe: Any, settings: ImageSettings, image: Any, progress: Callable[[int, int], None]
+    pipe: Any,
+    settings: ImageSettings,
+    image: Any,
+    progress: Callable[[int, int], None],
+    *,
+    weighted: bool = False,
 ) -> Any:
     """``image`` (PIL, ``settings.width`` x ``settings.height``) re-imagined after the prompt.
 
@@ -292,12 +328,13 @@ def img2img(
         settings: The job; ``strength`` says how much of the schedule runs.
         image: The picture, already at the job's size.
         progress: Called after each model evaluation.
+        weighted: Read the prompts with weights and blends (:mod:`lilypad.ml.prompts`).
     """
     with torch.inference_mode():
         pixels = pipe.image_processor.preprocess(
             image, height=settings.height, width=settings.width
         )
-        latents = sample_from(pipe, settings, encode(pipe, pixels), progress)
+        latents = sample_from(pipe, settings, encode(pipe, pixels), progress, weighted=weighted)
         return decode(pipe, latents)[0]
 
 
@@ -307,6 +344,8 @@ def inpaint(
     image: Any,
     mask: Any,
     progress: Callable[[int, int], None],
+    *,
+    weighted: bool = False,
 ) -> Any:
     """``image`` repainted where ``mask`` is white, as the inpainting model decodes it.
 
@@ -319,6 +358,7 @@ def inpaint(
         image: The picture (PIL RGB), already at the job's size.
         mask: Its mask (PIL ``L``, 255 = repaint, 0 = keep), the same size.
         progress: Called after each model evaluation.
+        weighted: Read the prompts with weights and blends (:mod:`lilypad.ml.prompts`).
     """
     height, width = settings.height, settings.width
     with torch.inference_mode():
@@ -331,4 +371,5 @@ def inpaint(
             None, False,
         )  # fmt: skip
         channels = torch.cat([small_mask, masked_latents], dim=1)
-        return decode(pipe, sample_from(pipe, settings, latents, progress, channels))[0]
+        latents = sample_from(pipe, settings, latents, progress, channels, weighted=weighted)
+        return decode(pipe, latents)[0]

@@ -25,6 +25,9 @@ class ImageSettings:
     #: Image editing: the share of the schedule run from the noised picture (diffusers'
     #: ``strength``); 1 starts from pure noise, as text to image does.
     strength: float = 1.0
+    #: Where k-diffusion and ComfyUI differ, which one text to image follows
+    #: (``lilypad.ml.samplers.REFERENCES``).
+    sampler_reference: str = "k-diffusion"
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,5 @@ class VideoSettings:
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
     decode_chunk_size: int = 8
+    #: Where k-diffusion and ComfyUI differ, which one the sampler follows.
+    sampler_reference: str = "k-diffusion"

@@ -15,9 +15,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from lilypad.ml import determinism
 from lilypad.ml.denoisers import SVDDenoiser
-from lilypad.ml.samplers import sample
-from lilypad.ml.schedules import ModelSampling, get_sigmas
-from lilypad.ml.sdxl import initial_noise
+from lilypad.ml.samplers import get_reference, sample
+from lilypad.ml.schedules import ModelSampling
 from lilypad.ml.settings import VideoSettings
 
 
@@ -58,7 +57,8 @@ def generate(
             guidance = torch.linspace(s.min_guidance, s.max_guidance, num_frames)
             guidance = guidance.to(device).reshape(1, num_frames, 1, 1, 1)
         model = sampling(pipe)
-        sigmas = get_sigmas(s.scheduler, model, s.steps)
+        reference = get_reference(s.sampler_reference)
+        sigmas = reference.sigmas(s.scheduler, s.sampler, model, s.steps)
         factor = pipe.vae_scale_factor
         shape = (
             1,
@@ -67,11 +67,13 @@ def generate(
             s.height // factor,
             s.width // factor,
         )
-        latents = initial_noise(shape, sigmas[0], generator, torch.float32)
+        scale = reference.noise_scale(sigmas[0], model)
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        latents = noise * scale  # seeded CPU noise on the job's device
         denoiser = SVDDenoiser(pipe.unet, image_latents, embeddings, time_ids, guidance)
         latents = sample(
             s.sampler, denoiser, latents, sigmas,
-            generator=generator, seed=s.seed, progress=progress,
+            generator=generator, seed=s.seed, progress=progress, reference=reference.name,
         )  # fmt: skip
         frames = pipe.decode_latents(latents.to(pipe.vae.dtype), num_frames, s.decode_chunk_size)
         return list(pipe.video_processor.postprocess_video(video=frames, output_type="pil")[0])

@@ -77,12 +77,12 @@ def _tokenizer(directory: Path, pad_token: str) -> Any:
     return CLIPTokenizer.from_pretrained(directory)
 
 
-def _text_config(vocab: Any, act: str) -> Any:
+def _text_config(vocab: Any, act: str, width: int = _TEXT_WIDTH) -> Any:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(vocab),
-        hidden_size=_TEXT_WIDTH,
+        hidden_size=width,
         intermediate_size=37,
         num_hidden_layers=2,  # SDXL reads the penultimate hidden state
         num_attention_heads=4,
@@ -288,11 +288,123 @@ def _svd(directory: Path) -> None:
     pipe.save_pretrained(directory, safe_serialization=True)
 
 
+# The noise schedule of Stable Diffusion 1.x and 2.x (the same betas as SDXL's), with the
+# scheduler each model ships; lilypad's samplers read only its ``alphas_cumprod``.
+_SD_BETAS: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+}
+_SD21_TEXT_WIDTH = 48  # OpenCLIP ViT-H's hidden size, scaled (real: 1024, against CLIP ViT-L's 768)
+_LCM_GUIDANCE_EMBED = 32  # the LCM UNet's time_cond_proj_dim (real: 256)
+
+
+def _sd_unet(cross_attention_dim: int, **sd2: Any) -> Any:
+    """The UNet of Stable Diffusion 1.x/2.x: four levels, cross-attention on the first three,
+    two ResNet layers per level (as real; the channels are 320, 640, 1280, 1280 there)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=TINY_LIMITS.width // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        cross_attention_dim=cross_attention_dim,
+        **sd2,
+    )
+
+
+def _sd_save(pipeline_class: Any, directory: Path, **parts: Any) -> None:
+    pipe = pipeline_class(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    shutil.rmtree(directory / "_tok1")
+    pipe.save_pretrained(directory, safe_serialization=True)
+
+
+def _sd15(directory: Path) -> None:
+    """Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5's layout): one CLIP ViT-L text
+    encoder read at its last layer, a UNet with 8 attention heads per level (here 4) on the
+    encoder's width, epsilon prediction, the PNDM scheduler it ships."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tok = _tokenizer(directory / "_tok1", tokenizer.EOS)
+    _sd_save(
+        StableDiffusionPipeline,
+        directory,
+        vae=_vae(0.18215),
+        text_encoder=CLIPTextModel(_text_config(tok, "quick_gelu")),
+        tokenizer=tok,
+        unet=_sd_unet(_TEXT_WIDTH, attention_head_dim=4),
+        scheduler=PNDMScheduler(**_SD_BETAS, skip_prk_steps=True, steps_offset=1),
+    )
+
+
+def _sd21(directory: Path) -> None:
+    """Stable Diffusion 2.1 (768, stabilityai/stable-diffusion-2-1's layout): the OpenCLIP ViT-H
+    text encoder without its last layer (so its output is OpenCLIP's penultimate layer), padded
+    with ``!``; a UNet with linear projections, attention upcast and a fixed head width (64 real,
+    16 here) on the encoder's wider states; v-prediction, the DDIM scheduler it ships."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tok = _tokenizer(directory / "_tok1", "!")
+    scheduler = DDIMScheduler(
+        **_SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        prediction_type="v_prediction",
+    )  # fmt: skip
+    _sd_save(
+        StableDiffusionPipeline,
+        directory,
+        vae=_vae(0.18215),
+        text_encoder=CLIPTextModel(_text_config(tok, "gelu", _SD21_TEXT_WIDTH)),
+        tokenizer=tok,
+        unet=_sd_unet(
+            _SD21_TEXT_WIDTH,
+            attention_head_dim=(2, 2, 4, 4),
+            use_linear_projection=True,
+            upcast_attention=True,
+        ),
+        scheduler=scheduler,
+    )
+
+
+def _lcm(directory: Path) -> None:
+    """A latent consistency model (SimianLuo/LCM_Dreamshaper_v7's layout): Stable Diffusion 1.5
+    whose UNet takes the guidance scale as an embedding (``time_cond_proj_dim``), with the
+    LCMScheduler it ships (50 distillation steps)."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+    from transformers import CLIPTextModel
+
+    tok = _tokenizer(directory / "_tok1", tokenizer.EOS)
+    scheduler = LCMScheduler(
+        **_SD_BETAS, original_inference_steps=50, set_alpha_to_one=True, clip_sample=False,
+        timestep_scaling=10.0,
+    )  # fmt: skip
+    _sd_save(
+        LatentConsistencyModelPipeline,
+        directory,
+        vae=_vae(0.18215),
+        text_encoder=CLIPTextModel(_text_config(tok, "quick_gelu")),
+        tokenizer=tok,
+        unet=_sd_unet(_TEXT_WIDTH, attention_head_dim=4, time_cond_proj_dim=_LCM_GUIDANCE_EMBED),
+        scheduler=scheduler,
+    )
+
+
 _BUILDERS: dict[str, tuple[int, Callable[[Path], None]]] = {
     "sdxl-base": (1, _sdxl_base),
     "sdxl-refiner": (2, _sdxl_refiner),
     "svd": (3, _svd),
     "sdxl-inpaint": (4, _sdxl_inpaint),
+    "sd15": (5, _sd15),
+    "sd21": (6, _sd21),
+    "lcm": (7, _lcm),
 }
 
 

@@ -15,8 +15,12 @@ checked before anything is signed or paid:
   storage to ask, checked to exist and to be a file of the allowed size (an image is fetched,
   every block verified, and decoded).
 
-Image checks (:func:`check_file`) use Pillow, and read a picture's size before decoding it, so a
-decompression bomb is refused without being decoded.
+What a file must hold is checked by :func:`check_content`, here before signing and on the
+provider after its verified fetch: a picture is decoded with Pillow (its size read first, so a
+decompression bomb is refused without being decoded); a ``.safetensors`` tunable
+(``safetensors = "lora-sdxl"`` or ``"embedding-sdxl"``) has its header read and checked, in plain
+Python, against the format and the model's architecture (:mod:`lilypad.ml.lora` says exactly
+what is checked); an IPFS input of that kind is checked from its first blocks only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import shutil
 import stat
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 from lilypad.errors import BlockNotFound, ContentTooLarge, InvalidTunable, StorageError
 from lilypad.modules.tunables import (
     ImageFormat,
+    SafetensorsKind,
     Tunable,
     TunableType,
     _check_segment,
@@ -43,6 +48,7 @@ from lilypad.modules.tunables import (
 )
 
 if TYPE_CHECKING:
+    from lilypad.ml.lora import TensorInfo
     from lilypad.modules import JobSpec, ResolvedModule
     from lilypad.storage import CID, Storage
 
@@ -86,8 +92,8 @@ def file_inputs(spec: JobSpec, module: ResolvedModule | None = None) -> list[Fil
 
 
 def check_file(tunable: Tunable, label: str, path: Path) -> None:
-    """Check the file at ``path`` against ``tunable``: its size, and for an image its format and
-    pixel count, then a full decode.
+    """Check the file at ``path`` against ``tunable``: its size, then its content
+    (:func:`check_content`).
 
     Raises:
         InvalidTunable: naming ``label`` (``Image=@photo.png``), what is wrong and what is allowed.
@@ -97,8 +103,41 @@ def check_file(tunable: Tunable, label: str, path: Path) -> None:
         raise InvalidTunable(
             f"{label} is {_size(size)}; {tunable.name} takes at most {_size(tunable.byte_limit)}"
         )
+    check_content(tunable, label, path)
+
+
+def check_content(tunable: Tunable, label: str, path: Path) -> None:
+    """Check that the file at ``path`` holds what ``tunable`` takes: a picture is decoded in
+    full (:func:`check_image`), a ``.safetensors`` file's header is checked
+    (:func:`check_safetensors`); any other file may hold anything.
+
+    The job creator's CLI runs this before anything is signed, and a provider or mediator after
+    its verified fetch, so both reach the same verdict on the same bytes.
+
+    Raises:
+        InvalidTunable: naming ``label``, what is wrong and what is allowed.
+    """
     if tunable.type is TunableType.IMAGE:
         check_image(tunable, label, path)
+    elif tunable.safetensors is not None:
+        from lilypad.ml import lora  # plain Python: no ml extra needed
+
+        check_safetensors(tunable.safetensors, label, lora.read_file_header(label, path))
+
+
+def check_safetensors(kind: SafetensorsKind, label: str, tensors: Mapping[str, TensorInfo]) -> None:
+    """Check the tensors of a ``.safetensors`` header (:func:`lilypad.ml.lora.read_header`)
+    against what ``kind`` must hold.
+
+    Raises:
+        InvalidTunable: naming ``label`` and the tensors that do not fit.
+    """
+    from lilypad.ml import lora
+
+    if kind is SafetensorsKind.LORA_SDXL:
+        lora.check_lora(label, tensors)
+    else:
+        lora.check_embedding(label, tensors)
 
 
 def check_image(tunable: Tunable, label: str, path: Path) -> tuple[str, int, int]:
@@ -242,7 +281,8 @@ def stage_inputs(
 
 def check_remote(tunable: Tunable, label: str, ref: str, storage: Storage, workdir: Path) -> None:
     """Check that the IPFS path ``ref`` is a file ``tunable`` can take: it exists, it is a file
-    (not a folder or a symlink), of the allowed size; an image is fetched (verified) and decoded.
+    (not a folder or a symlink), of the allowed size; an image is fetched (verified) and decoded,
+    a ``.safetensors`` file's header read (verified) and checked.
 
     Raises:
         InvalidTunable: it is not there, or not such a file.
@@ -270,7 +310,14 @@ def check_remote(tunable: Tunable, label: str, ref: str, storage: Storage, workd
             f"{label} is {_size(entry.size)}; {tunable.name} takes at most "
             f"{_size(tunable.byte_limit)}"
         )
-    if tunable.type is TunableType.IMAGE:
+    if tunable.safetensors is not None:
+        from lilypad.ml import lora
+
+        # NOTE: the header only, from the file's first blocks (each verified): a LoRA may be
+        # a gigabyte, and what follows the header is checked by its offsets against the size.
+        tensors = lora.read_header(label, storage.cat(ref), entry.size)
+        check_safetensors(tunable.safetensors, label, tensors)
+    elif tunable.type is TunableType.IMAGE:
         with tempfile.TemporaryDirectory(prefix="check-", dir=workdir) as tmp:
             target = Path(tmp) / "file"
             try:

@@ -11,6 +11,7 @@ input can change them.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from enum import StrEnum
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -62,7 +64,12 @@ _SHARED_KEYS = {
     "tiny_models",
     "summary",
     "at_least_one",
+    "sampler_reference",
 }
+
+#: The job's variable for a version's ``sampler_reference``; ``lilypad.ml.samplers`` reads it
+#: under the same name (its image carries no ``lilypad.modules``; a test checks they agree).
+SAMPLER_REFERENCE_ENV = "LILYPAD_SAMPLER_REFERENCE"
 
 
 class MachineSpec(BaseModel):
@@ -92,6 +99,14 @@ class Verification(BaseModel):
     tolerance: float | None = Field(default=None, ge=0)
 
 
+class SamplerReference(StrEnum):
+    """Which reference an ML module's samplers follow where k-diffusion and ComfyUI differ
+    (``lilypad.ml.samplers``). Part of a version: changing it changes the output."""
+
+    K_DIFFUSION = "k-diffusion"
+    COMFYUI = "comfyui"
+
+
 class ModuleVersion(BaseModel):
     """Everything fixed about one version of a module. Immutable once published."""
 
@@ -116,6 +131,22 @@ class ModuleVersion(BaseModel):
     #: or false (outpainting's borders): checked with the other inputs, before anything is
     #: signed, where the module would otherwise fail after the deal.
     at_least_one: tuple[tuple[TunableName, ...], ...] = ()
+    #: Where k-diffusion and ComfyUI differ, which the job's samplers follow. A version that
+    #: says ``comfyui`` gets it in its fixed env (:data:`SAMPLER_REFERENCE_ENV`); the default
+    #: adds nothing, so the specs of versions that predate the field keep their bytes.
+    sampler_reference: SamplerReference = SamplerReference.K_DIFFUSION
+
+    @field_validator("sampler_reference", mode="before")
+    @classmethod
+    def _known_reference(cls, value: object) -> object:
+        allowed = [r.value for r in SamplerReference]
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown sampler reference {value!r}; {hint}allowed: {', '.join(allowed)}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -134,6 +165,14 @@ class ModuleVersion(BaseModel):
         clash = set(self.env) & {t.env for t in self.tunables}
         if clash:
             raise ValueError(f"env {sorted(clash)} is both fixed and filled by a tunable")
+        if SAMPLER_REFERENCE_ENV in self.env:
+            raise ValueError(
+                f"env {SAMPLER_REFERENCE_ENV!r} is set from sampler_reference; set that field "
+                f"instead ({', '.join(r.value for r in SamplerReference)})"
+            )
+        if self.sampler_reference is not SamplerReference.K_DIFFUSION:
+            env = {**self.env, SAMPLER_REFERENCE_ENV: self.sampler_reference.value}
+            object.__setattr__(self, "env", env)
         return self
 
     @property
@@ -218,9 +257,11 @@ __all__ = [
     "NETWORK",
     "OUTPUTS_PATH",
     "RESERVED_ENV_PREFIXES",
+    "SAMPLER_REFERENCE_ENV",
     "MachineSpec",
     "Manifest",
     "ModuleVersion",
+    "SamplerReference",
     "Verification",
     "load_manifest",
     "newest",

@@ -64,6 +64,26 @@ class ImageFormat(StrEnum):
 
 
 _FORMAT_NAMES = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WebP"}
+
+
+class SafetensorsKind(StrEnum):
+    """What a ``file`` tunable's ``.safetensors`` file must hold, checked from its header before
+    anything is signed (:func:`lilypad.modules.files.check_safetensors`)."""
+
+    #: A LoRA for the SDXL base model (diffusers/PEFT or kohya key names).
+    LORA_SDXL = "lora-sdxl"
+    #: A textual-inversion embedding for SDXL: one ``clip_l`` and one ``clip_g`` tensor.
+    EMBEDDING_SDXL = "embedding-sdxl"
+
+    @property
+    def what(self) -> str:
+        """What such a file is, for people."""
+        return {
+            SafetensorsKind.LORA_SDXL: "an SDXL LoRA",
+            SafetensorsKind.EMBEDDING_SDXL: "an SDXL textual-inversion embedding",
+        }[self]
+
+
 #: Where a job finds its file inputs: ``/inputs/<tunable name>/<file name>``, read-only.
 INPUTS_ROOT = "/inputs"
 #: Defaults of a file tunable's limits, when its manifest names none.
@@ -119,6 +139,8 @@ class Tunable(BaseModel):
     max_pixels: int | None = Field(default=None, gt=0, le=2**31)
     #: ``image``: the formats accepted (default: PNG, JPEG and WebP).
     formats: tuple[ImageFormat, ...] | None = Field(default=None, min_length=1)
+    #: ``file``: a ``.safetensors`` file of this kind, its header checked (default: any bytes).
+    safetensors: SafetensorsKind | None = None
     #: ``file`` and ``image``: the job may run without it (its env variable is then not set).
     optional: bool = False
     #: ``file`` and ``image``: the name the file is mounted under when the value is a bare CID
@@ -171,6 +193,8 @@ class Tunable(BaseModel):
         return self
 
     def _check_file_fields(self) -> None:
+        if self.safetensors is not None and self.type is not TunableType.FILE:
+            raise ValueError(f"safetensors needs type file, not {self.type}")
         file_only = {
             "max_bytes": self.max_bytes,
             "optional": self.optional or None,
@@ -239,6 +263,8 @@ class Tunable(BaseModel):
             kinds = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
             what = f"a {kinds} picture"
             limits.append(f"{self.pixel_limit:,} pixels")
+        elif self.safetensors is not None:
+            what = f"{self.safetensors.what} (.safetensors)"
         return (
             f"{what} (at most {', '.join(limits)}) as @path/to/file, ipfs://CID[/path] "
             "or a bare CID"

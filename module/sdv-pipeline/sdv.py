@@ -4,6 +4,10 @@ An SDXL 1.0 still from the prompt (``Sampler``/``Scheduler``/``Steps``/``Seed``)
 Video Diffusion on it (``VideoSampler``/``VideoScheduler``/``VideoSteps``/``VideoSeed``), for each
 of ``Batching`` stills. Writes into ``$LILYPAD_OUTPUTS_DIR``, for each still n: ``image-n.png``,
 ``video-n.apng``, ``video-n.webp`` and ``video-n.mp4`` at ``Framerate`` frames per second.
+
+The module is ComfyUI-based: its ``lilypad3`` versions sample as today's ComfyUI does where it and
+k-diffusion differ; the ``lilypad2`` ones keep k-diffusion's behaviour, their published bytes
+(``LILYPAD_SAMPLER_REFERENCE``, fixed by the manifest's ``sampler_reference``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 
 from lilypad.ml import determinism, job
 from lilypad.ml.job import env, env_choice, env_int, log
-from lilypad.ml.samplers import SAMPLERS, STEP_NOTES
+from lilypad.ml.samplers import DEFAULT_REFERENCE, REFERENCE_ENV, REFERENCES, SAMPLERS, STEP_NOTES
 from lilypad.ml.schedules import SCHEDULES
 
 #: SVD's native resolution (both versions), used for the still too.
@@ -35,6 +39,7 @@ def main() -> list[str]:
     determinism.configure()
     job.quiet_libraries()
     samplers, schedules = list(SAMPLERS), list(SCHEDULES)
+    reference = env_choice(REFERENCE_ENV, DEFAULT_REFERENCE, list(REFERENCES))
     still = ImageSettings(
         prompt=env("PROMPT", "question mark floating in space"),
         seed=env_int("SEED", 42, 0),
@@ -45,6 +50,7 @@ def main() -> list[str]:
         sampler=env_choice("SAMPLER", "euler_ancestral", samplers),
         scheduler=env_choice("SCHEDULER", "normal", schedules),
         batch=int(env_choice("BATCHING", "1", ["1", "2", "4", "8"])),
+        sampler_reference=reference,
     )
     video = VideoSettings(
         seed=env_int("VIDEO_SEED", 42, 0),
@@ -54,6 +60,7 @@ def main() -> list[str]:
         fps=env_int("FRAMERATE", 8, 1, 20),
         width=WIDTH,
         height=HEIGHT,
+        sampler_reference=reference,
     )
     if job.weights_mode() is job.WeightsMode.TINY:
         size = {"width": TINY_LIMITS.width, "height": TINY_LIMITS.height}
@@ -78,6 +85,8 @@ def main() -> list[str]:
 
     from lilypad.ml import media, sdxl, svd
 
+    if reference != DEFAULT_REFERENCE:  # the lilypad2 versions' logs keep their bytes
+        log(f"samplers and schedules follow {reference} where it and k-diffusion differ")
     log(f"loading {job.SDXL_BASE_10.hub_id}")
     pipe = sdxl.load(StableDiffusionXLPipeline, image_path)
     log(f"image: sampler {still.sampler}, schedule {still.scheduler}, {still.steps} steps")

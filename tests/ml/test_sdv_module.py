@@ -1,13 +1,16 @@
 """The sdv-pipeline module, run as its entrypoint on tiny weights; outputs read back by real
-decoders (Pillow for APNG and WebP, ffprobe for MP4)."""
+decoders (Pillow for APNG and WebP, ffprobe for MP4). The published lilypad2 versions keep their
+bytes; the lilypad3 ones sample as ComfyUI does."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -46,11 +49,28 @@ def _animation(data: bytes) -> tuple[str, int, list[int]]:
 INPUTS = ["Prompt=an astronaut floating", "Framerate=5", "Batching=2", "VideoSampler=heun"]
 
 
+RunOnce = Callable[[str, Sequence[str]], ModuleRun]
+
+
 @pytest.fixture(scope="module")
-def first(run_module: ModuleRunner) -> ModuleRun:
-    done = run_module("sdv-pipeline:v1.1-lilypad2", INPUTS)
-    assert done.returncode == 0, done.stderr.decode()
-    return done
+def run_once(run_module: ModuleRunner) -> RunOnce:
+    """Run a version with inputs once for the module's tests; it must succeed."""
+    runs: dict[tuple[str, tuple[str, ...]], ModuleRun] = {}
+
+    def run(ref: str, inputs: Sequence[str]) -> ModuleRun:
+        key = (ref, tuple(inputs))
+        if key not in runs:
+            done = run_module(ref, inputs)
+            assert done.returncode == 0, done.stderr.decode()
+            runs[key] = done
+        return runs[key]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def first(run_once: RunOnce) -> ModuleRun:
+    return run_once("sdv-pipeline:v1.1-lilypad2", INPUTS)
 
 
 def test_outputs_decode_with_the_expected_frames_and_rate(first: ModuleRun) -> None:
@@ -86,3 +106,94 @@ def test_video_seed_changes_the_videos_not_the_still(
     assert other["image-0.png"] == files["image-0.png"]  # the still depends on Seed only
     for name in ("video-0.apng", "video-0.webp", "video-0.mp4"):
         assert other[name] != files[name]
+
+
+# --- published bytes, and the ComfyUI versions ----------------------------------------------------
+
+#: Where the references differ in each stage: dpm_2's sigmas and progress (the still), lms's last
+#: step and ddim_uniform's starting noise (the video).
+DIFFERING = [
+    "Prompt=an astronaut floating", "Framerate=5", "Sampler=dpm_2", "Scheduler=karras",
+    "VideoSampler=lms", "VideoScheduler=ddim_uniform",
+]  # fmt: skip
+#: The same differences, the other way round between the stages.
+DIFFERING_SWAPPED = [
+    "Prompt=an astronaut floating", "Framerate=5", "Sampler=lms", "Scheduler=ddim_uniform",
+    "VideoSampler=dpm_2_ancestral", "VideoScheduler=karras",
+]  # fmt: skip
+
+#: sha256 of stdout, stderr and each output (name, then bytes, by name) of the lilypad2 versions on
+#: tiny weights, computed once from the code before sampler references existed (commit f458e45),
+#: on x86-64 with this project's pinned torch. NOTE: CPU float kernels can differ between CPU
+#: families; should a machine disagree, recompute the digest from that commit's code, never from
+#: the code under test.
+PUBLISHED = {
+    ("sdv-pipeline:v1.1-lilypad2", tuple(INPUTS)): (
+        "ceea853d0cae4ded3362f8e28fe84b9cb1ba2706420919b5ce7664adb411a4bb"
+    ),
+    ("sdv-pipeline:v1.0-lilypad2", tuple(DIFFERING)): (
+        "7ef8ff55c9e2272bbfd2b9035259fc603e04651c0ae0d58bfdc2095ad04ddb5e"
+    ),
+    ("sdv-pipeline:v1.1-lilypad2", tuple(DIFFERING_SWAPPED)): (
+        "50364fc84f355590f0f5eb0f08450b388087a75a3a11ca532cb6685684173512"
+    ),
+}
+
+
+def _digest(run: ModuleRun) -> str:
+    digest = hashlib.sha256(run.stdout + run.stderr)
+    for name, data in run.files().items():
+        digest.update(name.encode() + data)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize(("ref", "inputs"), list(PUBLISHED))
+def test_published_versions_keep_their_bytes(
+    run_once: RunOnce, ref: str, inputs: tuple[str, ...]
+) -> None:
+    done = run_once(ref, inputs)
+    assert b"follow comfyui" not in done.stderr
+    assert _digest(done) == PUBLISHED[(ref, inputs)]
+
+
+def _progress(stderr: bytes) -> dict[str, tuple[int, int]]:
+    """Each stage's last progress line: ``{"image": (7, 7), "video 0": (4, 4)}``."""
+    last: dict[str, tuple[int, int]] = {}
+    for line in stderr.decode().splitlines():
+        stage, sep, count = line.partition(": step ")
+        if sep:
+            done, total = count.split("/")
+            last[stage] = (int(done), int(total))
+    return last
+
+
+def test_comfyui_versions_differ_where_the_references_do(run_once: RunOnce) -> None:
+    published = run_once("sdv-pipeline:v1.0-lilypad2", DIFFERING)
+    comfy = run_once("sdv-pipeline:v1.0-lilypad3", DIFFERING)
+    assert b"samplers and schedules follow comfyui" in comfy.stderr
+    assert comfy.stdout == published.stdout
+    mine, theirs = comfy.files(), published.files()
+    for name in ("image-0.png", "video-0.apng", "video-0.webp", "video-0.mp4"):
+        assert mine[name] != theirs[name], name
+    # dpm_2 over 4 steps: 2 calls a step, one on the last; k-diffusion's count says 8
+    assert _progress(published.stderr)["image"] == (7, 8)
+    assert _progress(comfy.stderr)["image"] == (7, 7)
+    assert _progress(comfy.stderr)["video 0"] == (4, 4)
+
+
+def test_comfyui_versions_agree_where_the_references_do(
+    run_once: RunOnce, first: ModuleRun
+) -> None:
+    """euler_ancestral and heun over the normal schedule: the same bytes; only heun's progress
+    count (2 calls a step, one on the last) now reaches its total."""
+    comfy = run_once("sdv-pipeline:v1.1-lilypad3", INPUTS)
+    assert comfy.files() == first.files()
+    assert comfy.stdout == first.stdout
+    assert _progress(first.stderr)["video 1"] == (7, 8)
+    assert _progress(comfy.stderr)["video 1"] == (7, 7)
+    assert (
+        comfy.stderr.replace(b"/7\n", b"/8\n").replace(
+            b"samplers and schedules follow comfyui where it and k-diffusion differ\n", b""
+        )
+        == first.stderr
+    )

@@ -1,0 +1,14 @@
+"""The sd15 module's entrypoint: ``python sd15.py``, cwd = this folder.
+
+Stable Diffusion 1.5: text to image, or image to image from the picture at ``$IMAGE``.
+Reads its tunables from the environment (names in lilypad_module.toml) and writes
+``image-<n>.png`` into ``$LILYPAD_OUTPUTS_DIR``. See lilypad/ml/family.py for the job and
+lilypad/ml/sd.py for the sampling.
+"""
+
+from __future__ import annotations
+
+from lilypad.ml import family, job
+
+if __name__ == "__main__":
+    job.run_main(lambda: family.main(family.SD15))
