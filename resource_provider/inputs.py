@@ -44,7 +44,7 @@ from lilypad.errors import (
     StorageError,
 )
 from lilypad.fsutil import write_atomic
-from lilypad.modules.files import FileInput, check_content
+from lilypad.modules.files import FileInput, check_content, check_size
 from lilypad.modules.tunables import _size
 from lilypad.storage import CID, Storage, compute_cid
 from lilypad.storage.blockstore import PinType
@@ -118,14 +118,9 @@ def fetch_input(storage: Storage, item: FileInput, cache: Path) -> Path:
 
 def _fetch(storage: Storage, item: FileInput, cache: Path) -> Path:
     label = f"{item.name}={item.ref}"
-    limit = item.tunable.byte_limit
     known = _cached(item, cache)
     if known is not None:
-        size = known.stat().st_size
-        if size > limit:
-            raise InvalidTunable(
-                f"{label} is {_size(size)}; {item.name} takes at most {_size(limit)}"
-            )
+        check_size(item.tunable, label, known.stat().st_size)
         _check_content(item, label, known)
         return known
     try:
@@ -138,10 +133,7 @@ def _fetch(storage: Storage, item: FileInput, cache: Path) -> Path:
         ) from None
     if entry.kind != "file":
         raise InvalidTunable(f"{label} is a {entry.kind}; {item.name} needs a file")
-    if entry.size > limit:
-        raise InvalidTunable(
-            f"{label} is {_size(entry.size)}; {item.name} takes at most {_size(limit)}"
-        )
+    check_size(item.tunable, label, entry.size)
     cached = cache / str(entry.cid.v1())
     if not cached.is_file():
         _download(storage, item, entry.cid, cached)

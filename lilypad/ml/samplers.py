@@ -44,7 +44,6 @@ and it reaches the job as ``LILYPAD_SAMPLER_REFERENCE``). Everything else is the
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ import torch
 import torchsde
 
 from lilypad.errors import InferenceError
-from lilypad.ml.schedules import ModelSampling, get_sigmas
+from lilypad.ml.schedules import ModelSampling, by_name, get_sigmas
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``D(x, sigma) -> denoised``: sigma is a 0-d tensor."""
@@ -130,14 +129,7 @@ def get_reference(name: str) -> SamplerReference:
     Raises:
         InferenceError: for an unknown name, suggesting the close match.
     """
-    try:
-        return REFERENCES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, REFERENCES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise InferenceError(
-            f"unknown sampler reference {name!r}; {hint}allowed: {', '.join(REFERENCES)}"
-        ) from None
+    return by_name(REFERENCES, name, "sampler reference")
 
 
 class NoiseSampler(Protocol):
@@ -813,14 +805,7 @@ def get_sampler(name: str) -> SamplerInfo:
     Raises:
         InferenceError: for an unknown name, suggesting the close match.
     """
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, SAMPLERS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise InferenceError(
-            f"unknown sampler {name!r}; {hint}allowed: {', '.join(SAMPLERS)}"
-        ) from None
+    return by_name(SAMPLERS, name, "sampler")
 
 
 def sample(

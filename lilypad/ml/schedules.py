@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -152,14 +153,26 @@ def get_sigmas(name: str, model: ModelSampling, steps: int) -> torch.Tensor:
     Raises:
         InferenceError: for an unknown schedule name, suggesting the close match.
     """
-    try:
-        schedule = SCHEDULES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, SCHEDULES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise InferenceError(
-            f"unknown scheduler {name!r}; {hint}allowed: {', '.join(SCHEDULES)}"
-        ) from None
+    schedule = by_name(SCHEDULES, name, "scheduler")
     if steps < 1:
         raise InferenceError(f"steps must be at least 1, got {steps}")
     return schedule(model, steps)
+
+
+_T = TypeVar("_T")
+
+
+def by_name(table: Mapping[str, _T], name: str, what: str) -> _T:
+    """``table[name]``: a schedule, sampler or sampler reference by the name a job gives.
+
+    Raises:
+        InferenceError: ``unknown <what> <name>``, suggesting the close match and listing all.
+    """
+    try:
+        return table[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InferenceError(
+            f"unknown {what} {name!r}; {hint}allowed: {', '.join(table)}"
+        ) from None

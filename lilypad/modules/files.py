@@ -98,12 +98,20 @@ def check_file(tunable: Tunable, label: str, path: Path) -> None:
     Raises:
         InvalidTunable: naming ``label`` (``Image=@photo.png``), what is wrong and what is allowed.
     """
-    size = path.stat().st_size
+    check_size(tunable, label, path.stat().st_size)
+    check_content(tunable, label, path)
+
+
+def check_size(tunable: Tunable, label: str, size: int) -> None:
+    """Refuse a file of ``size`` bytes over ``tunable``'s ``max_bytes``.
+
+    Raises:
+        InvalidTunable: naming ``label``, the size and the limit.
+    """
     if size > tunable.byte_limit:
         raise InvalidTunable(
             f"{label} is {_size(size)}; {tunable.name} takes at most {_size(tunable.byte_limit)}"
         )
-    check_content(tunable, label, path)
 
 
 def check_content(tunable: Tunable, label: str, path: Path) -> None:
@@ -305,11 +313,7 @@ def check_remote(tunable: Tunable, label: str, ref: str, storage: Storage, workd
         )
     if entry.kind != "file":
         raise InvalidTunable(f"{label} is a {entry.kind}; {tunable.name} needs a file")
-    if entry.size > tunable.byte_limit:
-        raise InvalidTunable(
-            f"{label} is {_size(entry.size)}; {tunable.name} takes at most "
-            f"{_size(tunable.byte_limit)}"
-        )
+    check_size(tunable, label, entry.size)
     if tunable.safetensors is not None:
         from lilypad.ml import lora
 
