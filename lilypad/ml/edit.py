@@ -22,17 +22,22 @@ Every rule is deterministic and uses Pillow and numpy only (no torch):
   ``1 - 0.5 / overlap`` at the edge to ``0.5 / overlap`` inside), so no seam shows.
 - **Tiny mode** (``LILYPAD_WEIGHTS=tiny``): pictures are worked at most 64 pixels a side
   (:data:`TINY_BOUNDS`); an outpainting canvas is scaled down as a whole (:func:`fit_canvas`).
+- **Versions** (:func:`reads_weights`): each editing entrypoint takes its module version as an
+  argument (``python img2img.py 1.1``); 1.1 reads Prompt and NegativePrompt with weights and
+  blends (:mod:`lilypad.ml.prompts`), 1.0 (no argument, as its published entrypoint runs) as
+  diffusers' ``encode_prompt`` does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lilypad.errors import InvalidTunable
+from lilypad.errors import InferenceError, InvalidTunable
 from lilypad.ml import job
 from lilypad.ml.job import env, env_choice, env_float, env_int, log
 from lilypad.ml.settings import ImageSettings
@@ -235,6 +240,27 @@ def outpaint_canvas(
 
 
 # ------------------------------------------------------------------------------------ the jobs
+
+
+#: The versions an editing entrypoint knows, the first its default; those after 1.0 read
+#: weighted prompts.
+VERSIONS = ("1.0", "1.1")
+
+
+def reads_weights(args: Sequence[str]) -> bool:
+    """Whether an editing entrypoint started with ``args`` (``sys.argv[1:]``: the version, none
+    for 1.0) reads its prompts with weights and blends.
+
+    Raises:
+        InferenceError: an unknown version, or more than one argument (a manifest's mistake).
+    """
+    version = args[0] if args else VERSIONS[0]
+    if version not in VERSIONS or len(args) > 1:
+        raise InferenceError(
+            f"unknown arguments {' '.join(args)!r} for an editing entrypoint; it takes one "
+            f"version, {' or '.join(VERSIONS)} (none: 1.0)"
+        )
+    return version != "1.0"
 
 
 #: In tiny mode (``LILYPAD_WEIGHTS=tiny``) pictures are worked at most this large.

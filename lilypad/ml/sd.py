@@ -18,8 +18,18 @@ Schedules: a ComfyUI schedule by name (:func:`lilypad.ml.schedules.get_sigmas`),
 model ships (:mod:`lilypad.ml.family` names them): ``trailing``, diffusers'
 ``timestep_spacing="trailing"`` (the turbo models), or ``lcm``, ``LCMScheduler.set_timesteps``
 (50 distillation timesteps, ``Steps`` of them evenly by index). Image to image is
-sdxl-img2img's: the picture's VAE mean, the tail of the schedule that ``strength`` selects,
-noised to its first sigma with the job's seeded generator.
+sdxl-img2img's: the picture's VAE mean, noised to the first sigma that ``strength`` selects with
+the job's seeded generator (from pure noise at strength 1), then sampled. Which sigmas those are
+follows the model's own diffusers img2img pipeline (:func:`image_to_image_sigmas`):
+
+- a ComfyUI schedule or ``trailing``: the tail of the ``Steps``-step schedule, its last
+  ``int(Steps * strength)`` steps, as ``StableDiffusionImg2ImgPipeline`` and
+  ``StableDiffusionXLImg2ImgPipeline`` (what SD Turbo and SDXL Turbo run as img2img) take them
+  in ``get_timesteps``; for trailing spacing that is, e.g., timestep 499 alone of (999, 499) at
+  2 steps and strength 0.5, the turbo model cards' img2img.
+- ``lcm``: ``LatentConsistencyModelImg2ImgPipeline`` cuts nothing off; it passes ``strength``
+  to ``LCMScheduler.set_timesteps``, which picks all ``Steps`` timesteps from the
+  ``int(50 * strength)`` least noisy of the distillation schedule.
 """
 
 from __future__ import annotations
@@ -131,9 +141,13 @@ def trailing(model: ModelSampling, steps: int) -> torch.Tensor:
     return torch.cat([model.sigma(timesteps), torch.zeros(1, dtype=torch.float64)])
 
 
-def lcm_sigmas(scheduler: Any, model: ModelSampling, steps: int) -> torch.Tensor:
-    """The sigmas of the LCM scheduler's own ``steps`` timesteps, then 0."""
-    scheduler.set_timesteps(steps)
+def lcm_sigmas(
+    scheduler: Any, model: ModelSampling, steps: int, strength: float = 1.0
+) -> torch.Tensor:
+    """The sigmas of the LCM scheduler's own ``steps`` timesteps, then 0: at ``strength``
+    below 1, taken from the least noisy ``int(50 * strength)`` distillation timesteps, as
+    ``LatentConsistencyModelImg2ImgPipeline`` has ``LCMScheduler.set_timesteps`` take them."""
+    scheduler.set_timesteps(steps, strength=strength)
     timesteps = scheduler.timesteps.to(torch.float64)
     return torch.cat([model.sigma(timesteps), torch.zeros(1, dtype=torch.float64)])
 
@@ -146,6 +160,15 @@ def schedule(pipe: Any, settings: ImageSettings, model: ModelSampling) -> torch.
     if settings.scheduler == LCM:
         return lcm_sigmas(pipe.scheduler, model, settings.steps)
     return get_sigmas(settings.scheduler, model, settings.steps)
+
+
+def image_to_image_sigmas(pipe: Any, settings: ImageSettings, model: ModelSampling) -> torch.Tensor:
+    """The sigmas an image-to-image job runs from its noised picture, ending with 0 (module
+    docstring); just ``[0]`` where ``settings.strength`` selects no step (the jobs that allow
+    that: :attr:`lilypad.ml.family.Family.keeps_picture_at_no_step`)."""
+    if settings.scheduler == LCM:
+        return lcm_sigmas(pipe.scheduler, model, settings.steps, settings.strength)
+    return sdxl.strength_sigmas(schedule(pipe, settings, model), settings.strength)
 
 
 def _latent_shape(pipe: Any, settings: ImageSettings) -> tuple[int, ...]:
@@ -177,11 +200,9 @@ def sample_from(
     sigmas: torch.Tensor,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Latents sampled from a picture's ``latents`` over the tail of ``sigmas`` that
-    ``settings.strength`` selects (:func:`lilypad.ml.sdxl.strength_sigmas`): noised to its first
-    sigma with the job's generator, from pure noise at strength 1; the picture's own latents
-    when it selects no step."""
-    sigmas = sdxl.strength_sigmas(sigmas, settings.strength)
+    """Latents sampled from a picture's ``latents`` over ``sigmas``
+    (:func:`image_to_image_sigmas`): noised to their first sigma with the job's generator, from
+    pure noise at strength 1; the picture's own latents when there is no step."""
     if len(sigmas) == 1:
         return latents
     generator = determinism.generator(settings.seed)
@@ -206,5 +227,5 @@ def image_to_image(
             image, height=settings.height, width=settings.width
         )
         latents = sdxl.encode(pipe, pixels).repeat(settings.batch, 1, 1, 1)
-        sigmas = schedule(pipe, settings, denoiser.sampling)
+        sigmas = image_to_image_sigmas(pipe, settings, denoiser.sampling)
         return sdxl.decode(pipe, sample_from(denoiser, settings, latents, sigmas, progress))

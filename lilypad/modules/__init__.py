@@ -10,6 +10,7 @@ The public surface:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,8 @@ def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, 
 
     Raises:
         InvalidTunable: for any input that is unknown, malformed or out of range, or a group of
-            the manifest's ``at_least_one`` left all at 0.
+            the manifest's ``at_least_one`` left all at 0, or a picture given with a
+            ``Steps`` and ``Strength`` that run no step (``strength_steps``).
     """
     values = resolve_tunables(
         module.spec.tunables, module.spec.legacy_inputs, parse_inputs(inputs), module.ref
@@ -114,7 +116,30 @@ def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, 
                 f"{module.ref} needs at least one of {', '.join(group)} above 0 or set; "
                 f"all are left at nothing ({given})"
             )
+    if module.spec.strength_steps:
+        _check_strength_steps(module, values, *module.spec.strength_steps)
     return values
+
+
+def _check_strength_steps(
+    module: ResolvedModule, values: dict[str, TunableValue], picture: str, steps: str, strength: str
+) -> None:
+    n, fraction = values.get(steps), values.get(strength)
+    if not values.get(picture) or not isinstance(n, int) or not isinstance(fraction, float | int):
+        return
+    if int(n * fraction) >= 1:
+        return
+    # the least Strength (to 3 decimals, rounded up) and the fewest Steps that run one
+    least_strength = math.ceil(1000 / n) / 1000 if n > 0 else None
+    top = next((t.max for t in module.spec.tunables if t.name == steps), None)
+    fewest = math.ceil(1 / fraction) if fraction > 0 else None
+    ways = [f"{strength} at least {least_strength:g} at {steps}={n}"] if least_strength else []
+    if fewest is not None and (top is None or fewest <= top):
+        ways.append(f"{steps}={fewest} at {strength}={fraction:g}")
+    raise InvalidTunable(
+        f"{module.ref} with {picture} set runs the last int({steps} x {strength}) of its steps: "
+        f"{steps}={n} with {strength}={fraction:g} runs none; allowed: {' or '.join(ways)}"
+    )
 
 
 def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:

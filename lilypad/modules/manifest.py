@@ -64,6 +64,7 @@ _SHARED_KEYS = {
     "tiny_models",
     "summary",
     "at_least_one",
+    "strength_steps",
     "sampler_reference",
 }
 
@@ -131,6 +132,10 @@ class ModuleVersion(BaseModel):
     #: or false (outpainting's borders): checked with the other inputs, before anything is
     #: signed, where the module would otherwise fail after the deal.
     at_least_one: tuple[tuple[TunableName, ...], ...] = ()
+    #: ``[picture, steps, strength]``: with the picture set, the job runs the last
+    #: ``int(steps x strength)`` of its steps (diffusers' ``strength``), and none is refused
+    #: before anything is signed, where the module would otherwise fail after the deal.
+    strength_steps: tuple[TunableName, TunableName, TunableName] | None = None
     #: Where k-diffusion and ComfyUI differ, which the job's samplers follow. A version that
     #: says ``comfyui`` gets it in its fixed env (:data:`SAMPLER_REFERENCE_ENV`); the default
     #: adds nothing, so the specs of versions that predate the field keep their bytes.
@@ -159,6 +164,9 @@ class ModuleVersion(BaseModel):
                     f"at_least_one group {list(group)}: "
                     + (f"no tunable {unknown[0]!r}" if unknown else "name two tunables or more")
                 )
+        missing = [name for name in self.strength_steps or () if name not in known]
+        if missing:
+            raise ValueError(f"strength_steps: no tunable {missing[0]!r}")
         for name in self.env:
             if name in RESERVED_ENV or name.startswith(("LD_", "DYLD_")):
                 raise ValueError(f"env {name!r} is reserved")

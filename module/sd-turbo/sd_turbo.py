@@ -1,6 +1,6 @@
 """The sd-turbo module's entrypoint: ``python sd_turbo.py``, cwd = this folder.
 
-SD Turbo: text to image in 1 to 4 steps, without guidance.
+SD Turbo: text to image in 1 to 4 steps, without guidance; from v1.1 also image to image.
 Reads its tunables from the environment (names in lilypad_module.toml) and writes
 ``image-<n>.png`` into ``$LILYPAD_OUTPUTS_DIR``. See lilypad/ml/family.py for the job and
 lilypad/ml/sd.py for the sampling.

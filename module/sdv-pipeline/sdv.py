@@ -1,4 +1,8 @@
-"""The sdv-pipeline module's entrypoint: ``python sdv.py VERSION`` (1.0 or 1.1), cwd = here.
+"""The sdv-pipeline module's entrypoint: ``python sdv.py VERSION [weighted]``, cwd = here.
+
+``VERSION`` is Stable Video Diffusion's, 1.0 or 1.1; ``weighted`` reads the prompt with weights
+and blends (:mod:`lilypad.ml.prompts`), as the ``lilypad4`` versions ask; without it the prompt is
+read as diffusers' ``encode_prompt`` does.
 
 An SDXL 1.0 still from the prompt (``Sampler``/``Scheduler``/``Steps``/``Seed``), then Stable
 Video Diffusion on it (``VideoSampler``/``VideoScheduler``/``VideoSteps``/``VideoSeed``), for each
@@ -7,7 +11,8 @@ of ``Batching`` stills. Writes into ``$LILYPAD_OUTPUTS_DIR``, for each still n: 
 
 The module is ComfyUI-based: its ``lilypad3`` versions sample as today's ComfyUI does where it and
 k-diffusion differ; the ``lilypad2`` ones keep k-diffusion's behaviour, their published bytes
-(``LILYPAD_SAMPLER_REFERENCE``, fixed by the manifest's ``sampler_reference``).
+(``LILYPAD_SAMPLER_REFERENCE``, fixed by the manifest's ``sampler_reference``). The ``lilypad4``
+versions are the ``lilypad3`` ones with a weighted prompt.
 """
 
 from __future__ import annotations
@@ -23,19 +28,33 @@ from lilypad.ml.schedules import SCHEDULES
 WIDTH, HEIGHT = 1024, 576
 #: Classifier-free guidance of the SDXL still (not a tunable of this module).
 STILL_GUIDANCE = 7.0
+#: The SVD versions, and their weights.
+MODELS = {"1.0": job.SVD_10, "1.1": job.SVD_11}
+#: The entrypoint's word for a weighted prompt.
+WEIGHTED = "weighted"
+
+
+def arguments(args: list[str]) -> tuple[str, bool]:
+    """The SVD version and whether the prompt is weighted, from ``sys.argv[1:]``; 1.1, plain
+    without arguments."""
+    from lilypad.errors import InferenceError
+
+    version = args[0] if args else "1.1"
+    if version not in MODELS or args[1:] not in ([], [WEIGHTED]):
+        raise InferenceError(
+            f"unknown arguments {' '.join(args)!r}; allowed: an SDV version (1.0, 1.1), then "
+            f"{WEIGHTED!r} for a weighted prompt"
+        )
+    return version, bool(args[1:])
 
 
 def main() -> list[str]:
     import dataclasses
 
-    from lilypad.errors import InferenceError
     from lilypad.ml.settings import ImageSettings, VideoSettings
     from lilypad.ml.tiny import TINY_LIMITS
 
-    version = sys.argv[1] if len(sys.argv) > 1 else "1.1"
-    models = {"1.0": job.SVD_10, "1.1": job.SVD_11}
-    if version not in models:
-        raise InferenceError(f"unknown SDV version {version!r}; allowed: 1.0, 1.1")
+    version, weighted = arguments(sys.argv[1:])
     determinism.configure()
     job.quiet_libraries()
     samplers, schedules = list(SAMPLERS), list(SCHEDULES)
@@ -79,7 +98,7 @@ def main() -> list[str]:
         return lambda done, total: log(f"{stage}: step {done}/{total}")
 
     image_path = job.weights_path(job.SDXL_BASE_10)
-    video_path = job.weights_path(models[version])
+    video_path = job.weights_path(MODELS[version])
     # NOTE: diffusers takes seconds to import; a job without weights fails before that.
     from diffusers import StableDiffusionXLPipeline, StableVideoDiffusionPipeline
 
@@ -92,10 +111,10 @@ def main() -> list[str]:
     log(f"image: sampler {still.sampler}, schedule {still.scheduler}, {still.steps} steps")
     for sampler in sorted({still.sampler, video.sampler} & set(STEP_NOTES)):
         log(STEP_NOTES[sampler])
-    stills = sdxl.generate(pipe, still, progress("image"))
+    stills = sdxl.generate(pipe, still, progress("image"), weighted=weighted)
     del pipe  # free the GPU memory of SDXL before SVD loads
     determinism.release_memory()
-    log(f"loading {models[version].hub_id}")
+    log(f"loading {MODELS[version].hub_id}")
     video_pipe = sdxl.load(StableVideoDiffusionPipeline, video_path)
     log(f"video: sampler {video.sampler}, schedule {video.scheduler}, {video.steps} steps")
     generator = determinism.generator(video.seed)

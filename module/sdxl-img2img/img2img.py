@@ -1,4 +1,5 @@
-"""The sdxl-img2img module's entrypoint: ``python img2img.py``, cwd = this folder.
+"""The sdxl-img2img module's entrypoint: ``python img2img.py [VERSION]`` (1.0, the default, or
+1.1: prompts with weights and blends), cwd = this folder.
 
 Reads the picture at ``$IMAGE`` and its tunables from the environment (names in
 lilypad_module.toml) and writes ``image-0.png`` into ``$LILYPAD_OUTPUTS_DIR``: the picture
@@ -7,6 +8,8 @@ multiples of 8. See lilypad/ml/edit.py for the picture rules and lilypad/ml/sdxl
 """
 
 from __future__ import annotations
+
+import sys
 
 from lilypad.ml import determinism, edit, job
 from lilypad.ml.job import log
@@ -17,6 +20,7 @@ STRENGTH, STEPS, GUIDANCE = 0.8, 30, 7.0
 
 
 def main() -> list[str]:
+    weighted = edit.reads_weights(sys.argv[1:])
     determinism.configure()
     job.quiet_libraries()
     image = edit.read_image("IMAGE")
@@ -35,7 +39,9 @@ def main() -> list[str]:
     log(f"loading {job.SDXL_BASE_10.hub_id}")
     pipe = sdxl.load(StableDiffusionXLImg2ImgPipeline, path)
     edit.log_plan(s)
-    result = sdxl.img2img(pipe, s, edit.resize(image, (s.width, s.height)), edit.progress)
+    result = sdxl.img2img(
+        pipe, s, edit.resize(image, (s.width, s.height)), edit.progress, weighted=weighted
+    )
     return edit.write_outputs(result)
 
 

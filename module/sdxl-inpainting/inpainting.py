@@ -1,4 +1,5 @@
-"""The sdxl-inpainting module's entrypoint: ``python inpainting.py``, cwd = this folder.
+"""The sdxl-inpainting module's entrypoint: ``python inpainting.py [VERSION]`` (1.0, the default,
+or 1.1: prompts with weights and blends), cwd = this folder.
 
 Reads the picture at ``$IMAGE``, its mask at ``$MASK`` (white repaints, black keeps) and the
 tunables from the environment (names in lilypad_module.toml); writes into
@@ -9,6 +10,8 @@ used it. See lilypad/ml/edit.py for the picture and mask rules.
 
 from __future__ import annotations
 
+import sys
+
 from lilypad.ml import determinism, edit, job
 from lilypad.ml.job import log
 
@@ -17,6 +20,7 @@ STRENGTH, STEPS, GUIDANCE = 0.99, 20, 8.0
 
 
 def main() -> list[str]:
+    weighted = edit.reads_weights(sys.argv[1:])
     determinism.configure()
     job.quiet_libraries()
     image = edit.read_image("IMAGE")
@@ -42,7 +46,7 @@ def main() -> list[str]:
     log(f"loading {job.SDXL_INPAINT_10.hub_id}")
     pipe = sdxl.load(StableDiffusionXLInpaintPipeline, path)
     edit.log_plan(s)
-    generated = sdxl.inpaint(pipe, s, picture, mask, edit.progress)
+    generated = sdxl.inpaint(pipe, s, picture, mask, edit.progress, weighted=weighted)
     return edit.write_outputs(edit.composite(generated, picture, mask), mask)
 
 

@@ -1,4 +1,5 @@
-"""The sdxl-outpainting module's entrypoint: ``python outpainting.py``, cwd = this folder.
+"""The sdxl-outpainting module's entrypoint: ``python outpainting.py [VERSION]`` (1.0, the
+default, or 1.1: prompts with weights and blends), cwd = this folder.
 
 Reads the picture at ``$IMAGE``, the borders to add (``LEFT``, ``RIGHT``, ``TOP``, ``BOTTOM``,
 pixels), the overlap and the other tunables from the environment (names in
@@ -9,6 +10,8 @@ the model repainted). See lilypad/ml/edit.py for the canvas rules.
 """
 
 from __future__ import annotations
+
+import sys
 
 from lilypad.ml import determinism, edit, job
 from lilypad.ml.job import env_int, log
@@ -21,6 +24,7 @@ OVERLAP, MAX_OVERLAP = 8, 64
 
 
 def main() -> list[str]:
+    weighted = edit.reads_weights(sys.argv[1:])
     determinism.configure()
     job.quiet_libraries()
     image = edit.read_image("IMAGE")
@@ -58,7 +62,7 @@ def main() -> list[str]:
     log(f"loading {job.SDXL_INPAINT_10.hub_id}")
     pipe = sdxl.load(StableDiffusionXLInpaintPipeline, path)
     edit.log_plan(s)
-    generated = sdxl.inpaint(pipe, s, canvas, mask, edit.progress)
+    generated = sdxl.inpaint(pipe, s, canvas, mask, edit.progress, weighted=weighted)
     return edit.write_outputs(edit.composite(generated, canvas, blend), mask)
 
 

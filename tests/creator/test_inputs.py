@@ -133,3 +133,38 @@ def test_a_typo_in_another_input_costs_no_upload(
     assert result.exit_code == 2, result.stderr
     assert "Strength=2" in result.stderr
     assert _pins(creator) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            (),
+            "Steps=1 with Strength=0.5 runs none; "
+            "allowed: Strength at least 1 at Steps=1 or Steps=2 at Strength=0.5",
+        ),
+        (
+            ("-i", "Steps=3", "-i", "Strength=0.3"),
+            "allowed: Strength at least 0.334 at Steps=3 or Steps=4 at Strength=0.3",
+        ),
+    ],
+)
+def test_a_picture_with_steps_and_strength_that_run_no_step_is_refused_before_paying(
+    profile: None,
+    creator: Creator,
+    cli: CliRunner,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    says: str,
+) -> None:
+    """SDXL Turbo runs the last int(Steps x Strength) steps from a picture: at its defaults (one
+    step, Strength 0.5) that is none, which the module could only refuse after the deal."""
+    Image.new("RGB", (16, 16)).save(tmp_path / "photo.png")
+    turbo = ("run", "sdxl-turbo:v1.1-lilypad1", "--network", "test", "--yes")
+    market, address = creator.world.market, creator.account.address
+    before = market.balance_of(address), _pins(creator)
+    result = cli(*turbo, "-i", f"Image=@{tmp_path / 'photo.png'}", *args)
+    assert result.exit_code == 2, result.stderr
+    assert says in " ".join(result.stderr.split()), result.stderr
+    assert (market.balance_of(address), _pins(creator)) == before
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []

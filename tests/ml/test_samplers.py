@@ -402,7 +402,10 @@ def test_comfyui_reaches_the_job_as_a_fixed_variable_and_the_default_adds_nothin
         ("sdv-pipeline:v1.1-lilypad2", "k-diffusion"),
         ("sdv-pipeline:v1.0-lilypad3", "comfyui"),
         ("sdv-pipeline:v1.1-lilypad3", "comfyui"),
+        ("sdv-pipeline:v1.0-lilypad4", "comfyui"),
+        ("sdv-pipeline:v1.1-lilypad4", "comfyui"),
         ("sdxl:v1.0-lilypad1", "k-diffusion"),
+        ("sdxl-img2img:v1.1-lilypad1", "k-diffusion"),
     ],
 )
 def test_module_show_says_which_reference_a_version_follows(
@@ -415,8 +418,8 @@ def test_module_show_says_which_reference_a_version_follows(
     assert f"samplers   follow {reference} where k-diffusion and ComfyUI differ" in human
 
 
-def test_the_comfyui_versions_of_sdv_pipeline_are_the_newest(cli: CliRunner) -> None:
+def test_a_comfyui_version_of_sdv_pipeline_is_the_newest(cli: CliRunner) -> None:
     shown = cli("module", "show", "sdv-pipeline", "--json")
-    assert json.loads(shown.stdout)["version"] == "v1.1-lilypad3"
-    assert render("sdv-pipeline:v1.1-lilypad3").env["LILYPAD_SAMPLER_REFERENCE"] == "comfyui"
+    assert json.loads(shown.stdout)["version"] == "v1.1-lilypad4"
+    assert render("sdv-pipeline:v1.1-lilypad4").env["LILYPAD_SAMPLER_REFERENCE"] == "comfyui"
     assert "LILYPAD_SAMPLER_REFERENCE" not in render("sdv-pipeline:v1.1-lilypad2").env

@@ -1,6 +1,7 @@
 """The Stable Diffusion family modules (sd15, sd21, sdxl-turbo, sd-turbo, lcm), run as their
 entrypoints on tiny weights, and the pieces they add: the v-prediction and LCM denoisers, the
-trailing schedule the turbo models ship, image to image for SD 1.5 and 2.1."""
+trailing schedule the turbo models ship, image to image (SD 1.5 and 2.1; SDXL Turbo, SD Turbo and
+LCM from v1.1) against diffusers' img2img pipelines; and v1.0's published bytes."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from lilypad.modules import render, resolve
 from tests.ml.conftest import ModuleRun, ModuleRunner
 
 REFS = {name: f"{name}:v1.0-lilypad1" for name in family.MODULES}
+#: The versions that added image to image to a text-only v1.0.
+IMG2IMG = {name: f"{name}:v1.1-lilypad1" for name in ("sdxl-turbo", "sd-turbo", "lcm")}
 PROMPT = "Prompt=a red fox in the snow"
 #: The betas of every model here (SD 1.x/2.x, SDXL and their distillations).
 BETAS = {
@@ -48,6 +51,16 @@ def _ok(done: ModuleRun) -> dict[str, bytes]:
 
 def _image(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _refused(done: ModuleRun) -> str:
+    assert done.returncode == 2, done.stderr.decode()
+    assert not list(done.outputs.iterdir())
+    return done.stderr.decode().strip().splitlines()[-1]
 
 
 # --- each module on tiny weights ------------------------------------------------------------------
@@ -78,6 +91,29 @@ def test_each_module_writes_a_plain_png_at_the_tiny_size(
     size = family.MODULES[name].size
     assert f"64x64 instead of {size}x{size}".encode() in done.stderr
     assert f"loading {family.MODULES[name].model.hub_id}".encode() in done.stderr
+
+
+#: sha256 of each v1.0's image for :func:`_inputs`, as published (and of sd15's and sd21's
+#: image to image in the tests below). They change only if the tiny weights or the pinned ml
+#: extra do; the versions themselves must not.
+V10_SHA256 = {
+    "sd15": "3d3cad8fe15498d25e8ed363a20ebe7b78f5065903c7bc4bab303647798cb2f6",
+    "sd21": "48318647bb825109e5819a2ab0750140cb7a149aedd4f919193377ed2e27cfb1",
+    "sdxl-turbo": "c98334136688c078040c55e08abd3f8fefabf04afb708b207a7dc60f95a9726a",
+    "sd-turbo": "c0c877671f3f10d75d3286400044d58ceb5077638d4f9a9a1bcd382e1bd14dff",
+    "lcm": "a93fc9a56659aeca88fd775203a896a83bd31072a4ea3de014a1fc9919795b96",
+    "sd15-img2img": "6eea95c115c5e04b3f50cad2f0d908af761a6a70b05509541acd882d1bab1a53",
+    "sd21-img2img": (
+        "3c6190d737cf00b9779d1c65393f459c0032693ed94761c243269fcf96c429a4",
+        "f22d18cbfeac89610b9112d3b4734486d347ba8694fd2d49e9bd3a1a06fa4b79",
+    ),
+    "sd15-no-step": "460b9e21d31001a558bde717c60b682f1055bb18c63bdb2cb4188dadee5638e9",
+}
+
+
+@pytest.mark.parametrize("name", list(REFS))
+def test_v1_0_keeps_its_published_bytes(first: dict[str, ModuleRun], name: str) -> None:
+    assert _sha(_ok(first[name])["image-0.png"]) == V10_SHA256[name]
 
 
 @pytest.mark.parametrize("name", list(REFS))
@@ -141,6 +177,16 @@ def test_sd15_image_to_image_works_at_the_picture_size(
     assert "Strength 0.5: the last 1 of 2 steps, from the noised picture" in stderr
     again = run_module(REFS["sd15"], inputs, files={"Image": picture})
     assert (_ok(again), again.stderr) == (files, done.stderr)
+    assert _sha(files["image-0.png"]) == V10_SHA256["sd15-img2img"]
+
+
+def test_sd15_gives_the_picture_back_where_strength_runs_no_step(
+    run_module: ModuleRunner, picture: Path
+) -> None:
+    # its v1.0 as published ("0 keeps it"); the newer image-to-image versions refuse such a job
+    done = run_module(REFS["sd15"], [PROMPT, "Steps=1", "Strength=0.01"], files={"Image": picture})
+    assert _sha(_ok(done)["image-0.png"]) == V10_SHA256["sd15-no-step"]
+    assert b"Strength 0.01 selects no step: the picture is only encoded and decoded" in done.stderr
 
 
 def test_sd21_image_to_image_batch(run_module: ModuleRunner, picture: Path) -> None:
@@ -150,6 +196,134 @@ def test_sd21_image_to_image_batch(run_module: ModuleRunner, picture: Path) -> N
     assert files["image-0.png"] != files["image-1.png"]  # each image its own noise
     assert all(_image(data).size == (64, 48) for data in files.values())
     assert b"the last 1 of 2 steps" in done.stderr  # the default Strength, 0.8
+    assert tuple(_sha(data) for data in files.values()) == V10_SHA256["sd21-img2img"]
+
+
+# --- image to image from v1.1 (SDXL Turbo, SD Turbo, LCM) ----------------------------------------
+
+#: Each one's image-to-image inputs at its v1.1 defaults: the turbo models at the model cards'
+#: 2 steps (Strength 0.5: the last 1), LCM at 4 steps over the 40 timesteps Strength 0.8 keeps.
+IMG2IMG_INPUTS = {
+    "sdxl-turbo": [PROMPT, "Steps=2"],
+    "sd-turbo": [PROMPT, "Steps=2"],
+    "lcm": [PROMPT],
+}
+
+
+@pytest.fixture(scope="module")
+def square(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64 picture: worked at 64x64 by tiny weights, the size text to image works at."""
+    y, x = np.mgrid[0:64, 0:64]
+    pixels = np.stack([(x * 4) % 256, (y * 4) % 256, (x + y) * 2 % 256], -1).astype(np.uint8)
+    path = tmp_path_factory.mktemp("pictures") / "square.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def img2img(
+    run_module: ModuleRunner, first: dict[str, ModuleRun], picture: Path, square: Path
+) -> dict[str, dict[str, ModuleRun]]:
+    """Per new version: its defaults from the 61x45 picture, twice; from the 64x64 one, at its
+    defaults and at Strength 1; and text to image with the same inputs (LCM's are v1.0's: the
+    ``first`` job)."""
+    runs = {}
+    for name, ref in IMG2IMG.items():
+        inputs = IMG2IMG_INPUTS[name]
+        runs[name] = {
+            "picture": run_module(ref, inputs, files={"Image": picture}),
+            "again": run_module(ref, inputs, files={"Image": picture}),
+            "square": run_module(ref, inputs, files={"Image": square}),
+            "strength 1": run_module(ref, [*inputs, "Strength=1"], files={"Image": square}),
+            "text": first[name] if inputs == _inputs(name) else run_module(ref, inputs),
+        }
+    return runs
+
+
+@pytest.mark.parametrize("name", list(IMG2IMG))
+def test_v1_1_image_to_image_works_at_the_picture_size_and_repeats(
+    img2img: dict[str, dict[str, ModuleRun]], name: str
+) -> None:
+    done, again = img2img[name]["picture"], img2img[name]["again"]
+    files = _ok(done)
+    assert list(files) == ["image-0.png"]
+    assert _image(files["image-0.png"]).size == (64, 48)
+    stderr = done.stderr.decode()
+    # 61x45 scaled up into the model's bounds (SDXL Turbo's 512..1024, the others' 256..1024)
+    fitted = "696x512" if name == "sdxl-turbo" else "344x256"
+    assert f"64x48 instead of {fitted}" in stderr
+    assert "picture 61x45, worked at 64x48" in stderr
+    if name == "lcm":
+        plan = "Strength 0.8: 4 steps over the 40 least noisy of the 50 distillation timesteps"
+        assert stderr.endswith("step 4/4\n")
+    else:
+        plan = "schedule trailing, seed 0; Strength 0.5: the last 1 of 2 steps, from the noised"
+        assert stderr.endswith("step 1/1\n")
+    assert plan in stderr
+    assert (_ok(again), again.stderr) == (files, done.stderr)
+
+
+@pytest.mark.parametrize("name", list(IMG2IMG))
+def test_v1_1_starts_from_the_picture_below_strength_1_and_from_noise_at_1(
+    img2img: dict[str, dict[str, ModuleRun]], name: str
+) -> None:
+    runs = {key: _ok(done)["image-0.png"] for key, done in img2img[name].items()}
+    assert _image(runs["square"]).size == _image(runs["text"]).size == (64, 64)
+    assert runs["square"] != runs["text"]  # the picture, not the seed's noise alone
+    assert runs["square"] != runs["strength 1"]  # Strength changes the result
+    # Strength 1 is pure noise ("1 starts from pure noise"): text to image's image, to the bit
+    assert runs["strength 1"] == runs["text"]
+    assert b"from pure noise" in img2img[name]["strength 1"].stderr
+
+
+def test_turbo_steps_times_strength_must_reach_one(run_module: ModuleRunner, picture: Path) -> None:
+    # the default Steps, 1, with the default Strength, 0.5: the job refuses it before loading
+    last = _refused(run_module(IMG2IMG["sdxl-turbo"], [PROMPT], files={"Image": picture}))
+    assert last == (
+        "error: Steps=1 with Strength=0.5 runs no step of SDXL Turbo: with an Image it runs the "
+        "last int(Steps x Strength) of Steps steps, so Steps x Strength must reach 1; allowed: "
+        "Strength at least 1 at Steps=1, or Steps=2 at Strength=0.5"
+    )
+    # below 1/4, no Steps runs a step: the manifest refuses it before anything is signed
+    with pytest.raises(InvalidTunable, match=r"Strength=0\.2 is out of range"):
+        render(IMG2IMG["sd-turbo"], ["Strength=0.2"])
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "strength", "message"),
+    [
+        ("sd-turbo", 3, 0.3, "Strength at least 0.334 at Steps=3, or Steps=4 at Strength=0.3"),
+        ("sd-turbo", 2, 0.25, "Strength at least 0.5 at Steps=2, or Steps=4 at Strength=0.25"),
+        ("lcm", 8, 0.1, "int(50 x Strength) = 5 least noisy of its 50 distillation timesteps, "
+         "fewer than 8; allowed: Strength at least 0.16 at Steps=8, or Steps=5 or fewer"),
+        ("lcm", 4, 0.02, "= 1 least noisy of its 50 distillation timesteps, fewer than 4; "
+         "allowed: Strength at least 0.08 at Steps=4"),
+    ],
+)  # fmt: skip
+def test_a_steps_and_strength_that_run_no_step_are_refused_naming_both(
+    name: str, steps: int, strength: float, message: str
+) -> None:
+    spec = family.MODULES[name]
+    s = _settings(steps=steps, strength=strength, scheduler=spec.scheduler or "")
+    with pytest.raises(InvalidTunable) as refused:
+        family.check_strength(spec, s)
+    assert str(refused.value).startswith(f"Steps={steps} with Strength={strength:g} runs no step")
+    assert message in str(refused.value)
+
+
+def test_each_strength_the_manifests_allow_runs_a_step_where_they_say_it_does() -> None:
+    for name in IMG2IMG:
+        spec = family.MODULES[name]
+        low, high = int(spec.steps.low), int(spec.steps.high)
+        # at the lowest Strength, the most Steps run one (turbo) or all of them (LCM)
+        assert family.strength_steps(spec, high, spec.strength.low) >= 1, name
+        for steps in range(low, high + 1):
+            s = _settings(steps=steps, strength=1.0, scheduler=spec.scheduler or "")
+            family.check_strength(spec, s)  # Strength 1 runs every step count
+    lcm = family.LCM_DREAMSHAPER
+    assert all(family.strength_steps(lcm, n, lcm.strength.low) == n for n in range(2, 9))
+    # sd15 and sd21 keep v1.0's: no step gives the picture back
+    family.check_strength(family.SD15, _settings(steps=1, strength=0.01))
 
 
 def test_a_picture_that_does_not_decode_is_exit_2_naming_it(
@@ -168,10 +342,10 @@ def test_a_picture_that_does_not_decode_is_exit_2_naming_it(
 # --- the manifests say what the code does ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(REFS))
-def test_manifest_defaults_and_bounds_are_the_models(name: str) -> None:
-    spec = family.MODULES[name]
-    module = resolve(REFS[name])
+@pytest.mark.parametrize("ref", [*REFS.values(), *IMG2IMG.values()])
+def test_manifest_defaults_and_bounds_are_the_models(ref: str) -> None:
+    module = resolve(ref)
+    spec = family.MODULES[module.name]
     tunables = {t.name: t for t in module.spec.tunables}
     for tunable, span in (("Steps", spec.steps), ("GuidanceScale", spec.guidance)):
         t = tunables[tunable]
@@ -185,14 +359,38 @@ def test_manifest_defaults_and_bounds_are_the_models(name: str) -> None:
     if spec.sampler is None:
         assert tunables["Sampler"].choices == tuple(SAMPLERS)
         assert tunables["Scheduler"].choices == tuple(SCHEDULES)
-    assert ("Image" in tunables) is spec.image_to_image
-    if spec.image_to_image:
-        assert (tunables["Image"].optional, tunables["Strength"].default) == (True, 0.8)
+    # the turbo and LCM v1.0 are text only: their jobs never get a picture
+    takes_image = spec.image_to_image and not (ref in REFS.values() and module.name in IMG2IMG)
+    assert ("Image" in tunables) is takes_image
+    assert ("Strength" in tunables) is takes_image
+    if takes_image:
+        t = tunables["Strength"]
+        assert (tunables["Image"].optional, tunables["Image"].type) == (True, "image")
+        assert (t.default, t.min, t.max) == (spec.strength.default, spec.strength.low, 1)
     assert module.spec.tiny_models == (spec.model.tiny,)
     assert module.spec.verification.method == "perceptual"
     assert spec.model.folder in MODELS
     dockerfile = (module.directory / "Dockerfile").read_text()
     assert f"python -m lilypad.ml.download {spec.model.folder} " in dockerfile
+    assert f"-t {module.spec.image} " in dockerfile  # the build comment tags each version
+
+
+@pytest.mark.parametrize("name", list(IMG2IMG))
+def test_v1_1_is_v1_0_plus_an_image_and_its_strength(name: str) -> None:
+    v10, v11 = resolve(REFS[name]).spec, resolve(IMG2IMG[name]).spec
+    added = [t for t in v11.tunables if t.name not in {u.name for u in v10.tunables}]
+    assert [t.name for t in added] == ["Image", "Strength"]
+    same = ("name", "type", "env", "default", "min", "max", "multiple_of", "choices")
+    assert [[getattr(t, f) for f in same] for t in v11.tunables if t not in added] == [
+        [getattr(t, f) for f in same] for t in v10.tunables
+    ]
+    assert (v11.image, v11.machine, v11.entrypoint) == (
+        f"lilypad/{name}:v1.1-lilypad1", v10.machine, v10.entrypoint
+    )  # fmt: skip
+    # without an Image, v1.1's job gets v1.0's variables and a Strength it does not read
+    assert render(IMG2IMG[name]).env == {**render(REFS[name]).env, "STRENGTH": str(
+        family.MODULES[name].strength.default
+    )}  # fmt: skip
 
 
 def test_images_bake_no_safety_checker_and_prefer_fp16() -> None:
@@ -358,6 +556,101 @@ def test_the_lcm_job_is_diffusers_latent_consistency_pipeline(tiny_pipes: dict[s
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
     other_w = _latents(pipe, replace(s, guidance_scale=5.0), family.LCM_DREAMSHAPER)
     assert not torch.allclose(other_w, theirs, atol=1e-2)  # the embedding matters
+
+
+def _img2img_latents(
+    pipe: Any, s: ImageSettings, sampled_by: family.Family, picture: torch.Tensor
+) -> torch.Tensor:
+    from lilypad.ml import sd
+
+    with torch.inference_mode():
+        denoiser = sd.denoiser(pipe, sampled_by, s)
+        sigmas = sd.image_to_image_sigmas(pipe, s, denoiser.sampling)
+        return sd.sample_from(denoiser, s, picture, sigmas)
+
+
+#: A picture's latents (what the jobs encode with the VAE); diffusers takes them as its image.
+PICTURE_LATENTS = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(11))
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(2, 0.5), (4, 0.5), (3, 0.7)])
+def test_lcm_image_to_image_is_diffusers_latent_consistency_img2img(
+    tiny_pipes: dict[str, Any], steps: int, strength: float
+) -> None:
+    from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+    pipe = tiny_pipes["lcm"]
+    assert pipe.scheduler.config.original_inference_steps == family.LCM_ORIGINAL_STEPS
+    s = _settings(steps=steps, strength=strength, guidance_scale=8.0, sampler="lcm",
+                  scheduler=family.LCM)  # fmt: skip
+    ours = _img2img_latents(pipe, s, family.LCM_DREAMSHAPER, PICTURE_LATENTS)
+    img2img = LatentConsistencyModelImg2ImgPipeline(
+        **pipe.components, requires_safety_checker=False
+    )
+    with torch.inference_mode():
+        theirs = img2img(
+            prompt=s.prompt, image=PICTURE_LATENTS, num_inference_steps=steps, strength=strength,
+            guidance_scale=8.0, generator=determinism.generator(s.seed), output_type="latent",
+        ).images  # fmt: skip
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(2, 0.5), (4, 0.5), (4, 0.75), (3, 1.0)])
+def test_turbo_image_to_image_is_diffusers_img2img_over_trailing_timesteps(
+    tiny_pipes: dict[str, Any], steps: int, strength: float
+) -> None:
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    # SD Turbo on the tiny SD 2.1 weights, as its job reads them (epsilon), against diffusers'
+    # img2img pipeline (AutoPipelineForImage2Image's for SD Turbo) with trailing spacing
+    pipe = tiny_pipes["sd21"]
+    s = _settings(steps=steps, strength=strength, guidance_scale=0.0,
+                  sampler="euler_ancestral", scheduler=family.TRAILING)  # fmt: skip
+    ours = _img2img_latents(pipe, s, family.SD_TURBO, PICTURE_LATENTS)
+    trailing = EulerAncestralDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="trailing", prediction_type="epsilon"
+    )
+    parts = {**pipe.components, "scheduler": trailing, "requires_safety_checker": False}
+    with torch.inference_mode():
+        theirs = StableDiffusionImg2ImgPipeline(**parts)(
+            prompt=s.prompt, image=PICTURE_LATENTS, num_inference_steps=steps, strength=strength,
+            guidance_scale=0.0, generator=determinism.generator(s.seed), output_type="latent",
+        ).images  # fmt: skip
+    if strength < 1:
+        torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+    else:
+        # NOTE: at strength 1 diffusers noises the picture to sigma_max (a trace of it stays);
+        # the jobs start from pure noise there, as their text to image does
+        assert not torch.allclose(ours, theirs, atol=1e-3)
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(2, 0.5), (4, 0.75)])
+def test_sdxl_turbo_image_to_image_is_diffusers_sdxl_img2img_over_trailing_timesteps(
+    tiny_weights_dir: Path, steps: int, strength: float
+) -> None:
+    from diffusers import (
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    from lilypad.ml import sd
+
+    # SDXL Turbo on the tiny SDXL base, against AutoPipelineForImage2Image's for SDXL Turbo
+    pipe = sd.load(StableDiffusionXLPipeline, tiny.ensure("sdxl-base", tiny_weights_dir))
+    s = _settings(steps=steps, strength=strength, guidance_scale=0.0,
+                  sampler="euler_ancestral", scheduler=family.TRAILING)  # fmt: skip
+    ours = _img2img_latents(pipe, s, family.SDXL_TURBO, PICTURE_LATENTS)
+    trailing = EulerAncestralDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="trailing"
+    )
+    img2img = StableDiffusionXLImg2ImgPipeline(**{**pipe.components, "scheduler": trailing})
+    with torch.inference_mode():
+        theirs = img2img(
+            prompt=s.prompt, image=PICTURE_LATENTS, num_inference_steps=steps, strength=strength,
+            guidance_scale=0.0, generator=determinism.generator(s.seed), output_type="latent",
+        ).images  # fmt: skip
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
 
 
 def test_the_sd21_job_is_diffusers_pipeline_with_v_prediction(tiny_pipes: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The sdv-pipeline module, run as its entrypoint on tiny weights; outputs read back by real
 decoders (Pillow for APNG and WebP, ffprobe for MP4). The published lilypad2 versions keep their
-bytes; the lilypad3 ones sample as ComfyUI does."""
+bytes; the lilypad3 ones sample as ComfyUI does; the lilypad4 ones are lilypad3 with a weighted
+prompt."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from lilypad.modules import render, resolve
 from tests.ml.conftest import ModuleRun, ModuleRunner
 
 FRAMES = 4  # tiny SVD's num_frames
@@ -196,4 +199,64 @@ def test_comfyui_versions_agree_where_the_references_do(
             b"samplers and schedules follow comfyui where it and k-diffusion differ\n", b""
         )
         == first.stderr
+    )
+
+
+# --- the weighted prompt of the lilypad4 versions -------------------------------------------------
+
+
+def _with_prompt(prompt: str) -> list[str]:
+    return [f"Prompt={prompt}", *INPUTS[1:]]
+
+
+def test_lilypad4_reads_a_plain_prompt_and_a_weight_of_1_as_lilypad3_does(
+    run_once: RunOnce,
+) -> None:
+    comfy = run_once("sdv-pipeline:v1.1-lilypad3", INPUTS)
+    weighted = run_once("sdv-pipeline:v1.1-lilypad4", _with_prompt("an (astronaut:1.0) floating"))
+    # every byte, logs included: compel reads a plain prompt as diffusers does, to the bit
+    assert weighted.files() == comfy.files()
+    assert (weighted.stdout, weighted.stderr) == (comfy.stdout, comfy.stderr)
+
+
+def test_lilypad4_stills_follow_the_prompt_weights(run_once: RunOnce) -> None:
+    heavier = _with_prompt("an (astronaut:1.5) floating")
+    plain = run_once("sdv-pipeline:v1.1-lilypad3", INPUTS).files()
+    v11 = run_once("sdv-pipeline:v1.1-lilypad4", heavier).files()
+    for n in (0, 1):
+        assert v11[f"image-{n}.png"] != plain[f"image-{n}.png"]
+        assert v11[f"video-{n}.apng"] != plain[f"video-{n}.apng"]  # made from the new still
+    # the still is SDXL's alone: v1.0-lilypad4 makes the same ones
+    v10 = run_once("sdv-pipeline:v1.0-lilypad4", heavier).files()
+    assert [v10[f"image-{n}.png"] for n in (0, 1)] == [v11[f"image-{n}.png"] for n in (0, 1)]
+
+
+def test_lilypad4_is_lilypad3_with_a_weighted_prompt_and_the_newest() -> None:
+    for svd in ("1.0", "1.1"):
+        old = resolve(f"sdv-pipeline:v{svd}-lilypad3").spec
+        new = resolve(f"sdv-pipeline:v{svd}-lilypad4").spec
+        assert new.entrypoint == (*old.entrypoint, "weighted")
+        assert (
+            render(f"sdv-pipeline:v{svd}-lilypad4").env
+            == render(f"sdv-pipeline:v{svd}-lilypad3").env
+        )
+        assert new.sampler_reference == "comfyui"
+        assert [t.model_dump(exclude={"description"}) for t in new.tunables] == [
+            t.model_dump(exclude={"description"}) for t in old.tunables
+        ]
+        assert "(word:1.4)" in next(t.description for t in new.tunables if t.name == "Prompt")
+    newest = resolve("sdv-pipeline")
+    assert (newest.version, newest.chose_newest) == ("v1.1-lilypad4", True)
+
+
+def test_the_entrypoint_refuses_unknown_arguments() -> None:
+    args = ["1.1", "weigted"]  # a manifest's typo
+    folder = resolve("sdv-pipeline").directory
+    done = subprocess.run(
+        [sys.executable, "sdv.py", *args], cwd=folder, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: unknown arguments {' '.join(args)!r}; allowed: an SDV version (1.0, 1.1), "
+        "then 'weighted' for a weighted prompt"
     )

@@ -4,7 +4,9 @@ entrypoints on tiny weights with real picture files, and the picture rules they 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,14 +14,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lilypad.errors import InvalidTunable
+from lilypad.errors import InferenceError, InvalidTunable
 from lilypad.ml import edit
-from lilypad.modules import render
+from lilypad.modules import render, resolve
+from tests.conftest import CliRunner
 from tests.ml.conftest import ModuleRun, ModuleRunner
 
 IMG2IMG = "sdxl-img2img:v1.0-lilypad1"
 INPAINTING = "sdxl-inpainting:v1.0-lilypad1"
 OUTPAINTING = "sdxl-outpainting:v1.0-lilypad1"
+#: The versions that read weighted prompts.
+WEIGHTED = {
+    name: f"{name}:v1.1-lilypad1"
+    for name in ("sdxl-img2img", "sdxl-inpainting", "sdxl-outpainting")
+}
 #: One or two sampler steps per job: tiny weights on two CPU cores.
 FAST = ["Steps=2", "Sampler=euler"]
 
@@ -73,10 +81,10 @@ def _ok(done: ModuleRun) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def img2img(run_module: ModuleRunner, files: dict[str, Path]) -> ModuleRunner:
-    def run(*inputs: str, image: str = "odd") -> ModuleRun:
-        return run_module(
-            IMG2IMG, ["Prompt=a tiger", *FAST, *inputs], files={"Image": files[image]}
-        )
+    def run(
+        *inputs: str, image: str = "odd", ref: str = IMG2IMG, prompt: str = "a tiger"
+    ) -> ModuleRun:
+        return run_module(ref, [f"Prompt={prompt}", *FAST, *inputs], files={"Image": files[image]})
 
     return run
 
@@ -145,9 +153,11 @@ def test_img2img_a_low_strength_stays_close_to_the_picture(tiny_weights_dir: Pat
 
 @pytest.fixture(scope="module")
 def inpainting(run_module: ModuleRunner, files: dict[str, Path]) -> ModuleRunner:
-    def run(*inputs: str, mask: str = "mask") -> ModuleRun:
+    def run(
+        *inputs: str, mask: str = "mask", ref: str = INPAINTING, prompt: str = "a cat"
+    ) -> ModuleRun:
         given = {"Image": files["square"], "Mask": files[mask]}
-        return run_module(INPAINTING, ["Prompt=a cat", *FAST, *inputs], files=given)
+        return run_module(ref, [f"Prompt={prompt}", *FAST, *inputs], files=given)
 
     return run
 
@@ -211,9 +221,9 @@ BORDERS = ["Left=8", "Right=24", "Top=0", "Bottom=16", "Overlap=8"]
 
 @pytest.fixture(scope="module")
 def outpainting(run_module: ModuleRunner, files: dict[str, Path]) -> ModuleRunner:
-    def run(*inputs: str) -> ModuleRun:
+    def run(*inputs: str, ref: str = OUTPAINTING, prompt: str = "a field") -> ModuleRun:
         return run_module(
-            OUTPAINTING, ["Prompt=a field", *FAST, *inputs], files={"Image": files["small"]}
+            ref, [f"Prompt={prompt}", *FAST, *inputs], files={"Image": files["small"]}
         )
 
     return run
@@ -280,6 +290,103 @@ def test_the_manifests_check_ranges_before_a_job_runs() -> None:
         render(OUTPAINTING, [image, "Left=12"])
     with pytest.raises(InvalidTunable, match="needs Mask"):
         render(INPAINTING, [image])
+
+
+# --- weighted prompts: the v1.1 versions ---------------------------------------------------------
+
+#: Each module's first job (its fixture, on v1.0): the module, the word after "a" in its prompt,
+#: the other inputs.
+FIRST_JOBS = {
+    "img2img": ("sdxl-img2img", "tiger", ["Strength=1"]),
+    "inpainting": ("sdxl-inpainting", "cat", []),
+    "outpainting": ("sdxl-outpainting", "field", BORDERS),
+}
+
+
+#: sha256 of stdout, stderr and each output (name, then bytes, by name) of each first job, on
+#: v1.0, computed once from the code before v1.1 existed (commit 2a84a90), on x86-64 with this
+#: project's pinned torch. NOTE: CPU float kernels can differ between CPU families; should a
+#: machine disagree, recompute the digest from that commit's code, never from the code under test.
+PUBLISHED = {
+    "img2img": "b1246e6ff13ff24972f5acfd86a690b15e0d7d27532d36b463500271f57781d7",
+    "inpainting": "137090bc46d53ddacb941ceaeec0d1074bc2625dc176b459ac5fab86e100460b",
+    "outpainting": "46b81a9a6763cfd7a7d0c5aa5a09bdaf2f78e96835b1f69cce156e98df339c3f",
+}
+
+
+@pytest.mark.parametrize("job", list(PUBLISHED))
+def test_v1_0_keeps_its_published_bytes(request: pytest.FixtureRequest, job: str) -> None:
+    done: ModuleRun = request.getfixturevalue(f"first_{job}")
+    digest = hashlib.sha256(done.stdout + done.stderr)
+    for name, data in done.files().items():
+        digest.update(name.encode() + data)
+    assert digest.hexdigest() == PUBLISHED[job]
+
+
+@pytest.mark.parametrize("job", list(FIRST_JOBS))
+def test_v1_1_reads_prompt_weights_and_a_weight_of_1_changes_nothing(
+    request: pytest.FixtureRequest, job: str
+) -> None:
+    run: ModuleRunner = request.getfixturevalue(job)
+    published = request.getfixturevalue(f"first_{job}").files()
+    name, word, inputs = FIRST_JOBS[job]
+    # v1.0's own bytes for the plain prompt: v1.1 reads a plain prompt as diffusers does, to the
+    # bit, and (word:1.0) is the word itself
+    same = _ok(run(*inputs, ref=WEIGHTED[name], prompt=f"a ({word}:1.0)"))
+    assert same == published
+    heavier = _ok(run(*inputs, ref=WEIGHTED[name], prompt=f"a ({word}:1.5)"))
+    assert heavier["image-0.png"] != published["image-0.png"]
+    assert heavier.keys() == published.keys()
+    if "mask.png" in published:  # the weight changes what is repainted, not where
+        assert heavier["mask.png"] == published["mask.png"]
+        keep = _pixels(published["mask.png"])[..., 0] == 0
+        assert (_pixels(heavier["image-0.png"])[keep] == _pixels(same["image-0.png"])[keep]).all()
+
+
+def test_v1_1_reads_the_negative_prompt_with_weights(img2img: ModuleRunner) -> None:
+    # read as text, "(blurry:1.0)" would differ from "blurry"; other weights work as in Prompt
+    published = _ok(img2img("Strength=1", "NegativePrompt=blurry"))
+    v11 = WEIGHTED["sdxl-img2img"]
+    assert _ok(img2img("Strength=1", "NegativePrompt=(blurry:1.0)", ref=v11)) == published
+
+
+def test_v1_1_reads_a_prompt_past_77_tokens_to_its_end(img2img: ModuleRunner) -> None:
+    # "a photo of a cat," is 6 tokens of the tiny vocabulary: the last word is the 121st; the
+    # negative prompt, one chunk, is padded to the prompt's two
+    v11, long, negative = WEIGHTED["sdxl-img2img"], "a photo of a cat, " * 20, "(blurry:1.2)"
+    ends = [
+        img2img("Strength=1", f"NegativePrompt={negative}", ref=v11, prompt=long + end)
+        for end in ("red", "green")
+    ]
+    assert _ok(ends[0])["image-0.png"] != _ok(ends[1])["image-0.png"]
+
+
+def test_v1_1_versions_are_v1_0_with_weighted_prompts(cli: CliRunner) -> None:
+    for name, ref in WEIGHTED.items():
+        old, new = resolve(f"{name}:v1.0-lilypad1").spec, resolve(ref).spec
+        script = old.entrypoint[1]
+        assert (old.entrypoint, new.entrypoint) == (("python", script), ("python", script, "1.1"))
+        assert new.image == f"lilypad/{ref}"
+        described = {t.name: t.description for t in new.tunables}
+        assert "(word:1.4)" in described["Prompt"]
+        assert "weights as in Prompt" in described["NegativePrompt"]
+        # the rest as v1.0: the same tunables, limits and defaults
+        assert [t.model_dump(exclude={"description"}) for t in new.tunables] == [
+            t.model_dump(exclude={"description"}) for t in old.tunables
+        ]
+        fixed = ("machine", "tiny_models", "at_least_one", "verification", "timeout_s", "env")
+        assert new.model_dump(include=set(fixed)) == old.model_dump(include=set(fixed))
+        shown = cli("module", "show", name, "--json")
+        assert json.loads(shown.stdout)["version"] == "v1.1-lilypad1"  # the newest
+
+
+def test_an_editing_entrypoint_refuses_an_unknown_version() -> None:
+    assert edit.reads_weights([]) is False
+    assert edit.reads_weights(["1.0"]) is False
+    assert edit.reads_weights(["1.1"]) is True
+    for args in (["1.2"], ["1.1", "weighted"]):
+        with pytest.raises(InferenceError, match=r"takes one version, 1\.0 or 1\.1"):
+            edit.reads_weights(args)
 
 
 # --- the picture rules ---------------------------------------------------------------------------
