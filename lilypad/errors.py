@@ -41,6 +41,7 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     ├── InferenceError
     ├── SolverError
     │   ├── InvalidRequest                 [solver.service]
+    │   │   ├── InvalidFilter              [solver.service]
     │   │   └── OfferRejected              [solver.service]
     │   │       ├── DepositShort           [solver.service]
     │   │       └── TooManyOffers          [solver.service]

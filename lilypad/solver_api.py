@@ -9,10 +9,13 @@ Routes (``/openapi.json`` of a running solver documents each with these models):
     POST /api/v1/job_offers                 JobSubmission          -> 201 OfferAccepted
     POST /api/v1/resource_offers            SignedResourceOffer    -> 201 OfferAccepted
     GET  /api/v1/job_offers/{id}                                   -> JobOfferView
+    GET  /api/v1/resource_offers?module=&min_vram_gb=&gpu=&provider=&limit=&cursor=
+                                                                   -> ResourceOfferPage
     GET  /api/v1/resource_offers/{id}                              -> ResourceOfferView
     POST /api/v1/{job|resource}_offers/{id}/cancel  Cancellation   -> Cancelled
     GET  /api/v1/accounts/{address}                                -> Account
-    GET  /api/v1/deals?party=0x...                                 -> list[DealView]
+    GET  /api/v1/deals?party=&state=&module=&limit=&cursor=        -> list[DealView], newest
+                                                                      first (Link: rel="next")
     GET  /api/v1/deals/{deal_id}                                   -> DealView
     GET  /api/v1/events?party=0x...&after=N text/event-stream of SolverEvent
     GET  /healthz                                                  -> Health
@@ -43,7 +46,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -285,6 +288,33 @@ DealEventKind = Literal[
 
 
 # ------------------------------------------------------------------------ offers and deals
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+#: The most items one page of a listing holds (``limit`` above it is a 422), and how many a page
+#: holds when ``limit`` is not given.
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+#: The longest GPU model name an offer may advertise, and the most GPUs it may name.
+MAX_GPU_MODEL = 100
+MAX_GPUS = 16
+#: Text shown to people as it is: no control characters (a terminal would act on them).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
+
+class GpuInfo(_Wire):
+    """One GPU of a provider's machine, as the provider advertises it."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_GPU_MODEL,
+        pattern=_PRINTABLE,
+        description="as the driver names it",
+    )
+    vram_mb: int = Field(ge=0, lt=2**32, description="its memory in MiB")
+
+
 # The chain's models, with their amounts as decimal strings on the wire: each is the chain model
 # (isinstance holds, hashing and signing are the same), only its JSON differs.
 class JobOffer(offers.JobOffer):
@@ -305,9 +335,24 @@ class ResourceOffer(offers.ResourceOffer):
 
 
 class SignedResourceOffer(offers.SignedResourceOffer):
-    """``POST /api/v1/resource_offers``: a resource offer and its provider's signature."""
+    """``POST /api/v1/resource_offers``: a resource offer and its provider's signature, with
+    what the market view shows of it beyond the signed lanes (neither field is signed; the
+    solver refuses values that disagree with the offer)."""
 
     offer: ResourceOffer
+    module_reference: str | None = Field(
+        None,
+        min_length=1,
+        max_length=300,
+        pattern=_PRINTABLE,
+        description="the module reference (name:version) whose keccak256 is offer.module",
+    )
+    gpus: tuple[GpuInfo, ...] = Field(
+        (),
+        max_length=MAX_GPUS,
+        description="the machine's GPUs by model: as many as its gpus lane, none with less "
+        "VRAM than its vram_mb lane",
+    )
 
 
 class JobSubmission(jobs.JobSubmission):
@@ -327,10 +372,6 @@ class Deal(offers.Deal):
 
 
 # ----------------------------------------------------------------------- requests, answers
-class _Wire(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
 class ErrorBody(_Wire):
     """Every error answer: one line saying what failed, the value, and what to do."""
 
@@ -414,6 +455,39 @@ class ResourceOfferView(_Wire):
     signer: Address
     offer: SignedResourceOffer
     deal: DealView | None
+
+
+class MarketOffer(_Wire):
+    """One open resource offer of the market view (``GET /api/v1/resource_offers``)."""
+
+    id: Bytes32 = Field(description="the offer's EIP-712 struct hash")
+    seq: int = Field(description="its arrival number: the listing's order")
+    provider: Address
+    module_reference: str | None = Field(
+        description="the module it serves (name:version); null: any module, or one this "
+        "solver cannot name from its hash"
+    )
+    machine: offers.Machine = Field(description="the signed machine lanes, decoded")
+    gpus: tuple[GpuInfo, ...] = Field(description="the GPUs by model, as advertised")
+    offer: SignedResourceOffer = Field(description="the offer as posted, with its signature")
+
+
+class ResourceOfferPage(_Wire):
+    """A page of open resource offers, oldest first."""
+
+    offers: tuple[MarketOffer, ...]
+    next_cursor: str | None = Field(
+        description="pass as ``cursor`` for the next page; null: this page is the last"
+    )
+
+
+@dataclass(frozen=True)
+class DealPage:
+    """A page of deals, newest first (``GET /api/v1/deals``), and the cursor of the next page
+    (from the answer's ``Link: <...>; rel="next"``; None on the last page)."""
+
+    deals: list[DealView]
+    next_cursor: str | None
 
 
 # ---------------------------------------------------------------------------------- events
@@ -620,10 +694,77 @@ class SolverClient:
         """What ``address``'s open offers may still take from its deposit."""
         return self._call(Account.model_validate_json, "GET", f"/api/v1/accounts/{address}")
 
-    def deals(self, party: str | None = None) -> list[DealView]:
-        """Every deal, or those of ``party`` (as job creator or provider)."""
-        params = {"party": party} if party else None
-        return self._call(_DEALS.validate_json, "GET", "/api/v1/deals", params=params)
+    def resource_offers(
+        self,
+        *,
+        module: str | None = None,
+        min_vram_gb: float | None = None,
+        gpu: str | None = None,
+        provider: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> ResourceOfferPage:
+        """One page of the open resource offers, oldest first: those serving ``module``
+        (``name`` or ``name:version``; an offer for any module serves every one), with at least
+        ``min_vram_gb`` per GPU, a GPU model containing ``gpu`` (any case), of ``provider``.
+        ``limit`` is at most :data:`MAX_PAGE`; ``cursor`` is a page's ``next_cursor``."""
+        params = _params(
+            module=module,
+            min_vram_gb=min_vram_gb,
+            gpu=gpu,
+            provider=provider,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._call(
+            ResourceOfferPage.model_validate_json, "GET", "/api/v1/resource_offers", params=params
+        )
+
+    def all_resource_offers(
+        self, *, most: int = 10 * MAX_PAGE, **filters: Any
+    ) -> Iterator[MarketOffer]:
+        """Every open resource offer the filters of :meth:`resource_offers` take, page after
+        page, up to ``most`` of them."""
+        cursor, given = None, 0
+        while given < most:
+            page = self.resource_offers(**filters, limit=min(MAX_PAGE, most - given), cursor=cursor)
+            yield from page.offers[: most - given]
+            given += len(page.offers)
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+    def deals(
+        self,
+        party: str | None = None,
+        *,
+        state: Sequence[DealState] = (),
+        module: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> list[DealView]:
+        """The newest deals (:meth:`deal_page`'s first page, without its cursor)."""
+        return self.deal_page(party, state=state, module=module, limit=limit, cursor=cursor).deals
+
+    def deal_page(
+        self,
+        party: str | None = None,
+        *,
+        state: Sequence[DealState] = (),
+        module: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> DealPage:
+        """One page of deals, newest first: every deal, or those of ``party`` (as job creator
+        or provider), in one of ``state``, for ``module`` (``name`` or ``name:version``)."""
+        params = _params(party=party, module=module, limit=limit, cursor=cursor)
+        params["state"] = [DealState(s).value for s in state]
+        what = "GET /api/v1/deals"
+        response = self._send("GET", "/api/v1/deals", params=params)
+        deals = self._read(_DEALS.validate_json, response.content, what)
+        link = response.links.get("next", {}).get("url")
+        next_cursor = httpx.URL(link).params.get("cursor") if link else None
+        return DealPage(deals, next_cursor)
 
     def deal(self, deal_id: str) -> DealView:
         return self._call(DealView.model_validate_json, "GET", f"/api/v1/deals/{deal_id}")
@@ -652,17 +793,20 @@ class SolverClient:
             SolverError: an answer that is not the model this version reads (not a solver, or
                 one of another protocol version).
         """
-        answer = self._request(method, path, **kwargs)
+        return self._read(read, self._send(method, path, **kwargs).content, f"{method} {path}")
+
+    def _read(self, read: Callable[[bytes], _T], answer: bytes, what: str) -> _T:
         try:
             return read(answer)
         except ValidationError as exc:
             raise SolverError(
-                f"the answer of {self.url} to {method} {path} is not what this version of "
+                f"the answer of {self.url} to {what} is not what this version of "
                 f"lilypad reads: {_first(exc)}",
                 hint="is solver_url in the network profile a Lilypad solver of this version?",
             ) from None
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request and its answer, an error answer raised (see :meth:`_call`)."""
         what = f"{method} {path}"
         try:
             response = self._http.request(method, path, **kwargs)
@@ -673,7 +817,12 @@ class SolverClient:
             ) from exc
         if response.is_error:
             raise refusal(response, what)
-        return response.content
+        return response
+
+
+def _params(**values: object) -> dict[str, Any]:
+    """The query parameters given (None: left out)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 _DEALS: TypeAdapter[list[DealView]] = TypeAdapter(list[DealView])
@@ -916,6 +1065,7 @@ def _first(exc: ValidationError) -> str:
 
 
 __all__ = [
+    "MAX_PAGE",
     "Account",
     "AlreadyKnown",
     "Amount96",
@@ -924,16 +1074,19 @@ __all__ = [
     "Cancelled",
     "Deal",
     "DealEvent",
+    "DealPage",
     "DealState",
     "DealView",
     "DepositShort",
     "ErrorBody",
     "EventKind",
     "EventStream",
+    "GpuInfo",
     "Health",
     "JobOffer",
     "JobOfferView",
     "JobSubmission",
+    "MarketOffer",
     "Nonce",
     "NotFound",
     "OfferAccepted",
@@ -941,6 +1094,7 @@ __all__ = [
     "OfferEvent",
     "OfferState",
     "ResourceOffer",
+    "ResourceOfferPage",
     "ResourceOfferView",
     "SignedResourceOffer",
     "SolverBusy",

@@ -60,6 +60,7 @@ from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
 from lilypad import modules
+from lilypad import solver_api as api
 from lilypad.chain.events import ChainEvent
 from lilypad.chain.light import DealState, Receipt
 from lilypad.chain.market import JobMarketClient
@@ -773,8 +774,16 @@ class ResourceProvider(ChainService):
         )
         chain_id, market = self.market.chain.chain_id, self.market.address
         self.store.set_meta(next_nonce=nonce + 1)  # never reuse a nonce, even if posting fails
-        return SignedResourceOffer(
-            offer=offer, signature=offer.sign(self.account, chain_id, market)
+        # What the market view shows beyond the signed lanes (`lilypad providers list`): the
+        # module's name and the GPUs offered by model (each at least the vram_mb lane).
+        return api.SignedResourceOffer(
+            offer=api.ResourceOffer.model_validate(offer.model_dump()),
+            signature=offer.sign(self.account, chain_id, market),
+            module_reference=module,
+            gpus=tuple(
+                api.GpuInfo(model=_gpu_model(gpu.model), vram_mb=gpu.vram_mb)
+                for gpu in self.hardware.gpus[: self.machine.gpus]
+            ),
         )
 
     def _least_offered_module(self) -> str:
@@ -836,6 +845,13 @@ class ResourceProvider(ChainService):
             # as the chain's model, as DealCreated gives it (the wire model compares unequal)
             self._incoming.put(Deal.model_validate(event.deal.model_dump()))
             self._wake.set()
+
+
+def _gpu_model(name: str) -> str:
+    """A GPU's model as the driver names it, made fit to advertise: printable, at most
+    :data:`lilypad.solver_api.MAX_GPU_MODEL` characters."""
+    printable = "".join(c for c in name if c.isprintable()).strip() or "unknown GPU"
+    return printable[: api.MAX_GPU_MODEL]
 
 
 def _initial_nonce() -> int:

@@ -7,11 +7,15 @@ The protocol is declared in :mod:`lilypad.solver_api`: every route answers one o
                                             -> 201 OfferAccepted
     POST /api/v1/resource_offers            SignedResourceOffer   -> 201 OfferAccepted
     GET  /api/v1/job_offers/{id}            JobOfferView: its state and, once matched, its deal
+    GET  /api/v1/resource_offers?module=&min_vram_gb=&gpu=&provider=&limit=&cursor=
+                                            ResourceOfferPage: the open offers, oldest first
     GET  /api/v1/resource_offers/{id}       ResourceOfferView
     POST /api/v1/{job|resource}_offers/{id}/cancel  Cancellation: EIP-191 of cancel_message(id)
                                             -> Cancelled
     GET  /api/v1/accounts/{address}         Account: what its open offers commit
-    GET  /api/v1/deals?party=0x...          list[DealView]: deals of a party
+    GET  /api/v1/deals?party=&state=&module=&limit=&cursor=
+                                            list[DealView], newest first; the next page in
+                                            ``Link: <...>; rel="next"``
     GET  /api/v1/deals/{deal_id}            DealView
     GET  /api/v1/events?party=0x...         server-sent SolverEvents, only those naming
                                             ``party``; resumes after ``Last-Event-ID`` (or
@@ -24,7 +28,8 @@ Errors are :class:`~lilypad.solver_api.ErrorBody`, ``{"error": "<one line>"}``, 
   not render here, a timeout too short for the module) or cancellation, a malformed address or
   ``Last-Event-ID``;
 * 402 the signer's deposit does not cover the offer on top of its open ones;
-* 404 unknown (offer, deal, or route); 409 duplicate; 422 malformed body or parameter;
+* 404 unknown (offer, deal, or route); 409 duplicate; 422 malformed body or parameter (a
+  listing's filter or cursor included);
 * 413 a body larger than the route takes (:data:`BODY_LIMITS`), refused before it is read;
 * 429 a signer over its rate (with ``Retry-After``), a signer with too many open offers, or a
   party with too many event streams open;
@@ -40,7 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter
@@ -53,6 +58,7 @@ from lilypad.chain.crypto import is_address, to_checksum_address
 from lilypad.errors import LilypadError
 from solver.service import (
     DepositShort,
+    InvalidFilter,
     InvalidRequest,
     RateLimited,
     Solver,
@@ -81,6 +87,7 @@ _STATUS: tuple[tuple[tuple[type[LilypadError], ...], int], ...] = (
     ((Duplicate,), 409),
     ((DepositShort,), 402),
     ((UnknownObject,), 404),
+    ((InvalidFilter,), 422),
     ((InvalidRequest,), 400),
 )
 _WHY = {
@@ -105,6 +112,20 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _OFFER_ID = Path(description="The offer's id: its EIP-712 struct hash, 0x hex.")
 _PARTY = Query(None, description="Only those naming this address.")
+_MODULE = Query(
+    None,
+    max_length=300,
+    description="Only those for this module: a built-in module's name (any of its versions), "
+    "name:version, or a 0x module id.",
+)
+_LIMIT = Query(
+    api.DEFAULT_PAGE, ge=1, le=api.MAX_PAGE, description=f"At most {api.MAX_PAGE} a page."
+)
+_CURSOR = Query(
+    None,
+    pattern=r"^[0-9]{1,18}$",
+    description="Where the page starts: the previous page's next cursor, as it is.",
+)
 
 
 def create_app(
@@ -310,10 +331,55 @@ def _query_routes(app: FastAPI, solver: Solver) -> None:
             committed_by_resource_offers=solver.committed(signer, ResourceOfferRow),
         )
 
-    @app.get("/api/v1/deals", responses=_errors(400, 422))
-    def list_deals(party: str | None = _PARTY) -> list[api.DealView]:
-        """Every deal, or those of ``party`` as job creator or provider."""
-        rows = solver.store.deals(party=_address(party) if party else None)
+    @app.get("/api/v1/resource_offers", responses=_errors(422))
+    def list_resource_offers(
+        module: str | None = _MODULE,
+        min_vram_gb: float | None = Query(
+            None, ge=0, le=1024 * 1024, description="Only those with this much VRAM per GPU."
+        ),
+        gpu: str | None = Query(
+            None,
+            min_length=1,
+            max_length=api.MAX_GPU_MODEL,
+            description="Only those with a GPU whose model contains this (any case).",
+        ),
+        provider: str | None = Query(None, description="Only this provider's."),
+        limit: int = _LIMIT,
+        cursor: str | None = _CURSOR,
+    ) -> api.ResourceOfferPage:
+        """The open resource offers (pending, not past their expiry), oldest first: the market
+        view. An offer for any module serves every ``module``."""
+        return solver.market_offers(
+            module=module,
+            min_vram_gb=min_vram_gb,
+            gpu=gpu,
+            provider=_filter_address("provider", provider),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    @app.get("/api/v1/deals", responses={200: {"headers": _NEXT_LINK}, **_errors(400, 422)})
+    def list_deals(
+        request: Request,
+        response: Response,
+        party: str | None = _PARTY,
+        state: list[api.DealState] = Query([], description="Only those in one of these states."),
+        module: str | None = _MODULE,
+        limit: int = _LIMIT,
+        cursor: str | None = _CURSOR,
+    ) -> list[api.DealView]:
+        """The deals, newest first: every deal, or those of ``party`` as job creator or
+        provider; the next page is in ``Link``."""
+        rows, following = solver.deal_page(
+            party=_address(party) if party else None,
+            states=state,
+            module=module,
+            limit=limit,
+            cursor=cursor,
+        )
+        if following is not None:
+            url = request.url.include_query_params(cursor=following)
+            response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
         return [deal_view(row) for row in rows]
 
     @app.get("/api/v1/deals/{deal_id}", responses=_errors(404, 422))
@@ -349,6 +415,27 @@ def _address(value: str) -> str:
             f"{value!r} is not an address: 0x and 40 hex digits, in one case or checksummed"
         )
     return to_checksum_address(value)
+
+
+def _filter_address(name: str, value: str | None) -> str | None:
+    """A listing's address filter, checksummed, or a 422 naming it."""
+    if value is None:
+        return None
+    if not is_address(value):
+        raise InvalidFilter(
+            f"{name} {value[:60]!r} is not an address: 0x and 40 hex digits, in one case or "
+            "checksummed"
+        )
+    return to_checksum_address(value)
+
+
+_NEXT_LINK = {
+    "Link": {
+        "description": 'The next page, as `<path?query>; rel="next"` (RFC 8288); absent on '
+        "the last page.",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def _event_number(last_event_id: str | None) -> int:

@@ -29,7 +29,11 @@ stops the API:
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
+import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +43,8 @@ from typing import Any, Generic, TypeVar
 
 from eth_account.signers.local import LocalAccount
 
+from lilypad import modules
+from lilypad import solver_api as api
 from lilypad.chain.crypto import eip191_digest, recover
 from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.market import JobMarketClient
@@ -51,6 +57,7 @@ from lilypad.chain.offers import (
     SignedJobOffer,
     SignedResourceOffer,
     min_job_timeout,
+    module_id,
 )
 from lilypad.chain.offers import ResourceOffer as ChainResourceOffer
 from lilypad.errors import (
@@ -71,12 +78,19 @@ from lilypad.jobs import (
     check_submission,
     rerender,
 )
-from lilypad.modules import JobSpec
+from lilypad.modules import JobSpec, version_key
 from lilypad.modules.sources import SourceKind, parse_reference
 from lilypad.solver_api import DealState, OfferState, Side
 from solver import matching
 from solver.matching import ANY_MODULE, JobRequest, OrderBook, ResourceOffer
-from solver.store import DealRow, Duplicate, JobOfferRow, ResourceOfferRow, Store
+from solver.store import (
+    DealRow,
+    Duplicate,
+    JobOfferRow,
+    ResourceOfferRow,
+    Store,
+    market_columns,
+)
 
 log = logging.getLogger("lilypad.solver")
 
@@ -104,6 +118,11 @@ class InvalidRequest(SolverError):
     """A request the solver cannot take as it is (HTTP 400); the message says why."""
 
     exit_code = 2
+
+
+class InvalidFilter(InvalidRequest):
+    """A listing's filter or cursor that names nothing the solver can look up (HTTP 422); the
+    message names the parameter, the value and what is allowed."""
 
 
 class OfferRejected(InvalidRequest):
@@ -376,7 +395,13 @@ class Solver:
         """
         offer = signed.offer
         signer = offer.provider
+        wire = (
+            signed
+            if isinstance(signed, api.SignedResourceOffer)
+            else api.SignedResourceOffer.model_validate(signed.model_dump())
+        )
         self._check_new(ResourceOfferRow, offer.struct_hash())
+        _check_advertised(wire)
         self._check_offer(offer, signer, signed.signature, "resource offer")
         if offer.collateral == 0:
             raise OfferRejected(
@@ -393,7 +418,13 @@ class Solver:
                 "multiple times the price)"
             )
         mediators = self._mediators(offer.mediators)
-        row = ResourceOfferRow(collateral=str(offer.collateral), **self._row_fields(signed, offer))
+        vram_mb, gpu_models = market_columns(wire)
+        row = ResourceOfferRow(
+            collateral=str(offer.collateral),
+            vram_mb=vram_mb,
+            gpu_models=gpu_models,
+            **self._row_fields(wire, offer),
+        )
         with self._signer_lock(signer):
             self._check_open(signer, ResourceOfferRow, offer.collateral, "its collateral")
             row.seq = self.store.add_offer(row, [signer])
@@ -694,6 +725,64 @@ class Solver:
         for listener in self._listeners:
             listener()
 
+    # ------------------------------------------------------------------------ market view
+    def market_offers(
+        self,
+        *,
+        module: str | None = None,
+        min_vram_gb: float | None = None,
+        gpu: str | None = None,
+        provider: str | None = None,
+        limit: int = api.DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> api.ResourceOfferPage:
+        """A page of the open resource offers (see ``GET /api/v1/resource_offers``).
+
+        Raises:
+            InvalidFilter: a ``module`` or ``cursor`` that names nothing.
+        """
+        ids = None if module is None else [*module_ids(module), ZERO_BYTES32]
+        rows = self.store.open_resource_offers(
+            self._clock(),
+            modules=ids,
+            signer=provider,
+            min_vram_mb=None if min_vram_gb is None else math.ceil(min_vram_gb * 1024),
+            gpu=gpu,
+            after=_cursor(cursor) or 0,
+            limit=limit + 1,  # one more says whether another page follows
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return api.ResourceOfferPage(
+            offers=tuple(_market_offer(row) for row in rows),
+            next_cursor=str(rows[-1].seq) if more else None,
+        )
+
+    def deal_page(
+        self,
+        *,
+        party: str | None = None,
+        states: Sequence[DealState] = (),
+        module: str | None = None,
+        limit: int = api.DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> tuple[list[DealRow], str | None]:
+        """A page of deals, newest first, and the cursor of the next (None: the last page).
+
+        Raises:
+            InvalidFilter: a ``module`` or ``cursor`` that names nothing.
+        """
+        rows = self.store.deal_page(
+            *states,
+            party=party,
+            modules=None if module is None else module_ids(module),
+            before=_cursor(cursor),
+            limit=limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, str(rows[-1].seq) if more else None
+
     # ----------------------------------------------------------------------------- checks
     def committed(self, signer: str, model: Model) -> int:
         """What a signer's open offers of one kind could still take from its deposit."""
@@ -855,6 +944,110 @@ def _resource_request(
         seq=row.seq,
         expires_at=offer.expiry,
         min_timeout=offer.min_timeout,
+    )
+
+
+def _check_advertised(signed: api.SignedResourceOffer) -> None:
+    """What an offer advertises beyond its signature agrees with what it signs: its module
+    reference hashes to its module, and its GPUs are as many as its ``gpus`` lane, none with
+    less VRAM than its ``vram_mb`` lane."""
+    offer = signed.offer
+    reference = signed.module_reference
+    if reference is not None and module_id(reference) != offer.module:
+        raise OfferRejected(
+            f"resource offer of {offer.provider} names module_reference {reference!r}, whose "
+            f"keccak256 {module_id(reference)} is not its module {offer.module}; send the "
+            "reference the offer signs, or none"
+        )
+    if not signed.gpus:
+        return
+    lanes = Machine.decode(offer.machine)
+    if len(signed.gpus) != lanes.gpus:
+        raise OfferRejected(
+            f"resource offer of {offer.provider} advertises {len(signed.gpus)} GPUs, but its "
+            f"machine's gpus lane is {lanes.gpus}; advertise one per GPU offered, or none"
+        )
+    for gpu in signed.gpus:
+        if gpu.vram_mb < lanes.vram_mb:
+            raise OfferRejected(
+                f"resource offer of {offer.provider} advertises GPU {gpu.model!r} with "
+                f"{gpu.vram_mb} MiB, below its machine's vram_mb lane of {lanes.vram_mb}"
+            )
+
+
+@functools.cache
+def _builtin_versions() -> dict[str, tuple[str, ...]]:
+    """Every built-in module's versions, by name (read once)."""
+    return {
+        manifest.name: tuple(sorted(manifest.versions, key=version_key))
+        for manifest, _ in modules.list_builtin()
+    }
+
+
+@functools.cache
+def builtin_references() -> dict[str, str]:
+    """``name:version`` of every built-in module version, by its module id."""
+    return {
+        module_id(f"{name}:{version}"): f"{name}:{version}"
+        for name, versions in _builtin_versions().items()
+        for version in versions
+    }
+
+
+def module_ids(text: str) -> list[str]:
+    """The module ids a listing's ``module`` filter names: a module id (0x and 64 hex digits),
+    ``name:version`` (any reference with a version), or a built-in module's name (every one of
+    its versions).
+
+    Raises:
+        InvalidFilter: a built-in module's unknown version, or a name without a version that
+            is not a built-in module's; the message suggests the close match.
+    """
+    value = text.strip()
+    if re.fullmatch(r"0x[0-9a-fA-F]{64}", value):
+        return [value.lower()]
+    known = _builtin_versions()
+    name, colon, version = value.partition(":")
+    if not colon:
+        if name in known:
+            return [module_id(f"{name}:{v}") for v in known[name]]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"built-in: {', '.join(known)}"
+        raise InvalidFilter(
+            f"module {text!r} is not a built-in module's name, name:version or a 0x module "
+            f"id; {hint}"
+        )
+    if name in known and version not in known[name]:
+        close = difflib.get_close_matches(version, known[name], n=1)
+        versions = ", ".join(known[name])
+        hint = f"did you mean {name}:{close[0]}?" if close else f"its versions: {versions}"
+        raise InvalidFilter(f"module {text!r}: {name} has no version {version!r}; {hint}")
+    return [module_id(value)]
+
+
+def _cursor(text: str | None) -> int | None:
+    """A listing's ``cursor`` (the arrival number of the last row of the page before)."""
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidFilter(
+            f"cursor {text[:40]!r} is not a cursor: pass a page's next_cursor as it is"
+        )
+    return int(text)
+
+
+def _market_offer(row: ResourceOfferRow) -> api.MarketOffer:
+    signed = api.SignedResourceOffer.model_validate(row.body)
+    offer = signed.offer
+    reference = signed.module_reference or builtin_references().get(offer.module)
+    return api.MarketOffer(
+        id=row.id,
+        seq=row.seq,
+        provider=offer.provider,
+        module_reference=reference,
+        machine=Machine.decode(offer.machine),
+        gpus=signed.gpus,
+        offer=signed,
     )
 
 

@@ -10,6 +10,11 @@ moment restarts with every offer and deal it had:
 * ``events`` (+ ``event_parties``): the ordered log of state changes the event stream serves,
   each tagged with the addresses it concerns;
 * ``meta``: small values such as the next chain block to read.
+
+The market view's listings (:meth:`Store.open_resource_offers`, :meth:`Store.deal_page`) page by
+``seq`` (keyset: a page starts after the last row of the one before, so rows arriving meanwhile
+neither repeat nor hide one), each driven by an index on an equality filter. Columns added after
+a database was made are added to it when a :class:`Store` opens it (:func:`_upgrade`).
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from sqlalchemy import (
     BigInteger,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -40,6 +48,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from lilypad import solver_api as api
+from lilypad.chain import offers
 from lilypad.errors import SolverError
 from lilypad.solver_api import DealState, EventKind, OfferState, Side
 
@@ -81,10 +90,17 @@ class ResourceOfferRow(_OfferColumns, Base):
     __table_args__ = (UniqueConstraint("signer", "nonce", name="resource_offer_signer_nonce"),)
 
     collateral: Mapped[str] = mapped_column(String(40))
+    #: The machine's VRAM lane (MiB per GPU), and its advertised GPU models, lowercase, one a
+    #: line: what the market view filters by (None in rows older than the columns that are
+    #: not pending: never listed).
+    vram_mb: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    gpu_models: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
 class DealRow(Base):
     __tablename__ = "deals"
+    # newest first within one module, without sorting them
+    __table_args__ = (Index("deal_module_seq", "module", "seq"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_offer_id: Mapped[str] = mapped_column(ForeignKey("job_offers.id"), unique=True)
@@ -99,6 +115,8 @@ class DealRow(Base):
     tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: The job offer's module (set when the match is recorded).
+    module: Mapped[str | None] = mapped_column(String(66), nullable=True)
 
 
 class EventRow(Base):
@@ -180,6 +198,7 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
+            _upgrade(self.engine)
         except OperationalError as exc:
             raise SolverError(f"cannot open database {_safe_url(url)}: {exc.orig}") from exc
 
@@ -281,11 +300,43 @@ class Store:
             values = list(session.scalars(select(column).where(model.signer == signer, live)))
             return len(values), sum(int(value) for value in values)
 
+    def open_resource_offers(
+        self,
+        now: float,
+        *,
+        modules: Sequence[str] | None = None,
+        signer: str | None = None,
+        min_vram_mb: int | None = None,
+        gpu: str | None = None,
+        after: int = 0,
+        limit: int = api.DEFAULT_PAGE,
+    ) -> list[ResourceOfferRow]:
+        """Pending resource offers not past their expiry at ``now``, oldest first, after
+        arrival number ``after``: at most ``limit``, those for one of ``modules`` (ids), of
+        ``signer``, with at least ``min_vram_mb`` per GPU, a GPU model containing ``gpu``."""
+        row = ResourceOfferRow
+        query = select(row).where(
+            row.state == OfferState.PENDING.value, row.expires_at > now, row.seq > after
+        )
+        if modules is not None:
+            query = query.where(row.module.in_(modules))
+        if signer is not None:
+            query = query.where(row.signer == signer)
+        if min_vram_mb is not None:
+            query = query.where(row.vram_mb >= min_vram_mb)
+        if gpu is not None:
+            query = query.where(row.gpu_models.contains(gpu.lower(), autoescape=True))
+        with self.session() as session:
+            return list(session.scalars(query.order_by(row.seq).limit(limit)))
+
     # ------------------------------------------------------------------------------- deals
     def record_matches(self, deals: Sequence[DealRow]) -> None:
         """Write matches before their deals are sent to the chain (one transaction)."""
         with self.session() as session:
             for deal in deals:
+                deal.module = session.scalar(
+                    select(JobOfferRow.module).where(JobOfferRow.id == deal.job_offer_id)
+                )
                 session.add(deal)
                 for model, offer_id in (
                     (JobOfferRow, deal.job_offer_id),
@@ -311,6 +362,28 @@ class Store:
             if party:
                 query = query.where((DealRow.job_creator == party) | (DealRow.provider == party))
             return list(session.scalars(query.order_by(DealRow.seq)))
+
+    def deal_page(
+        self,
+        *states: DealState,
+        party: str | None = None,
+        modules: Sequence[str] | None = None,
+        before: int | None = None,
+        limit: int = api.DEFAULT_PAGE,
+    ) -> list[DealRow]:
+        """Deals newest first, before arrival number ``before``: at most ``limit``, those in
+        one of ``states``, of ``party``, for one of ``modules`` (ids)."""
+        query = select(DealRow)
+        if before is not None:
+            query = query.where(DealRow.seq < before)
+        if states:
+            query = query.where(DealRow.state.in_([s.value for s in states]))
+        if party:
+            query = query.where((DealRow.job_creator == party) | (DealRow.provider == party))
+        if modules is not None:
+            query = query.where(DealRow.module.in_(modules))
+        with self.session() as session:
+            return list(session.scalars(query.order_by(DealRow.seq.desc()).limit(limit)))
 
     def deal_by_offer(self, job_offer_id: str) -> DealRow | None:
         with self.session() as session:
@@ -480,6 +553,51 @@ def deal_view(row: DealRow) -> api.DealView:
         tx_hash=row.tx_hash,
         error=row.error,
     )
+
+
+#: Columns added after the first release, by table: :func:`_upgrade` adds them to an older
+#: database.
+_ADDED_COLUMNS = {"resource_offers": ("vram_mb", "gpu_models"), "deals": ("module",)}
+
+
+def _upgrade(engine: Engine) -> None:
+    """Bring a database made by an older solver up to these tables (``create_all`` makes only
+    the tables missing): add the missing columns and indexes, and fill the columns in from
+    what the rows hold (the deals' modules from their job offers; the pending resource offers'
+    machines from their bodies, the only ones listed)."""
+    inspector = inspect(engine)
+    added: set[str] = set()
+    for name, columns in _ADDED_COLUMNS.items():
+        table = Base.metadata.tables[name]
+        present = {column["name"] for column in inspector.get_columns(name)}
+        with engine.begin() as connection:
+            for column in columns:
+                if column not in present:
+                    kind = table.c[column].type.compile(engine.dialect)
+                    connection.execute(text(f"ALTER TABLE {name} ADD COLUMN {column} {kind}"))
+                    added.add(name)
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
+    if "deals" in added:
+        module = select(JobOfferRow.module).where(JobOfferRow.id == DealRow.job_offer_id)
+        with engine.begin() as connection:
+            connection.execute(update(DealRow).values(module=module.scalar_subquery()))
+    if "resource_offers" in added:
+        with Session(engine) as session, session.begin():
+            pending = select(ResourceOfferRow).where(
+                ResourceOfferRow.state == OfferState.PENDING.value
+            )
+            for row in session.scalars(pending):
+                signed = api.SignedResourceOffer.model_validate(row.body)
+                row.vram_mb, row.gpu_models = market_columns(signed)
+
+
+def market_columns(signed: api.SignedResourceOffer) -> tuple[int, str | None]:
+    """What :class:`ResourceOfferRow` keeps of an offer for the market view's filters: its VRAM
+    lane and its advertised GPU models (lowercase, one a line; None when it names none)."""
+    vram_mb = offers.Machine.decode(signed.offer.machine).vram_mb
+    models = "\n".join(gpu.model.lower() for gpu in signed.gpus)
+    return vram_mb, models or None
 
 
 def _side(model: type[JobOfferRow] | type[ResourceOfferRow]) -> Side:

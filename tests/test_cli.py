@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,15 +16,22 @@ from tests.conftest import CliRunner
 REQUIRED_MODULES = {
     "cowsay": ["v0.0.4"],
     "sdxl": ["v0.9-lilypad1", "v1.0-lilypad1"],
-    "sdv-pipeline": ["v1.0-lilypad2", "v1.1-lilypad2", "v1.0-lilypad3", "v1.1-lilypad3"],
-    "sdxl-img2img": ["v1.0-lilypad1"],
-    "sdxl-inpainting": ["v1.0-lilypad1"],
-    "sdxl-outpainting": ["v1.0-lilypad1"],
+    "sdv-pipeline": [
+        "v1.0-lilypad2",
+        "v1.1-lilypad2",
+        "v1.0-lilypad3",
+        "v1.1-lilypad3",
+        "v1.0-lilypad4",
+        "v1.1-lilypad4",
+    ],
+    "sdxl-img2img": ["v1.0-lilypad1", "v1.1-lilypad1"],
+    "sdxl-inpainting": ["v1.0-lilypad1", "v1.1-lilypad1"],
+    "sdxl-outpainting": ["v1.0-lilypad1", "v1.1-lilypad1"],
     "sd15": ["v1.0-lilypad1"],
     "sd21": ["v1.0-lilypad1"],
-    "sdxl-turbo": ["v1.0-lilypad1"],
-    "sd-turbo": ["v1.0-lilypad1"],
-    "lcm": ["v1.0-lilypad1"],
+    "sdxl-turbo": ["v1.0-lilypad1", "v1.1-lilypad1"],
+    "sd-turbo": ["v1.0-lilypad1", "v1.1-lilypad1"],
+    "lcm": ["v1.0-lilypad1", "v1.1-lilypad1"],
 }
 
 
@@ -39,6 +48,28 @@ def test_version_human_and_json(cli: CliRunner) -> None:
     assert data["version"] == __version__
     # --json given globally works the same
     assert json.loads(cli("--json", "version").stdout) == data
+    assert cli("--version").stdout.strip() == f"lilypad {__version__}"
+
+
+def test_the_shell_completes_commands_and_subcommands() -> None:
+    """What bash's completion (``lilypad --install-completion``) asks the console script."""
+    lilypad = Path(sys.executable).with_name("lilypad")
+
+    def complete(*words: str) -> list[str]:
+        env = os.environ | {
+            "_LILYPAD_COMPLETE": "complete_bash",
+            "COMP_WORDS": " ".join(["lilypad", *words]),
+            "COMP_CWORD": str(len(words)),
+        }
+        done = subprocess.run([lilypad], env=env, capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    assert complete("jo") == ["jobcreator", "jobs"]
+    assert {"list", "show"} <= set(complete("jobs", ""))
+    script = subprocess.run(
+        [lilypad, "--show-completion", "bash"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "_LILYPAD_COMPLETE=complete_bash" in script  # what bash then runs, as above
 
 
 def test_module_list_json_has_builtin_modules(cli: CliRunner) -> None:
@@ -88,9 +119,9 @@ def test_reference_without_version_picks_newest_and_says_so(cli: CliRunner) -> N
     result = cli("module", "show", "sdv-pipeline", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["version"] == "v1.1-lilypad3"
+    assert data["version"] == "v1.1-lilypad4"
     assert data["resolved_newest"] is True
-    assert "sdv-pipeline:v1.1-lilypad3" in result.stderr
+    assert "sdv-pipeline:v1.1-lilypad4" in result.stderr
     assert "newest" in result.stderr
 
 

@@ -49,6 +49,8 @@ GAS_MARGIN = 0.2
 _DEAL = f"({','.join(Deal.ABI_TYPES)})"
 #: Blocks asked for in one ``eth_getLogs`` (public nodes limit the range).
 LOG_RANGE = 5000
+#: ``dealState`` reads sent in one batched request.
+STATE_BATCH = 100
 #: Topics of the market events the job creator follows on chain (no solver needed).
 _DEAL_CREATED = keccak(text=f"DealCreated(bytes32,address,address,{_DEAL},uint48)")
 _RESULT_SUBMITTED = keccak(text="ResultSubmitted(bytes32,bytes,uint48)")
@@ -85,6 +87,14 @@ class DealStatus:
     state: DealState
     deadline: int
     result_tag: str
+
+
+@dataclass(frozen=True)
+class PartyDeal:
+    """A deal of one account, with its state now (:meth:`CreatorMarket.deals_of`)."""
+
+    deal: Deal
+    status: DealStatus
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,10 @@ class LightChain:
             found.extend(self.request(action, "eth_getLogs", [query]) or [])
         return found
 
+    def balance(self, address: str) -> int:
+        """``address``'s ether (what pays for gas), in wei."""
+        return int(self.request("ether balance", "eth_getBalance", [address, "latest"]), 16)
+
     def block_timestamp(self, tag: str = "latest") -> int:
         """The timestamp of block ``tag`` (``latest``, ``pending``)."""
         block = self.request(f"{tag} block", "eth_getBlockByNumber", [tag, False])
@@ -355,16 +369,55 @@ class CreatorMarket:
 
     def deposit(self, sender: Sender, amount: int) -> Receipt:
         """Move ``amount`` tokens into the sender's market balance, approving first if needed."""
+        self.approve(sender, amount)
+        data = selector("deposit(uint256)") + encode_words(["uint256"], [amount])
+        return self.chain.send("deposit", self.address, data, sender)
+
+    def approve(self, sender: Sender, amount: int) -> Receipt | None:
+        """Let the market take ``amount`` of the sender's tokens (for a deposit), unless it
+        already may; the approval's receipt, or None when none was needed."""
         args = encode_words(["address", "address"], [sender.address, self.address])
         allowance = self.chain.call(
             "allowance", self.token, selector("allowance(address,address)") + args
         )
-        if decode_words(["uint256"], allowance)[0] < amount:
-            approve = selector("approve(address,uint256)")
-            data = approve + encode_words(["address", "uint256"], [self.address, amount])
-            self.chain.send("approve", self.token, data, sender)
-        data = selector("deposit(uint256)") + encode_words(["uint256"], [amount])
-        return self.chain.send("deposit", self.address, data, sender)
+        if decode_words(["uint256"], allowance)[0] >= amount:
+            return None
+        approve = selector("approve(address,uint256)")
+        data = approve + encode_words(["address", "uint256"], [self.address, amount])
+        return self.chain.send("approve", self.token, data, sender)
+
+    def withdraw(self, sender: Sender, amount: int) -> Receipt:
+        """Move ``amount`` of the sender's free market balance back to its wallet."""
+        data = selector("withdraw(uint256)") + encode_words(["uint256"], [amount])
+        return self.chain.send("withdraw", self.address, data, sender)
+
+    def deals_of(self, account: str, from_block: int) -> list[PartyDeal]:
+        """Every deal naming ``account`` as job creator or provider, made since ``from_block``,
+        with its state now: the market's ``DealCreated`` events (indexed by both parties), so
+        deals of any solver count and no solver can leave one out, and ``dealState`` of each,
+        read in batches of :data:`STATE_BATCH`."""
+        party = _address_topic(account)
+        deals: dict[str, Deal] = {}
+        for topics in ([_DEAL_CREATED, None, party], [_DEAL_CREATED, None, None, party]):
+            for log in self.chain.logs("deals of an account", self.address, topics, from_block):
+                deal = Deal.from_event(decode_words(Deal.ABI_TYPES, _data(log)))
+                deals.setdefault(deal.deal_id, deal)  # a deal with oneself is found twice
+        found = list(deals.values())
+        states: list[DealStatus] = []
+        view = selector("dealState(bytes32)")
+        for start in range(0, len(found), STATE_BATCH):
+            calls = []
+            for deal in found[start : start + STATE_BATCH]:
+                data = view + encode_words(["bytes32"], [deal.deal_id])
+                calls.append(
+                    ("eth_call", [{"to": self.address, "data": "0x" + data.hex()}, "latest"])
+                )
+            for answer in self.chain.batch("dealState", calls):
+                state, deadline, tag = decode_words(
+                    ["uint8", "uint48", "bytes24"], bytes.fromhex(str(answer).removeprefix("0x"))
+                )
+                states.append(DealStatus(DealState(state), int(deadline), "0x" + bytes(tag).hex()))
+        return [PartyDeal(deal, status) for deal, status in zip(found, states, strict=True)]
 
     def accept_result(self, job_creator: Sender, deal: Deal) -> Receipt:
         """Accept the submitted result; the provider is paid at once."""

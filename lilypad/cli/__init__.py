@@ -15,12 +15,14 @@ import typer
 from rich.markup import escape
 
 from lilypad import __version__
+from lilypad.cli import account as account_cli
 from lilypad.cli import chain as chain_cli
 from lilypad.cli import ipfs as ipfs_cli
 from lilypad.cli import module as module_cli
 from lilypad.cli import module_run as module_run_cli
 from lilypad.cli import network as network_cli
 from lilypad.cli import provider as provider_cli
+from lilypad.cli import providers as providers_cli
 from lilypad.cli import run as run_cli
 from lilypad.cli import solver as solver_cli
 from lilypad.cli.output import console, emit, err_console, state
@@ -31,7 +33,6 @@ app = typer.Typer(
     help="Run deterministic AI jobs on a decentralized compute network.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
     rich_markup_mode="rich",
 )
 # `module run` / `module build` (the runtime) live in their own file: module_run imports module
@@ -45,9 +46,17 @@ app.command("mediator")(provider_cli.mediator)
 app.command("jobcreator")(provider_cli.jobcreator)
 app.command("run")(run_cli.run)
 app.add_typer(run_cli.jobs_app, name="jobs")
+app.add_typer(account_cli.app, name="account")
 app.add_typer(network_cli.app, name="network")
 app.add_typer(chain_cli.app, name="chain")
 app.add_typer(ipfs_cli.app, name="ipfs")
+app.add_typer(providers_cli.app, name="providers")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(f"lilypad {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -55,6 +64,13 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
     json_output: bool = typer.Option(
         False, "--json", help="Print data as JSON (same as --json on the command)."
+    ),
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Show the version and exit (`lilypad version` says more).",
     ),
 ) -> None:
     state.debug = debug

@@ -68,25 +68,84 @@ def _json_option() -> Any:
 
 
 @app.command("list")
-def list_modules(json_output: bool = _json_option()) -> None:
+def list_modules(
+    json_output: bool = _json_option(),
+    network: str | None = typer.Option(
+        None,
+        "--network",
+        "-n",
+        help="Also show, per version, how many providers of this network serve it now and "
+        "the lowest price.",
+    ),
+) -> None:
     """List the built-in modules and their versions."""
+    builtin = modules.list_builtin()
     data: list[dict[str, Any]] = [
         {
             "name": manifest.name,
             "versions": sorted(manifest.versions, key=version_key),
             "description": manifest.description,
         }
-        for manifest, _ in modules.list_builtin()
+        for manifest, _ in builtin
     ]
+    if network is not None:
+        market = _market(network, [manifest for manifest, _ in builtin])
+        for item in data:
+            item["market"] = {v: market[f"{item['name']}:{v}"] for v in item["versions"]}
 
     def human() -> None:
-        table = Table("module", "versions", "description", box=None, pad_edge=False)
+        columns = ["module", "versions"]
+        if network is not None:
+            columns += ["providers", "lowest price"]
+        table = Table(*columns, "description", box=None, pad_edge=False)
         for item in data:
-            table.add_row(item["name"], "\n".join(item["versions"]), item["description"])
+            cells = [item["name"], "\n".join(item["versions"])]
+            if network is not None:
+                now = [item["market"][v] for v in item["versions"]]
+                cells.append("\n".join(str(m["providers"]) for m in now))
+                cells.append("\n".join(_tokens(m["lowest_price"]) for m in now))
+            table.add_row(*cells, item["description"])
         console.print(table)
+        if network is not None:
+            console.print(f"\nProviders with an open offer on {network!r} now; prices in tokens.")
         console.print("\nSee a module's tunables with: lilypad module show NAME")
 
     emit(data, json_output, human)
+
+
+def _market(network: str, manifests: list[Any]) -> dict[str, dict[str, Any]]:
+    """Per ``name:version``: how many providers have an open offer on ``network`` that can
+    take its job now (the module, or any module; machine and ``min_timeout`` enough for it),
+    and the lowest such price (base units as a string; None when none)."""
+    from lilypad.chain.offers import ZERO_BYTES32, Machine, default_job_timeout, module_id
+    from lilypad.cli.providers import network_offers
+
+    offers = network_offers(network)
+    market = {}
+    for manifest in manifests:
+        for version, spec in manifest.versions.items():
+            wanted = {module_id(f"{manifest.name}:{version}"), ZERO_BYTES32}
+            needs = Machine.from_requirements(**spec.machine.model_dump())
+            timeout = default_job_timeout(spec.timeout_s)
+            fit = [
+                o
+                for o in offers
+                if o.offer.offer.module in wanted
+                and o.machine.satisfies(needs)
+                and o.offer.offer.min_timeout <= timeout
+            ]
+            prices = [o.offer.offer.price for o in fit]
+            market[f"{manifest.name}:{version}"] = {
+                "providers": len({o.provider for o in fit}),
+                "lowest_price": str(min(prices)) if prices else None,
+            }
+    return market
+
+
+def _tokens(units: str | None) -> str:
+    from lilypad.units import format_tokens
+
+    return "-" if units is None else format_tokens(int(units))
 
 
 def _resolve(ref: str) -> ResolvedModule:

@@ -46,6 +46,8 @@ _STEP_TEXT = {
     "alone": "no second provider in time: the result of {provider} is audited instead",
     "accepted": "result accepted on chain (tx {tx:.18}…)",
     "retry": "retrying (attempt {attempt}): {reason}",
+    "withdrawn": "offer {job_offer_id:.18}… withdrawn at the solver; no funds moved",
+    "settled": "the deal has ended: {state} (timeout tx: {tx})",
 }
 #: The longest a job offer may wait for a provider (a week).
 MAX_EXPIRES_IN_S = 7 * 86_400
@@ -87,12 +89,15 @@ def run(
         None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY)."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="Post the offer, print the job id and exit; lilypad jobs wait ID does the rest.",
+    ),
     stray: list[str] = STRAY_ARGS,
 ) -> None:
     """Run a module on the network: offer, match, deal, result, verified download, accept."""
-    from lilypad.chain.light import CreatorMarket, LightChain
     from lilypad.creator import JobRunner, RunOptions, Step
-    from lilypad.errors import ChainError
     from lilypad.keys import load_signer
     from lilypad.network import load_network
     from lilypad.units import format_tokens, parse_tokens
@@ -106,7 +111,7 @@ def run(
     profile = load_network(network)
     spec = _stage(module, inputs, profile)  # files checked and added to the network's IPFS
     timeout_s = _job_timeout(timeout, spec)
-    market_address, _ = profile.require_contracts()
+    profile.require_contracts()  # a profile without them stops here, before the key is read
     account = load_signer(key_file, role="the job creator")
     options = RunOptions(
         max_price=price,
@@ -116,26 +121,12 @@ def run(
         retries=retries,
         verify=verify,
     )
-    chain = LightChain(profile.rpc_url)
-    if chain.chain_id != profile.chain_id:
-        chain.close()
-        raise ChainError(
-            f"the node at {profile.rpc_url} is chain {chain.chain_id}, "
-            f"but network {network!r} is chain {profile.chain_id}"
-        )
-    market = CreatorMarket(chain, market_address)
+    market = _market(profile)
     status = Status("starting", console=err_console)
-    quiet = json_output
-
-    def on_step(step: Step) -> None:
-        text = _STEP_TEXT.get(step.name, step.name).format(**step.detail)
-        status.update(escape(text))
-        if not quiet:
-            err_console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True)
-
+    on_step = _progress(status, quiet=json_output)
     runner = JobRunner(profile, account, market, on_step)
     try:
-        if not quiet:
+        if not json_output:
             note(
                 f"running {spec.module} as {account.address} on {network!r} "
                 f"(max price {format_tokens(price)})"
@@ -156,11 +147,60 @@ def run(
             on_step(Step("deposit", {"amount": format_tokens(amount)}))
 
         runner.fund = fund
-        with status if sys.stderr.isatty() and not quiet else _nothing():
-            record = _run_interruptibly(runner, spec, options)
+        if detach:
+            record = runner.post(spec, options)
+        else:
+            with _shown(status, json_output):
+                record = _run_interruptibly(runner, lambda: runner.run(spec, options))
     finally:
         runner.close()
+    if detach:
+        _detached(record, json_output)
+        return
     emit(record.to_dict(), json_output, lambda: _summary(record))
+
+
+def _market(profile: Any) -> Any:
+    """The network's market on the light chain client, once the node is the profile's chain."""
+    from lilypad.chain.light import CreatorMarket, LightChain
+    from lilypad.errors import ChainError
+
+    market_address, _ = profile.require_contracts()
+    chain = LightChain(profile.rpc_url)
+    if chain.chain_id != profile.chain_id:
+        chain.close()
+        raise ChainError(
+            f"the node at {profile.rpc_url} is chain {chain.chain_id}, "
+            f"but network {profile.name!r} is chain {profile.chain_id}"
+        )
+    return CreatorMarket(chain, market_address)
+
+
+def _progress(status: Status, *, quiet: bool) -> Any:
+    """The runner's ``on_step``: each step on the status line and, unless ``quiet``, a line."""
+
+    def on_step(step: Any) -> None:
+        text = _STEP_TEXT.get(step.name, step.name).format(**step.detail)
+        status.update(escape(text))
+        if not quiet:
+            err_console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True)
+
+    return on_step
+
+
+def _shown(status: Status, json_output: bool) -> Any:
+    return status if sys.stderr.isatty() and not json_output else _nothing()
+
+
+def _detached(record: Any, json_output: bool) -> None:
+    """What ``run --detach`` prints: the job id on stdout (the record with ``--json``)."""
+    job_id = record.job_offer_id
+
+    def human() -> None:
+        print(job_id)
+        note(f"Posted; follow the job with `lilypad jobs wait {job_id}`.")
+
+    emit(record.to_dict(), json_output, human)
 
 
 def _stage(module: modules.ResolvedModule, inputs: list[str], profile: Any) -> modules.JobSpec:
@@ -247,24 +287,40 @@ def _check_wallet(market: Any, address: str, amount: int) -> None:
         )
 
 
-def _run_interruptibly(runner: Any, spec: modules.JobSpec, options: Any) -> Any:
-    from lilypad.creator import JobRecord
+def _run_interruptibly(runner: Any, work: Any, *, withdraw: bool = True) -> Any:
+    """``work()`` (the runner's run or resume); on Ctrl-C, say what became of the job: a
+    pending offer is withdrawn (``withdraw``: ``run``'s, not a detached job's), a deal stays on
+    chain for `lilypad jobs wait`. A service that failed while a deal is under way says so too."""
+    from lilypad.creator import JobError
 
     try:
-        return runner.run(spec, options)
+        return work()
     except KeyboardInterrupt:
-        records = [r for r in _records() if r.module == spec.module]
-        last: JobRecord | None = records[-1] if records else None
-        if last is not None and last.deal_id is None:
+        last = runner.current
+        if last is not None and last.deal_id is None and last.job_offer_id and withdraw:
             runner.cancel(last)
             note("Interrupted: the job offer was withdrawn; no funds moved.")
-        elif last is not None:
-            note(
-                f"Interrupted: deal {last.deal_id} stays on chain. If the provider delivers, "
-                "the result is yours to fetch with `lilypad ipfs get`; if not, anyone can time "
-                "the deal out after its deadline and your payment is refunded."
-            )
+        elif last is not None and last.job_offer_id:
+            note(f"Interrupted. {_come_back(last)}")
         raise
+    except (JobError, InputError):
+        raise
+    except Exception:
+        last = runner.current
+        if last is not None and last.job_offer_id and not last.state.is_terminal():
+            note(_come_back(last))
+        raise
+
+
+def _come_back(record: Any) -> str:
+    job_id = record.job_offer_id
+    where = f"deal {record.deal_id} stays on chain" if record.deal_id else "the offer stays posted"
+    return f"Job {job_id}: {where}. Follow it to its end with `lilypad jobs wait {job_id}`" + (
+        f"; if the provider sends no result by the deadline, `lilypad jobs timeout {job_id}` "
+        "refunds your payment with the provider's collateral."
+        if record.deal_id
+        else f", or withdraw it with `lilypad jobs cancel {job_id}`."
+    )
 
 
 def _records() -> list[Any]:
@@ -351,3 +407,141 @@ def jobs_show(
             console.print(f"  {key:<14} {escape(str(data[key]))}", soft_wrap=True)
 
     emit(data, json_output, human)
+
+
+# ------------------------------------------------------------------ leaving and coming back
+_JOB_ID = typer.Argument(..., help="A job offer or deal id (a unique prefix is enough).")
+_KEY_FILE = typer.Option(None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY).")
+_JSON = typer.Option(False, "--json", help="Print the record as JSON.")
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: str = _JOB_ID,
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Deposit a challenge's fee if the deposit is short."
+    ),
+    key_file: Path | None = _KEY_FILE,
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Follow a job to its end (after Ctrl-C, a crash or run --detach): wait for the deal and
+    the result, download and verify it, judge and accept it, as run does."""
+    from lilypad.creator import Step, find_record
+    from lilypad.units import format_tokens
+
+    record = find_record(job_id)
+    status = Status("following the job", console=err_console)
+    on_step = _progress(status, quiet=json_output)
+    runner = _runner(record, key_file, on_step)
+    try:
+
+        def fund(amount: int) -> None:
+            _check_wallet(runner.market, runner.account.address, amount)
+            _consent(amount, yes, format_tokens)
+            runner.deposit(amount)
+            on_step(Step("deposit", {"amount": format_tokens(amount)}))
+
+        runner.fund = fund
+        with _shown(status, json_output):
+            done = _run_interruptibly(runner, lambda: runner.resume(record), withdraw=False)
+    finally:
+        runner.close()
+    emit(done.to_dict(), json_output, lambda: _summary(done))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: str = _JOB_ID, key_file: Path | None = _KEY_FILE, json_output: bool = _JSON
+) -> None:
+    """Withdraw a job's offer while no provider has taken it (the deposit it held is free
+    again); cancelling twice is fine."""
+    from lilypad.creator import find_record
+
+    record = find_record(job_id)
+    runner = _runner(record, key_file, lambda _: None)
+    try:
+        was = record.state
+        done = runner.withdraw(record)
+    finally:
+        runner.close()
+
+    def human() -> None:
+        already = "was already withdrawn" if was.value == "cancelled" else "withdrawn"
+        console.print(f"job {done.job_offer_id}: offer {already}; no funds moved")
+
+    emit(done.to_dict(), json_output, human)
+
+
+@jobs_app.command("timeout")
+def jobs_timeout(
+    job_id: str = _JOB_ID, key_file: Path | None = _KEY_FILE, json_output: bool = _JSON
+) -> None:
+    """Claim the refund of a deal whose deadline passed: no result in time (your payment and
+    the provider's collateral), or no mediator's ruling in time (your payment and the fee)."""
+    from lilypad.creator import find_record
+
+    record = find_record(job_id)
+    runner = _runner(record, key_file, lambda _: None)
+    try:
+        done = runner.time_out(record)
+    finally:
+        runner.close()
+
+    def human() -> None:
+        tx = done.txs.get("timeout")
+        how = f"timed out now (tx {tx})" if tx and tx != record.txs.get("timeout") else "settled"
+        console.print(f"job {done.job_offer_id}: deal {done.deal_id} {how}: {done.state}")
+        if done.error:
+            console.print(f"  {escape(done.error)}", soft_wrap=True)
+
+    emit(done.to_dict(), json_output, human)
+
+
+@jobs_app.command("get")
+def jobs_get(
+    job_id: str = _JOB_ID,
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="An empty or new folder (default: the job's output folder)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print where it went as JSON."),
+) -> None:
+    """Download a job's result again, every block verified against its CID."""
+    from lilypad.creator import find_record
+    from lilypad.creator.runner import download, gateway_link, result_of
+    from lilypad.network import load_network
+    from lilypad.storage import result_dir
+
+    record = find_record(job_id)
+    cid = result_of(record)
+    if output is not None and output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise InputError(
+            f"-o {output} is not an empty folder; the result replaces what the folder holds",
+            hint="name a new or empty folder",
+        )
+    dest = output if output is not None else result_dir(cid)
+    profile = load_network(record.network)
+    quiet = json_output
+    links = download(profile, cid, dest, record.result_limit, _progress(_silent(), quiet=quiet))
+    data = {
+        "job_offer_id": record.job_offer_id,
+        "cid": str(cid),
+        "path": str(dest),
+        "gateway_url": gateway_link(profile, cid),
+        "skipped_symlinks": links,
+    }
+    emit(data, json_output, lambda: console.print(f"saved {cid} to {escape(str(dest))}"))
+
+
+def _silent() -> Status:
+    return Status("", console=err_console)
+
+
+def _runner(record: Any, key_file: Path | None, on_step: Any) -> Any:
+    """A runner for the record's network, with the key given."""
+    from lilypad.creator import JobRunner
+    from lilypad.keys import load_signer
+    from lilypad.network import load_network
+
+    profile = load_network(record.network)
+    account = load_signer(key_file, role="the job creator")
+    return JobRunner(profile, account, _market(profile), on_step)

@@ -25,6 +25,14 @@ funds:
 * an input the provider could not fetch → always challenged and left to time out: the price and
   the fee come back, the provider is not paid and keeps its collateral (:class:`InputLost`).
 
+A job can be left and taken up again (``lilypad run --detach``, Ctrl-C, a crash): its record
+keeps what that takes (the signed offer, the deal's terms, the result's size limit), and
+:meth:`JobRunner.resume` follows it on from the state it reached, with the policy it recorded,
+reading the chain before each step so that nothing is sent twice; :meth:`JobRunner.withdraw`
+withdraws a pending offer and :meth:`JobRunner.time_out` ends an overdue deal. One process
+follows a job at a time (a lock per job under ``<data_dir>/locks``). A failed service (chain,
+solver, IPFS) leaves the record in the state it reached, for ``lilypad jobs wait``.
+
 The package, by role: :mod:`~lilypad.creator.records` (:class:`JobRecord`, :class:`JobState`,
 :class:`Step`, the records on disk), :mod:`~lilypad.creator.runner` (:class:`JobRunner` and the
 :class:`JobError` family) and ``_solver`` (private: the job creator's policy over
@@ -38,6 +46,7 @@ from lilypad.creator.records import (
     Step,
     find_record,
     jobs_dir,
+    load_record,
     load_records,
     save_record,
 )
@@ -52,6 +61,7 @@ from lilypad.creator.runner import (
     ResultTimeout,
     RunOptions,
     VerificationFailed,
+    account_lock,
 )
 
 __all__ = [
@@ -69,8 +79,10 @@ __all__ = [
     "RunOptions",
     "Step",
     "VerificationFailed",
+    "account_lock",
     "find_record",
     "jobs_dir",
+    "load_record",
     "load_records",
     "save_record",
 ]

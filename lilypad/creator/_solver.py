@@ -126,6 +126,27 @@ class SolverCalls:
         with contextlib.suppress(SolverError):
             self.client.cancel_offer("job", offer_id, signature)
 
+    def withdraw(self, offer_id: str, signature: str) -> api.OfferState | None:
+        """Withdraw the offer at the solver, for someone who asked to (``lilypad jobs cancel``):
+        its state there afterwards (``cancelled``, or why it could not be: ``matched``,
+        ``dealt``, ``expired``, ``rejected``), None when the solver has no such offer (it can
+        match nothing).
+
+        Raises:
+            SolverUnreachable, SolverBusy: not withdrawn: the offer may still be taken.
+        """
+        try:
+            self.client.cancel_offer("job", offer_id, signature)
+            return api.OfferState.CANCELLED
+        except (SolverUnreachable, SolverBusy):
+            raise
+        except api.SolverRefused:
+            pass  # not pending (any more): its state says why
+        try:
+            return self.client.job_offer(offer_id).state
+        except api.NotFound:
+            return None
+
     def offer_deal(self, offer_id: str) -> DealView | None:
         """The job offer's deal once the chain has it, as the solver says (None when it cannot
         say: the event stream may have missed it, or the solver be down)."""

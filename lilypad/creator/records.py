@@ -92,6 +92,13 @@ class JobRecord:
     ``state`` is a :class:`JobState` (its value on disk and in JSON); ``verify`` is the policy,
     ``audited`` whether the result was challenged, and ``audit_probability`` the chance it had
     (``audit``).
+
+    What ``lilypad jobs wait|cancel|timeout|get`` need to take a job up again, in another
+    process: ``job_creator`` (the account that signed), ``offer`` (the signed job offer, amounts
+    as decimal strings: its expiry, nonce and mediators), ``deal`` (the deal's terms, which every
+    call on it passes back) and ``result_limit`` (the most bytes a result may hold). Records
+    written before these were kept lack them; the runner recovers them from the chain and the
+    solver.
     """
 
     module: str
@@ -113,6 +120,10 @@ class JobRecord:
     audit_probability: float | None = None
     from_block: int | None = None
     twin: dict[str, Any] | None = None
+    job_creator: str | None = None
+    offer: dict[str, Any] | None = None
+    deal: dict[str, Any] | None = None
+    result_limit: int | None = None
     skipped_symlinks: list[str] = field(default_factory=list)
     error: str | None = None
     txs: dict[str, str] = field(default_factory=dict)
@@ -136,6 +147,23 @@ def save_record(record: JobRecord) -> None:
         return
     path = jobs_dir() / f"{record.job_offer_id}.json"
     write_atomic(path, json.dumps(record.to_dict(), indent=2, sort_keys=True))
+
+
+def load_record(job_offer_id: str) -> JobRecord:
+    """The record of job offer ``job_offer_id`` as it is on disk now.
+
+    Raises:
+        InputError: there is none, or it cannot be read.
+    """
+    path = jobs_dir() / f"{job_offer_id}.json"
+    try:
+        return JobRecord(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(
+            f"no job {job_offer_id} on this machine", hint="see lilypad jobs list"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"the record {path} cannot be read ({exc})") from None
 
 
 def load_records() -> list[JobRecord]:

@@ -16,20 +16,23 @@ See :mod:`lilypad.creator` for the flow and what each :class:`JobError` says of 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from lilypad import solver_api as api
 from lilypad.chain.crypto import Signer
 from lilypad.chain.light import CreatorMarket, DealState
 from lilypad.chain.offers import Deal, JobOffer
 from lilypad.config import get_settings
 from lilypad.creator._solver import MAX_RETRY_PAUSE_S, OfferEvents, SolverCalls
-from lilypad.creator.records import JobRecord, JobState, Step, save_record
+from lilypad.creator.records import JobRecord, JobState, Step, load_record, save_record
 from lilypad.errors import (
     ConfigError,
     ContractReverted,
@@ -111,12 +114,20 @@ class RunOptions:
 
 @dataclass
 class _Job:
-    """One offer of a job and what is known of it while it runs."""
+    """One offer of a job and what is known of it while it runs.
+
+    ``offer`` is None only for a job taken up from a record that predates saving it, once its
+    deal is known; ``submission`` only while it is posted (the spec is not kept beyond that).
+    ``lock`` holds :func:`_job_lock` while this process follows the job.
+    """
 
     record: JobRecord
-    submission: JobSubmission
+    offer: JobOffer | None
+    result_limit: int | None = None
+    submission: JobSubmission | None = None
     deal: Deal | None = None
     cid: CID | None = None
+    lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 class JobRunner:
@@ -148,6 +159,12 @@ class JobRunner:
         self.solver = SolverCalls(profile.solver_url)
         self.clock = ChainClock(market)
         self._reserves: dict[tuple[str, ...], int] = {}
+        self._jobs: list[_Job] = []
+
+    @property
+    def current(self) -> JobRecord | None:
+        """The record of the latest job this runner started (what a Ctrl-C interrupted)."""
+        return self._jobs[-1].record if self._jobs else None
 
     def close(self) -> None:
         self.solver.close()
@@ -186,16 +203,20 @@ class JobRunner:
             SolverError, ChainError, StorageError: a service failed.
         """
         attempt = 0
-        while True:
-            try:
-                if options.verify is Verify.REDUNDANT:
-                    return self._run_redundant(spec, options)
-                return self._run_once(spec, options)
-            except (NoMatch, ResultTimeout) as exc:
-                attempt += 1
-                if attempt > options.retries:
-                    raise
-                self.on_step(Step("retry", {"attempt": attempt, "reason": str(exc)}))
+        try:
+            while True:
+                try:
+                    if options.verify is Verify.REDUNDANT:
+                        return self._run_redundant(spec, options)
+                    return self._run_once(spec, options)
+                except (NoMatch, ResultTimeout) as exc:
+                    attempt += 1
+                    if attempt > options.retries:
+                        raise
+                    self.on_step(Step("retry", {"attempt": attempt, "reason": str(exc)}))
+        finally:
+            for job in self._jobs:
+                job.lock.close()
 
     def _run_once(self, spec: JobSpec, options: RunOptions) -> JobRecord:
         events = self.solver.events(self.account.address)
@@ -317,14 +338,20 @@ class JobRunner:
 
     # ------------------------------------------------------------------------- offer, deal
     def _new_job(self, spec: JobSpec, options: RunOptions, avoid: tuple[str, ...] = ()) -> _Job:
+        submission = self._submission(spec, options, avoid)
         record = JobRecord(
             spec.module,
             dict(spec.tunables),
             spec.spec_hash,
             self.profile.name,
             verify=options.verify.value,
+            job_creator=self.account.address,
+            offer=_wire(api.JobOffer, submission.offer),
+            result_limit=spec.result_limit,
         )
-        return _Job(record, self._submission(spec, options, avoid))
+        job = _Job(record, submission.offer, spec.result_limit, submission)
+        self._jobs.append(job)
+        return job
 
     def _submission(
         self, spec: JobSpec, options: RunOptions, avoid: tuple[str, ...] = ()
@@ -348,8 +375,10 @@ class JobRunner:
         amount = options.max_price + self.challenge_reserve(options.mediators)
         # Several `lilypad run` of one account at once: each tops up and posts in turn, so
         # each sees the others' offers committed and no two approvals race.
-        with file_lock(_locks_dir() / f"{self.account.address}.lock"):
+        assert job.submission is not None
+        with account_lock(self.account.address):
             record.job_offer_id = self._fund_and_post(job.submission, amount)
+        job.lock.enter_context(_job_lock(record.job_offer_id))
         save_record(record)
         self._mark(record, "posted")
         self.on_step(Step("posted", {"job_offer_id": record.job_offer_id}))
@@ -380,9 +409,10 @@ class JobRunner:
         self.fund(needed)
 
     def _wait_deal(self, job: _Job, events: OfferEvents) -> None:
-        record, offer = job.record, job.submission.offer
+        record, offer = job.record, job.offer
         offer_id = record.job_offer_id
         assert offer_id is not None
+        assert offer is not None
         for event in events.about(offer_id, deadline=offer.expiry + 5, clock=self.clock):
             if event is None:  # nothing from the stream for a while: look for the deal directly
                 found = self._looked_up_deal(job, offer_id)
@@ -440,6 +470,7 @@ class JobRunner:
         job.deal = deal
         record.deal_id, record.provider = deal.deal_id, deal.provider
         record.price, record.collateral = str(deal.price), str(deal.collateral)
+        record.deal = _wire(api.Deal, deal)
         record.state = JobState.DEALT
         record.txs["deal"] = tx or ""
         self._mark(record, "deal")
@@ -458,7 +489,8 @@ class JobRunner:
 
     def _chain_deal(self, job: _Job) -> Deal | None:
         """The job's deal as the chain has it (found from the offer's used nonce)."""
-        offer, record = job.submission.offer, job.record
+        offer, record = job.offer, job.record
+        assert offer is not None
         try:
             if not self.market.nonce_used(self.account.address, offer.nonce):
                 return None
@@ -569,8 +601,7 @@ class JobRunner:
         status = self.market.deal_status(deal.deal_id)
         open_window = status.state is DealState.SUBMITTED
         give_up_at = status.deadline - CHALLENGE_MARGIN_S if open_window else self.clock() + 60
-        limit = job.submission.spec.result_limit
-        why = self._download_until(record, cid, give_up_at, self.clock, limit)
+        why = self._download_until(record, cid, give_up_at, self.clock, job.result_limit)
         if why is None:
             return True
         if not open_window:
@@ -612,34 +643,11 @@ class JobRunner:
             StorageError: the IPFS node or gateway failed (try again).
         """
         dest = result_dir(cid)
-        self.on_step(Step("downloading", {"cid": str(cid), "dest": str(dest)}))
-        storage = open_storage(
-            api=self.profile.ipfs_api_url,
-            gateway=None if self.profile.ipfs_api_url else self.profile.gateway_url,
-        )
-        # A job run again with the same inputs gives the same CID, and so the same folder: fetch
-        # beside it, then put the verified copy in its place.
-        fresh = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
-        links: list[str] = []
-        try:
-            storage.get(
-                cid,
-                fresh,
-                on_symlink=lambda link: links.append(f"{link.path} -> {link.target}"),
-                max_bytes=max_bytes,
-            )
-            replace_folder(fresh, dest)
-        finally:
-            storage.close()
-            shutil.rmtree(fresh, ignore_errors=True)  # gone once installed
+        links = download(self.profile, cid, dest, max_bytes, self.on_step)
         record.output_dir = str(dest)
         record.skipped_symlinks = links
-        if links:  # verified as part of the CID, but never created: they could point anywhere
-            self.on_step(Step("symlinks_skipped", {"count": len(links), "first": links[0]}))
-        gateway = (self.profile.gateway_url or "https://ipfs.io").rstrip("/")
-        record.gateway_url = f"{gateway}/ipfs/{cid}"
+        record.gateway_url = gateway_link(self.profile, cid)
         self._mark(record, "downloaded")
-        self.on_step(Step("verified", {"dest": str(dest)}))
 
     # ----------------------------------------------------------------------------- verdict
     def _judge(self, job: _Job, verify: Verify) -> None:
@@ -763,8 +771,9 @@ class JobRunner:
         record = job.record
         errors = []
         for cid in [c for c in cids if c is not None]:
-            limit = job.submission.spec.result_limit
-            why = self._download_until(record, cid, time.monotonic() + 60, time.monotonic, limit)
+            why = self._download_until(
+                record, cid, time.monotonic() + 60, time.monotonic, job.result_limit
+            )
             if why is None:
                 return
             errors.append(why)
@@ -791,6 +800,311 @@ class JobRunner:
             + (" | ".join(tail) or "(empty)"),
             hint=f"the full result is in {folder}",
         )
+
+    # --------------------------------------------------------------------- leave, come back
+    def post(self, spec: JobSpec, options: RunOptions) -> JobRecord:
+        """Post the job's offer and return its record, leaving the rest to :meth:`resume`
+        (``lilypad run --detach``).
+
+        Raises:
+            InputError: ``--verify redundant`` or retries asked for: both need the runner to
+                stay (to post the second or the next offer, which needs the spec).
+        """
+        if options.verify is Verify.REDUNDANT or options.retries:
+            what = "--verify redundant" if options.verify is Verify.REDUNDANT else "--retries"
+            raise InputError(
+                f"{what} cannot be detached: the job's later offers are posted by the process "
+                "that follows it",
+                hint="drop --detach, or the option",
+            )
+        job = self._new_job(spec, options)
+        try:
+            self._post(job, options)
+        finally:
+            job.lock.close()
+        return job.record
+
+    def resume(self, record: JobRecord) -> JobRecord:
+        """Follow a job from its record to its end, from whatever state it reached, with the
+        verification policy it records (``lilypad jobs wait``): wait for the deal, the result
+        or the mediator, then download, verify, judge and accept, saving the record as it goes.
+
+        Every step looks at the chain first, so a process that stopped between a transaction
+        and saving the record sends nothing twice. A job that has ended is returned (or its
+        error raised) with nothing done on chain.
+
+        Raises:
+            InputError: another process follows the job, or it is not this account's.
+            JobError: the job did not complete (as :meth:`run`).
+            SolverError, ChainError, StorageError: a service failed; the record keeps its
+                state, and this can be called again.
+        """
+        offer_id = _offer_id(record)
+        with _job_lock(offer_id):
+            record = load_record(offer_id)  # as it is now: another process may have moved it on
+            self._check_owner(record)
+            if record.state.is_terminal():
+                return _ended(record)
+            events = self.solver.events(self.account.address)
+            job = _Job(record, None)
+            try:
+                job = self._taken_up(record)
+                self._jobs.append(job)  # what a Ctrl-C interrupted (JobRunner.current)
+                self._follow(job, events)
+                return job.record
+            except LilypadError as exc:
+                _failed(job.record, exc)
+                raise
+            finally:
+                events.close()
+                save_record(job.record)
+
+    def withdraw(self, record: JobRecord) -> JobRecord:
+        """Withdraw the job's offer at the solver while no provider has taken it (``lilypad
+        jobs cancel``); a job already withdrawn is returned as it is.
+
+        Raises:
+            InputError: the offer is matched or dealt (the record is brought up to date), the
+                job has ended, another process follows it, or it is not this account's.
+            SolverError: the solver could not be reached: the offer may still be taken.
+        """
+        offer_id = _offer_id(record)
+        with _job_lock(offer_id):
+            record = load_record(offer_id)
+            self._check_owner(record)
+            if record.state is JobState.CANCELLED:
+                return record
+            if record.state is not JobState.CREATED:
+                raise _not_pending(record)
+            job = self._taken_up(record)
+            self._dealt_meanwhile(job)
+            signature = "0x" + self.account.sign_message(cancel_message(offer_id)).hex()
+            state = self.solver.withdraw(offer_id, signature)
+            if state in (api.OfferState.MATCHED, api.OfferState.DEALT):
+                found = self._looked_up_deal(job, offer_id)
+                if found is not None:
+                    self._dealt(job, *found)
+                raise _not_pending(job.record, matched=found is None)
+            self._dealt_meanwhile(job)  # a deal made in the offer's last moment is on chain
+            record.state = JobState.CANCELLED
+            record.error = "the offer was withdrawn (lilypad jobs cancel); no funds moved"
+            if state is api.OfferState.REJECTED:
+                record.error = "the chain refused the offer; no funds moved"
+            save_record(record)
+            self.on_step(Step("withdrawn", {"job_offer_id": offer_id}))
+            return record
+
+    def time_out(self, record: JobRecord) -> JobRecord:
+        """End an overdue deal (``lilypad jobs timeout``): no result by its deadline
+        (``timeoutResult``: the price back, and the provider's collateral), or no ruling by the
+        mediation's (``timeoutMediation``: both refunded). A deal that has ended is returned with
+        its record brought up to date, and no transaction.
+
+        Raises:
+            InputError: the deadline has not passed (the message gives the chain's time and the
+                deadline), a result waits to be judged, the job has no deal, another process
+                follows it, or it is not this account's.
+        """
+        offer_id = _offer_id(record)
+        with _job_lock(offer_id):
+            record = load_record(offer_id)
+            self._check_owner(record)
+            job = self._taken_up(record)
+            found = self._chain_deal(job) if job.deal is None else None
+            if found is not None:  # dealt while nobody looked
+                self._dealt(job, found, None)
+            if job.deal is None:
+                raise InputError(
+                    f"job {offer_id} has no deal (state {record.state}): there is nothing to "
+                    "time out",
+                    hint=f"lilypad jobs cancel {offer_id} withdraws a pending offer",
+                )
+            deal = job.deal
+            status = self.market.deal_status(deal.deal_id)
+            if status.state is DealState.SUBMITTED:
+                raise InputError(
+                    f"deal {deal.deal_id} has a result ({record.result_cid or 'on chain'}) "
+                    "waiting to be judged: there is nothing to time out",
+                    hint=f"lilypad jobs wait {offer_id} downloads, verifies and accepts it",
+                )
+            if status.state in (DealState.CREATED, DealState.CHALLENGED):
+                self._send_timeout(job, status.state, status.deadline)
+                status = self.market.deal_status(deal.deal_id)
+            self._settled(job, status.state)
+            save_record(job.record)
+            return job.record
+
+    def _send_timeout(self, job: _Job, state: DealState, deadline: int) -> None:
+        deal, record = job.deal, job.record
+        assert deal is not None
+        now = int(self.clock())
+        what = "result" if state is DealState.CREATED else "mediation"
+        late = InputError(
+            f"the {what} deadline of deal {deal.deal_id} has not passed: chain time {now}, "
+            f"deadline {deadline} ({max(1, deadline - now)} s to go)",
+            hint="try again after the deadline",
+        )
+        if now <= deadline:
+            raise late
+        send = self.market.timeout_result if what == "result" else self.market.timeout_mediation
+        try:
+            record.txs["timeout"] = send(self.account, deal).tx_hash
+        except ContractReverted as exc:
+            if exc.error == "DeadlineNotReached":
+                raise late from None
+            if exc.error != "WrongState":
+                raise
+            # someone else ended it meanwhile: the state read next tells how
+
+    def _settled(self, job: _Job, state: DealState) -> None:
+        """Bring the record of an ended deal up to date, and say how it ended."""
+        record = job.record
+        if state is DealState.REFUNDED and record.result_cid is None:
+            record.state = JobState.TIMED_OUT
+            record.error = (
+                f"provider {record.provider} sent no result by the deadline; the deal was timed "
+                "out: your payment was refunded and the provider's collateral paid to you"
+            )
+        elif state is DealState.MEDIATION_EXPIRED:
+            record.state = JobState.MEDIATION_EXPIRED
+            record.error = (
+                "no mediator ruled in time; the mediation was timed out: your payment and the "
+                "fee were refunded and the provider got its collateral back"
+            )
+        self.on_step(
+            Step(
+                "settled",
+                {"state": record.state.value, "tx": record.txs.get("timeout") or "none sent"},
+            )
+        )
+
+    def _check_owner(self, record: JobRecord) -> None:
+        owner = record.job_creator or (record.offer or {}).get("job_creator")
+        if owner and owner.lower() != self.account.address.lower():
+            raise InputError(
+                f"job {record.job_offer_id} was posted by {owner}, not by {self.account.address} "
+                "(the key given)",
+                hint="give that account's key (--key-file, or $WEB3_PRIVATE_KEY)",
+            )
+
+    def _taken_up(self, record: JobRecord) -> _Job:
+        """The job as far as its record and the chain know it, with whatever the record lacks
+        (records of earlier versions: the offer, the deal) recovered and saved in it."""
+        job = _Job(record, _offer_from(record), record.result_limit)
+        if record.deal:
+            job.deal = api.Deal.model_validate(record.deal)
+        elif record.deal_id is not None:
+            job.deal = self._recovered_deal(record)
+            record.deal = _wire(api.Deal, job.deal)
+        if job.offer is None and job.deal is None:
+            self._offer_from_solver(job)
+        if job.deal is not None and job.deal.job_creator.lower() != self.account.address.lower():
+            record.job_creator = job.deal.job_creator
+            self._check_owner(record)
+        if record.result_cid is not None:
+            job.cid = _cid_or_none(_cid_bytes(record.result_cid))
+        save_record(record)
+        return job
+
+    def _recovered_deal(self, record: JobRecord) -> Deal:
+        deal = self.market.find_deal(
+            self.account.address, _offer_id(record), record.from_block or 0
+        )
+        if deal is None or deal.deal_id != record.deal_id:
+            raise InputError(
+                f"no deal {record.deal_id} of job offer {record.job_offer_id} by "
+                f"{self.account.address} on chain {self.profile.name!r}",
+                hint="is this the account that posted it (--key-file, or $WEB3_PRIVATE_KEY)?",
+            )
+        return deal
+
+    def _offer_from_solver(self, job: _Job) -> None:
+        """The offer of a record that predates saving it, as the solver keeps it."""
+        record = job.record
+        offer_id = _offer_id(record)
+        try:
+            view = self.solver.client.job_offer(offer_id)
+        except SolverError as exc:
+            raise SolverError(
+                f"the record of job {offer_id} predates saving its offer, and the solver cannot "
+                f"give it: {exc.message}",
+                hint="try again once the solver answers (lilypad network status)",
+            ) from exc
+        record.job_creator = view.signer
+        self._check_owner(record)
+        job.offer = view.offer.offer
+        record.offer = _wire(api.JobOffer, job.offer)
+        job.result_limit = record.result_limit = view.offer.spec.result_limit
+
+    def _dealt_meanwhile(self, job: _Job) -> None:
+        """Raise if the chain has the offer's deal (saving it in the record first)."""
+        deal = self._chain_deal(job)
+        if deal is not None:
+            self._dealt(job, deal, None)
+            raise _not_pending(job.record)
+
+    def _follow(self, job: _Job, events: OfferEvents) -> None:
+        """Take the job on from where its record stands to its end."""
+        record = job.record
+        offer_id = _offer_id(record)
+        if job.deal is None:
+            found = self._looked_up_deal(job, offer_id)  # it may have been made meanwhile
+            if found is not None:
+                self._dealt(job, *found)
+            else:
+                self._end_if_withdrawn(job)
+                self._wait_deal(job, events)
+        if record.result_cid is None:
+            result = self._looked_up_result(job)
+            if result is not None:
+                self._result(job, *result)
+            else:
+                self._wait_result(job, events)
+        self._judge_again(job, Verify(record.verify))
+        if record.audited:
+            self._await_mediation(job)
+        self._check_exit(record)
+
+    def _end_if_withdrawn(self, job: _Job) -> None:
+        """A pending offer the solver no longer holds (withdrawn, expired, refused) and the chain
+        made no deal of has ended: say so now rather than wait for its expiry."""
+        offer_id = _offer_id(job.record)
+        try:
+            state = self.solver.client.job_offer(offer_id).state
+        except SolverError:
+            return  # the wait looks again, and the chain has the last word at the expiry
+        if state in (api.OfferState.CANCELLED, api.OfferState.EXPIRED, api.OfferState.REJECTED):
+            job.record.state = JobState.CANCELLED
+            raise NoMatch(
+                f"the offer is {state} at the solver and no provider took it; no funds moved",
+                hint="run the job again",
+            )
+
+    def _judge_again(self, job: _Job, verify: Verify) -> None:
+        """Judge a submitted result as the chain has it now: a verdict already sent by a process
+        that stopped before saving it is not sent again."""
+        deal, record = job.deal, job.record
+        assert deal is not None
+        state = self.market.deal_status(deal.deal_id).state
+        if state is DealState.SUBMITTED and record.state is not JobState.CHALLENGED:
+            if verify is not Verify.REDUNDANT:
+                if self._fetch(job):
+                    self._judge(job, verify)
+                return
+            # The other provider's result is not at hand here: audited, as a redundant job
+            # whose second provider could not be found.
+            self.on_step(Step("alone", {"provider": deal.provider}))
+            if self._fetch(job):
+                self._challenge(job, INPUT_LOST if _input_lost(record) else "audit")
+        elif state is DealState.NONE:
+            # Settled and paid: accepted (perhaps by a process that stopped before saving it), or
+            # claimed by the provider once the challenge window passed.
+            if self._fetch(job):
+                self._accept(job)
+        else:
+            record.audited = True
+            if record.state is JobState.RESULT_SUBMITTED:
+                record.state = JobState.CHALLENGED
 
     # ----------------------------------------------------------------------------- helpers
     def _cancel(self, record: JobRecord) -> None:
@@ -833,8 +1147,67 @@ def _not_run_line(record: JobRecord) -> str:
 
 def _failed(record: JobRecord, exc: LilypadError) -> None:
     record.error = str(exc)
+    if not isinstance(exc, JobError) and not record.state.is_terminal():
+        # A service failed (chain, solver, IPFS) or a deposit was refused: the job goes on on
+        # chain all the same, and `lilypad jobs wait` takes it up from here.
+        return
     if not record.state.is_failure():  # a state that tells more than "failed" stays
         record.state = JobState.FAILED
+
+
+#: What a job that ended in each failure state raised, for a `lilypad jobs wait` of it.
+_ENDED_AS: dict[JobState, type[JobError]] = {
+    JobState.CANCELLED: NoMatch,
+    JobState.TIMED_OUT: ResultTimeout,
+    JobState.MODULE_FAILED: ModuleFailed,
+    JobState.MEDIATION_EXPIRED: MediationExpired,
+    JobState.PROVIDER_SLASHED: CheatCaught,
+}
+
+
+def _ended(record: JobRecord) -> JobRecord:
+    """A job that has ended: its record when it succeeded, else the error it ended with."""
+    if record.state.is_success() and (
+        record.state is not JobState.PROVIDER_SLASHED or record.mediator_cid
+    ):
+        return record
+    error = _ENDED_AS.get(record.state, JobError)
+    raise error(record.error or f"job {record.job_offer_id} ended {record.state}")
+
+
+def _not_pending(record: JobRecord, *, matched: bool = False) -> InputError:
+    what = "matched with a provider" if matched else f"{record.state}"
+    if record.deal_id is not None:
+        what = f"dealt (deal {record.deal_id}, provider {record.provider})"
+    if record.state.is_terminal():
+        return InputError(f"job {record.job_offer_id} has ended ({what}): nothing to cancel")
+    return InputError(
+        f"job {record.job_offer_id} is already {what}: its offer can no longer be withdrawn",
+        hint=f"lilypad jobs wait {record.job_offer_id} follows it to its end",
+    )
+
+
+def _offer_id(record: JobRecord) -> str:
+    if record.job_offer_id is None:  # never saved so: a record is written once it is posted
+        raise InputError("the record has no job offer id")
+    return record.job_offer_id
+
+
+def _offer_from(record: JobRecord) -> JobOffer | None:
+    return api.JobOffer.model_validate(record.offer) if record.offer else None
+
+
+def _cid_bytes(text: str) -> bytes:
+    """A CID as the record holds it (its string, or the 0x hex of a malformed one) as bytes."""
+    if text.startswith("0x"):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            return b""
+    try:
+        return bytes(CID.parse(text))
+    except (InputError, ValueError):
+        return b""
 
 
 def _outcome(record: JobRecord) -> str:
@@ -846,6 +1219,113 @@ def _cid_or_none(raw: bytes) -> CID | None:
         return CID.parse(raw) if raw else None
     except (InputError, ValueError):
         return None
+
+
+def download(
+    profile: NetworkProfile,
+    cid: CID,
+    dest: Path,
+    max_bytes: int | None = None,
+    on_step: Callable[[Step], None] = lambda _: None,
+) -> list[str]:
+    """Fetch ``cid`` from the network's IPFS node (else its gateway) into ``dest``, every block
+    verified, replacing what ``dest`` held; the symlinks left out (``path -> target``).
+
+    Raises:
+        CorruptBlock, MalformedContent, UnsafeEntryName: the content is not what the CID names,
+            or not a valid result.
+        StorageError: the IPFS node or gateway failed (try again).
+    """
+    on_step(Step("downloading", {"cid": str(cid), "dest": str(dest)}))
+    storage = open_storage(
+        api=profile.ipfs_api_url, gateway=None if profile.ipfs_api_url else profile.gateway_url
+    )
+    # A job run again with the same inputs gives the same CID, and so the same folder: fetch
+    # beside it, then put the verified copy in its place.
+    fresh = dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    links: list[str] = []
+    try:
+        storage.get(
+            cid,
+            fresh,
+            on_symlink=lambda link: links.append(f"{link.path} -> {link.target}"),
+            max_bytes=max_bytes,
+        )
+        replace_folder(fresh, dest)
+    finally:
+        storage.close()
+        shutil.rmtree(fresh, ignore_errors=True)  # gone once installed
+    if links:  # verified as part of the CID, but never created: they could point anywhere
+        on_step(Step("symlinks_skipped", {"count": len(links), "first": links[0]}))
+    on_step(Step("verified", {"dest": str(dest)}))
+    return links
+
+
+def gateway_link(profile: NetworkProfile, cid: CID | str) -> str:
+    """Where a browser can open ``cid``: the network's gateway, else ipfs.io."""
+    return f"{(profile.gateway_url or 'https://ipfs.io').rstrip('/')}/ipfs/{cid}"
+
+
+def result_of(record: JobRecord) -> CID:
+    """The CID of the job's result: the mediator's where it ruled against the provider.
+
+    Raises:
+        InputError: the job has no result yet, or its provider's CID is malformed.
+    """
+    raw = record.mediator_cid or record.result_cid
+    if raw is None:
+        raise InputError(
+            f"job {record.job_offer_id} has no result yet (state {record.state})",
+            hint=f"lilypad jobs wait {record.job_offer_id} follows it to its end",
+        )
+    try:
+        return CID.parse(raw)
+    except (InputError, ValueError):
+        raise InputError(
+            f"job {record.job_offer_id}'s result {raw!r} is not a CID (the provider submitted a "
+            "malformed one)"
+        ) from None
+
+
+@contextlib.contextmanager
+def account_lock(address: str) -> Iterator[None]:
+    """Hold ``address``'s lock on this machine, waiting for any other holder: `lilypad run`
+    holds it while it tops up and posts an offer, `lilypad account deposit|withdraw` while they
+    move funds, so a withdrawal never reads what offers commit while another process posts one,
+    and two approvals never interleave."""
+    with file_lock(_locks_dir() / f"{address}.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def _job_lock(job_offer_id: str) -> Iterator[None]:
+    """Hold the job's lock while this process follows it: one `lilypad run` or `jobs wait|
+    cancel|timeout` at a time per job (released when the block ends, or the process dies).
+
+    Raises:
+        InputError: another process on this machine follows the job now.
+    """
+    path = _locks_dir() / f"job-{job_offer_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"job {job_offer_id} is being followed by another lilypad process on this "
+                "machine (a lilypad run or lilypad jobs wait)",
+                hint="let that one finish, or stop it (Ctrl-C) and try again",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wire(model: type[api.JobOffer] | type[api.Deal], value: JobOffer | Deal) -> dict[str, Any]:
+    """``value`` as the solver's wire model writes it (amounts as decimal strings: JSON readers
+    that hold numbers as doubles keep them exact)."""
+    return model.model_validate(value.model_dump()).model_dump(mode="json")
 
 
 def _locks_dir() -> Path:

@@ -1,11 +1,13 @@
-"""``lilypad network up`` on one machine, as a developer uses it: cowsay in Docker, SDXL with
-tiny weights as a local process (its GPU image cannot be built here), both through the market."""
+"""``lilypad network up`` on one machine, as a developer uses it: cowsay in Docker, SDXL and the
+rest of the Stable Diffusion family with tiny weights as local processes (their GPU images cannot
+be built here), all through the market."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -72,6 +74,15 @@ def test_network_up_runs_jobs_end_to_end(
         "bridge": True,
     }
 
+    # the market as a user sees it: the local provider, its machine and what it serves
+    listed = lilypad("providers", "list", "--network", NETWORK, "--json")
+    assert listed.returncode == 0, listed.stderr
+    [provider] = json.loads(listed.stdout)
+    assert "cowsay:v0.0.4" in provider["modules"]
+    assert "sd15:v1.0-lilypad1" in provider["modules"]
+    assert provider["machine"]["cpu_millis"] >= 1000
+    assert [g["model"] for g in provider["gpus"]] == ["emulated: tiny weights on the CPU"]
+
     since = time.time()
     record = run_job(NETWORK, "cowsay:v0.0.4", "Message=hello from the network")
     out = Path(record["output_dir"])
@@ -121,3 +132,32 @@ def test_network_up_runs_jobs_end_to_end(
     )  # fmt: skip
     assert chained["tunables"]["Image"] == source
     assert (Path(chained["output_dir"]) / "exitCode").read_text() == "0"
+
+    # the rest of the family, side by side through the market (one provider slot per module
+    # version): SD 1.5 audited by the mediator, the others as a user runs them by default
+    family = {
+        "sd15:v1.0-lilypad1": "always",
+        "sd21:v1.0-lilypad1": "never",
+        "sdxl-turbo:v1.0-lilypad1": "never",
+        "sd-turbo:v1.0-lilypad1": "never",
+        "lcm:v1.0-lilypad1": "never",
+    }
+    with ThreadPoolExecutor(len(family)) as pool:
+        runs = {
+            module: pool.submit(
+                run_job, NETWORK, module, "Prompt=a red fox", timeout=600, verify=verify
+            )
+            for module, verify in family.items()
+        }
+        records = {module: run.result() for module, run in runs.items()}
+    assert records["sd15:v1.0-lilypad1"]["state"] == "upheld", records["sd15:v1.0-lilypad1"]
+    cids = set()
+    for module, record in records.items():
+        folder = Path(record["output_dir"])
+        assert (folder / "exitCode").read_text() == "0", module
+        with Image.open(folder / "outputs" / "image-0.png") as image:
+            image.load()
+            assert image.mode in ("RGB", "RGBA"), module
+        assert js_reference(folder, NETWORK_PROFILE) == record["result_cid"], module
+        cids.add(record["result_cid"])
+    assert len(cids) == len(family), "two models gave the same result"

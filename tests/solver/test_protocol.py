@@ -157,6 +157,10 @@ def test_every_route_answers_exactly_its_declared_models(net: Net, served: Serve
     call("POST", path, 400, arg=pending, json=body)  # no longer pending
     call("POST", path, 422, arg=pending, json={})
     listed = post(client, "resource", net.resource(provider)).json()["id"]
+    page = call("GET", "/api/v1/resource_offers", 200, params={"provider": provider.address})
+    assert [offer.id for offer in page.offers] == [listed]
+    assert page.next_cursor is None
+    call("GET", "/api/v1/resource_offers", 422, params={"limit": api.MAX_PAGE + 1})
     path = "/api/v1/resource_offers/{offer_id}/cancel"
     call("POST", path, 200, arg=listed, json=cancellation(provider, listed))
 
