@@ -276,11 +276,25 @@ def test_v1_1_starts_from_the_picture_below_strength_1_and_from_noise_at_1(
     assert b"from pure noise" in img2img[name]["strength 1"].stderr
 
 
-def test_turbo_steps_times_strength_must_reach_one(run_module: ModuleRunner, picture: Path) -> None:
-    # the default Steps, 1, with the default Strength, 0.5: the job refuses it before loading
-    last = _refused(run_module(IMG2IMG["sdxl-turbo"], [PROMPT], files={"Image": picture}))
-    assert last == (
-        "error: Steps=1 with Strength=0.5 runs no step of SDXL Turbo: with an Image it runs the "
+def test_turbo_steps_times_strength_must_reach_one(picture: Path) -> None:
+    # the default Steps, 1, with the default Strength, 0.5: refused with the other inputs, before
+    # anything is signed (the version's strength_steps); a spec made by other means is refused
+    # by the job itself (family.check_strength, below)
+    from lilypad.modules import resolve
+    from lilypad.modules.files import precheck
+
+    with pytest.raises(InvalidTunable) as refused:
+        precheck(resolve(IMG2IMG["sdxl-turbo"]), [PROMPT, f"Image=@{picture}"])
+    assert str(refused.value) == (
+        "sdxl-turbo:v1.1-lilypad1 with Image set runs the last int(Steps x Strength) of its "
+        "steps: Steps=1 with Strength=0.5 runs none; allowed: Strength at least 1 at Steps=1 or "
+        "Steps=2 at Strength=0.5"
+    )
+    s = _settings(steps=1, strength=0.5, scheduler=family.SDXL_TURBO.scheduler or "")
+    with pytest.raises(InvalidTunable) as in_the_job:
+        family.check_strength(family.SDXL_TURBO, s)
+    assert str(in_the_job.value) == (
+        "Steps=1 with Strength=0.5 runs no step of SDXL Turbo: with an Image it runs the "
         "last int(Steps x Strength) of Steps steps, so Steps x Strength must reach 1; allowed: "
         "Strength at least 1 at Steps=1, or Steps=2 at Strength=0.5"
     )
