@@ -17,6 +17,8 @@ Routes (``/openapi.json`` of a running solver documents each with these models):
     GET  /api/v1/deals?party=&state=&module=&limit=&cursor=        -> list[DealView], newest
                                                                       first (Link: rel="next")
     GET  /api/v1/deals/{deal_id}                                   -> DealView
+    POST /api/v1/deals/{deal_id}/logs       LogBatch (the provider's) -> LogsAccepted
+    GET  /api/v1/deals/{deal_id}/logs?after=N&wait=S  (signed headers)   -> DealLogs
     GET  /api/v1/events?party=0x...&after=N text/event-stream of SolverEvent
     GET  /healthz                                                  -> Health
 
@@ -33,6 +35,8 @@ Errors of the client (:class:`SolverClient`)::
         ├── DepositShort               402: deposit more, then post again
         ├── NotFound (LookupError)     404: no such offer or deal
         ├── AlreadyKnown               409: that offer (or its signer's nonce) is known already
+        ├── NotAuthenticated           401: a log read unsigned, or signed too long ago
+        ├── NotAllowed                 403: signed by an account that is not the deal's party
         └── SolverBusy                 429 or 503: try again after ``retry_after`` seconds
 """
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import logging
 import queue
 import re
@@ -66,6 +71,7 @@ from pydantic import (
 
 from lilypad import jobs
 from lilypad.chain import offers
+from lilypad.chain.crypto import keccak
 from lilypad.chain.offers import Address, Bytes32
 from lilypad.errors import SolverError
 from lilypad.tls import verify_for
@@ -490,6 +496,103 @@ class DealPage:
     next_cursor: str | None
 
 
+# -------------------------------------------------------------------------------- job logs
+#: A module's progress line: ``step 3/30``, or with the stage it is in, ``video 0: step 3/30``
+#: (what the built-in modules print on stderr). The whole line must match.
+PROGRESS_LINE = re.compile(
+    r"(?:(?P<label>[^\x00-\x1f:]{1,100}): )?step (?P<done>[0-9]{1,9})/(?P<total>[0-9]{1,9})"
+)
+#: The most characters of one log line the provider sends (a longer line is cut).
+MAX_LOG_LINE = 1000
+#: The most lines in one post of a provider, and in one page of a read.
+MAX_LOG_BATCH = 200
+#: The longest a log read waits for new lines (``wait``), in seconds.
+MAX_LOG_WAIT_S = 30.0
+#: How far (seconds) a log read's timestamp may be from the solver's clock.
+LOG_AUTH_WINDOW_S = 60
+#: The headers of a log read: the reader's timestamp (Unix seconds) and its EIP-191 signature
+#: of :func:`log_read_message`.
+TIMESTAMP_HEADER = "X-Lilypad-Timestamp"
+SIGNATURE_HEADER = "X-Lilypad-Signature"
+
+_LogLine = Annotated[str, Field(max_length=MAX_LOG_LINE)]
+
+
+class LogProgress(_Wire):
+    """A module's progress: ``done`` of ``total`` steps of its stage ``label``."""
+
+    done: int = Field(ge=0, le=10**9)
+    total: int = Field(ge=1, le=10**9)
+    label: str | None = Field(None, max_length=100, pattern=_PRINTABLE)
+
+
+def parse_progress(line: str) -> LogProgress | None:
+    """The progress a log line tells (:data:`PROGRESS_LINE`), or None."""
+    match = PROGRESS_LINE.fullmatch(line)
+    if match is None or int(match["total"]) == 0 or int(match["done"]) > int(match["total"]):
+        return None
+    return LogProgress(done=int(match["done"]), total=int(match["total"]), label=match["label"])
+
+
+class LogBatch(_Wire):
+    """``POST /api/v1/deals/{deal_id}/logs``: the next stderr lines of a running job, numbered
+    from ``from_seq`` (the first line of the job is 1), and its latest progress, signed by the
+    deal's provider (EIP-191 of :func:`log_batch_message`)."""
+
+    from_seq: int = Field(ge=1, le=2**62)
+    lines: tuple[_LogLine, ...] = Field(max_length=MAX_LOG_BATCH)
+    progress: LogProgress | None = None
+    signature: str = Field(max_length=200)
+
+
+class LogsAccepted(_Wire):
+    """What the solver kept of a batch."""
+
+    next_seq: int = Field(description="the number the provider's next line has")
+    kept: int = Field(description="lines of this batch kept")
+    dropped: int = Field(description="lines of the deal dropped so far (over the bounds)")
+
+
+class LogLine(_Wire):
+    seq: int
+    text: str
+
+
+class DealLogs(_Wire):
+    """``GET /api/v1/deals/{deal_id}/logs``: a page of the lines after ``after``, oldest first."""
+
+    deal_id: Bytes32
+    state: DealState
+    lines: tuple[LogLine, ...]
+    progress: LogProgress | None = Field(description="the latest progress the provider sent")
+    dropped: int = Field(
+        description="lines the solver did not keep (over its bounds) or the provider did not send"
+    )
+    ended: bool = Field(description="the deal has a result or has ended: no more lines come")
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def log_batch_message(deal_id: str, batch: LogBatch) -> str:
+    """The text the provider signs (EIP-191) for a batch: it names the deal, the first line's
+    number and the keccak256 of the lines and progress, so a batch cannot be moved or changed."""
+    body = {
+        "from_seq": batch.from_seq,
+        "lines": list(batch.lines),
+        "progress": batch.progress.model_dump(mode="json") if batch.progress else None,
+    }
+    digest = keccak(_canonical(body)).hex()
+    deal = deal_id.lower()
+    return f"lilypad: logs of deal {deal} from line {batch.from_seq}, keccak256 0x{digest}"
+
+
+def log_read_message(deal_id: str, timestamp: int) -> str:
+    """The text a deal's job creator or provider signs (EIP-191) to read its logs."""
+    return f"lilypad: read logs of deal {deal_id.lower()} at {timestamp}"
+
+
 # ---------------------------------------------------------------------------------- events
 class OfferChange(_Wire):
     """What an offer event says: the offer and the state it moved to."""
@@ -561,6 +664,14 @@ class AlreadyKnown(SolverRefused):
     """409: that offer, or another with its signer and nonce, is known already."""
 
 
+class NotAuthenticated(SolverRefused):
+    """401: a deal's logs read without a signature, or with one too old (sign again)."""
+
+
+class NotAllowed(SolverRefused):
+    """403: signed by an account that may not read (or post) this deal's logs."""
+
+
 class SolverBusy(SolverRefused):
     """429 or 503: too many offers or streams for now.
 
@@ -576,7 +687,9 @@ class SolverBusy(SolverRefused):
 
 
 _REFUSALS: dict[int, type[SolverRefused]] = {
+    401: NotAuthenticated,
     402: DepositShort,
+    403: NotAllowed,
     404: NotFound,
     409: AlreadyKnown,
     429: SolverBusy,
@@ -768,6 +881,35 @@ class SolverClient:
 
     def deal(self, deal_id: str) -> DealView:
         return self._call(DealView.model_validate_json, "GET", f"/api/v1/deals/{deal_id}")
+
+    def post_logs(self, deal_id: str, batch: LogBatch) -> LogsAccepted:
+        """Relay a running job's stderr lines (the deal's provider only)."""
+        return self._call(
+            LogsAccepted.model_validate_json,
+            "POST",
+            f"/api/v1/deals/{deal_id}/logs",
+            json=batch.model_dump(mode="json"),
+        )
+
+    def deal_logs(
+        self, deal_id: str, sign: Callable[[str], str], *, after: int = 0, wait: float = 0
+    ) -> DealLogs:
+        """The deal's log lines after line ``after`` (at most :data:`MAX_LOG_BATCH`); with
+        ``wait``, the solver waits up to that many seconds for one. ``sign`` makes the EIP-191
+        signature (0x hex) of a text by the deal's job creator or provider."""
+        timestamp = int(time.time())
+        headers = {
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: sign(log_read_message(deal_id, timestamp)),
+        }
+        return self._call(
+            DealLogs.model_validate_json,
+            "GET",
+            f"/api/v1/deals/{deal_id}/logs",
+            params=_params(after=after, wait=wait or None),
+            headers=headers,
+            timeout=wait + self._http.timeout.read if self._http.timeout.read else None,
+        )
 
     def events(
         self,

@@ -14,7 +14,9 @@
 * a pool of ``max_concurrent`` **workers** runs jobs: fetch the spec from the solver, check and
   re-render it, refuse what cannot be served or finished before the deadline, fetch its file
   inputs, run it, add the result folder to IPFS (pinned) and submit its CID. An IPFS outage
-  retries the upload until the deadline, never the run.
+  retries the upload until the deadline, never the run. While a job runs, its stderr lines and
+  progress are relayed to its job creator through the solver, best effort
+  (:mod:`resource_provider.job_logs`): nothing of the relay can change the job or its result.
 
 A job's file inputs decide the deal in two ways (:func:`~resource_provider.runner.not_run`): an
 input its module cannot take (a folder, too large, not a picture) is the result at once, exit
@@ -91,6 +93,7 @@ from lilypad.storage import CID, Storage
 from lilypad.storage.blockstore import PinType
 from resource_provider.executors import EXIT_INPUT_UNAVAILABLE, Executor, JobInput, Weights
 from resource_provider.inputs import InputUnavailable, UnacceptableInput, keep, release
+from resource_provider.job_logs import LogRelay, StderrTap
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics
 from resource_provider.runner import (
@@ -158,6 +161,9 @@ class ProviderConfig:
             cover the collateral of every slot: at start, and whenever fresh offers need more.
         input_wait_s: Seconds to keep trying to fetch a job's input before its result says it
             could not be fetched (the deadline may end the wait sooner).
+        relay_logs: Relay each running job's stderr lines and progress to its job creator
+            through the solver.
+        log_interval_s: The least time between two posts of a job's lines.
     """
 
     modules: tuple[str, ...]
@@ -175,6 +181,8 @@ class ProviderConfig:
     event_stream: bool = True
     auto_deposit: bool = False
     input_wait_s: float = INPUT_WAIT_S
+    relay_logs: bool = True
+    log_interval_s: float = 0.5
 
 
 @dataclass
@@ -500,9 +508,19 @@ class ResourceProvider(ChainService):
             record = self._keep(record, spec)
         record = self._save(record, phase=Phase.RUNNING, module=spec.module, runs=record.runs + 1)
         log.info("deal %s: running %s (run %d)", deal.deal_id, spec.module, record.runs)
-        execution = execute_job(
-            self.executor, spec, self.results_dir / deal.deal_id, self.config.weights, inputs
-        )
+        executor, relay = self.executor, None
+        if self.config.relay_logs:
+            relay = LogRelay(
+                self.solver, self.account, deal.deal_id, interval_s=self.config.log_interval_s
+            )
+            executor = StderrTap(executor, relay.line)
+        try:
+            execution = execute_job(
+                executor, spec, self.results_dir / deal.deal_id, self.config.weights, inputs
+            )
+        finally:
+            if relay is not None:
+                relay.close()
         self.metrics.jobs_run.labels(spec.module).inc()
         self.metrics.job_duration.labels(spec.module).observe(execution.duration_ms / 1000)
         if not execution.ok:

@@ -17,6 +17,14 @@ The protocol is declared in :mod:`lilypad.solver_api`: every route answers one o
                                             list[DealView], newest first; the next page in
                                             ``Link: <...>; rel="next"``
     GET  /api/v1/deals/{deal_id}            DealView
+    POST /api/v1/deals/{deal_id}/logs       LogBatch: the running job's next stderr lines and
+                                            progress, EIP-191-signed by the deal's provider
+                                            -> LogsAccepted
+    GET  /api/v1/deals/{deal_id}/logs?after=N&wait=S
+                                            DealLogs: the lines after line N, waiting up to S
+                                            seconds for one; only for the deal's job creator
+                                            or provider (X-Lilypad-Timestamp and
+                                            X-Lilypad-Signature: EIP-191 of log_read_message)
     GET  /api/v1/events?party=0x...         server-sent SolverEvents, only those naming
                                             ``party``; resumes after ``Last-Event-ID`` (or
                                             ``?after=N``; ``after=-1``: only events from now on)
@@ -27,12 +35,15 @@ Errors are :class:`~lilypad.solver_api.ErrorBody`, ``{"error": "<one line>"}``, 
 * 400 a refused offer (bad signature, expired, used nonce, nothing backing it, a spec that does
   not render here, a timeout too short for the module) or cancellation, a malformed address or
   ``Last-Event-ID``;
+* 401 a log read without a signature, or signed outside the time window;
 * 402 the signer's deposit does not cover the offer on top of its open ones;
+* 403 logs posted by another account than the deal's provider, or read by another than its
+  job creator or provider;
 * 404 unknown (offer, deal, or route); 409 duplicate; 422 malformed body or parameter (a
   listing's filter or cursor included);
 * 413 a body larger than the route takes (:data:`BODY_LIMITS`), refused before it is read;
-* 429 a signer over its rate (with ``Retry-After``), a signer with too many open offers, or a
-  party with too many event streams open;
+* 429 a signer (or a deal's log poster) over its rate (with ``Retry-After``), a signer with too
+  many open offers, or a party with too many event streams (or waiting log reads) open;
 * 503 the solver serves as many event streams as it takes.
 """
 
@@ -60,13 +71,15 @@ from solver.service import (
     DepositShort,
     InvalidFilter,
     InvalidRequest,
+    NotAllowed,
+    NotAuthenticated,
     RateLimited,
     Solver,
     TooManyOffers,
     UnknownObject,
 )
 from solver.store import Duplicate, JobOfferRow, ResourceOfferRow, deal_view
-from solver.stream import EventHub, StreamsFull, TooManyStreams
+from solver.stream import EventHub, LogWaiters, StreamsFull, TooManyStreams
 
 log = logging.getLogger("lilypad.solver")
 
@@ -77,6 +90,9 @@ BODY_LIMITS = {
     "/api/v1/job_offers": 256 * 1024,
     "/api/v1/resource_offers": 16 * 1024,
 }
+#: The largest body of a log batch: its lines, each cut at the most a line keeps (UTF-8: up
+#: to 4 bytes a character, JSON-escaped control characters up to 6).
+LOG_BODY_LIMIT = 256 * 1024
 #: The largest body of any other route (a cancellation is about 150 bytes).
 DEFAULT_BODY_LIMIT = 4 * 1024
 
@@ -85,6 +101,8 @@ _STATUS: tuple[tuple[tuple[type[LilypadError], ...], int], ...] = (
     ((RateLimited, TooManyOffers, TooManyStreams), 429),
     ((StreamsFull,), 503),
     ((Duplicate,), 409),
+    ((NotAuthenticated,), 401),
+    ((NotAllowed,), 403),
     ((DepositShort,), 402),
     ((UnknownObject,), 404),
     ((InvalidFilter,), 422),
@@ -92,6 +110,8 @@ _STATUS: tuple[tuple[tuple[type[LilypadError], ...], int], ...] = (
 )
 _WHY = {
     400: "Refused: the message says which check failed and why.",
+    401: "No signature, or one signed too long ago: sign again now.",
+    403: "Signed by an account that is not the deal's (provider; job creator to read).",
     402: "The signer's market deposit does not cover this offer on top of its open ones.",
     404: "No such offer or deal at this solver.",
     409: "The offer, or another with its signer and nonce, is known already.",
@@ -152,6 +172,7 @@ def create_app(
     _error_handlers(app)
     _offer_routes(app, solver)
     _query_routes(app, solver)
+    _log_routes(app, solver, LogWaiters(max_streams, streams_per_party))
 
     @app.get(
         "/api/v1/events",
@@ -392,6 +413,50 @@ def _query_routes(app: FastAPI, solver: Solver) -> None:
         return deal_view(row)
 
 
+def _log_routes(app: FastAPI, solver: Solver, waiters: LogWaiters) -> None:
+    deal_path = Path(description="keccak256(abi.encode(deal)), 0x hex.")
+
+    @app.post("/api/v1/deals/{deal_id}/logs", responses=_errors(400, 403, 404, 413, 422, 429))
+    def post_logs(batch: api.LogBatch, deal_id: str = deal_path) -> api.LogsAccepted:
+        """The running job's next stderr lines and progress, from the deal's provider; what
+        the solver keeps of a deal is bounded (the rest is counted as dropped)."""
+        row, accepted = solver.post_logs(deal_id.lower(), batch)
+        assert row.deal_id is not None
+        waiters.posted(row.deal_id)
+        return accepted
+
+    @app.get("/api/v1/deals/{deal_id}/logs", responses=_errors(400, 401, 403, 404, 422, 429, 503))
+    async def get_logs(
+        deal_id: str = deal_path,
+        after: int = Query(0, ge=0, le=2**62, description="Only the lines after this number."),
+        wait: float = Query(
+            0,
+            ge=0,
+            le=api.MAX_LOG_WAIT_S,
+            description="Seconds to wait for a line when there is none yet (long poll).",
+        ),
+        timestamp: str | None = Header(
+            None, alias=api.TIMESTAMP_HEADER, description="Unix seconds, now."
+        ),
+        signature: str | None = Header(
+            None,
+            alias=api.SIGNATURE_HEADER,
+            description="EIP-191 of 'lilypad: read logs of deal <deal_id> at <timestamp>' by "
+            "the deal's job creator or provider.",
+        ),
+    ) -> api.DealLogs:
+        """A page of a deal's log lines, oldest first, for its job creator or provider only
+        (logs can carry a prompt)."""
+        key = deal_id.lower()
+        row, reader = await asyncio.to_thread(solver.log_reader, key, timestamp, signature)
+        page = await asyncio.to_thread(solver.deal_logs, row, after)
+        if page.lines or page.ended or not wait:
+            return page
+        await waiters.wait(key, reader, wait)
+        fresh = await asyncio.to_thread(solver.store.deal_by_id, key)
+        return await asyncio.to_thread(solver.deal_logs, fresh or row, after)
+
+
 def _offer(
     solver: Solver, model: type[JobOfferRow] | type[ResourceOfferRow], offer_id: str
 ) -> tuple[Any, api.DealView | None]:
@@ -493,7 +558,7 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = BODY_LIMITS.get(scope["path"].rstrip("/"), DEFAULT_BODY_LIMIT)
+        limit = _body_limit(scope["path"].rstrip("/"))
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is None and b"transfer-encoding" not in headers:
@@ -514,6 +579,12 @@ class _BodyLimit:
                 await _too_large(scope, send, limit, None)
                 return
         await self.app(scope, _replay(bytes(body), receive), send)
+
+
+def _body_limit(path: str) -> int:
+    if path.startswith("/api/v1/deals/") and path.endswith("/logs"):
+        return LOG_BODY_LIMIT
+    return BODY_LIMITS.get(path, DEFAULT_BODY_LIMIT)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -38,7 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from eth_account.signers.local import LocalAccount
@@ -87,6 +87,7 @@ from solver.store import (
     DealRow,
     Duplicate,
     JobOfferRow,
+    LogBounds,
     ResourceOfferRow,
     Store,
     market_columns,
@@ -146,13 +147,26 @@ class TooManyOffers(OfferRejected):
 
 
 class RateLimited(SolverError):
-    """A signer sent offers faster than allowed."""
+    """A signer sent offers (or a deal's provider its logs) faster than allowed."""
 
-    def __init__(self, signer: str, retry_after: float) -> None:
+    def __init__(self, signer: str, retry_after: float, what: str = "offers") -> None:
         super().__init__(
-            f"{signer} is sending offers too fast; retry in {retry_after:.1f}s",
+            f"{signer} is sending {what} too fast; retry in {retry_after:.1f}s",
         )
         self.retry_after = retry_after
+
+
+class NotAuthenticated(SolverError):
+    """A deal's logs asked for without a signature, or with one outside the time window
+    (HTTP 401); the message says what to sign."""
+
+    exit_code = 2
+
+
+class NotAllowed(SolverError):
+    """Signed by an account that is not the deal's job creator or provider (HTTP 403)."""
+
+    exit_code = 2
 
 
 class RateLimiter:
@@ -177,7 +191,7 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, signer: str) -> None:
+    def take(self, signer: str, what: str = "offers") -> None:
         with self._lock:
             now = self._clock()
             saved = self._buckets.pop(signer, None)
@@ -186,7 +200,7 @@ class RateLimiter:
             if tokens < 1:
                 if saved is not None:
                     self._buckets[signer] = saved
-                raise RateLimited(signer, (1 - tokens) / self.rate)
+                raise RateLimited(signer, (1 - tokens) / self.rate, what)
             self._buckets[signer] = (tokens - 1, now)
             while len(self._buckets) > self.max_signers:
                 self._buckets.popitem(last=False)
@@ -239,6 +253,9 @@ class SolverConfig:
             git repositories and non-https git URLs. Off, the solver renders only built-in
             modules and https git repositories: a job offer could otherwise make it read paths
             on its own host, or connect with its ssh keys. For tests and private networks.
+        log_rate: Log posts per second each deal's provider may send on average;
+            ``log_burst`` at once (more: 429 with ``Retry-After``).
+        log_bounds: How many log lines (and bytes) the solver keeps of each deal.
     """
 
     confirmations: int = 0
@@ -248,6 +265,9 @@ class SolverConfig:
     poll_interval: float = 0.5
     max_open_offers: int = 1000
     any_module_source: bool = False
+    log_rate: float = 2.0
+    log_burst: int = 5
+    log_bounds: LogBounds = field(default_factory=LogBounds)
 
 
 _CHAIN_STATES = {
@@ -282,6 +302,7 @@ class Solver:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._limiter = RateLimiter(config.rate, config.burst)
+        self._log_limiter = RateLimiter(config.log_rate, config.log_burst)
         self._mediator_cache: ExpiringCache[str, bool] = ExpiringCache(CACHE_SIZE)
         self._collateral_rule: tuple[int, int] | None = None  # the market's: immutable
         self._listeners: list[Callable[[], None]] = []
@@ -725,6 +746,87 @@ class Solver:
         for listener in self._listeners:
             listener()
 
+    # ------------------------------------------------------------------------------- logs
+    def post_logs(self, deal_id: str, batch: api.LogBatch) -> tuple[DealRow, api.LogsAccepted]:
+        """Keep a batch of a running job's log lines from the deal's provider (only its: a
+        mediator's re-run, or anyone else, is refused), within the deal's rate and bounds.
+
+        Raises:
+            UnknownObject: no such deal on chain.
+            InvalidRequest: a malformed signature.
+            NotAllowed: signed by another account than the deal's provider.
+            RateLimited: the provider posts faster than :attr:`SolverConfig.log_rate`.
+        """
+        row = self._chain_deal(deal_id)
+        signer = _signer(api.log_batch_message(deal_id, batch), batch.signature, "log batch")
+        if signer != row.provider:
+            raise NotAllowed(
+                f"log batch of deal {deal_id} is signed by {signer}, not by its provider "
+                f"{row.provider}: only the provider that runs the job posts its logs"
+            )
+        self._log_limiter.take(deal_id, "logs")
+        return row, self.store.append_logs(deal_id, batch, self.config.log_bounds)
+
+    def log_reader(
+        self, deal_id: str, timestamp: str | None, signature: str | None
+    ) -> tuple[DealRow, str]:
+        """The deal and its reader, once ``signature`` shows that its job creator or its
+        provider asks for its logs now: EIP-191 of
+        :func:`~lilypad.solver_api.log_read_message` at ``timestamp`` (Unix seconds, within
+        :data:`~lilypad.solver_api.LOG_AUTH_WINDOW_S` of now).
+
+        Raises:
+            UnknownObject: no such deal on chain.
+            NotAuthenticated: no signature or timestamp, or a timestamp outside the window.
+            InvalidRequest: a malformed signature.
+            NotAllowed: signed by another account.
+        """
+        row = self._chain_deal(deal_id)
+        if not timestamp or not signature:
+            raise NotAuthenticated(
+                f"the logs of deal {deal_id} are for its job creator and provider only: send "
+                f"{api.TIMESTAMP_HEADER} (Unix seconds) and {api.SIGNATURE_HEADER}, the EIP-191 "
+                f"signature of {api.log_read_message(deal_id, 0)!r} with that timestamp for 0"
+            )
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            raise NotAuthenticated(f"{api.TIMESTAMP_HEADER} {timestamp[:20]!r} is not Unix seconds")
+        now = time.time()
+        if abs(now - int(timestamp)) > api.LOG_AUTH_WINDOW_S:
+            raise NotAuthenticated(
+                f"log read of deal {deal_id} is signed at {timestamp}, more than "
+                f"{api.LOG_AUTH_WINDOW_S}s from the solver's clock ({int(now)}); sign again now"
+            )
+        message = api.log_read_message(deal_id, int(timestamp))
+        signer = _signer(message, signature, "log read")
+        if signer not in (row.job_creator, row.provider):
+            raise NotAllowed(
+                f"log read of deal {deal_id} is signed by {signer}, which is neither its job "
+                "creator nor its provider: nobody else reads a job's logs"
+            )
+        return row, signer
+
+    def deal_logs(self, row: DealRow, after: int) -> api.DealLogs:
+        """The page of the deal's logs after line ``after`` (see :meth:`log_reader`)."""
+        assert row.deal_id is not None
+        log_row, lines = self.store.read_logs(row.deal_id, after)
+        state = DealState(row.state)
+        return api.DealLogs(
+            deal_id=row.deal_id,
+            state=state,
+            lines=tuple(api.LogLine(seq=line.seq, text=line.text) for line in lines),
+            progress=api.LogProgress.model_validate(log_row.progress)
+            if log_row is not None and log_row.progress
+            else None,
+            dropped=log_row.dropped if log_row is not None else 0,
+            ended=state not in (DealState.MATCHED, DealState.CREATED),
+        )
+
+    def _chain_deal(self, deal_id: str) -> DealRow:
+        row = self.store.deal_by_id(deal_id)
+        if row is None:
+            raise UnknownObject(f"no deal {deal_id}")
+        return row
+
     # ------------------------------------------------------------------------ market view
     def market_offers(
         self,
@@ -1049,6 +1151,18 @@ def _market_offer(row: ResourceOfferRow) -> api.MarketOffer:
         gpus=signed.gpus,
         offer=signed,
     )
+
+
+def _signer(message: str, signature: str, what: str) -> str:
+    """Who signed ``message`` (EIP-191), or a 400 naming the malformed signature."""
+    try:
+        return recover(eip191_digest(message), signature)
+    except ValueError as exc:
+        shown = signature if len(signature) <= 20 else f"{signature[:20]}..."
+        raise InvalidRequest(
+            f"{what} signature {shown!r} is malformed ({exc}); send the EIP-191 signature "
+            f"(65 bytes, or 64 compact) of {message!r} as hex"
+        ) from None
 
 
 def _machine(value: int) -> matching.Machine:

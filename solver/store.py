@@ -9,6 +9,8 @@ moment restarts with every offer and deal it had:
   reached the chain from one that did not, and never sends one twice;
 * ``events`` (+ ``event_parties``): the ordered log of state changes the event stream serves,
   each tagged with the addresses it concerns;
+* ``deal_logs`` (+ ``log_lines``): each running job's stderr lines as its provider relayed them,
+  bounded per deal (what did not fit is counted, not kept), and its latest progress;
 * ``meta``: small values such as the next chain block to read.
 
 The market view's listings (:meth:`Store.open_resource_offers`, :meth:`Store.deal_page`) page by
@@ -133,6 +135,37 @@ class EventPartyRow(Base):
 
     event_seq: Mapped[int] = mapped_column(ForeignKey("events.seq"), primary_key=True)
     address: Mapped[str] = mapped_column(String(42), primary_key=True, index=True)
+
+
+class DealLogRow(Base):
+    """A deal's relayed log: where the provider's numbering stands, what is kept, what was not."""
+
+    __tablename__ = "deal_logs"
+
+    deal_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    next_seq: Mapped[int] = mapped_column(BigInteger)
+    kept_lines: Mapped[int] = mapped_column(Integer)
+    kept_bytes: Mapped[int] = mapped_column(BigInteger)
+    dropped: Mapped[int] = mapped_column(BigInteger)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class LogLineRow(Base):
+    __tablename__ = "log_lines"
+
+    deal_id: Mapped[str] = mapped_column(ForeignKey("deal_logs.deal_id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    text: Mapped[str] = mapped_column(String(api.MAX_LOG_LINE))
+
+
+@dataclass(frozen=True)
+class LogBounds:
+    """What the solver keeps of one deal's log: at most ``lines`` lines and ``bytes`` bytes
+    (UTF-8) of them; the rest is counted as dropped."""
+
+    lines: int = 10_000
+    bytes: int = 1024 * 1024
 
 
 class MetaRow(Base):
@@ -526,6 +559,72 @@ class Store:
         session.flush()
         for address in {p.lower() for p in parties if p}:
             session.add(EventPartyRow(event_seq=row.seq, address=address))
+
+    # -------------------------------------------------------------------------------- logs
+    def append_logs(self, deal_id: str, batch: api.LogBatch, bounds: LogBounds) -> api.LogsAccepted:
+        """Keep a batch of a deal's log lines within ``bounds``. Lines had already (a post sent
+        again) are skipped; lines the provider never sent (a gap before ``from_seq``) and lines
+        over the bounds count as dropped. The progress is kept whatever the bounds."""
+        try:
+            return self._append_logs(deal_id, batch, bounds)
+        except IntegrityError:  # the deal's first batch arrived twice at once: once more
+            return self._append_logs(deal_id, batch, bounds)
+
+    def _append_logs(
+        self, deal_id: str, batch: api.LogBatch, bounds: LogBounds
+    ) -> api.LogsAccepted:
+        with self.session() as session:
+            log_row = session.scalar(
+                select(DealLogRow).where(DealLogRow.deal_id == deal_id).with_for_update()
+            )
+            if log_row is None:
+                log_row = DealLogRow(
+                    deal_id=deal_id,
+                    next_seq=1,
+                    kept_lines=0,
+                    kept_bytes=0,
+                    dropped=0,
+                    updated_at=time.time(),
+                )
+                session.add(log_row)
+                session.flush()
+            end = batch.from_seq + len(batch.lines)
+            kept = 0
+            if end > log_row.next_seq:
+                log_row.dropped += max(0, batch.from_seq - log_row.next_seq)
+                first = max(batch.from_seq, log_row.next_seq)
+                for seq in range(first, end):
+                    line = batch.lines[seq - batch.from_seq]
+                    size = len(line.encode())
+                    if (
+                        log_row.kept_lines >= bounds.lines
+                        or log_row.kept_bytes + size > bounds.bytes
+                    ):
+                        log_row.dropped += 1
+                        continue
+                    session.add(LogLineRow(deal_id=deal_id, seq=seq, text=line))
+                    log_row.kept_lines += 1
+                    log_row.kept_bytes += size
+                    kept += 1
+                log_row.next_seq = end
+                if batch.progress is not None:
+                    log_row.progress = batch.progress.model_dump(mode="json")
+            log_row.updated_at = time.time()
+            return api.LogsAccepted(next_seq=log_row.next_seq, kept=kept, dropped=log_row.dropped)
+
+    def read_logs(
+        self, deal_id: str, after: int, limit: int = api.MAX_LOG_BATCH
+    ) -> tuple[DealLogRow | None, list[LogLineRow]]:
+        """A deal's log and its kept lines after number ``after`` (at most ``limit``)."""
+        with self.session() as session:
+            log_row = session.get(DealLogRow, deal_id)
+            lines = session.scalars(
+                select(LogLineRow)
+                .where(LogLineRow.deal_id == deal_id, LogLineRow.seq > after)
+                .order_by(LogLineRow.seq)
+                .limit(limit)
+            )
+            return log_row, list(lines)
 
     # -------------------------------------------------------------------------------- meta
     def get_meta(self, key: str) -> str | None:

@@ -236,3 +236,63 @@ def _sse(event: StoredEvent) -> bytes:
         log.error("event %d (%s) is not a protocol event: %s", event.seq, event.kind, exc)
         data = json.dumps({"seq": event.seq, "kind": event.kind, **event.payload})
     return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+
+
+class LogWaiters:
+    """Wakes the log reads waiting for a deal's next lines (``GET .../logs?wait=S``), capped
+    like the event streams: in all (:class:`StreamsFull`) and per reader (:class:`TooManyStreams`).
+
+    :meth:`posted` may be called from any thread; the rest runs in the event loop.
+    """
+
+    def __init__(self, max_waiting: int = 1000, per_reader: int = 8) -> None:
+        self.max_waiting, self.per_reader = max_waiting, per_reader
+        self._events: dict[str, asyncio.Event] = {}
+        self._by_reader: dict[str, int] = {}
+        self._by_deal: dict[str, int] = {}
+        self._total = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait(self, deal_id: str, reader: str, timeout: float) -> None:
+        """Wait until a batch of ``deal_id`` lands, or ``timeout`` seconds pass."""
+        if self._total >= self.max_waiting:
+            raise StreamsFull(
+                f"the solver holds {self._total} log reads waiting, the most it takes; try again"
+            )
+        if self._by_reader.get(reader, 0) >= self.per_reader:
+            raise TooManyStreams(
+                f"{reader} already has {self.per_reader} log reads waiting, the most one reader "
+                "may; wait for one to answer"
+            )
+        self._loop = asyncio.get_running_loop()
+        event = self._events.setdefault(deal_id, asyncio.Event())
+        self._total += 1
+        self._by_reader[reader] = self._by_reader.get(reader, 0) + 1
+        self._by_deal[deal_id] = self._by_deal.get(deal_id, 0) + 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+        finally:
+            self._total -= 1
+            self._by_reader[reader] -= 1
+            if not self._by_reader[reader]:
+                del self._by_reader[reader]
+            self._by_deal[deal_id] -= 1
+            if not self._by_deal[deal_id]:  # nobody waits on this deal: forget its event
+                del self._by_deal[deal_id]
+                if self._events.get(deal_id) is event:
+                    del self._events[deal_id]
+
+    def posted(self, deal_id: str) -> None:
+        """From any thread: a batch of ``deal_id`` was kept."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(self._wake, deal_id)
+
+    def _wake(self, deal_id: str) -> None:
+        event = self._events.pop(deal_id, None)
+        if event is not None:
+            event.set()

@@ -177,15 +177,68 @@ def _market(profile: Any) -> Any:
 
 
 def _progress(status: Status, *, quiet: bool) -> Any:
-    """The runner's ``on_step``: each step on the status line and, unless ``quiet``, a line."""
+    """The runner's ``on_step``: each step on the status line and, unless ``quiet``, a line; the
+    module's log lines as they come, and its progress as a bar (step, total, ETA) on a
+    terminal."""
+    bar = _Bar(status)
 
     def on_step(step: Any) -> None:
+        if step.name == "log":
+            if not quiet:
+                err_console.print(f"[dim]  │ {escape(step.detail['text'])}[/]", soft_wrap=True)
+            return
+        if step.name == "progress":
+            if not quiet and sys.stderr.isatty():
+                bar.show(step.detail)
+            return
+        bar.end()
         text = _STEP_TEXT.get(step.name, step.name).format(**step.detail)
         status.update(escape(text))
         if not quiet:
             err_console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True)
 
     return on_step
+
+
+class _Bar:
+    """The module's progress as a rich bar, in place of the spinner while progress comes."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        self.progress: Any = None
+        self.task: Any = None
+        self.label: str | None = None
+
+    def show(self, detail: dict[str, Any]) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        label = detail.get("label") or "step"
+        if self.progress is None:
+            self.status.stop()
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+            )
+            self.progress.start()
+        if self.task is None or label != self.label:  # a new stage: a bar of its own
+            self.task = self.progress.add_task(label, total=detail["total"])
+            self.label = label
+        self.progress.update(self.task, completed=detail["done"], total=detail["total"])
+
+    def end(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = self.task = self.label = None
+            self.status.start()
 
 
 def _shown(status: Status, json_output: bool) -> Any:
@@ -495,6 +548,47 @@ def jobs_timeout(
             console.print(f"  {escape(done.error)}", soft_wrap=True)
 
     emit(done.to_dict(), json_output, human)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str = _JOB_ID,
+    follow: bool = typer.Option(
+        False, "-f", "--follow", help="Keep printing lines until the job has a result."
+    ),
+    key_file: Path | None = _KEY_FILE,
+) -> None:
+    """Print a job's module log (stderr): from its downloaded result when there is one, else
+    from the solver (only the job's creator may read it), live with -f."""
+    from lilypad.creator import find_record
+    from lilypad.keys import load_signer
+    from lilypad.network import load_network
+    from lilypad.solver_api import SolverClient
+
+    record = find_record(job_id)
+    local = Path(record.output_dir) / "stderr" if record.output_dir else None
+    if local is not None and local.is_file() and not follow:
+        sys.stdout.write(local.read_text(errors="replace"))
+        return
+    if not record.deal_id:
+        raise InputError(f"job {record.job_offer_id} has no deal yet: no provider runs it")
+    profile = load_network(record.network)
+    account = load_signer(key_file, role="the job creator")
+
+    def sign(text: str) -> str:
+        return "0x" + account.sign_message(text).hex()
+
+    after = 0
+    with SolverClient(profile.solver_url or "") as client:
+        while True:
+            page = client.deal_logs(record.deal_id, sign, after=after, wait=10 if follow else 0)
+            for line in page.lines:
+                print(line.text, flush=True)
+                after = line.seq
+            if len(page.lines) == 0 and (page.ended or not follow):
+                break
+    if page.dropped:
+        note(f"{page.dropped} line(s) were not kept by the solver (over its bounds)")
 
 
 @jobs_app.command("get")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -40,6 +41,10 @@ REQUEST_TIMEOUT_S = 30.0
 LOOK_EVERY_S = 3.0
 #: The longest wait on the event stream at a time, so that deadlines are seen in time.
 WAIT_STEP_S = 0.5
+#: How long one read of a running job's logs waits at the solver for a line (long poll).
+FOLLOW_WAIT_S = 2.0
+#: How long the job waits, once its result is in, for the log lines not read yet.
+FINISH_S = 5.0
 
 
 class SolverCalls:
@@ -215,3 +220,64 @@ def _about(event: OfferEvent | DealEvent, offer_id: str) -> bool:
     if isinstance(event, DealEvent):
         return event.job_offer_id == offer_id
     return event.id == offer_id
+
+
+class LogFollower:
+    """Follows a running job's log lines at the solver, in a thread of its own, handing each
+    line and each new progress to ``on_step`` (``log`` and ``progress`` steps), in order.
+
+    Best effort: a solver that is down, or refuses, costs the job nothing (it is tried again
+    while the job runs). :meth:`finish` takes the last lines and stops.
+
+    Args:
+        client: The solver's API.
+        deal_id: The deal whose job runs.
+        sign: The EIP-191 signature (0x hex) of a text by the job creator.
+        on_step: Called with each step, from the follower's thread.
+    """
+
+    def __init__(
+        self,
+        client: SolverClient,
+        deal_id: str,
+        sign: Callable[[str], str],
+        on_step: Callable[[Step], None],
+    ) -> None:
+        self.client, self.deal_id, self.sign, self.on_step = client, deal_id, sign, on_step
+        self.after = 0
+        self._progress: api.LogProgress | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="creator-logs", daemon=True)
+        self._thread.start()
+
+    def finish(self, timeout: float = FINISH_S) -> None:
+        """Take the lines not had yet (at most ``timeout`` seconds), then stop."""
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            stopping = self._stopping.is_set()
+            try:
+                page = self.client.deal_logs(
+                    self.deal_id, self.sign, after=self.after, wait=0 if stopping else FOLLOW_WAIT_S
+                )
+            except api.NotAllowed as exc:
+                log.info("the solver refuses this job's logs: %s", exc.message)
+                return
+            except SolverError as exc:
+                log.debug("job logs not read: %s", exc.message)
+                if stopping or self._stopping.wait(WAIT_STEP_S * 2):
+                    return
+                continue
+            self._emit(page)
+            if (stopping or page.ended) and len(page.lines) < api.MAX_LOG_BATCH:
+                return
+
+    def _emit(self, page: api.DealLogs) -> None:
+        for line in page.lines:
+            self.after = max(self.after, line.seq)
+            self.on_step(Step("log", {"seq": line.seq, "text": line.text}))
+        if page.progress is not None and page.progress != self._progress:
+            self._progress = page.progress
+            self.on_step(Step("progress", page.progress.model_dump()))

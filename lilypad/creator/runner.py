@@ -31,7 +31,7 @@ from lilypad.chain.crypto import Signer
 from lilypad.chain.light import CreatorMarket, DealState
 from lilypad.chain.offers import Deal, JobOffer
 from lilypad.config import get_settings
-from lilypad.creator._solver import MAX_RETRY_PAUSE_S, OfferEvents, SolverCalls
+from lilypad.creator._solver import MAX_RETRY_PAUSE_S, LogFollower, OfferEvents, SolverCalls
 from lilypad.creator.records import JobRecord, JobState, Step, load_record, save_record
 from lilypad.errors import (
     ConfigError,
@@ -128,6 +128,7 @@ class _Job:
     deal: Deal | None = None
     cid: CID | None = None
     lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    logs: LogFollower | None = None
 
 
 class JobRunner:
@@ -506,8 +507,26 @@ class JobRunner:
         assert deal is not None
         status = self.market.deal_status(deal.deal_id)
         self.on_step(Step("running", {"deadline": status.deadline}))
+        job.logs = LogFollower(self.solver.client, deal.deal_id, self._sign, self.on_step)
+        try:
+            self._await_result(job, events, status.deadline)
+        finally:
+            self._logs_done(job)
+
+    def _sign(self, text: str) -> str:
+        return "0x" + self.account.sign_message(text).hex()
+
+    def _logs_done(self, job: _Job) -> None:
+        """The job's last log lines, before anything else is said of its result."""
+        if job.logs is not None:
+            job.logs.finish()
+            job.logs = None
+
+    def _await_result(self, job: _Job, events: OfferEvents, deadline: int) -> None:
+        deal = job.deal
+        assert deal is not None
         offer_id = deal.job_offer_hash
-        for event in events.about(offer_id, deadline=status.deadline + 2, clock=self.clock):
+        for event in events.about(offer_id, deadline=deadline + 2, clock=self.clock):
             if event is None:  # nothing from the stream for a while: look for the result directly
                 found = self._looked_up_result(job)
                 if found is not None:
@@ -577,6 +596,7 @@ class JobRunner:
         return self.market.deal_status(deal.deal_id).state is DealState.REFUNDED
 
     def _result(self, job: _Job, hex_cid: str, tx: str | None) -> None:
+        self._logs_done(job)
         record = job.record
         try:
             cid = CID.parse(bytes.fromhex(hex_cid.removeprefix("0x")))

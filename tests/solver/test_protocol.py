@@ -77,6 +77,12 @@ def post(client: httpx.Client, side: str, signed: Any) -> httpx.Response:
     return client.post(f"/api/v1/{side}_offers", json=signed.model_dump(mode="json"))
 
 
+def signature(account: Any, text: str) -> str:
+    return (
+        "0x" + bytes(Account.sign_message(encode_defunct(text=text), account.key).signature).hex()
+    )
+
+
 def cancellation(account: Any, offer_id: str) -> dict[str, str]:
     signed = Account.sign_message(encode_defunct(text=cancel_message(offer_id)), account.key)
     return {"signature": "0x" + bytes(signed.signature).hex()}
@@ -149,6 +155,40 @@ def test_every_route_answers_exactly_its_declared_models(net: Net, served: Serve
     account = call("GET", "/api/v1/accounts/{address}", 200, arg=creator.address)
     assert account.committed_by_job_offers == 0
     call("GET", "/api/v1/accounts/{address}", 400, arg="0xnope")
+
+    deal_id = str(deal.deal_id)
+    path = "/api/v1/deals/{deal_id}/logs"
+    progress = api.parse_progress("step 1/2")
+    batch = api.LogBatch(from_seq=1, lines=("step 1/2",), progress=progress, signature="")
+    signed = batch.model_copy(
+        update={"signature": signature(provider, api.log_batch_message(deal_id, batch))}
+    )
+    kept = call("POST", path, 200, arg=deal_id, json=signed.model_dump(mode="json"))
+    assert (kept.next_seq, kept.kept, kept.dropped) == (2, 1, 0)
+    forged = batch.model_copy(
+        update={"signature": signature(creator, api.log_batch_message(deal_id, batch))}
+    )
+    call("POST", path, 403, arg=deal_id, json=forged.model_dump(mode="json"))
+    call("POST", path, 404, arg="0x" + "cd" * 32, json=signed.model_dump(mode="json"))
+    call("POST", path, 400, arg=deal_id, json={**signed.model_dump(mode="json"), "signature": "0x"})
+    call("POST", path, 422, arg=deal_id, json={"from_seq": 0, "lines": [], "signature": ""})
+    call("POST", path, 413, arg=deal_id, content=b"x" * (300 * 1024))
+    now = int(time.time())
+    headers = {
+        api.TIMESTAMP_HEADER: str(now),
+        api.SIGNATURE_HEADER: signature(creator, api.log_read_message(deal_id, now)),
+    }
+    logs = call("GET", path, 200, arg=deal_id, headers=headers)
+    assert [line.text for line in logs.lines] == ["step 1/2"]
+    assert logs.progress == api.LogProgress(done=1, total=2)
+    call("GET", path, 401, arg=deal_id)
+    stranger = {
+        **headers,
+        api.SIGNATURE_HEADER: signature(net.creators[1], api.log_read_message(deal_id, now)),
+    }
+    call("GET", path, 403, arg=deal_id, headers=stranger)
+    call("GET", path, 400, arg=deal_id, headers={**headers, api.SIGNATURE_HEADER: "0xbad"})
+    call("GET", path, 422, arg=deal_id, headers=headers, params={"wait": 999})
 
     pending = post(client, "job", net.job(creator)).json()["id"]
     path = "/api/v1/job_offers/{offer_id}/cancel"
