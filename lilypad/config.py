@@ -22,6 +22,9 @@ class Settings(BaseSettings):
             (``LILYPAD_CACHE_DIR``).
         modules_dir: Where the built-in modules are (``LILYPAD_MODULES_DIR``); by default the
             ``module/`` folder of the checkout or the copy shipped inside the package.
+        module_repo_prefix: Where ``NAME:VERSION`` points for a name that is not built in
+            (``LILYPAD_MODULE_REPO_PREFIX``): the git repository ``<prefix><NAME>`` at that tag
+            or commit, as Lilypad's module shortcuts resolve.
     """
 
     model_config = SettingsConfigDict(env_prefix="LILYPAD_", extra="ignore")
@@ -29,6 +32,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("/tmp/lilypad/data")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     modules_dir: Path | None = None
+    module_repo_prefix: str = "github.com/Lilypad-Tech/lilypad-module-"
 
 
 def get_settings() -> Settings:

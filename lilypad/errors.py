@@ -10,6 +10,7 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   │   ├── UnknownModule (LookupError)
     │   │   ├── UnknownVersion (LookupError)
     │   │   ├── InvalidManifest
+    │   │   │   └── TemplateError          a module template that does not parse or run
     │   │   └── InvalidTunable
     │   │       └── UnacceptableInput      [resource_provider.inputs]
     │   ├── ConfigError
@@ -119,6 +120,12 @@ class UnknownVersion(ModuleError, LookupError):
 
 class InvalidManifest(ModuleError):
     """A module's manifest is malformed or unsafe."""
+
+
+class TemplateError(InvalidManifest):
+    """A module's ``lilypad_module.json.tmpl`` does not parse, does not run with the given
+    inputs, or does not render a job this project can run; the message names ``file:line:col``
+    where it can."""
 
 
 class InvalidTunable(ModuleError):

@@ -159,6 +159,22 @@ def _resolve(ref: str) -> ResolvedModule:
 
 def describe(module: ResolvedModule) -> dict[str, Any]:
     """The ``module show`` document: everything a user needs to call the module."""
+    data = _describe(module)
+    if module.template is not None:
+        # a template's inputs fill the strings it writes them into, no variable of their own;
+        # left out, an input without a typed default is not given (the template's else branch)
+        shown = module.template.shown_defaults
+        typed = module.template.typed
+        data["tunables"] = [
+            {**_tunable(t), "env": None, "default": t.default if t.name in typed
+             else shown.get(t.name), "required": False}
+            for t in module.template.tunables
+        ]  # fmt: skip
+        data["format"] = "lilypad template"
+    return data
+
+
+def _describe(module: ResolvedModule) -> dict[str, Any]:
     spec = module.spec
     return {
         "name": module.name,
@@ -181,33 +197,35 @@ def describe(module: ResolvedModule) -> dict[str, Any]:
         "verification": spec.verification.model_dump(mode="json"),
         "tiny_weights": spec.tiny_weights,
         "sampler_reference": spec.sampler_reference.value,
-        "tunables": [
-            {
-                "name": t.name,
-                "type": t.type.value,
-                "default": t.default,
-                "min": t.min,
-                "max": t.max,
-                "choices": list(t.choices) if t.choices is not None else None,
-                "multiple_of": t.multiple_of,
-                "max_length": t.max_length if t.type.value == "string" else None,
-                "max_bytes": t.byte_limit if t.is_file else None,
-                "max_pixels": t.pixel_limit if t.type.value == "image" else None,
-                "formats": [f.value for f in t.image_formats] if t.type.value == "image" else None,
-                "safetensors": t.safetensors.value if t.safetensors is not None else None,
-                "required": t.required,
-                "mount": f"/inputs/{t.name}/<file name>" if t.is_file else None,
-                "aliases": list(t.aliases),
-                "env": t.env,
-                "description": t.description,
-            }
-            for t in spec.tunables
-        ],
+        "format": "lilypad_module.toml",
+        "tunables": [_tunable(t) for t in spec.tunables],
         "legacy_inputs": [
             {"name": item.name, "variable": item.variable, "tunable": item.tunable}
             for item in spec.legacy_inputs
         ],
         "at_least_one": [list(group) for group in spec.at_least_one],
+    }
+
+
+def _tunable(t: Any) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "type": t.type.value,
+        "default": t.default,
+        "min": t.min,
+        "max": t.max,
+        "choices": list(t.choices) if t.choices is not None else None,
+        "multiple_of": t.multiple_of,
+        "max_length": t.max_length if t.type.value == "string" else None,
+        "max_bytes": t.byte_limit if t.is_file else None,
+        "max_pixels": t.pixel_limit if t.type.value == "image" else None,
+        "formats": [f.value for f in t.image_formats] if t.type.value == "image" else None,
+        "safetensors": t.safetensors.value if t.safetensors is not None else None,
+        "required": t.required,
+        "mount": f"/inputs/{t.name}/<file name>" if t.is_file else None,
+        "aliases": list(t.aliases),
+        "env": t.env,
+        "description": t.description,
     }
 
 
@@ -246,15 +264,19 @@ def _print_show(data: dict[str, Any]) -> None:
         console.print(
             f"  samplers   follow {data['sampler_reference']} where k-diffusion and ComfyUI differ"
         )
+    if data["format"] == "lilypad template":
+        console.print("  format     Lilypad's lilypad_module.json.tmpl (a Go template)")
     console.print("\n[bold]Tunables[/] (-i NAME=VALUE)")
     for t in data["tunables"]:
         default = repr(t["default"]) if t["type"] == "string" else str(t["default"])
         if t["max_bytes"] is not None:
             default = "none, required" if t["required"] else "none, optional"
         aliases = "".join(f", alias {a}" for a in t["aliases"])
+        where = f"env {t['env']}" if t["env"] else "in the template"
+        if not t["env"] and t["default"] is None:
+            default = "none (left out: not given)"
         console.print(
-            f"  [bold]{t['name']}[/] ({t['type']}, env {t['env']}{aliases})  "
-            f"default {escape(default)}",
+            f"  [bold]{t['name']}[/] ({t['type']}, {where}{aliases})  default {escape(default)}",
             soft_wrap=True,
         )
         console.print(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lilypad.errors import InvalidTunable
+from lilypad.modules import template as _template
 from lilypad.modules.manifest import (
     NETWORK,
     OUTPUTS_PATH,
@@ -34,6 +35,7 @@ from lilypad.modules.sources import (
     pick_version,
 )
 from lilypad.modules.spec import JobSpec, SpecSource
+from lilypad.modules.template import TemplateModule
 from lilypad.modules.tunables import (
     Tunable,
     TunableValue,
@@ -56,6 +58,8 @@ class ResolvedModule:
         directory: The module's folder on disk (code, Dockerfile).
         source: Where it came from; for git modules, the commit.
         versions: Every version the source offers, oldest first.
+        template: For a module in Lilypad's format (``lilypad_module.json.tmpl``): its
+            template and inputs; ``spec`` then holds what it renders with no input given.
     """
 
     name: str
@@ -66,6 +70,7 @@ class ResolvedModule:
     directory: Path
     source: ModuleSource
     versions: tuple[str, ...]
+    template: TemplateModule | None = None
 
     @property
     def ref(self) -> str:
@@ -74,6 +79,8 @@ class ResolvedModule:
         return f"{base}:{self.version}"
 
     def tunable(self, name: str) -> Tunable | None:
+        if self.template is not None:
+            return self.template.tunable(name)
         return next((t for t in self.spec.tunables if t.name == name), None)
 
 
@@ -95,6 +102,7 @@ def resolve(ref: str) -> ResolvedModule:
         directory=fetched.directory,
         source=fetched.source,
         versions=tuple(sorted(fetched.manifest.versions, key=version_key)),
+        template=fetched.template,
     )
 
 
@@ -106,6 +114,10 @@ def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, 
             the manifest's ``at_least_one`` left all at 0, or a picture given with a
             ``Steps`` and ``Strength`` that run no step (``strength_steps``).
     """
+    if module.template is not None:
+        values = _template.validate(module.template, list(inputs), module.ref)
+        _template.render(module.template, values, module.ref)  # a value that would be refused
+        return values
     values = resolve_tunables(
         module.spec.tunables, module.spec.legacy_inputs, parse_inputs(inputs), module.ref
     )
@@ -153,6 +165,8 @@ def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:
     """
     if isinstance(module, str):
         module = resolve(module)
+    if module.template is not None:
+        return _render_template(module, inputs)
     values = validate_inputs(module, inputs)
     spec = module.spec
     fields = {
@@ -177,6 +191,35 @@ def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:
     return JobSpec.model_validate({**fields, "spec_hash": JobSpec.hash_of(fields)})
 
 
+def _render_template(module: ResolvedModule, inputs: Sequence[str]) -> JobSpec:
+    """A Lilypad-format module's spec: the template's job, checked, in this project's terms."""
+    assert module.template is not None
+    values = _template.validate(module.template, list(inputs), module.ref)
+    job = _template.render(module.template, values, module.ref)
+    fields = {
+        "module": module.ref,
+        "name": module.name,
+        "version": module.version,
+        "source": SpecSource(
+            kind=module.source.kind.value,
+            location=module.source.location,
+            commit=module.source.commit,
+        ).model_dump(mode="json"),
+        "image": job["image"],
+        "entrypoint": job["entrypoint"],
+        "env": job["env"],
+        "machine": job["machine"].model_dump(mode="json"),
+        "network": NETWORK,
+        "outputs": OUTPUTS_PATH,
+        "timeout_s": job["timeout_s"],
+        "tunables": values,
+        "verification": module.spec.verification.model_dump(mode="json"),
+    }
+    if job["workdir"] is not None:
+        fields["workdir"] = job["workdir"]
+    return JobSpec.model_validate({**fields, "spec_hash": JobSpec.hash_of(fields)})
+
+
 def list_builtin() -> list[tuple[Manifest, Path]]:
     """Every built-in module's manifest and folder, by name."""
     root = builtin_modules_dir()
@@ -190,6 +233,7 @@ __all__ = [
     "Manifest",
     "ModuleVersion",
     "ResolvedModule",
+    "TemplateModule",
     "Tunable",
     "TunableValue",
     "list_builtin",

@@ -5,9 +5,14 @@ A reference is ``NAME[:VERSION]``:
 * ``sdxl:v0.9-lilypad1`` — a built-in module, ``module/sdxl/`` of this repository;
 * ``./my-module`` or ``/abs/path`` — a local folder holding a manifest;
 * ``github.com/org/repo:v1.2``, ``https://host/repo.git:v1.2`` or ``/path/to/repo.git:v1.2`` — a
-  git repository at a tag. It is cloned once into the cache, keyed by commit. The commit each tag
-  pointed at when first used is remembered; a tag that later points elsewhere is refused, since a
-  module version must never change under a job.
+  git repository at a tag, or at a full 40-hex commit. It is cloned once into the cache, keyed by
+  commit. The commit each tag pointed at when first used is remembered; a tag that later points
+  elsewhere is refused, since a module version must never change under a job;
+* ``lilysay:v0.1.0`` — a name that is not built in, with a version: Lilypad's shortcut, the git
+  repository ``<module_repo_prefix><name>`` (``github.com/Lilypad-Tech/lilypad-module-lilysay``).
+
+A folder or repository is a module when it holds a ``lilypad_module.toml``, or Lilypad's
+``lilypad_module.json.tmpl`` (see :mod:`lilypad.modules.template`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,13 @@ from lilypad.modules.manifest import (
     newest,
     version_key,
 )
+from lilypad.modules.template import TemplateModule, is_template_module
+from lilypad.modules.template import load as load_template
 from lilypad.modules.tunables import suggest
 
 GIT_TIMEOUT_S = 120
+#: A version that names a commit rather than a tag: 40 hex digits.
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 class SourceKind(StrEnum):
@@ -52,6 +61,8 @@ class Reference:
     kind: SourceKind
     location: str
     version: str | None
+    #: The name, for a ``NAME:VERSION`` that resolved through the shortcut prefix.
+    shortcut: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class FetchedModule:
     manifest: Manifest
     directory: Path
     source: ModuleSource
+    #: For a module in Lilypad's format: its template and inputs.
+    template: TemplateModule | None = None
 
 
 def builtin_modules_dir() -> Path:
@@ -107,6 +120,10 @@ def parse_reference(ref: str) -> Reference:
         if not version:
             raise UnknownVersion(f"{ref!r} names no version after ':'; drop the ':' for the newest")
     if "/" not in location and not location.startswith((".", "~")):
+        shortcut = version is not None and re.match(MODULE_NAME, location)
+        if shortcut and location not in builtin_names():
+            assert version is not None
+            return _shortcut(location, version)
         return Reference(SourceKind.BUILTIN, location, version)
     path = Path(location).expanduser()
     if location.startswith(("/", ".", "~")) or path.exists():
@@ -121,6 +138,20 @@ def parse_reference(ref: str) -> Reference:
     return Reference(SourceKind.GIT, url, version)
 
 
+def _shortcut(name: str, version: str) -> Reference:
+    """``NAME:VERSION`` for a name that is not built in: the repository the prefix names."""
+    target = f"{get_settings().module_repo_prefix}{name}"
+    if "/" not in target:
+        raise UnknownModule(
+            f"unknown module {name!r}.{suggest(name, builtin_names())} Built-in modules: "
+            f"{', '.join(builtin_names())}",
+            hint="LILYPAD_MODULE_REPO_PREFIX must name a repository prefix, such as "
+            "github.com/Lilypad-Tech/lilypad-module-",
+        )
+    found = parse_reference(f"{target}:{version}")
+    return Reference(found.kind, found.location, found.version, shortcut=name)
+
+
 def fetch(ref: Reference) -> FetchedModule:
     """Find a module's manifest on disk, cloning a git module into the cache when needed."""
     if ref.kind is SourceKind.BUILTIN:
@@ -129,11 +160,30 @@ def fetch(ref: Reference) -> FetchedModule:
         path = Path(ref.location)
         if not path.is_dir():
             raise UnknownModule(f"module folder {ref.location} does not exist")
-        return FetchedModule(
-            load_manifest(path), path, ModuleSource(SourceKind.LOCAL, ref.location)
-        )
+        return _load(path, None, ModuleSource(SourceKind.LOCAL, ref.location))
     assert ref.version is not None
-    return _fetch_git(ref.location, ref.version)
+    try:
+        return _fetch_git(ref.location, ref.version)
+    except (ModuleSourceError, UnknownVersion) as exc:
+        if ref.shortcut is None:
+            raise
+        close = suggest(ref.shortcut, builtin_names())
+        if close:  # most likely a typo of a built-in name, not a Lilypad module
+            raise UnknownModule(
+                f"unknown module {ref.shortcut!r}.{close} As a Lilypad module it would be "
+                f"{ref.location}, and there: {exc.message}"
+            ) from None
+        raise type(exc)(
+            f"{ref.shortcut}:{ref.version} is {ref.location}: {exc.message}", hint=exc.hint
+        ) from None
+
+
+def _load(directory: Path, version: str | None, source: ModuleSource) -> FetchedModule:
+    """A module folder: Lilypad's template format when it has one, else its manifest."""
+    if is_template_module(directory):
+        manifest, template = load_template(directory, version or "local", source.location)
+        return FetchedModule(manifest, directory, source, template)
+    return FetchedModule(load_manifest(directory, single_version=version), directory, source)
 
 
 def pick_version(fetched: FetchedModule, version: str | None) -> tuple[str, bool]:
@@ -218,6 +268,8 @@ def _tag_record(url: str, tag: str) -> Path:
 
 
 def _fetch_git(url: str, tag: str) -> FetchedModule:
+    if COMMIT.match(tag):
+        return _fetch_commit(url, tag)
     record = _tag_record(url, tag)
     known = record.read_text().strip() if record.is_file() else None
     try:
@@ -229,7 +281,10 @@ def _fetch_git(url: str, tag: str) -> FetchedModule:
             raise
     if tag not in tags:
         listed = ", ".join(sorted(tags)) or "none"
-        raise UnknownVersion(f"{url} has no tag {tag!r}.{suggest(tag, list(tags))} Tags: {listed}")
+        raise UnknownVersion(
+            f"{url} has no tag {tag!r}.{suggest(tag, list(tags))} Tags: {listed} (or name a "
+            "commit by its 40 hex digits)"
+        )
     commit = tags[tag]
     if known and known != commit:
         raise ModuleSourceError(
@@ -242,8 +297,15 @@ def _fetch_git(url: str, tag: str) -> FetchedModule:
         _clone(url, commit, directory)
     record.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(record, commit)
-    manifest = load_manifest(directory, single_version=tag)
-    return FetchedModule(manifest, directory, ModuleSource(SourceKind.GIT, url, commit))
+    return _load(directory, tag, ModuleSource(SourceKind.GIT, url, commit))
+
+
+def _fetch_commit(url: str, commit: str) -> FetchedModule:
+    """A repository at a commit: immutable, so no tag to remember; cloned once, then offline."""
+    directory = _cache_root() / "commits" / commit
+    if not directory.is_dir():
+        _clone(url, commit, directory)
+    return _load(directory, commit, ModuleSource(SourceKind.GIT, url, commit))
 
 
 def _clone(url: str, commit: str, directory: Path) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from lilypad.modules.manifest import MachineSpec, Verification
 from lilypad.modules.tunables import TunableValue
@@ -56,6 +56,17 @@ class JobSpec(BaseModel):
     tunables: dict[str, TunableValue]
     verification: Verification
     spec_hash: str
+    #: The folder the command runs in, where a Lilypad-format module's template sets one
+    #: (``WorkingDirectory``); None: the image's. Left out of the JSON when None, so every
+    #: other spec keeps its bytes and its hash.
+    workdir: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_workdir(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("workdir") is None:
+            data.pop("workdir", None)
+        return data
 
     @staticmethod
     def hash_of(fields: Mapping[str, Any]) -> str:
