@@ -93,7 +93,7 @@ from lilypad.storage import CID, Storage
 from lilypad.storage.blockstore import PinType
 from resource_provider.executors import EXIT_INPUT_UNAVAILABLE, Executor, JobInput, Weights
 from resource_provider.inputs import InputUnavailable, UnacceptableInput, keep, release
-from resource_provider.job_logs import LogRelay, StderrTap
+from resource_provider.job_logs import LogRelay
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics
 from resource_provider.runner import (
@@ -508,15 +508,19 @@ class ResourceProvider(ChainService):
             record = self._keep(record, spec)
         record = self._save(record, phase=Phase.RUNNING, module=spec.module, runs=record.runs + 1)
         log.info("deal %s: running %s (run %d)", deal.deal_id, spec.module, record.runs)
-        executor, relay = self.executor, None
+        relay = None
         if self.config.relay_logs:
             relay = LogRelay(
                 self.solver, self.account, deal.deal_id, interval_s=self.config.log_interval_s
             )
-            executor = StderrTap(executor, relay.line)
         try:
             execution = execute_job(
-                executor, spec, self.results_dir / deal.deal_id, self.config.weights, inputs
+                self.executor,
+                spec,
+                self.results_dir / deal.deal_id,
+                self.config.weights,
+                inputs,
+                on_stderr=relay.line if relay is not None else None,
             )
         finally:
             if relay is not None:

@@ -12,12 +12,10 @@ counts them as dropped. The mediator never relays: only the deal's provider may 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
 
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
@@ -25,7 +23,6 @@ from eth_account.signers.local import LocalAccount
 from lilypad import solver_api as api
 from lilypad.errors import SolverError
 from lilypad.solver_api import LogBatch, LogProgress, SolverBusy, SolverClient
-from resource_provider.executors import ExecutionResult, Executor, Job
 
 log = logging.getLogger("lilypad.provider")
 
@@ -141,23 +138,3 @@ class LogRelay:
         except Exception:  # never let a log relay fail anything
             log.exception("deal %s: relaying log lines failed", self.deal_id)
         return None
-
-
-class StderrTap(Executor):
-    """Runs jobs with ``inner``, handing each stderr line to ``on_line`` as well."""
-
-    def __init__(self, inner: Executor, on_line: Callable[[str], None]) -> None:
-        self.inner, self.on_line = inner, on_line
-
-    def run(self, job: Job) -> ExecutionResult:
-        before = job.on_stderr
-
-        def both(text: str) -> None:
-            if before is not None:
-                before(text)
-            self.on_line(text)
-
-        return self.inner.run(dataclasses.replace(job, on_stderr=both))
-
-    def describe(self) -> str:
-        return self.inner.describe()

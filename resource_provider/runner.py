@@ -18,6 +18,7 @@ provider and a mediator that meet the same cause write byte-identical results (t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,12 +158,14 @@ def execute_job(
     output_dir: Path,
     weights: Weights = Weights.REAL,
     inputs: tuple[JobInput, ...] = (),
+    on_stderr: Callable[[str], None] | None = None,
 ) -> ExecutionResult:
     """Run ``spec`` into a fresh ``output_dir`` (what a killed earlier run left is removed),
-    with its file ``inputs`` (:func:`job_inputs`) mounted."""
+    with its file ``inputs`` (:func:`job_inputs`) mounted; ``on_stderr`` gets each line the
+    module writes to stderr, as it comes."""
     _fresh(output_dir)
     module = modules.resolve(spec.module)
-    return executor.run(Job.of(module, spec, output_dir, weights, inputs=inputs))
+    return executor.run(Job.of(module, spec, output_dir, weights, on_stderr, inputs=inputs))
 
 
 def run_job(

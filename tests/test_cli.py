@@ -42,6 +42,29 @@ def test_help_lists_commands(cli: CliRunner) -> None:
         assert word in result.stdout
 
 
+def _command_paths() -> list[tuple[str, ...]]:
+    """Every command and subcommand of ``lilypad``, as the words that name it."""
+    import typer.main
+
+    from lilypad.cli import app
+
+    def walk(group: object, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = [path]
+        for name, command in getattr(group, "commands", {}).items():
+            found += walk(command, (*path, name))
+        return found
+
+    return walk(typer.main.get_command(app), ())
+
+
+@pytest.mark.parametrize("words", _command_paths(), ids=lambda w: " ".join(w) or "lilypad")
+def test_every_command_s_help_renders(cli: CliRunner, words: tuple[str, ...]) -> None:
+    # help text is rich markup: a stray [/...] in it made `lilypad run --help` an internal error
+    result = cli(*words, "--help")
+    assert result.exit_code == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
 def test_version_human_and_json(cli: CliRunner) -> None:
     assert __version__ in cli("version").stdout
     data = json.loads(cli("version", "--json").stdout)

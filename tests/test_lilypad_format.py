@@ -68,8 +68,10 @@ LILYSAY = """\
         "Params": {
           "Image": "lilypad/lilysay-test:v0.1.0",
           "Entrypoint": [
-            "/bin/sh", "-c", "printf '%s\\\\n' \\"$MESSAGE\\" > /outputs/said.txt; echo said"
+            "/bin/sh", "-c",
+            "printf '%s\\\\n' \\"$MESSAGE\\" > /outputs/said.txt; pwd > /outputs/cwd.txt; echo said"
           ],
+          "WorkingDirectory": "/tmp",
           "EnvironmentVariables": [
             {{ if .Message }}"{{ subst "MESSAGE=%s" .Message }}"{{ else }}"MESSAGE=hello"{{ end }}
           ]
@@ -460,4 +462,5 @@ def test_lilypad_module_runs_with_the_docker_executor(tmp_path: Path, cli: CliRu
     assert result.exit_code == 0, result.stderr
     assert (out / "exitCode").read_text() == "0"
     assert (out / "outputs" / "said.txt").read_text() == message + "\n"
+    assert (out / "outputs" / "cwd.txt").read_text() == "/tmp\n"  # its WorkingDirectory
     assert (out / "stdout").read_text() == "said\n"

@@ -23,7 +23,7 @@ app = typer.Typer(help="List, inspect and render job modules.", no_args_is_help=
 
 INPUT_HELP = (
     'A tunable as KEY=VALUE; repeat for more (-i Prompt="a cat" -i Seed=24). A file tunable '
-    "takes @path/to/file, ipfs://CID[/path] or a bare CID (-i Image=@photo.png)."
+    "takes @path/to/file, ipfs://CID\\[/path] or a bare CID (-i Image=@photo.png)."
 )
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from lilypad import modules
 from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs, stage
 from lilypad.cli.output import console, emit, err_console, note
+from lilypad.cli.sweep import INPUTS_FILE_OPTION, MAX_JOBS_OPTION, PARALLEL_OPTION, SWEEP_OPTION
 from lilypad.errors import InputError
 from lilypad.modules.files import precheck
 from lilypad.verification import Verify
@@ -58,6 +59,10 @@ MAX_TIMEOUT_S = 2**32 - 1
 def run(
     ref: str = typer.Argument(..., help="Module, e.g. sdxl:v0.9-lilypad1 or cowsay:v0.0.4."),
     inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
+    sweep: list[str] = SWEEP_OPTION,
+    inputs_file: Path | None = INPUTS_FILE_OPTION,
+    parallel: int | None = PARALLEL_OPTION,
+    max_jobs: int = MAX_JOBS_OPTION,
     network: str = typer.Option("local", "--network", "-n", help="Network profile."),
     max_price: str = typer.Option("10", "--max-price", help="Most you pay, in tokens."),
     timeout: int | None = typer.Option(
@@ -103,6 +108,20 @@ def run(
     from lilypad.units import format_tokens, parse_tokens
 
     inputs = check_inputs(inputs, stray)
+    if sweep or inputs_file is not None:
+        from lilypad.cli.sweep import run_sweep
+
+        run_sweep(
+            ref, inputs, sweep, inputs_file, parallel=parallel, max_jobs=max_jobs,
+            network=network, max_price=max_price, timeout=timeout, expires_in=expires_in,
+            mediators=mediators, retries=retries, verify=verify, yes=yes, key_file=key_file,
+            json_output=json_output, detach=detach,
+        )  # fmt: skip
+        return
+    if parallel is not None:
+        raise InputError(
+            f"--parallel {parallel} is for many jobs at once: give --sweep or --inputs-file"
+        )
     module = modules.resolve(ref)
     precheck(module, inputs)  # bad input stops here, before anything is signed
     price = parse_tokens(max_price, "--max-price")

@@ -486,7 +486,7 @@ def _job(doc: Any, label: str) -> dict[str, Any]:
         "image": _image(params),
         "entrypoint": _entrypoint(params),
         "parameters": _strings(_get(params, "Parameters", "Docker"), "Parameters"),
-        "workdir": _string(_get(params, "WorkingDirectory", "Docker"), "WorkingDirectory") or None,
+        "workdir": _workdir(params),
         "env_entries": _env_entries(_get(params, "EnvironmentVariables", "Docker")),
         "network": _network(spec),
         "outputs": _outputs(spec),
@@ -501,6 +501,20 @@ def _string(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise TemplateError(f"{TEMPLATE_FILE}: {what} must be a string, not {value!r:.60}")
     return value
+
+
+def _workdir(params: Any) -> str | None:
+    """The job's working directory inside its image: absolute, without ``..`` (the container is
+    made with it; a relative one would fail only on the provider)."""
+    workdir = _string(_get(params, "WorkingDirectory", "Docker"), "WorkingDirectory")
+    if not workdir:
+        return None
+    if not workdir.startswith("/") or ".." in workdir.split("/") or "\x00" in workdir:
+        raise TemplateError(
+            f"{TEMPLATE_FILE}: WorkingDirectory {workdir!r:.80} must be an absolute path inside "
+            "the image, without '..'"
+        )
+    return workdir
 
 
 def _image(params: Any) -> str:

@@ -234,6 +234,8 @@ class DockerExecutor(Executor):
             "image": image,
             "entrypoint": [spec.entrypoint[0]],
             "command": list(spec.entrypoint[1:]),
+            # a Lilypad-format module's WorkingDirectory; built-in modules use the image's
+            **({"working_dir": spec.workdir} if spec.workdir else {}),
             "environment": env,
             "user": user,
             "mounts": [

@@ -35,6 +35,7 @@ from pathlib import Path
 import lilypad
 from lilypad.config import get_settings
 from lilypad.errors import ExecutorError, ExecutorUnavailable
+from lilypad.modules.template import is_template_module
 from resource_provider.executors.base import (
     SANDBOX_HOSTNAME,
     SANDBOX_MODULE,
@@ -129,6 +130,13 @@ class ProcessExecutor(Executor):
         return f"process ({UNSANDBOXED})"
 
     def run(self, job: Job) -> ExecutionResult:
+        if is_template_module(job.module_dir):
+            # its entrypoint is a path inside its image: on the host it means nothing
+            raise ExecutorUnavailable(
+                f"{job.spec.module} is a module in Lilypad's format (a Docker image and a "
+                "template): the process executor cannot run it",
+                hint=f"run it with the docker executor (--executor-for {job.spec.module}=docker)",
+            )
         inputs = check_inputs(job.inputs)
         out = prepare_output_dir(job.output_dir)
         job = dataclasses.replace(

@@ -14,80 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 
-import lilypad.cli
 from lilypad.chain.crypto import keccak
 from lilypad.chain.light import LightChain
-from lilypad.cli import run as run_cli
-from lilypad.cli.module import INPUT_HELP
 from lilypad.cli.sweep import (
-    INPUTS_FILE_OPTION,
-    MAX_JOBS_OPTION,
-    PARALLEL_OPTION,
-    SWEEP_OPTION,
     Board,
     Outcome,
     combinations,
     load_inputs_file,
     parse_sweep,
     run_many,
-    run_sweep,
 )
 from lilypad.creator import JobState, Step, load_records
 from lilypad.errors import InputError
 from lilypad.solver_api import SolverClient
-from lilypad.verification import Verify
 from tests.conftest import CliResult, CliRunner
 from tests.creator.conftest import Creator, cowsay
 from tests.provider.conftest import World
 
-# ------------------------------------------------------------------ the command under test
-app = typer.Typer(pretty_exceptions_enable=False)
-app.add_typer(run_cli.jobs_app, name="jobs")
-
-
-@app.command("run")
-def _run(
-    ref: str = typer.Argument(...),
-    inputs: list[str] = typer.Option([], "--input", "-i", help=INPUT_HELP),
-    sweep: list[str] = SWEEP_OPTION,
-    inputs_file: Path | None = INPUTS_FILE_OPTION,
-    parallel: int | None = PARALLEL_OPTION,
-    max_jobs: int = MAX_JOBS_OPTION,
-    network: str = typer.Option("local", "--network"),
-    max_price: str = typer.Option("10", "--max-price"),
-    expires_in: int = typer.Option(300, "--expires-in"),
-    verify: Verify = typer.Option(Verify.AUDIT, "--verify", case_sensitive=False),
-    yes: bool = typer.Option(False, "--yes"),
-    json_output: bool = typer.Option(False, "--json"),
-    detach: bool = typer.Option(False, "--detach"),
-) -> None:
-    run_sweep(
-        ref,
-        inputs,
-        sweep,
-        inputs_file,
-        parallel=parallel,
-        max_jobs=max_jobs,
-        network=network,
-        max_price=max_price,
-        timeout=None,
-        expires_in=expires_in,
-        mediators=[],
-        retries=0,
-        verify=verify,
-        yes=yes,
-        key_file=None,
-        json_output=json_output,
-        detach=detach,
-    )
-
 
 @pytest.fixture
-def sweep_cli(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """``cli`` with the command above as the CLI's app (``run`` and the real ``jobs``)."""
-    monkeypatch.setattr(lilypad.cli, "app", app)
+def sweep_cli(cli: CliRunner) -> CliRunner:
+    """``lilypad`` itself: ``run --sweep/--inputs-file`` and ``jobs``."""
     return cli
 
 
@@ -415,3 +363,9 @@ def test_ctrl_c_posts_no_more_jobs_and_withdraws_the_pending_offers(
     assert record.state is JobState.CANCELLED
     with SolverClient(creator.world.server.url) as solver:
         assert solver.job_offer(posted[0]).state == "cancelled"
+
+
+def test_parallel_without_many_jobs_is_exit_2(profile: None, sweep_cli: CliRunner) -> None:
+    result = sweep_cli(*RUN, "-i", "Message=hi", "--parallel", "4")
+    assert result.exit_code == 2, result.stderr
+    assert "--parallel 4 is for many jobs at once: give --sweep or --inputs-file" in result.stderr
