@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     """Process-wide settings.
 
     Attributes:
-        data_dir: Where results and local state live (``LILYPAD_DATA_DIR``); results are saved under
+        data_dir: Where results and local state live (``LILYPAD_DATA_DIR``, or Lilypad's
+            ``DATA_DIR``; the first wins when both are set); results are saved under
             ``<data_dir>/downloaded-files/<CID>/``.
         cache_dir: Where fetched git modules and generated tiny weights are cached
             (``LILYPAD_CACHE_DIR``).
@@ -29,7 +30,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LILYPAD_", extra="ignore")
 
-    data_dir: Path = Path("/tmp/lilypad/data")
+    data_dir: Path = Field(
+        Path("/tmp/lilypad/data"), validation_alias=AliasChoices("LILYPAD_DATA_DIR", "DATA_DIR")
+    )
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     modules_dir: Path | None = None
     module_repo_prefix: str = "github.com/Lilypad-Tech/lilypad-module-"

@@ -1,4 +1,5 @@
-"""Private keys: from ``WEB3_PRIVATE_KEY`` or a key file, never from a flag, never logged."""
+"""Private keys: from ``WEB3_PRIVATE_KEY``, a key file, or (accepted, with a warning, as Lilypad
+does) ``--web3-private-key``; never logged, never in an error message."""
 
 from __future__ import annotations
 
@@ -13,28 +14,45 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
 KEY_ENV = "WEB3_PRIVATE_KEY"
+#: Lilypad's flag for the key; a command that takes ``--key-file`` takes it too.
+KEY_FLAG = "--web3-private-key"
+#: What the CLI says (on stderr) when the key comes from the command line.
+KEY_FLAG_WARNING = (
+    f"warning: a private key given with {KEY_FLAG} is visible to other users of this machine "
+    "(ps, /proc) and may stay in your shell history; use --key-file FILE (mode 600) or "
+    f"${KEY_ENV} instead"
+)
 
 
-def load_account(key_file: Path | None = None, *, role: str = "this node") -> LocalAccount:
+def load_account(
+    key_file: Path | None = None, *, role: str = "this node", key: str | None = None
+) -> LocalAccount:
     """:func:`load_signer` as an eth-account account, for the services' web3 transactions."""
     from eth_account import Account
 
-    account: LocalAccount = Account.from_key(load_signer(key_file, role=role).key)
+    account: LocalAccount = Account.from_key(load_signer(key_file, role=role, key=key).key)
     return account
 
 
-def load_signer(key_file: Path | None = None, *, role: str = "this node") -> Signer:
+def load_signer(
+    key_file: Path | None = None, *, role: str = "this node", key: str | None = None
+) -> Signer:
     """The key that signs for ``role`` (light: no eth-account, see :mod:`lilypad.chain.crypto`).
 
     Args:
         key_file: A file holding the hex private key (one line); else ``$WEB3_PRIVATE_KEY``.
         role: Named in error messages ("the solver", "the job creator").
+        key: The hex key itself, from ``--web3-private-key`` (the CLI warns of it first).
 
     Raises:
-        ConfigError: no key given, the file is unreadable or too open, or the key is malformed.
-            The message never contains the key.
+        ConfigError: no key given, both a key and a key file, the file is unreadable or too
+            open, or the key is malformed. The message never contains the key.
     """
-    if key_file is not None:
+    if key is not None and key_file is not None:
+        raise ConfigError(f"give {KEY_FLAG} or --key-file, not both")
+    if key is not None:
+        text, source = key.strip(), KEY_FLAG
+    elif key_file is not None:
         try:
             mode = key_file.stat().st_mode
             text = key_file.read_text().strip()

@@ -5,6 +5,12 @@ A profile is a TOML file ``<config dir>/networks/<name>.toml``; the config dir i
 write one; the solver, provider and job-creator flows read it with :func:`load_network`.
 A profile holds no secrets: private keys come from the environment of the process that signs.
 
+Lilypad's own variables override the profile fields they mean the same as, when set and not empty
+(the variable wins over the file; :data:`ENV_FIELDS`): ``WEB3_RPC_URL``, ``WEB3_CHAIN_ID``,
+``SERVICE_SOLVER`` (the solver's address), ``SERVICE_MEDIATORS`` (mediator addresses, comma
+separated) and ``IPFS_CONNECT`` (a multiaddr of a Kubo RPC API). The profile's
+:attr:`NetworkProfile.overrides` names those applied; they are never written back to the file.
+
 Example ``local.toml``::
 
     name = "local"
@@ -23,12 +29,14 @@ Example ``local.toml``::
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,6 +68,7 @@ class NetworkProfile(BaseModel):
         ipfs_api_url: The Kubo RPC API results are added to and fetched from.
         gateway_url: The HTTP gateway links to results point at.
         accounts: Well-known public addresses by role (``solver``, ``mediator``...).
+        overrides: The environment variables that replaced fields of the file (never saved).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,6 +84,7 @@ class NetworkProfile(BaseModel):
     ipfs_api_url: str | None = None
     gateway_url: str | None = None
     accounts: dict[str, Address] = Field(default_factory=dict)
+    overrides: tuple[str, ...] = Field((), exclude=True)
 
     def require_contracts(self) -> tuple[str, str]:
         """The market and token addresses, or a clear error if the profile has none."""
@@ -112,12 +122,17 @@ def list_networks() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml"))
 
 
-def load_network(name: str) -> NetworkProfile:
-    """Read profile ``name``.
+def load_network(name: str, *, environ: bool = True) -> NetworkProfile:
+    """Read profile ``name``, with Lilypad's variables applied over it (see the module docstring).
+
+    Args:
+        name: The profile's name.
+        environ: Apply ``WEB3_RPC_URL`` and the others; False to read the file alone (what a
+            command that rewrites the profile starts from).
 
     Raises:
         UnknownNetwork: No such profile; the message names the closest one.
-        ConfigError: The file is not a valid profile.
+        ConfigError: The file is not a valid profile, or a variable's value is malformed.
     """
     path = network_path(name)
     if not path.is_file():
@@ -131,10 +146,157 @@ def load_network(name: str) -> NetworkProfile:
         raise UnknownNetwork(f"unknown network {name!r}", hint=hint)
     try:
         data = tomllib.loads(path.read_text())
-        return NetworkProfile.model_validate(data)
+        profile = NetworkProfile.model_validate(data)
     except (tomllib.TOMLDecodeError, ValidationError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"network profile {path} is invalid: {first}") from exc
+    return apply_environment(profile) if environ else profile
+
+
+# ------------------------------------------------------------------ Lilypad's variables
+#: Lilypad's variables and the profile field each one overrides.
+ENV_FIELDS = {
+    "WEB3_RPC_URL": "rpc_url",
+    "WEB3_CHAIN_ID": "chain_id",
+    "SERVICE_SOLVER": "accounts.solver",
+    "SERVICE_MEDIATORS": "accounts.mediator*",
+    "IPFS_CONNECT": "ipfs_api_url",
+}
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def apply_environment(
+    profile: NetworkProfile, environ: dict[str, str] | None = None
+) -> NetworkProfile:
+    """``profile`` with the variables of :data:`ENV_FIELDS` that are set (not empty) applied.
+
+    Raises:
+        ConfigError: a value is malformed; the message names the variable and what it takes.
+    """
+    env = os.environ if environ is None else environ
+    given = {name: env[name].strip() for name in ENV_FIELDS if env.get(name, "").strip()}
+    if not given:
+        return profile
+    update: dict[str, object] = {"overrides": tuple(given)}
+    accounts = dict(profile.accounts)
+    if "WEB3_RPC_URL" in given:
+        update["rpc_url"] = _rpc_url(given["WEB3_RPC_URL"])
+    if "WEB3_CHAIN_ID" in given:
+        update["chain_id"] = _chain_id(given["WEB3_CHAIN_ID"])
+    if "SERVICE_SOLVER" in given:
+        accounts["solver"] = _address("SERVICE_SOLVER", given["SERVICE_SOLVER"])
+    if "SERVICE_MEDIATORS" in given:
+        accounts = {k: v for k, v in accounts.items() if not k.startswith("mediator")}
+        for i, address in enumerate(_addresses("SERVICE_MEDIATORS", given["SERVICE_MEDIATORS"])):
+            accounts["mediator" if i == 0 else f"mediator-{i + 1}"] = address
+    if "IPFS_CONNECT" in given:
+        update["ipfs_api_url"] = multiaddr_to_url(given["IPFS_CONNECT"])
+    update["accounts"] = accounts
+    return profile.model_copy(update=update)
+
+
+def _rpc_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"WEB3_RPC_URL {value!r} is not a chain RPC URL: use http(s):// or ws(s):// and a "
+            "host, e.g. http://127.0.0.1:8545"
+        )
+    return value
+
+
+def _chain_id(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or int(value) == 0:
+        raise ConfigError(
+            f"WEB3_CHAIN_ID {value!r} is not a chain id: use a positive whole number in "
+            "decimal, e.g. 31337"
+        )
+    return int(value)
+
+
+def _address(variable: str, value: str) -> str:
+    from lilypad.chain.crypto import is_address, to_checksum_address
+
+    if not is_address(value):
+        raise ConfigError(
+            f"{variable} {value!r} is not an Ethereum address: use 0x and 40 hex digits (mixed "
+            "case only with a valid EIP-55 checksum)"
+        )
+    return str(to_checksum_address(value))
+
+
+def _addresses(variable: str, value: str) -> list[str]:
+    items = [item.strip() for item in value.split(",")]
+    if any(not item for item in items):
+        raise ConfigError(
+            f"{variable} {value!r} has an empty entry: give addresses separated by commas"
+        )
+    return list(dict.fromkeys(_address(variable, item) for item in items))
+
+
+def multiaddr_to_url(value: str, variable: str = "IPFS_CONNECT") -> str:
+    """The Kubo RPC URL a multiaddr names: ``/ip4/127.0.0.1/tcp/5001`` is
+    ``http://127.0.0.1:5001``, ``/dns4/host/tcp/443/https`` is ``https://host:443``.
+
+    Only what maps onto an HTTP URL is taken: ``/ip4``, ``/ip6``, ``/dns``, ``/dns4`` or ``/dns6``
+    with a host, then ``/tcp/PORT``, then optionally ``/http`` or ``/https``.
+
+    Raises:
+        ConfigError: anything else (``/udp``, ``/p2p``, ``/unix``, a bad address or port...).
+    """
+    parts = value.split("/")
+    allowed = (
+        "/ip4/A.B.C.D/tcp/PORT, /ip6/ADDR/tcp/PORT or /dns4/HOST/tcp/PORT, optionally ending in "
+        "/http or /https"
+    )
+    if len(parts) not in (5, 6) or parts[0] != "" or parts[3] != "tcp":
+        raise ConfigError(f"{variable} {value!r} is not a multiaddr of an HTTP API: use {allowed}")
+    _, proto, host, _, port_text, *scheme = parts
+    if scheme and scheme[0] not in ("http", "https"):
+        raise ConfigError(
+            f"{variable} {value!r} ends in /{scheme[0]}: only /http or /https map to a URL"
+        )
+    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ConfigError(f"{variable} {value!r} has TCP port {port_text!r}: use 1 to 65535")
+    if proto in ("ip4", "ip6"):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is None or address.version != int(proto[-1]):
+            raise ConfigError(f"{variable} {value!r}: {host!r} is not an {proto} address")
+        host = f"[{host}]" if proto == "ip6" else host
+    elif proto in ("dns", "dns4", "dns6"):
+        labels = host.rstrip(".").split(".")
+        if not host or not all(_HOST_LABEL.match(label) for label in labels):
+            raise ConfigError(f"{variable} {value!r}: {host!r} is not a host name")
+    else:
+        raise ConfigError(f"{variable} {value!r} starts with /{proto}: use {allowed}")
+    return f"{scheme[0] if scheme else 'http'}://{host}:{int(port_text)}"
+
+
+def overrides_note(profile: NetworkProfile) -> str | None:
+    """One line naming the variables applied over ``profile`` (what the CLI prints on stderr),
+    or None when there are none."""
+    if not profile.overrides:
+        return None
+    applied = ", ".join(f"{name} ({ENV_FIELDS[name]})" for name in profile.overrides)
+    return f"network {profile.name!r}: from the environment, over the profile: {applied}"
+
+
+def chain_mismatch(profile: NetworkProfile, actual: int) -> Exception:
+    """The error for a node on chain ``actual`` where ``profile`` says another; it names
+    ``WEB3_CHAIN_ID`` when that variable set the expected id."""
+    if "WEB3_CHAIN_ID" in profile.overrides:
+        return ConfigError(
+            f"WEB3_CHAIN_ID {profile.chain_id} disagrees with the node at {profile.rpc_url}, "
+            f"which is chain {actual}; nothing was signed",
+            hint=f"set WEB3_CHAIN_ID={actual}, or unset it to use network {profile.name!r}'s",
+        )
+    return ChainError(
+        f"the node at {profile.rpc_url} is chain {actual}, "
+        f"but network {profile.name!r} is chain {profile.chain_id}"
+    )
 
 
 def save_network(profile: NetworkProfile) -> Path:
@@ -179,10 +341,7 @@ def connect(network: NetworkProfile | str, *, request_timeout: float = 30.0) -> 
     market, token = profile.require_contracts()
     chain = Chain(profile.rpc_url, request_timeout=request_timeout)
     if chain.chain_id != profile.chain_id:
-        raise ChainError(
-            f"the node at {profile.rpc_url} is chain {chain.chain_id}, "
-            f"but network {profile.name!r} is chain {profile.chain_id}"
-        )
+        raise chain_mismatch(profile, chain.chain_id)
     job_creator = JobCreatorClient(chain, profile.job_creator) if profile.job_creator else None
     return Connection(
         profile, chain, JobMarketClient(chain, market), TokenClient(chain, token), job_creator

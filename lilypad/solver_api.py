@@ -363,9 +363,17 @@ class SignedResourceOffer(offers.SignedResourceOffer):
 
 class JobSubmission(jobs.JobSubmission):
     """``POST /api/v1/job_offers``: a signed job offer with the job spec it commits to
-    (:class:`lilypad.jobs.JobSubmission`)."""
+    (:class:`lilypad.jobs.JobSubmission`).
+
+    ``target_provider`` is advisory and not signed, like ``avoid_providers``: the solver matches
+    the offer with that provider only (``lilypad run --target``), and the job creator checks the
+    deal's provider all the same.
+    """
 
     offer: JobOffer
+    target_provider: Address | None = Field(
+        None, description="the only provider this offer may be matched with (advisory)"
+    )
 
 
 class Deal(offers.Deal):

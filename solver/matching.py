@@ -72,6 +72,8 @@ class JobRequest:
         timeout: Seconds the job gives its provider; an offer whose ``min_timeout`` is more
             cannot take it (the market would refuse the deal).
         avoid: Providers this job must not go to (a redundant run's second offer).
+        target: The only provider this job may go to (``lilypad run --target``), lowercase;
+            empty: any.
     """
 
     id: str
@@ -84,6 +86,7 @@ class JobRequest:
     creator: str = ""
     timeout: int = 2**32 - 1
     avoid: frozenset[str] = frozenset()
+    target: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,14 +313,15 @@ class OrderBook:
                 del jobs[job_id]
                 continue
             kind = (job.module, job.needs, job.mediators, job.timeout)
-            if job.avoid:  # rare (redundant runs): not of one kind with the others
+            picky = bool(job.avoid or job.target)
+            if picky:  # rare (redundant runs, --target): not of one kind with the others
                 best = self._cheapest_avoiding(job, kind, now)
             elif failed.get(kind, -1) >= job.max_price:
                 best = None
             else:
                 best = self._cheapest(job, kind, now)
             if best is None:
-                if not job.avoid:
+                if not picky:
                     failed[kind] = max(failed.get(kind, -1), job.max_price)
                 waiting.append((seq, job_id))
                 continue
@@ -349,8 +353,9 @@ class OrderBook:
     def _cheapest_avoiding(
         self, job: JobRequest, kind: _Kind, now: float
     ) -> tuple[int, int, _Live] | None:
-        """The cheapest usable offer of a provider the job does not avoid: every entry of the
-        fitting classes is looked at, not only their heads (such jobs are few)."""
+        """The cheapest usable offer of a provider the job does not avoid (and, with a target,
+        of that provider only): every entry of the fitting classes is looked at, not only their
+        heads (such jobs are few)."""
         best: tuple[int, int, _Live] | None = None
         for cls in self._classes_for(kind):
             for entry in cls.heap:
@@ -358,6 +363,7 @@ class OrderBook:
                 if (
                     entry[0] <= job.max_price
                     and live.offer.provider.lower() not in job.avoid
+                    and (not job.target or live.offer.provider.lower() == job.target)
                     and live.usable(now)
                     and (best is None or entry[:2] < best[:2])
                 ):

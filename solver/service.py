@@ -1018,6 +1018,7 @@ class Solver:
 def _job_request(row: JobOfferRow, offer: JobOffer, mediators: frozenset[str]) -> JobRequest:
     # the submission's advisory list (not signed): providers this offer must not go to
     avoid = [str(a) for a in (row.body.get("avoid_providers") or ())][:MAX_AVOIDED]
+    target = str(row.body.get("target_provider") or "")  # advisory too: the only provider
     return JobRequest(
         id=row.id,
         module=offer.module,
@@ -1029,6 +1030,7 @@ def _job_request(row: JobOfferRow, offer: JobOffer, mediators: frozenset[str]) -
         creator=offer.job_creator,
         timeout=offer.timeout,
         avoid=frozenset(a.lower() for a in avoid),
+        target=target.lower(),
     )
 
 

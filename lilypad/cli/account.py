@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lilypad.cli.output import console, emit, note
-from lilypad.errors import ChainError, ConfigError, InputError, SolverError
+from lilypad.errors import ConfigError, InputError, SolverError
 
 if TYPE_CHECKING:
     from lilypad.chain.crypto import Signer
@@ -59,6 +59,7 @@ class _Given:
     network: str | None
     key_file: Path | None
     json_output: bool
+    web3_key: str | None = None
 
 
 def _network_option() -> Any:
@@ -67,6 +68,15 @@ def _network_option() -> Any:
 
 def _key_option() -> Any:
     return typer.Option(None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY).")
+
+
+def _web3_key_option() -> Any:
+    return typer.Option(
+        None,
+        "--web3-private-key",
+        help="The private key itself (Lilypad's flag): visible to other users, prefer --key-file.",
+        show_default=False,
+    )
 
 
 def _json_option() -> Any:
@@ -228,17 +238,17 @@ def _committed(profile: NetworkProfile, address: str) -> tuple[int | None, int |
 def _market(network: str) -> Iterator[tuple[NetworkProfile, CreatorMarket]]:
     """The network's profile and its market on a light chain client (closed afterwards)."""
     from lilypad.chain.light import CreatorMarket, LightChain
-    from lilypad.network import load_network
+    from lilypad.network import chain_mismatch, load_network, overrides_note
 
     profile = load_network(network)
+    line = overrides_note(profile)
+    if line:
+        note(line)
     market_address, _ = profile.require_contracts()
     chain = LightChain(profile.rpc_url)
     try:
         if chain.chain_id != profile.chain_id:
-            raise ChainError(
-                f"the node at {profile.rpc_url} is chain {chain.chain_id}, "
-                f"but network {network!r} is chain {profile.chain_id}"
-            )
+            raise chain_mismatch(profile, chain.chain_id)
         yield profile, CreatorMarket(chain, market_address)
     finally:
         chain.close()
@@ -249,10 +259,13 @@ def _given(ctx: typer.Context) -> _Given:
     return found if found is not None else _Given(None, None, False)
 
 
-def _signer(key_file: Path | None) -> Signer:
-    from lilypad.keys import load_signer
+def _signer(key_file: Path | None, web3_key: str | None = None) -> Signer:
+    """The account's key; one from the command line with a warning on stderr (never the key)."""
+    from lilypad.keys import KEY_FLAG_WARNING, load_signer
 
-    return load_signer(key_file, role="this account")
+    if web3_key is not None:
+        note(f"[yellow]{escape(KEY_FLAG_WARNING)}[/]")
+    return load_signer(key_file, role="this account", key=web3_key)
 
 
 # -------------------------------------------------------------------------------- commands
@@ -261,13 +274,14 @@ def account(
     ctx: typer.Context,
     network: str | None = _network_option(),
     key_file: Path | None = _key_option(),
+    web3_key: str | None = _web3_key_option(),
     address: str | None = typer.Option(
         None, "--address", help="Look at this account (no key needed) instead of your own."
     ),
     json_output: bool = _json_option(),
 ) -> None:
     """Your wallet, market deposit, open offers and deals, and what is free to withdraw."""
-    ctx.obj = _Given(network, key_file, json_output)
+    ctx.obj = _Given(network, key_file, json_output, web3_key)
     if ctx.invoked_subcommand is not None:
         if address is not None:
             raise InputError(
@@ -275,25 +289,25 @@ def account(
                 "with --key-file FILE or $WEB3_PRIVATE_KEY"
             )
         return
-    who = _looked_at(address, key_file)
+    who = _looked_at(address, key_file, web3_key)
     with _market(network or "local") as (profile, market):
         holdings = read_holdings(profile, market, who)
     data = {"network": profile.name, **holdings.to_dict()}
     emit(data, json_output, lambda: _print_holdings(profile.name, holdings))
 
 
-def _looked_at(address: str | None, key_file: Path | None) -> str:
+def _looked_at(address: str | None, key_file: Path | None, web3_key: str | None) -> str:
     from lilypad.chain.crypto import is_address, to_checksum_address
 
     if address is None:
         try:
-            return _signer(key_file).address
+            return _signer(key_file, web3_key).address
         except ConfigError as exc:
             raise ConfigError(
                 exc.message, hint="or pass --address 0x... to look at any account"
             ) from None
-    if key_file is not None:
-        raise InputError("give --address or --key-file, not both")
+    if key_file is not None or web3_key is not None:
+        raise InputError("give --address or a key (--key-file, --web3-private-key), not both")
     if not is_address(address):
         raise InputError(
             f"--address {address!r} is not an Ethereum address (0x and 40 hex digits, mixed "
@@ -308,6 +322,7 @@ def deposit(
     amount: str = typer.Argument(..., help="Tokens to move from your wallet into the market."),
     network: str | None = _network_option(),
     key_file: Path | None = _key_option(),
+    web3_key: str | None = _web3_key_option(),
     yes: bool = typer.Option(False, "--yes", "-y", help="Deposit without asking."),
     json_output: bool = _json_option(),
 ) -> None:
@@ -316,7 +331,7 @@ def deposit(
 
     given = _given(ctx)
     units = parse_tokens(amount, "AMOUNT", maximum=BALANCE_MAX)
-    signer = _signer(key_file or given.key_file)
+    signer = _signer(key_file or given.key_file, web3_key or given.web3_key)
     with _market(network or given.network or "local") as (profile, market):
         held = market.wallet_balance(signer.address)
         if units > held:
@@ -353,6 +368,7 @@ def withdraw(
     ),
     network: str | None = _network_option(),
     key_file: Path | None = _key_option(),
+    web3_key: str | None = _web3_key_option(),
     force: bool = typer.Option(
         False,
         "--force",
@@ -366,7 +382,7 @@ def withdraw(
     given = _given(ctx)
     asked = amount.strip().lower()
     units = None if asked == "all" else _parse_amount(amount)
-    signer = _signer(key_file or given.key_file)
+    signer = _signer(key_file or given.key_file, web3_key or given.web3_key)
     with _market(network or given.network or "local") as (profile, market):
         _check_gas(market, signer.address)
         from lilypad.creator import account_lock

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -16,6 +16,9 @@ from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs, stage
 from lilypad.cli.output import console, emit, err_console, note
 from lilypad.cli.sweep import INPUTS_FILE_OPTION, MAX_JOBS_OPTION, PARALLEL_OPTION, SWEEP_OPTION
 from lilypad.errors import InputError
+
+if TYPE_CHECKING:
+    from lilypad.chain.crypto import Signer
 from lilypad.modules.files import precheck
 from lilypad.verification import Verify
 
@@ -46,6 +49,8 @@ _STEP_TEXT = {
     "disagree": "the providers disagree ({cids}); both results are challenged",
     "alone": "no second provider in time: the result of {provider} is audited instead",
     "accepted": "result accepted on chain (tx {tx:.18}…)",
+    "off_target": "the solver ignored --target {target}: the deal is with {provider}, and it "
+    "binds (the offer's signature names no provider); following it to its end",
     "retry": "retrying (attempt {attempt}): {reason}",
     "withdrawn": "offer {job_offer_id:.18}… withdrawn at the solver; no funds moved",
     "settled": "the deal has ended: {state} (timeout tx: {tx})",
@@ -54,6 +59,14 @@ _STEP_TEXT = {
 MAX_EXPIRES_IN_S = 7 * 86_400
 #: The most seconds a job offer can give a provider (the offer's ``uint32``).
 MAX_TIMEOUT_S = 2**32 - 1
+
+#: ``--web3-private-key``, as Lilypad takes it (see :data:`lilypad.keys.KEY_FLAG_WARNING`).
+WEB3_KEY_OPTION: Any = typer.Option(
+    None,
+    "--web3-private-key",
+    help="The private key itself (Lilypad's flag): visible to other users, prefer --key-file.",
+    show_default=False,
+)
 
 
 def run(
@@ -93,6 +106,18 @@ def run(
     key_file: Path | None = typer.Option(
         None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY)."
     ),
+    web3_key: str | None = WEB3_KEY_OPTION,
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Only this provider's address: the solver matches the offer with it alone.",
+    ),
+    output_dir: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output-dir",
+        help="Also copy the verified result into this new or empty folder.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     detach: bool = typer.Option(
         False,
@@ -103,13 +128,14 @@ def run(
 ) -> None:
     """Run a module on the network: offer, match, deal, result, verified download, accept."""
     from lilypad.creator import JobRunner, RunOptions, Step
-    from lilypad.keys import load_signer
     from lilypad.network import load_network
     from lilypad.units import format_tokens, parse_tokens
 
     inputs = check_inputs(inputs, stray)
     if sweep or inputs_file is not None:
         from lilypad.cli.sweep import run_sweep
+
+        _one_job_only(target=target, output_dir=output_dir, web3_key=web3_key)
 
         run_sweep(
             ref, inputs, sweep, inputs_file, parallel=parallel, max_jobs=max_jobs,
@@ -122,16 +148,24 @@ def run(
         raise InputError(
             f"--parallel {parallel} is for many jobs at once: give --sweep or --inputs-file"
         )
+    if detach and output_dir is not None:
+        raise InputError(
+            f"-o {output_dir} needs the result, which --detach does not wait for",
+            hint="drop --detach, or fetch it later with: lilypad jobs get ID -o DIR",
+        )
+    _check_empty_folder("-o", output_dir)
+    target_address = _address("--target", target)
     module = modules.resolve(ref)
     precheck(module, inputs)  # bad input stops here, before anything is signed
     price = parse_tokens(max_price, "--max-price")
     _in_range("--expires-in", expires_in, 15, MAX_EXPIRES_IN_S)
     _in_range("--retries", retries, 0, 10)
     profile = load_network(network)
+    _note_environment(profile)
     spec = _stage(module, inputs, profile)  # files checked and added to the network's IPFS
     timeout_s = _job_timeout(timeout, spec)
     profile.require_contracts()  # a profile without them stops here, before the key is read
-    account = load_signer(key_file, role="the job creator")
+    account = _signer(key_file, web3_key)
     options = RunOptions(
         max_price=price,
         timeout_s=timeout_s,
@@ -139,6 +173,7 @@ def run(
         mediators=_trusted_mediators(mediators, profile),
         retries=retries,
         verify=verify,
+        target=target_address,
     )
     market = _market(profile)
     status = Status("starting", console=err_console)
@@ -176,22 +211,90 @@ def run(
     if detach:
         _detached(record, json_output)
         return
-    emit(record.to_dict(), json_output, lambda: _summary(record))
+    data = record.to_dict()
+    if output_dir is not None:
+        _copy_result(record, output_dir)
+        data["copied_to"] = str(output_dir)
+    emit(data, json_output, lambda: _summary(record, output_dir))
+
+
+def _signer(key_file: Path | None, web3_key: str | None) -> Signer:
+    """The job creator's key; a key from the command line is taken with a warning on stderr
+    (never the key itself)."""
+    from lilypad.keys import KEY_FLAG_WARNING, load_signer
+
+    if web3_key is not None:
+        note(f"[yellow]{escape(KEY_FLAG_WARNING)}[/]")
+    return load_signer(key_file, role="the job creator", key=web3_key)
+
+
+def _note_environment(profile: Any) -> None:
+    """Say once, on stderr, which of Lilypad's variables replaced what the profile says."""
+    import os
+
+    from lilypad.network import overrides_note
+
+    line = overrides_note(profile)
+    if line:
+        note(line)
+    if os.environ.get("DATA_DIR") and not os.environ.get("LILYPAD_DATA_DIR"):
+        note(f"results go under DATA_DIR ({os.environ['DATA_DIR']})")
+
+
+def _one_job_only(**given: Any) -> None:
+    """Refuse the options a sweep does not take."""
+    from lilypad.keys import KEY_FLAG
+
+    flags = {"target": "--target", "output_dir": "-o/--output-dir", "web3_key": KEY_FLAG}
+    used = [flags[name] for name, value in given.items() if value is not None]
+    if used:
+        raise InputError(
+            f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} for one job, not a sweep",
+            hint="for a sweep, give the key with --key-file or $WEB3_PRIVATE_KEY; each job's "
+            "result is in its own CID folder",
+        )
+
+
+def _address(option: str, value: str | None) -> str | None:
+    from lilypad.chain.crypto import is_address, to_checksum_address
+
+    if value is None:
+        return None
+    if not is_address(value):
+        raise InputError(
+            f"{option} {value!r} is not an Ethereum address (0x and 40 hex digits, mixed case "
+            "only with a valid EIP-55 checksum)"
+        )
+    return str(to_checksum_address(value))
+
+
+def _check_empty_folder(option: str, folder: Path | None) -> None:
+    """Refuse a folder that exists and is not empty (what it holds would be mixed in)."""
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(
+            f"{option} {folder} is not an empty folder; the result replaces what the folder holds",
+            hint="name a new or empty folder",
+        )
+
+
+def _copy_result(record: Any, folder: Path) -> None:
+    """Copy the verified result (its CID folder) into ``folder`` as well."""
+    import shutil
+
+    _check_empty_folder("-o", folder)  # still empty: nothing else wrote there meanwhile
+    shutil.copytree(record.output_dir, folder, symlinks=True, dirs_exist_ok=True)
 
 
 def _market(profile: Any) -> Any:
     """The network's market on the light chain client, once the node is the profile's chain."""
     from lilypad.chain.light import CreatorMarket, LightChain
-    from lilypad.errors import ChainError
+    from lilypad.network import chain_mismatch
 
     market_address, _ = profile.require_contracts()
     chain = LightChain(profile.rpc_url)
     if chain.chain_id != profile.chain_id:
         chain.close()
-        raise ChainError(
-            f"the node at {profile.rpc_url} is chain {chain.chain_id}, "
-            f"but network {profile.name!r} is chain {profile.chain_id}"
-        )
+        raise chain_mismatch(profile, chain.chain_id)
     return CreatorMarket(chain, market_address)
 
 
@@ -421,13 +524,14 @@ def _consent(needed: int, yes: bool, fmt: Any) -> None:
         raise InputError("no deposit made; the job was not posted")
 
 
-def _summary(record: Any) -> None:
+def _summary(record: Any, copied_to: Path | None = None) -> None:
     lines = [
         f"\n[bold]Job complete[/] {escape(record.module)}",
         f"  CID        {record.mediator_cid or record.result_cid}",
         f"  deal       {record.deal_id}  (provider {record.provider})",
         f"  verified   {escape(_verdict(record))}",
         f"  outputs    {escape(record.output_dir or '')}",
+        *([f"  copied to  {escape(str(copied_to))}"] if copied_to is not None else []),
         f"  IPFS link  {escape(record.gateway_url or '')}",
         f"\nOpen the results:\n\n    open {escape(record.output_dir or '')}\n",
     ]
@@ -494,6 +598,7 @@ def jobs_wait(
         False, "--yes", "-y", help="Deposit a challenge's fee if the deposit is short."
     ),
     key_file: Path | None = _KEY_FILE,
+    web3_key: str | None = WEB3_KEY_OPTION,
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Follow a job to its end (after Ctrl-C, a crash or run --detach): wait for the deal and
@@ -504,7 +609,7 @@ def jobs_wait(
     record = find_record(job_id)
     status = Status("following the job", console=err_console)
     on_step = _progress(status, quiet=json_output)
-    runner = _runner(record, key_file, on_step)
+    runner = _runner(record, key_file, web3_key, on_step)
     try:
 
         def fund(amount: int) -> None:
@@ -523,14 +628,17 @@ def jobs_wait(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: str = _JOB_ID, key_file: Path | None = _KEY_FILE, json_output: bool = _JSON
+    job_id: str = _JOB_ID,
+    key_file: Path | None = _KEY_FILE,
+    web3_key: str | None = WEB3_KEY_OPTION,
+    json_output: bool = _JSON,
 ) -> None:
     """Withdraw a job's offer while no provider has taken it (the deposit it held is free
     again); cancelling twice is fine."""
     from lilypad.creator import find_record
 
     record = find_record(job_id)
-    runner = _runner(record, key_file, lambda _: None)
+    runner = _runner(record, key_file, web3_key, lambda _: None)
     try:
         was = record.state
         done = runner.withdraw(record)
@@ -546,14 +654,17 @@ def jobs_cancel(
 
 @jobs_app.command("timeout")
 def jobs_timeout(
-    job_id: str = _JOB_ID, key_file: Path | None = _KEY_FILE, json_output: bool = _JSON
+    job_id: str = _JOB_ID,
+    key_file: Path | None = _KEY_FILE,
+    web3_key: str | None = WEB3_KEY_OPTION,
+    json_output: bool = _JSON,
 ) -> None:
     """Claim the refund of a deal whose deadline passed: no result in time (your payment and
     the provider's collateral), or no mediator's ruling in time (your payment and the fee)."""
     from lilypad.creator import find_record
 
     record = find_record(job_id)
-    runner = _runner(record, key_file, lambda _: None)
+    runner = _runner(record, key_file, web3_key, lambda _: None)
     try:
         done = runner.time_out(record)
     finally:
@@ -576,11 +687,11 @@ def jobs_logs(
         False, "-f", "--follow", help="Keep printing lines until the job has a result."
     ),
     key_file: Path | None = _KEY_FILE,
+    web3_key: str | None = WEB3_KEY_OPTION,
 ) -> None:
     """Print a job's module log (stderr): from its downloaded result when there is one, else
     from the solver (only the job's creator may read it), live with -f."""
     from lilypad.creator import find_record
-    from lilypad.keys import load_signer
     from lilypad.network import load_network
     from lilypad.solver_api import SolverClient
 
@@ -592,7 +703,7 @@ def jobs_logs(
     if not record.deal_id:
         raise InputError(f"job {record.job_offer_id} has no deal yet: no provider runs it")
     profile = load_network(record.network)
-    account = load_signer(key_file, role="the job creator")
+    account = _signer(key_file, web3_key)
 
     def sign(text: str) -> str:
         return "0x" + account.sign_message(text).hex()
@@ -626,11 +737,7 @@ def jobs_get(
 
     record = find_record(job_id)
     cid = result_of(record)
-    if output is not None and output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise InputError(
-            f"-o {output} is not an empty folder; the result replaces what the folder holds",
-            hint="name a new or empty folder",
-        )
+    _check_empty_folder("-o", output)
     dest = output if output is not None else result_dir(cid)
     profile = load_network(record.network)
     quiet = json_output
@@ -649,12 +756,11 @@ def _silent() -> Status:
     return Status("", console=err_console)
 
 
-def _runner(record: Any, key_file: Path | None, on_step: Any) -> Any:
+def _runner(record: Any, key_file: Path | None, web3_key: str | None, on_step: Any) -> Any:
     """A runner for the record's network, with the key given."""
     from lilypad.creator import JobRunner
-    from lilypad.keys import load_signer
     from lilypad.network import load_network
 
     profile = load_network(record.network)
-    account = load_signer(key_file, role="the job creator")
+    account = _signer(key_file, web3_key)
     return JobRunner(profile, account, _market(profile), on_step)

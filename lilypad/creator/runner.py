@@ -104,12 +104,29 @@ class InputLost(JobError):
 
 @dataclass(frozen=True)
 class RunOptions:
+    """How a job is offered.
+
+    ``target`` (``lilypad run --target``) asks the solver to match the offer with that provider
+    only. The hint is not signed (the market has no such term): a solver that ignores it can make
+    a deal with another provider, which binds like any other. The runner then says so (the step
+    ``off_target``) and follows that deal to its end; it cannot undo it.
+    """
+
     max_price: int
     timeout_s: int
     expires_in_s: int = 300
     mediators: tuple[str, ...] = ()
     retries: int = 0
     verify: Verify = Verify.AUDIT
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is not None and self.verify is Verify.REDUNDANT:
+            raise InputError(
+                f"--target {self.target} and --verify redundant exclude each other: redundancy "
+                "needs a second provider",
+                hint="use --verify audit or always with --target",
+            )
 
 
 @dataclass
@@ -367,7 +384,17 @@ class JobRunner:
             timeout=options.timeout_s,
         )
         signature = offer.sign(self.account, self.market.chain.chain_id, self.market.address)
-        return JobSubmission(offer=offer, signature=signature, spec=spec, avoid_providers=avoid)
+        if options.target is None:
+            return JobSubmission(offer=offer, signature=signature, spec=spec, avoid_providers=avoid)
+        return api.JobSubmission.model_validate(
+            {
+                "offer": offer.model_dump(),
+                "signature": signature,
+                "spec": spec,
+                "avoid_providers": avoid,
+                "target_provider": options.target,
+            }
+        )
 
     def _post(self, job: _Job, options: RunOptions) -> None:
         record = job.record
@@ -429,6 +456,14 @@ class JobRunner:
             self._dealt(job, deal, None)
             return
         self._cancel(record)
+        target = _target(job)
+        if target:
+            raise NoMatch(
+                f"provider {target} (--target) took no job before the offer expired; the offer "
+                "was withdrawn and no funds moved",
+                hint=f"check that {target} has an open offer for this module at --max-price or "
+                "less (lilypad providers list), or run without --target",
+            )
         raise NoMatch(
             "no provider took the job before its offer expired; the offer was withdrawn and no "
             "funds moved",
@@ -487,6 +522,9 @@ class JobRunner:
                 },
             )
         )
+        target = _target(job)
+        if target and target.lower() != deal.provider.lower():
+            self.on_step(Step("off_target", {"target": target, "provider": deal.provider}))
 
     def _chain_deal(self, job: _Job) -> Deal | None:
         """The job's deal as the chain has it (found from the offer's used nonce)."""
@@ -1163,6 +1201,12 @@ def _not_run_line(record: JobRecord) -> str:
     stderr = Path(record.output_dir or "") / "stderr"
     text = stderr.read_text(errors="replace").strip() if stderr.is_file() else ""
     return text.splitlines()[-1].removeprefix("lilypad: ")[:300] if text else "no reason given"
+
+
+def _target(job: _Job) -> str | None:
+    """The provider the job was offered to alone (``--target``), while its submission is known."""
+    submission = job.submission
+    return submission.target_provider if isinstance(submission, api.JobSubmission) else None
 
 
 def _failed(record: JobRecord, exc: LilypadError) -> None:
