@@ -85,13 +85,16 @@ check_packages() {
     # git module sources (tests/test_sources.py), a self-signed https server (tests/test_tls.py),
     # ffprobe decodes the SDV module's MP4 (tests/ml), ipfs_cid is a second reference for file
     # CIDs (tests/storage), docker-compose checks solver/deploy/compose.yaml, ip makes the
-    # cross-host test's namespace and veth link, and the solver store runs on PostgreSQL
+    # cross-host test's namespace and veth link, tmux is the real terminal the progress bar of
+    # `lilypad run` is checked in (tests/creator/test_terminal.py), and the solver store runs
+    # on PostgreSQL
     need git "git" has git
     need openssl "openssl" has openssl
     need ffmpeg "ffprobe" has ffprobe
     need ipfs-cid "ipfs_cid" has ipfs_cid
     need docker-compose "docker-compose" has docker-compose
     need iproute2 "ip" has ip
+    need tmux "tmux" has tmux
     need postgresql "a PostgreSQL server" postgres_server
 }
 

@@ -65,6 +65,10 @@ def isolated_home(
     monkeypatch.setenv("LILYPAD_CACHE_DIR", str(home / "cache"))
     monkeypatch.delenv("LILYPAD_MODULES_DIR", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
+    # Lilypad's variables override a network profile: one set on this machine changes nothing
+    for name in ("WEB3_RPC_URL", "WEB3_CHAIN_ID", "SERVICE_SOLVER", "SERVICE_MEDIATORS",
+                 "IPFS_CONNECT", "DATA_DIR"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
     return home
 
 

@@ -16,6 +16,7 @@ from tests.conftest import CliRunner
 REQUIRED_MODULES = {
     "cowsay": ["v0.0.4"],
     "sdxl": ["v0.9-lilypad1", "v1.0-lilypad1"],
+    "sdxl-pipeline": ["v1.0-base-lilypad3", "v1.0-refiner-lilypad3"],
     "sdv-pipeline": [
         "v1.0-lilypad2",
         "v1.1-lilypad2",

@@ -300,7 +300,8 @@ def _profile(
     from lilypad.network import NetworkProfile, load_network
 
     try:
-        old: dict[str, Any] = load_network(name).model_dump()
+        # the file as it is: a variable such as IPFS_CONNECT must not be written into it
+        old: dict[str, Any] = load_network(name, environ=False).model_dump()
     except UnknownNetwork:
         old = {}
     keep = {k: old.get(k) for k in ("solver_url", "ipfs_api_url", "gateway_url")}

@@ -203,12 +203,15 @@ def logs(
 
 def _show(network: str, json_output: bool) -> None:
     from lilypad import localnet
-    from lilypad.network import load_network
+    from lilypad.network import load_network, overrides_note
 
     try:
         profile = load_network(network)
     except UnknownNetwork:
         profile = None
+    said = overrides_note(profile) if profile is not None else None
+    if said is not None:
+        note(said)
     rows = localnet.status(network, profile)
     data = {
         "network": network,

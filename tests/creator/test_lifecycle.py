@@ -261,3 +261,37 @@ def test_timeout_is_refused_before_the_deadline_and_refunds_after(
     ended = cli("jobs", "wait", job_id)
     assert ended.exit_code == 1
     assert "refunded" in _said(ended)
+
+
+def test_a_provider_killed_mid_job_then_restarted_and_jobs_wait_completes(
+    profile: None, creator: Creator, cli: CliRunner, tmp_path: Path
+) -> None:
+    """The job creator left (``--detach``), its provider was killed while the job ran and came
+    back: ``jobs wait`` follows the deal to the result the restarted provider submits."""
+    from tests.provider.conftest import wait_for
+    from tests.provider.test_restart import SLOW, Daemon
+
+    world = creator.world
+    daemon = Daemon(world, tmp_path / "provider-state")
+    daemon.start()
+    try:
+        posted = cli(
+            "run", SLOW, "--network", "test", "--yes", "--verify", "never",
+            "-i", "Message=killed and back", "--detach", "--json",
+        )  # fmt: skip
+        assert posted.exit_code == 0, posted.stderr
+        job_id = json.loads(posted.stdout)["job_offer_id"]
+        deal_id = world.deal_of(job_id, timeout=60)["deal_id"]
+        started = daemon.data_dir / "results" / deal_id / "outputs" / "started"
+        wait_for(started.exists, 60)
+        daemon.kill()  # mid-job: nothing on chain yet
+        daemon.start()
+        waited = cli("jobs", "wait", job_id, "--json")
+        assert waited.exit_code == 0, waited.stderr
+        record = json.loads(waited.stdout)
+        assert record["state"] == "accepted"
+        outputs = Path(record["output_dir"]) / "outputs"
+        assert (outputs / "message.txt").read_text() == "killed and back\n"
+        assert _accepted_events(world, deal_id) == 1
+    finally:
+        daemon.terminate()

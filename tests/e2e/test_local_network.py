@@ -14,6 +14,7 @@ import docker
 import pytest
 from PIL import Image
 
+from lilypad.localnet import key_file
 from lilypad.storage import CID, NETWORK_PROFILE
 from resource_provider.executors import engine_problem
 from tests.conftest import Reference, missing
@@ -82,6 +83,28 @@ def test_network_up_runs_jobs_end_to_end(
     assert "sd15:v1.0-lilypad1" in provider["modules"]
     assert provider["machine"]["cpu_millis"] >= 1000
     assert [g["model"] for g in provider["gpus"]] == ["emulated: tiny weights on the CPU"]
+
+    # leave a job and come back to it, see its logs, fetch it again, look at the account
+    key = ["--key-file", str(key_file(NETWORK, "job_creator"))]
+    posted = lilypad(
+        "run", "cowsay:v0.0.4", "-i", "Message=left and back", "--network", NETWORK, "--yes",
+        "--detach", "--json", *key,
+    )  # fmt: skip
+    assert posted.returncode == 0, posted.stderr
+    job_id = json.loads(posted.stdout)["job_offer_id"]
+    waited = lilypad("jobs", "wait", job_id, "--json", *key, timeout=300)
+    assert waited.returncode == 0, waited.stderr
+    left = json.loads(waited.stdout)
+    assert left["state"] in ("accepted", "upheld"), left
+    logs = lilypad("jobs", "logs", job_id, *key)
+    assert logs.returncode == 0, logs.stderr
+    again = tmp_path / "again"
+    got = lilypad("jobs", "get", job_id, "-o", str(again))
+    assert got.returncode == 0, got.stderr
+    assert "left and back" in (again / "outputs" / "cowsay.txt").read_text()
+    account = lilypad("account", "--network", NETWORK, "--json", *key)
+    assert account.returncode == 0, account.stderr
+    assert json.loads(account.stdout)["address"] == left["job_creator"]
 
     since = time.time()
     record = run_job(NETWORK, "cowsay:v0.0.4", "Message=hello from the network")
