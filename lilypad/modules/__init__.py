@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lilypad.errors import InvalidTunable
 from lilypad.modules import template as _template
@@ -170,14 +171,7 @@ def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:
     values = validate_inputs(module, inputs)
     spec = module.spec
     fields = {
-        "module": module.ref,
-        "name": module.name,
-        "version": module.version,
-        "source": SpecSource(
-            kind=module.source.kind.value,
-            location=module.source.location,
-            commit=module.source.commit,
-        ).model_dump(mode="json"),
+        **_identity(module),
         "image": spec.image_ref,
         "entrypoint": list(spec.entrypoint),
         "env": {**spec.env, **tunables_env(spec.tunables, values)},
@@ -191,12 +185,9 @@ def render(module: ResolvedModule | str, inputs: Sequence[str] = ()) -> JobSpec:
     return JobSpec.model_validate({**fields, "spec_hash": JobSpec.hash_of(fields)})
 
 
-def _render_template(module: ResolvedModule, inputs: Sequence[str]) -> JobSpec:
-    """A Lilypad-format module's spec: the template's job, checked, in this project's terms."""
-    assert module.template is not None
-    values = _template.validate(module.template, list(inputs), module.ref)
-    job = _template.render(module.template, values, module.ref)
-    fields = {
+def _identity(module: ResolvedModule) -> dict[str, Any]:
+    """The spec fields that say which module version a job runs, and from where."""
+    return {
         "module": module.ref,
         "name": module.name,
         "version": module.version,
@@ -205,6 +196,16 @@ def _render_template(module: ResolvedModule, inputs: Sequence[str]) -> JobSpec:
             location=module.source.location,
             commit=module.source.commit,
         ).model_dump(mode="json"),
+    }
+
+
+def _render_template(module: ResolvedModule, inputs: Sequence[str]) -> JobSpec:
+    """A Lilypad-format module's spec: the template's job, checked, in this project's terms."""
+    assert module.template is not None
+    values = _template.validate(module.template, list(inputs), module.ref)
+    job = _template.render(module.template, values, module.ref)
+    fields = {
+        **_identity(module),
         "image": job["image"],
         "entrypoint": job["entrypoint"],
         "env": job["env"],
