@@ -260,12 +260,10 @@ def _given(ctx: typer.Context) -> _Given:
 
 
 def _signer(key_file: Path | None, web3_key: str | None = None) -> Signer:
-    """The account's key; one from the command line with a warning on stderr (never the key)."""
-    from lilypad.keys import KEY_FLAG_WARNING, load_signer
+    """The account's key (one from the command line with a warning, never the key)."""
+    from lilypad.cli import keyopt
 
-    if web3_key is not None:
-        note(f"[yellow]{escape(KEY_FLAG_WARNING)}[/]")
-    return load_signer(key_file, role="this account", key=web3_key)
+    return keyopt.signer(key_file, web3_key, "this account")
 
 
 # -------------------------------------------------------------------------------- commands

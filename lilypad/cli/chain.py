@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from lilypad.cli import keyopt
+from lilypad.cli.keyopt import WEB3_KEY_OPTION
 from lilypad.cli.output import console, emit, note
 from lilypad.errors import ConfigError, UnknownNetwork
 
@@ -123,19 +125,20 @@ def deploy_cmd(
     key_file: Path | None = typer.Option(
         None, "--key-file", help="File with the deployer's private key (else $WEB3_PRIVATE_KEY)."
     ),
+    web3_key: str | None = WEB3_KEY_OPTION,
     json_output: bool = _json_option(),
 ) -> None:
     """Deploy the contracts to any EVM chain and write the network profile.
 
-    The deployer's private key comes from $WEB3_PRIVATE_KEY or --key-file, never a flag.
+    The deployer's private key comes from $WEB3_PRIVATE_KEY or --key-file (or, with a warning,
+    --web3-private-key).
     """
     from lilypad.chain import Chain, deploy
-    from lilypad.keys import load_account
     from lilypad.network import save_network
     from lilypad.units import parse_tokens
 
     least = parse_tokens(min_collateral, "--min-collateral")
-    owner = load_account(key_file, role="the deployer")
+    owner = keyopt.account(key_file, web3_key, "the deployer")
     chain = Chain(rpc_url)
     deployment = deploy(
         chain,
@@ -165,6 +168,7 @@ def register(
         "--key-file",
         help="File with the market owner's private key (else $WEB3_PRIVATE_KEY).",
     ),
+    web3_key: str | None = WEB3_KEY_OPTION,
     json_output: bool = _json_option(),
 ) -> None:
     """Register a solver or a mediator with the market (its owner signs), and name it in the
@@ -172,7 +176,6 @@ def register(
     from lilypad.chain.crypto import is_address, to_checksum_address
     from lilypad.cli.provider import parse_amount
     from lilypad.errors import InputError
-    from lilypad.keys import load_account
     from lilypad.network import connect, save_network
 
     if role not in ("solver", "mediator"):
@@ -189,7 +192,7 @@ def register(
         units = parse_amount(fee, "--fee")
     elif fee is not None:
         raise InputError("--fee is for registering a mediator")
-    owner = load_account(key_file, role="the market owner")
+    owner = keyopt.account(key_file, web3_key, "the market owner")
     conn = connect(network)
     if role == "solver":
         tx = conn.market.set_solver(owner, address, active=not remove).tx_hash

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from lilypad.cli import keyopt
+from lilypad.cli.keyopt import WEB3_KEY_OPTION
 from lilypad.cli.module_run import UNSAFE_NO_SANDBOX_OPTION, sandbox_for
 from lilypad.cli.output import note
 from lilypad.config import get_settings
@@ -172,6 +174,7 @@ def resource_provider(
     ),
     data_dir: Path | None = DATA_DIR_OPTION,
     key_file: Path | None = KEY_OPTION,
+    web3_key: str | None = WEB3_KEY_OPTION,
     metrics: str = METRICS_OPTION,
     offer_ttl: int = typer.Option(
         600, "--offer-ttl", min=30, help="Seconds an offer stays valid before a fresh one."
@@ -193,7 +196,6 @@ def resource_provider(
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Offer this machine to the market: run the deals it gets, submit results, get paid."""
-    from lilypad.keys import load_account
     from lilypad.network import load_network
     from resource_provider import assemble, logs
     from resource_provider.daemon import ProviderConfig
@@ -218,7 +220,7 @@ def resource_provider(
     )
     if submit_margin is not None:
         config = replace(config, submit_margin_s=submit_margin)
-    account = load_account(key_file, role="the resource provider")
+    account = keyopt.account(key_file, web3_key, "the resource provider")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
     node = assemble.provider(
         profile,
@@ -240,6 +242,7 @@ def mediator(
     weights: Weights = WEIGHTS_OPTION,
     data_dir: Path | None = DATA_DIR_OPTION,
     key_file: Path | None = KEY_OPTION,
+    web3_key: str | None = WEB3_KEY_OPTION,
     metrics: str = typer.Option(
         "127.0.0.1:9101", "--metrics", help="HOST:PORT serving /metrics (port 0: any free port)."
     ),
@@ -247,14 +250,13 @@ def mediator(
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Re-run challenged deals that name this mediator and rule on chain."""
-    from lilypad.keys import load_account
     from lilypad.network import load_network
     from resource_provider import assemble, logs
 
     routes = _executor_for(executor_for)  # bad input stops here, before any I/O
     profile = load_network(network)
     metrics_address = parse_host_port(metrics, "--metrics", example="127.0.0.1:9101")
-    account = load_account(key_file, role="the mediator")
+    account = keyopt.account(key_file, web3_key, "the mediator")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
     node = assemble.mediator(
         profile,
@@ -293,10 +295,10 @@ def jobcreator(
     ),
     data_dir: Path | None = DATA_DIR_OPTION,
     key_file: Path | None = KEY_OPTION,
+    web3_key: str | None = WEB3_KEY_OPTION,
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Bridge the JobCreator contract: run contract-submitted jobs and call the clients back."""
-    from lilypad.keys import load_account
     from lilypad.network import load_network
     from lilypad.verification import Verify
     from resource_provider import assemble, logs
@@ -313,7 +315,7 @@ def jobcreator(
         offer_ttl_s=offer_ttl,
         start_block=profile.deployed_block,
     )
-    account = load_account(key_file, role="the job-creator bridge")
+    account = keyopt.account(key_file, web3_key, "the job-creator bridge")
     logs.configure(json_lines=log_json, secrets=[account.key.hex()])
     node = assemble.bridge(
         profile,

@@ -12,6 +12,8 @@ from rich.status import Status
 from rich.table import Table
 
 from lilypad import modules
+from lilypad.cli import keyopt
+from lilypad.cli.keyopt import WEB3_KEY_OPTION
 from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs, stage
 from lilypad.cli.output import console, emit, err_console, note
 from lilypad.cli.sweep import INPUTS_FILE_OPTION, MAX_JOBS_OPTION, PARALLEL_OPTION, SWEEP_OPTION
@@ -59,14 +61,6 @@ _STEP_TEXT = {
 MAX_EXPIRES_IN_S = 7 * 86_400
 #: The most seconds a job offer can give a provider (the offer's ``uint32``).
 MAX_TIMEOUT_S = 2**32 - 1
-
-#: ``--web3-private-key``, as Lilypad takes it (see :data:`lilypad.keys.KEY_FLAG_WARNING`).
-WEB3_KEY_OPTION: Any = typer.Option(
-    None,
-    "--web3-private-key",
-    help="The private key itself (Lilypad's flag): visible to other users, prefer --key-file.",
-    show_default=False,
-)
 
 
 def run(
@@ -219,13 +213,8 @@ def run(
 
 
 def _signer(key_file: Path | None, web3_key: str | None) -> Signer:
-    """The job creator's key; a key from the command line is taken with a warning on stderr
-    (never the key itself)."""
-    from lilypad.keys import KEY_FLAG_WARNING, load_signer
-
-    if web3_key is not None:
-        note(f"[yellow]{escape(KEY_FLAG_WARNING)}[/]")
-    return load_signer(key_file, role="the job creator", key=web3_key)
+    """The job creator's key (one from the command line with a warning, never the key)."""
+    return keyopt.signer(key_file, web3_key, "the job creator")
 
 
 def _note_environment(profile: Any) -> None:

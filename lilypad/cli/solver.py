@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from lilypad.cli import keyopt
+from lilypad.cli.keyopt import WEB3_KEY_OPTION
 from lilypad.cli.output import note
 from lilypad.config import get_settings
 from lilypad.errors import ConfigError
@@ -25,6 +27,7 @@ def solver(
     key_file: Path | None = typer.Option(
         None, "--key-file", help="File with the solver's private key (else $WEB3_PRIVATE_KEY)."
     ),
+    web3_key: str | None = WEB3_KEY_OPTION,
     confirmations: int = typer.Option(
         0, "--confirmations", min=0, help="Blocks to wait before acting on a chain event."
     ),
@@ -44,7 +47,6 @@ def solver(
     """Run the solver: take signed offers, match them, create deals on chain, stream events."""
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
-    from lilypad.keys import load_account
     from lilypad.network import load_network
     from solver.app import create_app, serve
     from solver.service import Solver, SolverConfig
@@ -53,7 +55,7 @@ def solver(
     host, port = parse_host_port(listen, "--listen", any_port=False)
     profile = load_network(network)
     market_address, _ = profile.require_contracts()
-    account = load_account(key_file, role="the solver")
+    account = keyopt.account(key_file, web3_key, "the solver")
     if db is None:
         folder = get_settings().data_dir / "solver"
         folder.mkdir(parents=True, exist_ok=True)

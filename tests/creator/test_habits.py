@@ -311,3 +311,28 @@ def test_a_target_with_no_open_offer_expires_naming_the_target(creator: Creator)
         job.result()
     assert f"provider {absent} (--target)" in str(info.value)
     assert not creator.saw("deal")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("solver", "--network", "test"),
+        ("resource-provider", "--network", "test"),
+        ("mediator", "--network", "test"),
+        ("jobcreator", "--network", "test"),
+        ("chain", "deploy", "--rpc-url", "http://127.0.0.1:9"),
+        ("chain", "register", "solver", "0x" + "11" * 20, "--network", "test"),
+    ],
+    ids=lambda words: " ".join(words[:2]),
+)
+def test_every_signing_command_takes_the_key_flag_and_never_echoes_it(
+    cli: CliRunner, command: tuple[str, ...]
+) -> None:
+    bad = "zz" + "cd" * 31  # not hex: refused before anything connects or signs
+    _plain_profile()
+    result = cli(*command, "--web3-private-key", bad)
+    assert result.exit_code == 2, result.stderr
+    said = _said(result)
+    assert "--web3-private-key does not hold a valid private key" in said
+    assert "visible to other users" in said
+    assert bad not in result.stderr + result.stdout
