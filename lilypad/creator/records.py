@@ -120,6 +120,9 @@ class JobRecord:
     audit_probability: float | None = None
     from_block: int | None = None
     twin: dict[str, Any] | None = None
+    #: The provider the offer went to alone (``lilypad run --target``), checked against the
+    #: deal's by ``jobs wait`` too.
+    target: str | None = None
     job_creator: str | None = None
     offer: dict[str, Any] | None = None
     deal: dict[str, Any] | None = None

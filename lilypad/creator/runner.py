@@ -366,6 +366,7 @@ class JobRunner:
             job_creator=self.account.address,
             offer=_wire(api.JobOffer, submission.offer),
             result_limit=spec.result_limit,
+            target=options.target,
         )
         job = _Job(record, submission.offer, spec.result_limit, submission)
         self._jobs.append(job)
@@ -1204,9 +1205,12 @@ def _not_run_line(record: JobRecord) -> str:
 
 
 def _target(job: _Job) -> str | None:
-    """The provider the job was offered to alone (``--target``), while its submission is known."""
+    """The provider the job was offered to alone (``--target``): its submission's while it is
+    known, else its record's (a job taken up by ``jobs wait``)."""
     submission = job.submission
-    return submission.target_provider if isinstance(submission, api.JobSubmission) else None
+    if isinstance(submission, api.JobSubmission) and submission.target_provider:
+        return submission.target_provider
+    return job.record.target
 
 
 def _failed(record: JobRecord, exc: LilypadError) -> None:

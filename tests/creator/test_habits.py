@@ -262,6 +262,7 @@ def test_a_job_runs_with_lilypads_variables_key_flag_target_and_output_dir(
     record = json.loads(result.stdout)
     assert record["state"] == "accepted"
     assert record["provider"] == target.address
+    assert record["target"] == target.address  # kept: `jobs wait` checks it too
     assert "< habits >" in (out / "outputs" / "cowsay.txt").read_text()
     assert (out / "outputs" / "cowsay.txt").read_bytes() == (
         Path(record["output_dir"]) / "outputs" / "cowsay.txt"
