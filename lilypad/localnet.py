@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,13 +205,16 @@ def services(
     executor_for: dict[str, str] | None = None,
     *,
     unsafe_no_sandbox: bool = False,
+    extra_modules: Sequence[str] = (),
 ) -> list[Service]:
     """The services after the chain, in start order.
 
     ``executor_for`` maps modules to another executor than ``executor`` (see
     :func:`modules_without_image`); the mediator, which re-runs challenged jobs, gets the same,
     and ``--unsafe-no-sandbox`` with ``unsafe_no_sandbox`` (else their process executor
-    refuses to run without bubblewrap).
+    refuses to run without bubblewrap). ``extra_modules`` (exact references) are served beside
+    the built-in ones; where one lives on this machine only (a folder, a local git repository),
+    the solver takes jobs for it (``--any-module-source``).
     """
     network = profile.name
     assert profile.solver_url
@@ -219,7 +222,7 @@ def services(
     # One resource offer names one module, so the provider keeps a slot per module version: every
     # built-in module stays on offer. TODO: slot groups (offers for several modules sharing one
     # slot) would let a provider offer many modules without committing a slot to each.
-    served = list(builtin_images())
+    served = [*builtin_images(), *extra_modules]
     executors: list[str] = ["--executor", executor] if executor else []
     for module, kind in sorted((executor_for or {}).items()):
         executors += ["--executor-for", f"{module}={kind}"]
@@ -250,6 +253,7 @@ def services(
                 _hostport(profile.solver_url),
                 "--poll-interval",
                 "0.1",  # a local chain answers at once: see results sooner
+                *(["--any-module-source"] if not all(map(_everywhere, extra_modules)) else []),
             ),
             "solver",
             lambda: _http_ok("GET", f"{profile.solver_url}/healthz"),
@@ -276,6 +280,12 @@ def services(
         Service("bridge", ("jobcreator", "--network", network), "owner", lambda: True),
     ]
     return found
+
+
+def _everywhere(ref: str) -> bool:
+    from lilypad.modules.sources import parse_reference
+
+    return parse_reference(ref).everywhere
 
 
 def builtin_images() -> dict[str, str]:

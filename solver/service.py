@@ -79,7 +79,7 @@ from lilypad.jobs import (
     rerender,
 )
 from lilypad.modules import JobSpec, version_key
-from lilypad.modules.sources import SourceKind, parse_reference
+from lilypad.modules.sources import parse_reference
 from lilypad.solver_api import DealState, OfferState, Side
 from solver import matching
 from solver.matching import ANY_MODULE, JobRequest, OrderBook, ResourceOffer
@@ -917,11 +917,7 @@ class Solver:
         spec does not render here is refused (a provider would refuse it, and lose nothing,
         while the job creator could claim the provider's collateral for a job never run)."""
         try:
-            source = parse_reference(spec.module)
-            if not self.config.any_module_source and not (
-                source.kind is SourceKind.BUILTIN
-                or (source.kind is SourceKind.GIT and source.location.startswith("https://"))
-            ):
+            if not self.config.any_module_source and not parse_reference(spec.module).everywhere:
                 raise OfferRejected(
                     f"job spec names module {spec.module!r}: this solver takes built-in modules "
                     "and https git repositories only"

@@ -334,6 +334,8 @@ BAD_INPUTS = [
     (["network", "up", "--host", "0.0.0.0"], ["--host 0.0.0.0", "other machines reach"]),
     (["network", "up", "--executor", "vm"], ["--executor", "vm", "docker, process"]),
     (["network", "up", "--weights", "huge"], ["--weights", "huge", "real, tiny, auto"]),
+    (["network", "up", "--module", "cowsay:v0.0.4"], ["cowsay:v0.0.4", "served already"]),
+    (["network", "up", "--module", "/no/such/module:v1"], ["/no/such/module"]),
     (["network", "logs", "dashboard"], ["dashboard", "chain", "provider"]),
     (
         ["resource-provider", "--executor-for", "sdxl=process"],

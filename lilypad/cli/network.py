@@ -4,13 +4,16 @@ mediator, bridge)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from lilypad.cli.output import console, emit, note
-from lilypad.errors import UnknownNetwork
+from lilypad.errors import InputError, UnknownNetwork
+
+if TYPE_CHECKING:
+    from lilypad.modules import ResolvedModule
 
 app = typer.Typer(help="Run a complete local network.", no_args_is_help=True)
 
@@ -55,11 +58,17 @@ def up(
         "process-executor jobs unsandboxed, as this user (a module can then read the dev keys "
         "and your files). Only with modules you trust.",
     ),
+    module: list[str] | None = typer.Option(
+        None,
+        "--module",
+        help="Serve this module too, beside the built-in ones (a folder or a git repository, in "
+        "either format: e.g. a Lilypad module's repository at a tag); repeat for more. Built with "
+        "lilypad module build first where it has a Dockerfile.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Start anvil with the contracts, IPFS, solver, providers, mediator and bridge."""
     from lilypad import localnet
-    from lilypad.errors import InputError
 
     if executor not in (None, "docker", "process"):
         raise InputError(f"--executor {executor!r} is not one of docker, process")
@@ -71,6 +80,7 @@ def up(
             f"{localnet.MAX_PROVIDERS} providers"
         )
     localnet.check_host(host)
+    extra = _resolve_modules(module or [])  # bad references stop here, before anything starts
     topology = localnet.Topology(host=host, port_offset=port_offset, providers=providers)
     if weights == "auto":
         weights = "real" if _real_weights() else "tiny"
@@ -81,6 +91,7 @@ def up(
                 "step of the real pipelines runs."
             )
     executor, executor_for = _executors(executor)
+    executor_for.update(_extra_executors(extra, executor))
     if not unsafe_no_sandbox and executor == "process":
         _check_sandbox("the providers run jobs with the process executor")
     elif not unsafe_no_sandbox and executor_for:
@@ -93,7 +104,13 @@ def up(
     profile = localnet.write_profile(localnet.start_chain(network, topology))
     try:
         for service in localnet.services(
-            profile, topology, executor, weights, executor_for, unsafe_no_sandbox=unsafe_no_sandbox
+            profile,
+            topology,
+            executor,
+            weights,
+            executor_for,
+            unsafe_no_sandbox=unsafe_no_sandbox,
+            extra_modules=[m.ref for m in extra],
         ):
             note(f"starting {service.name}")
             localnet.start_service(network, service)
@@ -140,6 +157,60 @@ def _executors(executor: str | None) -> tuple[str, dict[str, str]]:
             "(build one with lilypad module build)"
         )
     return executor, dict.fromkeys(missing, "process")
+
+
+def _resolve_modules(refs: list[str]) -> list[ResolvedModule]:
+    """``--module`` references, resolved (fetched and checked) as the providers will."""
+    from lilypad import modules
+    from lilypad.modules.sources import SourceKind
+
+    found = [modules.resolve(ref) for ref in refs]
+    builtin = [m.ref for m in found if m.source.kind is SourceKind.BUILTIN]
+    if builtin:
+        raise InputError(f"--module {builtin[0]}: built-in modules are served already")
+    return found
+
+
+def _extra_executors(extra: list[ResolvedModule], executor: str) -> dict[str, str]:
+    """The executor of each ``--module``: docker where its image is built here (a module in
+    Lilypad's format has only its image: without one it cannot run), else the process one.
+
+    Raises:
+        InputError: a Lilypad-format module with the process executor, or without its image.
+    """
+    from lilypad.modules.template import is_template_module
+
+    routes: dict[str, str] = {}
+    for module in extra:
+        template = is_template_module(module.directory)
+        has_image = executor == "docker" and _image_built(module.spec.image_ref)
+        if template and not has_image:
+            why = (
+                "the providers run the process executor (--executor process, or no Docker "
+                "Engine answers)"
+                if executor != "docker"
+                else f"its image {module.spec.image_ref} is not on this Docker Engine"
+            )
+            raise InputError(
+                f"--module {module.ref} is a module in Lilypad's format: it runs only in its "
+                f"Docker image, and {why}",
+                hint=f"lilypad module build {module.ref}" if executor == "docker" else None,
+            )
+        routes[module.ref] = "docker" if has_image else "process"
+    return routes
+
+
+def _image_built(image: str) -> bool:
+    import docker  # the network command only
+
+    client = docker.from_env(timeout=5)
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
 
 
 def _check_sandbox(why: str) -> None:

@@ -43,6 +43,13 @@ def solver(
         help="Seconds between reads of the chain's new events (a result on chain is seen this "
         "late at most); lower on a local chain, about the block time on a public one.",
     ),
+    any_module_source: bool = typer.Option(
+        False,
+        "--any-module-source",
+        help="Dev networks: also take jobs for modules in local folders and local git "
+        "repositories. Off by default: a job offer could then make the solver read paths on its "
+        "host; only built-in modules and https git repositories are taken.",
+    ),
 ) -> None:
     """Run the solver: take signed offers, match them, create deals on chain, stream events."""
     from lilypad.chain.client import Chain
@@ -73,6 +80,7 @@ def solver(
         rate=rate,
         burst=burst,
         poll_interval=poll_interval,
+        any_module_source=any_module_source,
     )
     service = Solver(Store(db), market, account, config)
     service.start()

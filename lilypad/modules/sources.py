@@ -64,6 +64,14 @@ class Reference:
     #: The name, for a ``NAME:VERSION`` that resolved through the shortcut prefix.
     shortcut: str | None = None
 
+    @property
+    def everywhere(self) -> bool:
+        """Whether every machine can fetch it alike: a built-in module or an https git
+        repository (not a folder, a local repository or an ssh URL of this machine's)."""
+        if self.kind is SourceKind.BUILTIN:
+            return True
+        return self.kind is SourceKind.GIT and self.location.startswith("https://")
+
 
 @dataclass(frozen=True)
 class ModuleSource:
