@@ -17,6 +17,7 @@ versions are the ``lilypad3`` ones with a weighted prompt.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lilypad.ml import determinism, job
@@ -48,6 +49,15 @@ def arguments(args: list[str]) -> tuple[str, bool]:
     return version, bool(args[1:])
 
 
+def video_variable(name: str) -> str:
+    """The variable a video setting is read from: Lilypad's image reads ``VIDEOSEED``,
+    ``VIDEOSTEPS``, ``VIDEOSAMPLER`` and ``VIDEOSCHEDULER`` (while its template sets
+    ``VIDEO_SEED``...: there, the video tunables never reach the model); this image reads
+    upstream's name where it is set, else the manifest's, so a job of either naming runs."""
+    upstream = name.replace("_", "")
+    return upstream if upstream in os.environ else name
+
+
 def main() -> list[str]:
     import dataclasses
 
@@ -72,10 +82,10 @@ def main() -> list[str]:
         sampler_reference=reference,
     )
     video = VideoSettings(
-        seed=env_int("VIDEO_SEED", 42, 0),
-        steps=env_int("VIDEO_STEPS", 50, 5, 70),
-        sampler=env_choice("VIDEO_SAMPLER", "euler_ancestral", samplers),
-        scheduler=env_choice("VIDEO_SCHEDULER", "normal", schedules),
+        seed=env_int(video_variable("VIDEO_SEED"), 42, 0),
+        steps=env_int(video_variable("VIDEO_STEPS"), 50, 5, 70),
+        sampler=env_choice(video_variable("VIDEO_SAMPLER"), "euler_ancestral", samplers),
+        scheduler=env_choice(video_variable("VIDEO_SCHEDULER"), "normal", schedules),
         fps=env_int("FRAMERATE", 8, 1, 20),
         width=WIDTH,
         height=HEIGHT,

@@ -51,7 +51,8 @@ def run_module(tiny_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     """Run ``ref`` with ``-i`` inputs on tiny weights; returns its exit code, logs and outputs.
 
     ``files`` gives file tunables as host files: the spec holds each one's CID, as a spec made by
-    the CLI would, and the job reads the host file itself.
+    the CLI would, and the job reads the host file itself. ``rename`` sets some of the spec's
+    variables under other names (as another module template would name them).
     """
 
     def run(
@@ -59,6 +60,7 @@ def run_module(tiny_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         inputs: Sequence[str] = (),
         weights: str = "tiny",
         files: Mapping[str, Path] | None = None,
+        rename: Mapping[str, str] | None = None,
     ) -> ModuleRun:
         module = resolve(ref)
         files = dict(files or {})
@@ -69,8 +71,9 @@ def run_module(tiny_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         job_dir = tmp_path_factory.mktemp("job")
         (job_dir / "outputs").mkdir(parents=True)
         (job_dir / "tmp").mkdir()
+        rendered = {(rename or {}).get(k, k): v for k, v in spec.env.items()}
         env = {
-            **spec.env,
+            **rendered,
             **host_files,
             "LILYPAD_OUTPUTS_DIR": str(job_dir / "outputs"),
             "LILYPAD_WEIGHTS": weights,

@@ -111,6 +111,24 @@ def test_video_seed_changes_the_videos_not_the_still(
         assert other[name] != files[name]
 
 
+def test_the_image_reads_the_video_variables_as_lilypads_image_names_them(
+    run_module: ModuleRunner,
+) -> None:
+    """Lilypad's sdv image reads VIDEOSEED, VIDEOSTEPS, VIDEOSAMPLER, VIDEOSCHEDULER: a job
+    setting those gets what the tunables give here."""
+    tuned = [*INPUTS, "VideoSeed=7", "VideoSteps=6", "VideoScheduler=karras"]
+    ours = run_module("sdv-pipeline:v1.1-lilypad4", tuned)
+    upstream = run_module(
+        "sdv-pipeline:v1.1-lilypad4",
+        tuned,
+        rename={f"VIDEO_{n}": f"VIDEO{n}" for n in ("SEED", "STEPS", "SAMPLER", "SCHEDULER")},
+    )
+    assert (ours.returncode, upstream.returncode) == (0, 0), upstream.stderr.decode()
+    assert upstream.files() == ours.files()
+    default = run_module("sdv-pipeline:v1.1-lilypad4", INPUTS)
+    assert default.files()["video-0.apng"] != ours.files()["video-0.apng"]  # they were read
+
+
 # --- published bytes, and the ComfyUI versions ----------------------------------------------------
 
 #: Where the references differ in each stage: dpm_2's sigmas and progress (the still), lms's last
