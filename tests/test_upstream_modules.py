@@ -8,6 +8,7 @@ it; where this project's sources disagree, they win and `lilypad module show` sa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,21 @@ def test_module_list_has_the_pipeline_versions(cli: CliRunner) -> None:
     assert "sdxl-pipeline" in out
     for version in PIPELINE_VERSIONS:
         assert version in out
+
+
+@pytest.mark.parametrize("version", ["v0.0.1", "v0.0.2", "v0.0.3"])
+def test_lilypads_cowsay_versions_say_it_on_stdout(
+    cli: CliRunner, tmp_path: Path, version: str
+) -> None:
+    """As Lilypad's documentation runs them: ``-i Message=moo``, then ``cat .../stdout``."""
+    out = tmp_path / version
+    result = cli("module", "run", f"cowsay:{version}", "-i", "Message=moo", "--output", str(out),
+                 "--executor", "process")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (out / "stdout").read_text().splitlines()[:3] == [" _____", "< moo >", " -----"]
+    assert list((out / "outputs").iterdir()) == []  # the cow was on stdout only
+    newest = tmp_path / "v0.0.4"
+    assert cli("module", "run", "cowsay:v0.0.4", "-i", "Message=moo", "--output", str(newest),
+               "--executor", "process").exit_code == 0  # fmt: skip
+    assert (newest / "stdout").read_bytes() == (out / "stdout").read_bytes()
+    assert (newest / "outputs" / "cowsay.txt").read_bytes() == (out / "stdout").read_bytes()

@@ -1,6 +1,6 @@
 #!/bin/sh
 # cowsay in plain POSIX sh: the message in a speech bubble wrapped at 40 columns, then the cow.
-# Writes $LILYPAD_OUTPUTS_DIR/cowsay.txt and the same text to stdout.
+# Writes $LILYPAD_OUTPUTS_DIR/cowsay.txt and the same text to stdout (with --stdout-only: stdout).
 #
 # It must give the same bytes under dash (the process executor) and busybox ash (the docker
 # image), so it uses shell builtins only, and the manifest sets LC_ALL=C so that both count a
@@ -8,8 +8,12 @@
 set -eu
 
 width=40
-out="${LILYPAD_OUTPUTS_DIR:?LILYPAD_OUTPUTS_DIR is not set}/cowsay.txt"
-: >"$out"
+if [ "${1-}" = "--stdout-only" ]; then
+	out=/dev/null # Lilypad's v0.0.1-v0.0.3 (grycap/cowsay's cowsay) wrote the cow to stdout only
+else
+	out="${LILYPAD_OUTPUTS_DIR:?LILYPAD_OUTPUTS_DIR is not set}/cowsay.txt"
+	: >"$out"
+fi
 
 say() {
 	printf '%s\n' "$1" >>"$out"
