@@ -29,7 +29,8 @@ RUN apt-get update \
 # checks them): they decide the output bytes.
 RUN pip install torch==2.13.0 diffusers==0.42.1 transformers==5.23.0 safetensors==0.8.0 \
         Pillow==13.0.0 imageio-ffmpeg==0.8.1 torchsde==0.2.6 scipy==1.17.1 numpy==2.4.6 \
-        peft==0.21.2 accelerate==1.15.0 compel==2.5.1 huggingface_hub==2.4.0
+        peft==0.21.2 accelerate==1.15.0 compel==2.5.1 opencv-python-headless==5.0.0.93 \
+        huggingface_hub==2.4.0
 
 # The inference code imports lilypad.errors and lilypad.ml only (the test above checks that too).
 COPY __init__.py errors.py /opt/lilypad/lilypad/

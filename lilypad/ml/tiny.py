@@ -17,6 +17,7 @@ What tiny mode also changes in a job (the module logs it on stderr) is in :data:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -397,6 +398,15 @@ def _lcm(directory: Path) -> None:
     )
 
 
+def _elsewhere(module: str, name: str) -> Callable[[Path], None]:
+    """A builder defined in another module, imported when it runs."""
+
+    def build(directory: Path) -> None:
+        getattr(importlib.import_module(module), name)(directory)
+
+    return build
+
+
 _BUILDERS: dict[str, tuple[int, Callable[[Path], None]]] = {
     "sdxl-base": (1, _sdxl_base),
     "sdxl-refiner": (2, _sdxl_refiner),
@@ -405,6 +415,12 @@ _BUILDERS: dict[str, tuple[int, Callable[[Path], None]]] = {
     "sd15": (5, _sd15),
     "sd21": (6, _sd21),
     "lcm": (7, _lcm),
+    # Issue 18's models, built by the modules that own them (imported only to generate).
+    "controlnet-sd15": (8, _elsewhere("lilypad.ml.tiny_control", "controlnet_sd15")),
+    "controlnet-sdxl": (9, _elsewhere("lilypad.ml.tiny_control", "controlnet_sdxl")),
+    "annotators": (10, _elsewhere("lilypad.ml.tiny_annotators", "annotators")),
+    "realesrgan": (11, _elsewhere("lilypad.ml.tiny_upscale", "realesrgan")),
+    "sd-x4-upscaler": (12, _elsewhere("lilypad.ml.tiny_upscale", "sd_x4_upscaler")),
 }
 
 
@@ -433,7 +449,7 @@ def ensure(model: str, cache_dir: Path) -> Path:
     """
     seed, build = _builder(model)
     target = cache_dir / f"{model}-{TINY_VERSION}"
-    if (target / "model_index.json").is_file():
+    if target.is_dir():  # complete: generated in a staging folder, then renamed into place
         return target
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +469,7 @@ def ensure(model: str, cache_dir: Path) -> Path:
         try:
             os.rename(staging, target)
         except OSError:
-            if not (target / "model_index.json").is_file():
+            if not target.is_dir():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

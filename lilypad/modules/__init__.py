@@ -113,7 +113,8 @@ def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, 
     Raises:
         InvalidTunable: for any input that is unknown, malformed or out of range, or a group of
             the manifest's ``at_least_one`` left all at 0, or a picture given with a
-            ``Steps`` and ``Strength`` that run no step (``strength_steps``).
+            ``Steps`` and ``Strength`` that run no step (``strength_steps``), or a pair of
+            the manifest's ``ordered`` the wrong way round.
     """
     if module.template is not None:
         values = _template.validate(module.template, list(inputs), module.ref)
@@ -131,6 +132,13 @@ def validate_inputs(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, 
             )
     if module.spec.strength_steps:
         _check_strength_steps(module, values, *module.spec.strength_steps)
+    for low, high in module.spec.ordered:
+        first, last = values.get(low), values.get(high)
+        if isinstance(first, int | float) and isinstance(last, int | float) and first > last:
+            raise InvalidTunable(
+                f"{module.ref}: {low}={first:g} is after {high}={last:g}; allowed: {low} at "
+                f"most {high}"
+            )
     return values
 
 
@@ -152,6 +160,41 @@ def _check_strength_steps(
     raise InvalidTunable(
         f"{module.ref} with {picture} set runs the last int({steps} x {strength}) of its steps: "
         f"{steps}={n} with {strength}={fraction:g} runs none; allowed: {' or '.join(ways)}"
+    )
+
+
+def check_scaled_size(
+    module: ResolvedModule,
+    values: dict[str, TunableValue],
+    picture: str,
+    label: str,
+    size: tuple[int, int],
+) -> None:
+    """Refuse a picture of ``size`` (width, height) given as ``label`` (``Image=@photo.png``) for
+    the tunable ``picture`` when the manifest's ``scaled_size`` says the job would enlarge it
+    past its ``max_side``; ``values`` are the job's other inputs (the scale among them). The
+    file stager calls this once it has read a picture's size, before the file is added.
+
+    Raises:
+        InvalidTunable: naming the picture's size, the result's and what is allowed.
+    """
+    rule = module.spec.scaled_size
+    factor = values.get(rule.scale) if rule is not None else None
+    if rule is None or picture != rule.picture or not isinstance(factor, int):
+        return
+    width, height = size
+    if max(width, height) * factor <= rule.max_side:
+        return
+    scale = module.tunable(rule.scale)
+    offered = [c for c in (scale.choices or ()) if isinstance(c, int)] if scale else []
+    smaller = [c for c in offered if c < factor and max(width, height) * c <= rule.max_side]
+    ways = [f"a picture at most {rule.max_side // factor} pixels a side at {rule.scale}={factor}"]
+    if smaller:
+        ways.append(f"{rule.scale}={max(smaller)} for this one")
+    raise InvalidTunable(
+        f"{label} is {width}x{height}: at {rule.scale}={factor} the result would be "
+        f"{width * factor}x{height * factor}, and {module.ref} makes results at most "
+        f"{rule.max_side} pixels a side; allowed: {' or '.join(ways)}"
     )
 
 
@@ -237,6 +280,7 @@ __all__ = [
     "TemplateModule",
     "Tunable",
     "TunableValue",
+    "check_scaled_size",
     "list_builtin",
     "render",
     "resolve",

@@ -50,6 +50,7 @@ from lilypad.modules.tunables import (
 if TYPE_CHECKING:
     from lilypad.ml.lora import TensorInfo
     from lilypad.modules import JobSpec, ResolvedModule
+    from lilypad.modules.tunables import TunableValue
     from lilypad.storage import CID, Storage
 
 #: A CID that stands in for a file input while the other tunables are checked (the empty file).
@@ -91,15 +92,15 @@ def file_inputs(spec: JobSpec, module: ResolvedModule | None = None) -> list[Fil
     return found
 
 
-def check_file(tunable: Tunable, label: str, path: Path) -> None:
+def check_file(tunable: Tunable, label: str, path: Path) -> tuple[int, int] | None:
     """Check the file at ``path`` against ``tunable``: its size, then its content
-    (:func:`check_content`).
+    (:func:`check_content`); returns a picture's width and height.
 
     Raises:
         InvalidTunable: naming ``label`` (``Image=@photo.png``), what is wrong and what is allowed.
     """
     check_size(tunable, label, path.stat().st_size)
-    check_content(tunable, label, path)
+    return check_content(tunable, label, path)
 
 
 def check_size(tunable: Tunable, label: str, size: int) -> None:
@@ -114,10 +115,10 @@ def check_size(tunable: Tunable, label: str, size: int) -> None:
         )
 
 
-def check_content(tunable: Tunable, label: str, path: Path) -> None:
+def check_content(tunable: Tunable, label: str, path: Path) -> tuple[int, int] | None:
     """Check that the file at ``path`` holds what ``tunable`` takes: a picture is decoded in
-    full (:func:`check_image`), a ``.safetensors`` file's header is checked
-    (:func:`check_safetensors`); any other file may hold anything.
+    full (:func:`check_image`; its width and height are returned), a ``.safetensors`` file's
+    header is checked (:func:`check_safetensors`); any other file may hold anything.
 
     The job creator's CLI runs this before anything is signed, and a provider or mediator after
     its verified fetch, so both reach the same verdict on the same bytes.
@@ -126,11 +127,13 @@ def check_content(tunable: Tunable, label: str, path: Path) -> None:
         InvalidTunable: naming ``label``, what is wrong and what is allowed.
     """
     if tunable.type is TunableType.IMAGE:
-        check_image(tunable, label, path)
-    elif tunable.safetensors is not None:
+        _, width, height = check_image(tunable, label, path)
+        return width, height
+    if tunable.safetensors is not None:
         from lilypad.ml import lora  # plain Python: no ml extra needed
 
         check_safetensors(tunable.safetensors, label, lora.read_file_header(label, path))
+    return None
 
 
 def check_safetensors(kind: SafetensorsKind, label: str, tensors: Mapping[str, TensorInfo]) -> None:
@@ -218,9 +221,10 @@ def has_local_files(module: ResolvedModule, inputs: Sequence[str]) -> bool:
     return any(key in files and _is_local(raw) for key, raw in parse_inputs(inputs))
 
 
-def precheck(module: ResolvedModule, inputs: Sequence[str]) -> None:
+def precheck(module: ResolvedModule, inputs: Sequence[str]) -> dict[str, TunableValue]:
     """Validate every input but the contents of local files (which :func:`stage_inputs` reads):
-    unknown keys, bad values, a missing required tunable, a malformed CID.
+    unknown keys, bad values, a missing required tunable, a malformed CID. Returns every
+    tunable's value (a local file's: :data:`PLACEHOLDER`).
 
     Raises:
         InvalidTunable: as :func:`lilypad.modules.validate_inputs`.
@@ -228,7 +232,7 @@ def precheck(module: ResolvedModule, inputs: Sequence[str]) -> None:
     from lilypad.modules import validate_inputs
 
     files = _file_tunables(module)
-    validate_inputs(
+    return validate_inputs(
         module,
         [
             f"{key}={PLACEHOLDER}" if key in files and _is_local(raw) else f"{key}={raw}"
@@ -248,7 +252,8 @@ def stage_inputs(
     """Turn the file inputs among ``inputs`` into IPFS paths, checking each first.
 
     Every other tunable is validated before any file is read, downloaded or added, so a typo
-    costs nothing.
+    costs nothing; a picture too large for the manifest's ``scaled_size`` is refused before it
+    is added (:func:`lilypad.modules.check_scaled_size`).
 
     Args:
         module: The module the inputs are for.
@@ -262,35 +267,45 @@ def stage_inputs(
         InvalidTunable: any input that is unknown, malformed or not an allowed file.
         StorageError: the IPFS node could not be asked.
     """
+    from lilypad.modules import check_scaled_size
+
     files = _file_tunables(module)
     pairs = parse_inputs(inputs)
-    precheck(module, inputs)  # every tunable but the files' contents, first
+    values = precheck(module, inputs)  # every tunable but the files' contents, first
     pending = [(i, files[key], key, raw) for i, (key, raw) in enumerate(pairs) if key in files]
     staged = StagedInputs([f"{key}={raw}" for key, raw in pairs])
     for index, tunable, key, raw in pending:
         label = f"{key}={raw}"
+        size = None
         if _is_url(raw):
             local = _fetch_url(tunable, label, raw, workdir)
-            check_file(tunable, label, local)
+            size = check_file(tunable, label, local)
         elif _is_local(raw):
             local = _local(raw)
-            _check_local(tunable, label, local)
+            size = _check_local(tunable, label, local)
         if _is_local(raw):
+            if size is not None:
+                check_scaled_size(module, values, tunable.name, label, size)
             ref = _add_wrapped(local, tunable, label, add, workdir)
             staged.local[tunable.name] = local
         else:
             ref = str(tunable.parse(raw, key))
             if storage is not None:
-                check_remote(tunable, label, ref, storage, workdir)
+                size = check_remote(tunable, label, ref, storage, workdir)
+                if size is not None:
+                    check_scaled_size(module, values, tunable.name, label, size)
         staged.inputs[index] = f"{key}={ref}"
         staged.refs[tunable.name] = ref
     return staged
 
 
-def check_remote(tunable: Tunable, label: str, ref: str, storage: Storage, workdir: Path) -> None:
+def check_remote(
+    tunable: Tunable, label: str, ref: str, storage: Storage, workdir: Path
+) -> tuple[int, int] | None:
     """Check that the IPFS path ``ref`` is a file ``tunable`` can take: it exists, it is a file
-    (not a folder or a symlink), of the allowed size; an image is fetched (verified) and decoded,
-    a ``.safetensors`` file's header read (verified) and checked.
+    (not a folder or a symlink), of the allowed size; an image is fetched (verified) and decoded
+    (its width and height are returned), a ``.safetensors`` file's header read (verified) and
+    checked.
 
     Raises:
         InvalidTunable: it is not there, or not such a file.
@@ -321,7 +336,8 @@ def check_remote(tunable: Tunable, label: str, ref: str, storage: Storage, workd
         # a gigabyte, and what follows the header is checked by its offsets against the size.
         tensors = lora.read_header(label, storage.cat(ref), entry.size)
         check_safetensors(tunable.safetensors, label, tensors)
-    elif tunable.type is TunableType.IMAGE:
+        return None
+    if tunable.type is TunableType.IMAGE:
         with tempfile.TemporaryDirectory(prefix="check-", dir=workdir) as tmp:
             target = Path(tmp) / "file"
             try:
@@ -330,7 +346,9 @@ def check_remote(tunable: Tunable, label: str, ref: str, storage: Storage, workd
                 raise InvalidTunable(
                     f"{label} holds more than the {_size(tunable.byte_limit)} {tunable.name} takes"
                 ) from None
-            check_image(tunable, label, target)
+            _, width, height = check_image(tunable, label, target)
+            return width, height
+    return None
 
 
 def _is_local(raw: str) -> bool:
@@ -345,7 +363,7 @@ def _local(raw: str) -> Path:
     return Path(raw[1:]).expanduser()
 
 
-def _check_local(tunable: Tunable, label: str, path: Path) -> None:
+def _check_local(tunable: Tunable, label: str, path: Path) -> tuple[int, int] | None:
     if str(path) in ("", "."):
         raise InvalidTunable(f"{label}: give a file after the @, as @path/to/photo.png")
     try:
@@ -362,7 +380,7 @@ def _check_local(tunable: Tunable, label: str, path: Path) -> None:
         raise InvalidTunable(f"{label} is not a regular file; {tunable.name} needs one")
     if not os.access(path, os.R_OK):
         raise InvalidTunable(f"{label}: {path} is not readable by this user")
-    check_file(tunable, label, path)
+    return check_file(tunable, label, path)
 
 
 def _add_wrapped(

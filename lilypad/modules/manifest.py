@@ -65,6 +65,8 @@ _SHARED_KEYS = {
     "summary",
     "at_least_one",
     "strength_steps",
+    "scaled_size",
+    "ordered",
     "sampler_reference",
 }
 
@@ -108,6 +110,18 @@ class SamplerReference(StrEnum):
     COMFYUI = "comfyui"
 
 
+class ScaledSize(BaseModel):
+    """A picture the job enlarges ``scale`` times (an ``int`` tunable): the result's sides are
+    at most ``max_side``. A picture too large for its Scale is refused with the other inputs,
+    before anything is signed, where the module would otherwise fail after the deal."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    picture: TunableName
+    scale: TunableName
+    max_side: int = Field(gt=0)
+
+
 class ModuleVersion(BaseModel):
     """Everything fixed about one version of a module. Immutable once published."""
 
@@ -136,6 +150,13 @@ class ModuleVersion(BaseModel):
     #: ``int(steps x strength)`` of its steps (diffusers' ``strength``), and none is refused
     #: before anything is signed, where the module would otherwise fail after the deal.
     strength_steps: tuple[TunableName, TunableName, TunableName] | None = None
+    #: ``{picture, scale, max_side}``: the picture's sides times the scale are at most
+    #: ``max_side`` (:class:`ScaledSize`).
+    scaled_size: ScaledSize | None = None
+    #: Pairs ``[low, high]`` of numeric tunables where ``low`` may not exceed ``high``
+    #: (ControlNet's ControlStart and ControlEnd): checked with the other inputs, before
+    #: anything is signed, where the module would otherwise fail after the deal.
+    ordered: tuple[tuple[TunableName, TunableName], ...] = ()
     #: Where k-diffusion and ComfyUI differ, which the job's samplers follow. A version that
     #: says ``comfyui`` gets it in its fixed env (:data:`SAMPLER_REFERENCE_ENV`); the default
     #: adds nothing, so the specs of versions that predate the field keep their bytes.
@@ -167,6 +188,12 @@ class ModuleVersion(BaseModel):
         missing = [name for name in self.strength_steps or () if name not in known]
         if missing:
             raise ValueError(f"strength_steps: no tunable {missing[0]!r}")
+        self._check_scaled_size()
+        numeric = {t.name for t in self.tunables if t.type.value in ("int", "float")}
+        for pair in self.ordered:
+            wrong = [name for name in pair if name not in numeric]
+            if wrong:
+                raise ValueError(f"ordered {list(pair)}: {wrong[0]!r} is no int or float tunable")
         for name in self.env:
             if name in RESERVED_ENV or name.startswith(("LD_", "DYLD_")):
                 raise ValueError(f"env {name!r} is reserved")
@@ -182,6 +209,16 @@ class ModuleVersion(BaseModel):
             env = {**self.env, SAMPLER_REFERENCE_ENV: self.sampler_reference.value}
             object.__setattr__(self, "env", env)
         return self
+
+    def _check_scaled_size(self) -> None:
+        if self.scaled_size is None:
+            return
+        types = {t.name: t.type.value for t in self.tunables}
+        for field, wanted in (("picture", "image"), ("scale", "int")):
+            name = getattr(self.scaled_size, field)
+            if types.get(name) != wanted:
+                found = f"is {types[name]}" if name in types else "is no tunable"
+                raise ValueError(f"scaled_size.{field}: {name!r} {found}; it names an {wanted}")
 
     @property
     def image_ref(self) -> str:
@@ -270,6 +307,7 @@ __all__ = [
     "Manifest",
     "ModuleVersion",
     "SamplerReference",
+    "ScaledSize",
     "Verification",
     "load_manifest",
     "newest",

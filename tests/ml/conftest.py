@@ -84,6 +84,8 @@ def run_module(tiny_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory)
             "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "PYTHONHASHSEED": "0",
         }
+        if "PYTHONPATH" in os.environ:  # a checkout other than the installed one runs its own
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         command = list(spec.entrypoint)
         assert command[0] == "python"
         command[0] = sys.executable

@@ -1,0 +1,13 @@
+"""The sdxl-controlnet module's entrypoint: ``python controlnet.py``, cwd = this folder.
+
+Reads the control source at ``$IMAGE`` and its tunables from the environment (names in
+lilypad_module.toml) and writes ``control-<control>.png`` (the map the ControlNet read) and
+``image-<n>.png`` into ``$LILYPAD_OUTPUTS_DIR``. See lilypad/ml/control.py.
+"""
+
+from __future__ import annotations
+
+from lilypad.ml import control, job
+
+if __name__ == "__main__":
+    job.run_main(lambda: control.main(control.MODULES["sdxl-controlnet"]))
