@@ -17,12 +17,25 @@ key=$(.venv/bin/python -c "from lilypad.localnet import key_file; print(key_file
 step "$lilypad" run cowsay:v0.0.4 -i Message="hello, lilypad" --network "$network" --key-file "$key" --yes
 step "$lilypad" run sdxl:v0.9-lilypad1 -i Prompt="beautiful view of iceland with a record player" \
     --network "$network" --key-file "$key" --yes
+# The result CID of the newest job of a module (by name prefix, e.g. "sdxl:").
+last_cid() {
+    "$lilypad" jobs list --json | .venv/bin/python -c \
+        'import json, sys; print([r for r in json.load(sys.stdin) if r["module"].startswith(sys.argv[1])][-1]["result_cid"])' "$1"
+}
 # A file input by CID: image to image on the picture the SDXL job just made.
-still=$("$lilypad" jobs list --json | .venv/bin/python -c \
-    'import json, sys; print([r for r in json.load(sys.stdin) if r["module"].startswith("sdxl:")][-1]["result_cid"])')
+still=$(last_cid sdxl:)
 step "$lilypad" run sdxl-img2img:v1.0-lilypad1 -i Image="ipfs://$still/outputs/image-0.png" \
     -i Prompt="the same view as a watercolour painting" -i Strength=0.5 \
     --network "$network" --key-file "$key" --yes
 step "$lilypad" run sdv-pipeline:v1.1-lilypad2 -i Prompt="an astronaut floating" -i Steps=5 \
     -i VideoSteps=5 --network "$network" --key-file "$key" --yes
+# A workflow of three jobs chained by CID: text to image, a ControlNet from that picture's edges,
+# then the result upscaled 4x.
+step "$lilypad" run sd15:v1.0-lilypad1 -i Prompt="a lighthouse on a cliff at dusk" -i Seed=7 \
+    --network "$network" --key-file "$key" --yes
+step "$lilypad" run sd15-controlnet:v1.0-lilypad1 -i Image="ipfs://$(last_cid sd15:)/outputs/image-0.png" \
+    -i Control=canny -i Prompt="the same lighthouse as a watercolour, morning light" \
+    --network "$network" --key-file "$key" --yes
+step "$lilypad" run upscale:v1.0-lilypad1 -i Image="ipfs://$(last_cid sd15-controlnet:)/outputs/image-0.png" \
+    -i Scale=4 --network "$network" --key-file "$key" --yes
 step "$lilypad" jobs list

@@ -40,7 +40,10 @@ def test_a_lilypad_module_runs_on_the_network_in_docker(
         client.images.remove(IMAGE, force=True)
     client.close()
     # without its image, a Lilypad module cannot run: network up says so before starting
-    refused = lilypad("network", "up", "--network", NETWORK, "--detach", "--module", ref)
+    refused = lilypad("network", "up", "--network", NETWORK, "--detach", "--module", ref,
+                      "--port-offset", "3300")  # fmt: skip
+    if refused.returncode == 0:  # started after all: leave nothing running
+        lilypad("network", "down", "--network", NETWORK)
     assert refused.returncode == 2, refused.stderr
     assert "lilypad module build" in refused.stderr
     built = lilypad("module", "build", ref, "--json")
