@@ -57,6 +57,15 @@ def load(pipeline_class: Any, path: Path) -> Any:
     bake it: :data:`lilypad.ml.download._NOT_BAKED`)."""
     if "safety_checker" not in getattr(pipeline_class, "_optional_components", ()):
         return sdxl.load(pipeline_class, path)
+    return without(
+        pipeline_class, path, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def without(pipeline_class: Any, path: Path, **options: Any) -> Any:
+    """``pipeline_class`` from ``path`` as :func:`load` loads it, with ``options`` (the
+    components it is loaded without, as ``None``) for ``from_pretrained``."""
     fp16 = any(Path(path).glob("*/*.fp16.safetensors"))
     pipe = pipeline_class.from_pretrained(
         path,
@@ -64,9 +73,7 @@ def load(pipeline_class: Any, path: Path) -> Any:
         variant="fp16" if fp16 else None,
         use_safetensors=True,
         local_files_only=True,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **options,
     )
     pipe = pipe.to(determinism.device())
     pipe.vae.to(torch.float32)  # as sdxl.load: every path decodes in float32

@@ -388,23 +388,12 @@ def load_sd_x4(path: Path) -> Any:
     its VAE in float32 as :func:`lilypad.ml.sdxl.load` keeps it; no safety checker."""
     from diffusers import StableDiffusionUpscalePipeline
 
-    from lilypad.ml import sdxl
+    from lilypad.ml import sd
 
-    fp16 = any(path.glob("*/*.fp16.safetensors"))
-    pipe = StableDiffusionUpscalePipeline.from_pretrained(
-        path,
-        dtype=sdxl.dtype(),
-        variant="fp16" if fp16 else None,
-        use_safetensors=True,
-        local_files_only=True,
-        safety_checker=None,
-        feature_extractor=None,
+    return sd.without(
+        StableDiffusionUpscalePipeline, path, safety_checker=None, feature_extractor=None,
         watermarker=None,
-    )
-    pipe = pipe.to(determinism.device())
-    pipe.vae.to(torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    )  # fmt: skip
 
 
 @torch.inference_mode()
