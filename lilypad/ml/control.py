@@ -424,9 +424,5 @@ def main(base: Base) -> list[str]:
     sample = sdxl_latents if base.sdxl else sd15_latents
     images = sdxl.decode(pipe, sample(pipe, controlnet, control_map, s, c, edit.progress))
     out = job.outputs_dir()
-    names = [f"control-{c.control}.png"]
-    media.write_png(control_map, out / names[0])
-    for i, image in enumerate(images):
-        names.append(f"image-{i}.png")
-        media.write_png(image, out / names[-1])
-    return names
+    media.write_png(control_map, out / f"control-{c.control}.png")
+    return [f"control-{c.control}.png", *media.write_images(images, out)]

@@ -308,9 +308,4 @@ def main(family: Family) -> list[str]:
     else:
         resized = edit.resize(picture, (s.width, s.height))
         images = sd.image_to_image(pipe, s, denoiser, resized, edit.progress)
-    out = job.outputs_dir()
-    names = []
-    for i, image in enumerate(images):
-        names.append(f"image-{i}.png")
-        media.write_png(image, out / names[-1])
-    return names
+    return media.write_images(images, job.outputs_dir())

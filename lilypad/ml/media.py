@@ -35,6 +35,14 @@ def write_png(image: Image.Image, path: Path) -> None:
     _plain(image).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
 
 
+def write_images(images: Sequence[Image.Image], out: Path) -> list[str]:
+    """``image-<n>.png`` for each of ``images`` in ``out`` (as :func:`write_png`); their names."""
+    names = [f"image-{n}.png" for n in range(len(images))]
+    for image, name in zip(images, names, strict=True):
+        write_png(image, out / name)
+    return names
+
+
 def _duration_ms(fps: int) -> int:
     return round(1000 / fps)
 

@@ -90,13 +90,7 @@ def main() -> list[str]:
         log(f"step {done}/{total}")
 
     images = sdxl.generate(pipe, s, progress, refiner)
-    out = job.outputs_dir()
-    names = []
-    for i, image in enumerate(images):
-        name = f"image-{i}.png"
-        media.write_png(image, out / name)
-        names.append(name)
-    return names
+    return media.write_images(images, job.outputs_dir())
 
 
 if __name__ == "__main__":

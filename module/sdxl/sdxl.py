@@ -133,13 +133,7 @@ def main() -> list[str]:
         if s.sampler in STEP_NOTES:
             log(STEP_NOTES[s.sampler])
         images = sdxl.generate(pipe, s, progress, refiner, weighted=version == "1.1")
-    out = job.outputs_dir()
-    names = []
-    for i, image in enumerate(images):
-        name = f"image-{i}.png"
-        media.write_png(image, out / name)
-        names.append(name)
-    return names
+    return media.write_images(images, job.outputs_dir())
 
 
 if __name__ == "__main__":
