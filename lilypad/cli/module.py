@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,9 +236,21 @@ def show(
         ..., help="Module reference, e.g. sdxl:v0.9-lilypad1 or sdv-pipeline."
     ),
     json_output: bool = _json_option(),
+    schema: bool = typer.Option(
+        False,
+        "--schema",
+        help="Print only the version's inputs as a JSON Schema (draft 2020-12), for forms and "
+        "SDKs; with or without --json.",
+    ),
 ) -> None:
     """Show a module version: image, machine needs, timeout and every tunable."""
     module = _resolve(ref)
+    if schema:
+        from lilypad.modules.schema import input_schema
+
+        # NOTE: not output.dumps: it sorts keys, and the properties keep the manifest's order
+        print(json.dumps(input_schema(module), indent=2, ensure_ascii=False))
+        return
     data = describe(module)
     emit(data, json_output, lambda: _print_show(data))
 
