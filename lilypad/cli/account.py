@@ -32,6 +32,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from lilypad.cli.keyopt import WEB3_KEY_OPTION
 from lilypad.cli.output import console, emit, note
 from lilypad.errors import ConfigError, InputError, SolverError
 
@@ -68,15 +69,6 @@ def _network_option() -> Any:
 
 def _key_option() -> Any:
     return typer.Option(None, "--key-file", help="Private key file (else $WEB3_PRIVATE_KEY).")
-
-
-def _web3_key_option() -> Any:
-    return typer.Option(
-        None,
-        "--web3-private-key",
-        help="The private key itself (Lilypad's flag): visible to other users, prefer --key-file.",
-        show_default=False,
-    )
 
 
 def _json_option() -> Any:
@@ -272,7 +264,7 @@ def account(
     ctx: typer.Context,
     network: str | None = _network_option(),
     key_file: Path | None = _key_option(),
-    web3_key: str | None = _web3_key_option(),
+    web3_key: str | None = WEB3_KEY_OPTION,
     address: str | None = typer.Option(
         None, "--address", help="Look at this account (no key needed) instead of your own."
     ),
@@ -320,7 +312,7 @@ def deposit(
     amount: str = typer.Argument(..., help="Tokens to move from your wallet into the market."),
     network: str | None = _network_option(),
     key_file: Path | None = _key_option(),
-    web3_key: str | None = _web3_key_option(),
+    web3_key: str | None = WEB3_KEY_OPTION,
     yes: bool = typer.Option(False, "--yes", "-y", help="Deposit without asking."),
     json_output: bool = _json_option(),
 ) -> None:
@@ -366,7 +358,7 @@ def withdraw(
     ),
     network: str | None = _network_option(),
     key_file: Path | None = _key_option(),
-    web3_key: str | None = _web3_key_option(),
+    web3_key: str | None = WEB3_KEY_OPTION,
     force: bool = typer.Option(
         False,
         "--force",
