@@ -247,13 +247,20 @@ class LogFollower:
         self.after = 0
         self._progress: api.LogProgress | None = None
         self._stopping = threading.Event()
+        # held while lines are handed on; closed once finish returns: a poll still in flight then
+        # (a slow solver) hands nothing on after the job's own last steps
+        self._handing = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="creator-logs", daemon=True)
         self._thread.start()
 
     def finish(self, timeout: float = FINISH_S) -> None:
-        """Take the lines not had yet (at most ``timeout`` seconds), then stop."""
+        """Take the lines not had yet (at most ``timeout`` seconds), then stop: no step is
+        handed on after this returns."""
         self._stopping.set()
         self._thread.join(timeout)
+        with self._handing:
+            self._closed = True
 
     def _loop(self) -> None:
         while True:
@@ -275,9 +282,12 @@ class LogFollower:
                 return
 
     def _emit(self, page: api.DealLogs) -> None:
-        for line in page.lines:
-            self.after = max(self.after, line.seq)
-            self.on_step(Step("log", {"seq": line.seq, "text": line.text}))
-        if page.progress is not None and page.progress != self._progress:
-            self._progress = page.progress
-            self.on_step(Step("progress", page.progress.model_dump()))
+        with self._handing:
+            if self._closed:
+                return
+            for line in page.lines:
+                self.after = max(self.after, line.seq)
+                self.on_step(Step("log", {"seq": line.seq, "text": line.text}))
+            if page.progress is not None and page.progress != self._progress:
+                self._progress = page.progress
+                self.on_step(Step("progress", page.progress.model_dump()))

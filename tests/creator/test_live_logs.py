@@ -4,6 +4,7 @@ provider read them; the relay is bounded in rate and size, and never changes the
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -203,3 +204,35 @@ def test_a_job_completes_when_the_solver_goes_down_while_it_runs(
     record = job.result(120)
     assert record.state == "accepted"
     assert (Path(record.output_dir or "") / "stderr").read_text().splitlines() == LINES
+
+
+class _SlowSolver:
+    """A solver whose log read hangs until released (a client-side unit test: no server)."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def deal_logs(self, deal_id: str, sign: object, *, after: int, wait: float) -> api.DealLogs:
+        self.entered.set()
+        self.release.wait(10)
+        line = api.LogLine(seq=after + 1, text="late")
+        return api.DealLogs(
+            deal_id=deal_id,
+            state=api.DealState.CREATED,
+            lines=(line,),
+            progress=None,
+            dropped=0,
+            ended=True,
+        )
+
+
+def test_a_log_read_still_in_flight_hands_on_nothing_after_finish() -> None:
+    from lilypad.creator._solver import LogFollower
+
+    slow, steps = _SlowSolver(), []
+    follower = LogFollower(slow, "0x" + "ab" * 32, lambda _: "0x", steps.append)  # type: ignore[arg-type]
+    assert slow.entered.wait(5)
+    follower.finish(timeout=0.1)  # the job's result is shown after this
+    slow.release.set()
+    follower._thread.join(5)
+    assert steps == []  # the late line did not come after the result
