@@ -498,15 +498,7 @@ class Solver:
         row = self.store.offer(model, offer_id)
         if row is None:
             raise OfferRejected(f"no {kind} offer {offer_id}")
-        try:
-            signer = recover(eip191_digest(cancel_message(offer_id)), signature)
-        except ValueError as exc:
-            shown = signature if len(signature) <= 20 else f"{signature[:20]}..."
-            raise OfferRejected(
-                f"cancellation signature {shown!r} is malformed ({exc}); send the offer "
-                "signer's EIP-191 signature (65 bytes, or 64 compact) of "
-                f"{cancel_message(offer_id)!r} as hex"
-            ) from None
+        signer = _signer(cancel_message(offer_id), signature, "cancellation", OfferRejected)
         if signer != row.signer:
             raise OfferRejected(f"cancellation is signed by {signer}, not by {row.signer}")
         with self._signer_lock(row.signer):
@@ -1151,13 +1143,15 @@ def _market_offer(row: ResourceOfferRow) -> api.MarketOffer:
     )
 
 
-def _signer(message: str, signature: str, what: str) -> str:
-    """Who signed ``message`` (EIP-191), or a 400 naming the malformed signature."""
+def _signer(
+    message: str, signature: str, what: str, error: type[InvalidRequest] = InvalidRequest
+) -> str:
+    """Who signed ``message`` (EIP-191), or ``error`` (a 400) naming the malformed signature."""
     try:
         return recover(eip191_digest(message), signature)
     except ValueError as exc:
         shown = signature if len(signature) <= 20 else f"{signature[:20]}..."
-        raise InvalidRequest(
+        raise error(
             f"{what} signature {shown!r} is malformed ({exc}); send the EIP-191 signature "
             f"(65 bytes, or 64 compact) of {message!r} as hex"
         ) from None
