@@ -422,7 +422,7 @@ def main(base: Base) -> list[str]:
     controlnet = load_controlnet(controlnet_path)
     _log_plan(s, c)
     sample = sdxl_latents if base.sdxl else sd15_latents
-    images = sdxl.decode(pipe, sample(pipe, controlnet, control_map, s, c, edit.progress))
+    images = sdxl.decode(pipe, sample(pipe, controlnet, control_map, s, c, job.progress))
     out = job.outputs_dir()
     media.write_png(control_map, out / f"control-{c.control}.png")
     return [f"control-{c.control}.png", *media.write_images(images, out)]

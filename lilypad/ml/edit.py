@@ -315,10 +315,6 @@ def log_plan(s: ImageSettings) -> None:
         log(STEP_NOTES[s.sampler])
 
 
-def progress(done: int, total: int) -> None:
-    log(f"step {done}/{total}")
-
-
 def write_outputs(image: Image.Image, mask: Image.Image | None = None) -> list[str]:
     """Write ``image-0.png`` (and the mask the model used, ``mask.png``) into the outputs."""
     from lilypad.ml import media

@@ -304,8 +304,8 @@ def main(family: Family) -> list[str]:
     _log_plan(family, s, picture)
     denoiser = sd.denoiser(pipe, family, s)
     if picture is None:
-        images = sd.text_to_image(pipe, s, denoiser, edit.progress)
+        images = sd.text_to_image(pipe, s, denoiser, job.progress)
     else:
         resized = edit.resize(picture, (s.width, s.height))
-        images = sd.image_to_image(pipe, s, denoiser, resized, edit.progress)
+        images = sd.image_to_image(pipe, s, denoiser, resized, job.progress)
     return media.write_images(images, job.outputs_dir())

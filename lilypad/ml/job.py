@@ -137,6 +137,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def progress(done: int, total: int, label: str | None = None) -> None:
+    """A step of the job's work on stderr, ``step N/T`` (``LABEL: step N/T`` for a stage): the
+    line the provider relays as the job's progress (:data:`lilypad.solver_api.PROGRESS_LINE`)."""
+    log(f"{label}: step {done}/{total}" if label else f"step {done}/{total}")
+
+
 def env(name: str, default: str | None = None) -> str:
     value = os.environ.get(name, default)
     if value is None:

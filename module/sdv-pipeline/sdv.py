@@ -105,7 +105,7 @@ def main() -> list[str]:
         video = dataclasses.replace(video, steps=min(video.steps, cap), **size)
 
     def progress(stage: str) -> job.Callable[[int, int], None]:
-        return lambda done, total: log(f"{stage}: step {done}/{total}")
+        return lambda done, total: job.progress(done, total, stage)
 
     image_path = job.weights_path(job.SDXL_BASE_10)
     video_path = job.weights_path(MODELS[version])

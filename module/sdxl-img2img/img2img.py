@@ -40,7 +40,7 @@ def main() -> list[str]:
     pipe = sdxl.load(StableDiffusionXLImg2ImgPipeline, path)
     edit.log_plan(s)
     result = sdxl.img2img(
-        pipe, s, edit.resize(image, (s.width, s.height)), edit.progress, weighted=weighted
+        pipe, s, edit.resize(image, (s.width, s.height)), job.progress, weighted=weighted
     )
     return edit.write_outputs(result)
 

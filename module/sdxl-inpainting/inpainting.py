@@ -46,7 +46,7 @@ def main() -> list[str]:
     log(f"loading {job.SDXL_INPAINT_10.hub_id}")
     pipe = sdxl.load(StableDiffusionXLInpaintPipeline, path)
     edit.log_plan(s)
-    generated = sdxl.inpaint(pipe, s, picture, mask, edit.progress, weighted=weighted)
+    generated = sdxl.inpaint(pipe, s, picture, mask, job.progress, weighted=weighted)
     return edit.write_outputs(edit.composite(generated, picture, mask), mask)
 
 

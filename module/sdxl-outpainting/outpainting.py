@@ -62,7 +62,7 @@ def main() -> list[str]:
     log(f"loading {job.SDXL_INPAINT_10.hub_id}")
     pipe = sdxl.load(StableDiffusionXLInpaintPipeline, path)
     edit.log_plan(s)
-    generated = sdxl.inpaint(pipe, s, canvas, mask, edit.progress, weighted=weighted)
+    generated = sdxl.inpaint(pipe, s, canvas, mask, job.progress, weighted=weighted)
     return edit.write_outputs(edit.composite(generated, canvas, blend), mask)
 
 

@@ -86,10 +86,7 @@ def main() -> list[str]:
     if s.sampler in STEP_NOTES:
         log(STEP_NOTES[s.sampler])
 
-    def progress(done: int, total: int) -> None:
-        log(f"step {done}/{total}")
-
-    images = sdxl.generate(pipe, s, progress, refiner)
+    images = sdxl.generate(pipe, s, job.progress, refiner)
     return media.write_images(images, job.outputs_dir())
 
 

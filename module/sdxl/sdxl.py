@@ -118,11 +118,8 @@ def main() -> list[str]:
     log(f"loading {base_model.hub_id}")
     pipe = sdxl.load(StableDiffusionXLPipeline, base_path)
 
-    def progress(done: int, total: int) -> None:
-        log(f"step {done}/{total}")
-
     if version == "0.9":
-        images = sdxl.generate_default(pipe, s, progress)
+        images = sdxl.generate_default(pipe, s, job.progress)
     else:
         refiner = None
         if refiner_path is not None:
@@ -132,7 +129,7 @@ def main() -> list[str]:
         log(f"sampler {s.sampler}, schedule {s.scheduler}, {s.steps} steps, seed {s.seed}")
         if s.sampler in STEP_NOTES:
             log(STEP_NOTES[s.sampler])
-        images = sdxl.generate(pipe, s, progress, refiner, weighted=version == "1.1")
+        images = sdxl.generate(pipe, s, job.progress, refiner, weighted=version == "1.1")
     return media.write_images(images, job.outputs_dir())
 
 
