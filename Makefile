@@ -147,5 +147,12 @@ bench-e2e: install
 bench-faults: install
 	$(BIN)/python bench/faults.py
 
+# Many cowsay jobs at once (4 providers, every funded account posting), through one reused SDK
+# client and through `lilypad run` processes; ARGS=--block-time 2 for a real L2's block cadence.
+# The last line is `throughput: X jobs/s (sdk), Y jobs/s (cli), p95 Z ms, failures F`.
+.PHONY: bench-throughput
+bench-throughput: install
+	$(BIN)/python bench/throughput.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

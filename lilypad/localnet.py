@@ -39,6 +39,9 @@ from lilypad.network import NetworkProfile, save_network
 #: the accounts left (5..9), so a local network has at most :data:`MAX_PROVIDERS`.
 DEV_ROLES = {"owner": 0, "solver": 1, "mediator": 2, "provider": 3, "job_creator": 4}
 MAX_PROVIDERS = 6
+#: The range of ``network up --block-time`` (seconds).
+MIN_BLOCK_TIME_S = 0.1
+MAX_BLOCK_TIME_S = 60.0
 #: The default ports; ``--port-offset K`` adds K to each. Providers take ``provider`` onwards.
 PORTS = {
     "chain": 8545,
@@ -89,11 +92,15 @@ class Topology:
             network on this machine; a LAN address lets providers on other machines join.
         port_offset: Added to every default port, so several networks can run side by side.
         providers: Resource providers to start here (0: only providers elsewhere).
+        block_time: Seconds between blocks, every transaction waiting for the next one, as on a
+            real chain (``--block-time``). None: a block every second, and every transaction
+            mined at once besides.
     """
 
     host: str = "127.0.0.1"
     port_offset: int = 0
     providers: int = 1
+    block_time: float | None = None
 
     def port(self, name: str, index: int = 0) -> int:
         return PORTS[name] + self.port_offset + index
@@ -158,12 +165,34 @@ def reset_state(network: str) -> None:
         path.unlink()
 
 
+def check_block_time(seconds: float | None) -> float | None:
+    """``--block-time``: seconds between blocks, from :data:`MIN_BLOCK_TIME_S` to
+    :data:`MAX_BLOCK_TIME_S`.
+
+    Raises:
+        InputError: out of that range.
+    """
+    if seconds is not None and not MIN_BLOCK_TIME_S <= seconds <= MAX_BLOCK_TIME_S:
+        raise InputError(
+            f"--block-time {seconds:g} is out of range: give seconds between blocks from "
+            f"{MIN_BLOCK_TIME_S:g} to {MAX_BLOCK_TIME_S:g} (2 is a typical L2's cadence)"
+        )
+    return seconds
+
+
 def start_chain(network: str, topology: Topology) -> NetworkProfile:
-    """Start anvil (a block every second, so deadlines pass on a quiet chain), deploy the
-    contracts, fund and register the dev accounts, and write their keys."""
+    """Start anvil, deploy the contracts, fund and register the dev accounts, and write their
+    keys. anvil mines a block every second (so deadlines pass on a quiet chain) and every
+    transaction at once besides; with ``topology.block_time`` only a block every that many
+    seconds, and transactions wait for it."""
     folder = state_dir(network)
     folder.mkdir(parents=True, exist_ok=True)
-    node = Anvil(topology.port("chain"), block_time=1, host=topology.host).start(detach=True)
+    node = Anvil(
+        topology.port("chain"),
+        block_time=topology.block_time or 1,
+        mixed_mining=topology.block_time is None,
+        host=topology.host,
+    ).start(detach=True)
     assert node.pid is not None
     (folder / "chain.pid").write_text(str(node.pid))
     chain = Chain(node.rpc_url)

@@ -73,7 +73,9 @@ class Anvil:
         port: The port to listen on (a free one when None).
         chain_id: The chain id to report.
         block_time: Seconds between blocks on a quiet chain (transactions are still mined at
-            once); None: a block only for each transaction.
+            once, unless ``mixed_mining`` is False); None: a block only for each transaction.
+        mixed_mining: With ``block_time``, mine each transaction at once besides the blocks on
+            the clock. False: transactions wait for the next block, as on a real chain.
         state_file: Load the chain from, and save it to, this file (``--state``).
         host: The address to listen on (another machine's providers need a reachable one).
     """
@@ -84,6 +86,7 @@ class Anvil:
         *,
         chain_id: int = 31337,
         block_time: float | None = None,
+        mixed_mining: bool = True,
         state_file: Path | None = None,
         host: str = "127.0.0.1",
     ) -> None:
@@ -91,6 +94,7 @@ class Anvil:
         self.port = port or free_port()
         self.chain_id = chain_id
         self._block_time = block_time
+        self._mixed_mining = mixed_mining
         self._state_file = state_file
         self._dir = Path(tempfile.mkdtemp(prefix="lilypad-anvil-"))  # mode 700
         self._keys: list[str] = []
@@ -115,9 +119,12 @@ class Anvil:
             "--quiet",
         ]  # fmt: skip
         if self._block_time:
-            # a block every block_time seconds, so time passes on a quiet chain, and every
-            # transaction mined at once besides (without it each one waits up to a block)
-            cmd += ["--block-time", str(self._block_time), "--mixed-mining"]
+            # a block every block_time seconds, so time passes on a quiet chain, and (mixed
+            # mining) every transaction mined at once besides; without it each one waits for
+            # the next block
+            cmd += ["--block-time", f"{self._block_time:g}"]
+            if self._mixed_mining:
+                cmd.append("--mixed-mining")
         if self._state_file:
             cmd += ["--state", str(self._state_file)]
         return cmd

@@ -25,7 +25,7 @@ from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
-from web3.types import BlockIdentifier, FilterParams, LogReceipt, TxParams
+from web3.types import BlockIdentifier, FilterParams, LogReceipt, RPCEndpoint, TxParams
 
 from lilypad.chain.abi import load_artifact, reverted
 from lilypad.chain.light import Receipt, retry_taken_nonce
@@ -88,7 +88,16 @@ class Chain:
         self, rpc_url: str, *, request_timeout: float = 30.0, receipt_timeout: float = 120.0
     ) -> None:
         self.rpc_url = rpc_url
-        self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
+        # NOTE: web3's validation middleware asks the node for its chain id before every eth_call
+        # and eth_estimateGas: without the cache every view call is two round trips.
+        provider = HTTPProvider(
+            rpc_url,
+            request_kwargs={"timeout": request_timeout},
+            cache_allowed_requests=True,
+            cacheable_requests={RPCEndpoint("eth_chainId")},
+            request_cache_validation_threshold=None,  # the chain id needs no block to age
+        )
+        self.w3 = Web3(provider)
         self.nonces = NonceManager(self.w3)
         self._receipt_timeout = receipt_timeout
 

@@ -51,6 +51,14 @@ def up(
         max=50000,
         help="Added to every port, to run networks side by side.",
     ),
+    block_time: float | None = typer.Option(
+        None,
+        "--block-time",
+        metavar="SECONDS",
+        help="Mine a block every SECONDS, each transaction waiting for the next one, as on a "
+        "real chain (e.g. 2, an L2's cadence). Default: a block a second, and every "
+        "transaction mined at once.",
+    ),
     unsafe_no_sandbox: bool = typer.Option(
         False,
         "--unsafe-no-sandbox",
@@ -80,8 +88,11 @@ def up(
             f"{localnet.MAX_PROVIDERS} providers"
         )
     localnet.check_host(host)
+    localnet.check_block_time(block_time)
     extra = _resolve_modules(module or [])  # bad references stop here, before anything starts
-    topology = localnet.Topology(host=host, port_offset=port_offset, providers=providers)
+    topology = localnet.Topology(
+        host=host, port_offset=port_offset, providers=providers, block_time=block_time
+    )
     if weights == "auto":
         weights = "real" if _real_weights() else "tiny"
         if weights == "tiny":

@@ -186,3 +186,46 @@ def test_a_job_offer_commits_to_the_rendered_spec() -> None:
         ).struct_hash()
         != offer.struct_hash()
     )
+
+
+def test_view_calls_ask_the_node_for_its_chain_id_once(env: Env) -> None:
+    """web3 checks the chain id before every ``eth_call``: the node is asked for it once per
+    connection, not once per call (each view of the solver and the providers was two requests)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    methods: list[str] = []
+    upstream = httpx.Client()
+
+    class Counting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            sent = json.loads(body)
+            methods.extend(c["method"] for c in (sent if isinstance(sent, list) else [sent]))
+            answer = upstream.post(
+                env.chain.rpc_url, content=body, headers={"Content-Type": "application/json"}
+            )
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        chain = Chain(f"http://127.0.0.1:{proxy.server_port}")
+        token = TokenClient(chain, env.token.address)
+        balances = [token.balance_of(env.jc.address) for _ in range(5)]
+        assert balances == [env.token.balance_of(env.jc.address)] * 5
+        assert methods.count("eth_call") == 5
+        assert methods.count("eth_chainId") <= 1
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        upstream.close()

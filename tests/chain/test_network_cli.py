@@ -241,3 +241,57 @@ def test_connect_refuses_a_node_on_another_chain(env: Env) -> None:
     assert conn.job_creator is None
     with pytest.raises(ChainError, match="is chain 31337, but network 'local' is chain 1"):
         connect(right.model_copy(update={"chain_id": 1}))
+
+
+def test_network_up_with_a_block_time_makes_transactions_wait_for_the_next_block() -> None:
+    """``network up --block-time 2``: anvil mines a block every 2 s and a transaction waits for
+    the next one, as on a real chain (without it every transaction is mined at once)."""
+    import subprocess
+    import sys
+    import time
+
+    from lilypad.chain.crypto import Signer
+    from lilypad.chain.light import LightChain
+    from lilypad.localnet import key_file
+
+    def lilypad(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lilypad", *args],
+            capture_output=True, text=True, timeout=300, check=False, env=os.environ.copy(),
+        )  # fmt: skip
+
+    up = lilypad(
+        "network", "up", "--network", "blocks", "--detach", "--providers", "0",
+        "--executor", "process", "--port-offset", "3500", "--block-time", "2",
+    )  # fmt: skip
+    chain: LightChain | None = None
+    try:
+        assert up.returncode == 0, up.stderr
+        chain = LightChain(load_network("blocks").rpc_url)
+        sender = Signer.from_key(key_file("blocks", "job_creator").read_text().strip())
+        latest = chain.block_number()
+        while chain.block_number() == latest:  # just after a block: the next is ~2 s away
+            time.sleep(0.02)
+        nonce = chain.request("nonce", "eth_getTransactionCount", [sender.address, "pending"])
+        tx = {
+            "chainId": chain.chain_id, "nonce": int(nonce, 16), "to": sender.address,
+            "value": 1, "data": b"", "gas": 21_000,
+            "maxPriorityFeePerGas": 10**9, "maxFeePerGas": 100 * 10**9,
+        }  # fmt: skip
+        raw = "0x" + bytes(sender.sign_transaction(tx).raw_transaction).hex()
+        tx_hash = chain.request("send", "eth_sendRawTransaction", [raw])
+        assert chain.request("receipt", "eth_getTransactionReceipt", [tx_hash]) is None
+        mined = chain._wait_for_receipt("receipt", tx_hash)
+        assert int(mined["blockNumber"], 16) == latest + 2  # the block after the one seen
+    finally:
+        if chain is not None:
+            chain.close()
+        assert lilypad("network", "down", "--network", "blocks").returncode == 0
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "61"])
+def test_network_up_refuses_a_block_time_out_of_range(cli: CliRunner, seconds: str) -> None:
+    result = cli("network", "up", "--network", "blocks", "--block-time", seconds)
+    assert result.exit_code == 2
+    assert f"--block-time {float(seconds):g} is out of range" in result.stderr
+    assert "0.1 to 60" in result.stderr
