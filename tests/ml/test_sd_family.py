@@ -240,6 +240,8 @@ def img2img(
     return runs
 
 
+# NOTE: the first sets up the img2img runs of every model (15 jobs): 110 s of CI's 120 once.
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("name", list(IMG2IMG))
 def test_v1_1_image_to_image_works_at_the_picture_size_and_repeats(
     img2img: dict[str, dict[str, ModuleRun]], name: str
