@@ -41,35 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _cli import cli, private_env  # bench/: its folder is on the path
+
 NETWORK = "faults"
 PORT_OFFSET = 3000
 MODULE = "cowsay:v0.0.4"
-LILYPAD = [sys.executable, "-m", "lilypad"]
 ETH = 10**18
 #: States of a `lilypad run` record that mean the job gave a verified result.
 COMPLETED = ("accepted", "upheld", "provider_slashed")
 #: States that mean the job ended without one and the job creator's funds came back.
 REFUNDED = ("timed_out", "cancelled", "mediation_expired")
-
-
-def private_env(root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HOME=str(root / "home"),
-        LILYPAD_DATA_DIR=str(root / "data"),
-        LILYPAD_CONFIG_DIR=str(root / "config"),
-        LILYPAD_CACHE_DIR=str(root / "cache"),
-        PYTHONUNBUFFERED="1",
-    )
-    for name in ("WEB3_PRIVATE_KEY", "LILYPAD_EXECUTOR", "LILYPAD_IPFS_API"):
-        env.pop(name, None)
-    return env
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LILYPAD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 @contextmanager

@@ -49,8 +49,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -61,34 +59,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _cli import cli, private_env  # bench/: its folder is on the path
+
 from lilypad.localnet import MAX_PROVIDERS, provider_role
 
 MODULE = "cowsay:v0.0.4"
 NETWORK = "bench-throughput"
 PORT_OFFSET = 4000
-LILYPAD = [sys.executable, "-m", "lilypad"]
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def private_env(root: Path) -> dict[str, str]:
-    """The environment for every command: the user's own state is never read or touched."""
-    env = dict(os.environ)
-    env.update(
-        HOME=str(root / "home"),
-        LILYPAD_DATA_DIR=str(root / "data"),
-        LILYPAD_CONFIG_DIR=str(root / "config"),
-        LILYPAD_CACHE_DIR=str(root / "cache"),
-        PYTHONUNBUFFERED="1",
-    )
-    for name in ("WEB3_PRIVATE_KEY", "LILYPAD_EXECUTOR", "LILYPAD_IPFS_API"):
-        env.pop(name, None)
-    return env
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LILYPAD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 @contextmanager
