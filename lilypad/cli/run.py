@@ -11,56 +11,18 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from lilypad import modules
 from lilypad.cli import keyopt
 from lilypad.cli.keyopt import WEB3_KEY_OPTION
-from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs, stage
+from lilypad.cli.module import INPUT_HELP, STRAY_ARGS, check_inputs
 from lilypad.cli.output import console, emit, err_console, note
 from lilypad.cli.sweep import INPUTS_FILE_OPTION, MAX_JOBS_OPTION, PARALLEL_OPTION, SWEEP_OPTION
 from lilypad.errors import InputError
 
 if TYPE_CHECKING:
     from lilypad.chain.crypto import Signer
-from lilypad.modules.files import precheck
 from lilypad.verification import Verify
 
 jobs_app = typer.Typer(help="Jobs you ran from this machine.", no_args_is_help=True)
-
-_STEP_TEXT = {
-    "deposit": "deposited {amount} tokens into the market",
-    "posted": "offer posted ({job_offer_id:.18}…), waiting for a provider",
-    "matched": "matched with provider {provider}",
-    "deal": "deal {deal_id:.18}… on chain with {provider} (tx {tx:.18}…)",
-    "running": "running on the provider",
-    "result": "result submitted: {cid} (tx {tx:.18}…)",
-    "downloading": "downloading and verifying {cid}",
-    "download_retry": "download failed ({error}); trying again in {pause:g}s",
-    "solver_retry": "{error}; trying again in {pause:g}s",
-    "verified": "verified every block into {dest}",
-    "symlinks_skipped": "the result holds {count} symlink(s), verified but not created (the "
-    "first: {first})",
-    "not_audited": "not audited this time (chance {probability:.0%})",
-    "challenged": "result challenged ({reason}); mediator {mediator} re-runs the job",
-    "mediating": "waiting for mediator {mediator} to rule",
-    "input_lost": "the provider could not fetch an input: nobody is judged on it; your payment "
-    "and fee come back when the mediation times out (chain time {deadline})",
-    "upheld": "the mediator upheld the result: it is correct",
-    "slashed": "the mediator found the result wrong: {refund} tokens (price and the provider's "
-    "collateral) are yours; fetching the mediator's result",
-    "agree": "both providers returned {cid}",
-    "disagree": "the providers disagree ({cids}); both results are challenged",
-    "alone": "no second provider in time: the result of {provider} is audited instead",
-    "accepted": "result accepted on chain (tx {tx:.18}…)",
-    "off_target": "the solver ignored --target {target}: the deal is with {provider}, and it "
-    "binds (the offer's signature names no provider); following it to its end",
-    "retry": "retrying (attempt {attempt}): {reason}",
-    "withdrawn": "offer {job_offer_id:.18}… withdrawn at the solver; no funds moved",
-    "settled": "the deal has ended: {state} (timeout tx: {tx})",
-}
-#: The longest a job offer may wait for a provider (a week).
-MAX_EXPIRES_IN_S = 7 * 86_400
-#: The most seconds a job offer can give a provider (the offer's ``uint32``).
-MAX_TIMEOUT_S = 2**32 - 1
 
 
 def run(
@@ -121,9 +83,8 @@ def run(
     stray: list[str] = STRAY_ARGS,
 ) -> None:
     """Run a module on the network: offer, match, deal, result, verified download, accept."""
-    from lilypad.creator import JobRunner, RunOptions, Step
-    from lilypad.network import load_network
-    from lilypad.units import format_tokens, parse_tokens
+    from lilypad.client import CLI_FLAGS, Client
+    from lilypad.units import format_tokens
 
     inputs = check_inputs(inputs, stray)
     if sweep or inputs_file is not None:
@@ -147,67 +108,44 @@ def run(
             f"-o {output_dir} needs the result, which --detach does not wait for",
             hint="drop --detach, or fetch it later with: lilypad jobs get ID -o DIR",
         )
-    _check_empty_folder("-o", output_dir)
-    target_address = _address("--target", target)
-    module = modules.resolve(ref)
-    precheck(module, inputs)  # bad input stops here, before anything is signed
-    price = parse_tokens(max_price, "--max-price")
-    _in_range("--expires-in", expires_in, 15, MAX_EXPIRES_IN_S)
-    _in_range("--retries", retries, 0, 10)
-    profile = load_network(network)
-    _note_environment(profile)
-    spec = _stage(module, inputs, profile)  # files checked and added to the network's IPFS
-    timeout_s = _job_timeout(timeout, spec)
-    profile.require_contracts()  # a profile without them stops here, before the key is read
-    account = _signer(key_file, web3_key)
-    options = RunOptions(
-        max_price=price,
-        timeout_s=timeout_s,
-        expires_in_s=expires_in,
-        mediators=_trusted_mediators(mediators, profile),
-        retries=retries,
-        verify=verify,
-        target=target_address,
+    keyopt.warn_of(web3_key)
+    client = Client(
+        network,
+        key=web3_key,
+        key_file=key_file,
+        deposit=lambda amount: _consent(amount, yes, format_tokens),
+        labels=CLI_FLAGS,
     )
-    market = _market(profile)
     status = Status("starting", console=err_console)
     on_step = _progress(status, quiet=json_output)
-    runner = JobRunner(profile, account, market, on_step)
+    job = client.prepare(
+        ref, inputs, on_progress=on_step, output_dir=output_dir, max_price=max_price,
+        timeout=timeout, expires_in=expires_in, mediators=mediators, retries=retries,
+        verify=verify, target=target,
+    )  # fmt: skip
+    spec, options = job.spec, job.options
+    assert spec is not None
+    assert options is not None
     try:
+        _note_environment(client.profile)
         if not json_output:
             note(
-                f"running {spec.module} as {account.address} on {network!r} "
-                f"(max price {format_tokens(price)})"
+                f"running {spec.module} as {client.account.address} on {network!r} "
+                f"(max price {format_tokens(options.max_price)})"
             )
-        # Ask now, before the progress display; the runner deposits when it posts the offer
-        # (other jobs of this account may have changed what is needed by then). The deposit
-        # keeps a challenge's fee beside the price, so that an audit can always be paid.
-        needed = runner.deposit_needed(price + runner.challenge_reserve(options.mediators))
-        if needed:
-            _check_wallet(market, account.address, needed)
-            _consent(needed, yes, format_tokens)
-
-        def fund(amount: int) -> None:
-            _check_wallet(market, account.address, amount)
-            if not (needed or yes):
-                _consent(amount, yes, format_tokens)  # not asked yet: refuses without a terminal
-            runner.deposit(amount)
-            on_step(Step("deposit", {"amount": format_tokens(amount)}))
-
-        runner.fund = fund
         if detach:
-            record = runner.post(spec, options)
+            record = job.post()
         else:
             with _shown(status, json_output):
-                record = _run_interruptibly(runner, lambda: runner.run(spec, options))
+                result = _run_interruptibly(job.runner, job.follow)
+            record = result.record
     finally:
-        runner.close()
+        job.close()
     if detach:
         _detached(record, json_output)
         return
     data = record.to_dict()
     if output_dir is not None:
-        _copy_result(record, output_dir)
         data["copied_to"] = str(output_dir)
     emit(data, json_output, lambda: _summary(record, output_dir))
 
@@ -244,49 +182,6 @@ def _one_job_only(**given: Any) -> None:
         )
 
 
-def _address(option: str, value: str | None) -> str | None:
-    from lilypad.chain.crypto import is_address, to_checksum_address
-
-    if value is None:
-        return None
-    if not is_address(value):
-        raise InputError(
-            f"{option} {value!r} is not an Ethereum address (0x and 40 hex digits, mixed case "
-            "only with a valid EIP-55 checksum)"
-        )
-    return str(to_checksum_address(value))
-
-
-def _check_empty_folder(option: str, folder: Path | None) -> None:
-    """Refuse a folder that exists and is not empty (what it holds would be mixed in)."""
-    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InputError(
-            f"{option} {folder} is not an empty folder; the result replaces what the folder holds",
-            hint="name a new or empty folder",
-        )
-
-
-def _copy_result(record: Any, folder: Path) -> None:
-    """Copy the verified result (its CID folder) into ``folder`` as well."""
-    import shutil
-
-    _check_empty_folder("-o", folder)  # still empty: nothing else wrote there meanwhile
-    shutil.copytree(record.output_dir, folder, symlinks=True, dirs_exist_ok=True)
-
-
-def _market(profile: Any) -> Any:
-    """The network's market on the light chain client, once the node is the profile's chain."""
-    from lilypad.chain.light import CreatorMarket, LightChain
-    from lilypad.network import chain_mismatch
-
-    market_address, _ = profile.require_contracts()
-    chain = LightChain(profile.rpc_url)
-    if chain.chain_id != profile.chain_id:
-        chain.close()
-        raise chain_mismatch(profile, chain.chain_id)
-    return CreatorMarket(chain, market_address)
-
-
 def _progress(status: Status, *, quiet: bool) -> Any:
     """The runner's ``on_step``: each step on the status line and, unless ``quiet``, a line; the
     module's log lines as they come, and its progress as a bar (step, total, ETA) on a
@@ -303,7 +198,7 @@ def _progress(status: Status, *, quiet: bool) -> Any:
                 bar.show(step.detail)
             return
         bar.end()
-        text = _STEP_TEXT.get(step.name, step.name).format(**step.detail)
+        text = step.text
         status.update(escape(text))
         if not quiet:
             err_console.print(f"[green]✓[/] {escape(text)}", soft_wrap=True)
@@ -365,90 +260,6 @@ def _detached(record: Any, json_output: bool) -> None:
         note(f"Posted; follow the job with `lilypad jobs wait {job_id}`.")
 
     emit(record.to_dict(), json_output, human)
-
-
-def _stage(module: modules.ResolvedModule, inputs: list[str], profile: Any) -> modules.JobSpec:
-    """The job spec, its file inputs added to the network's IPFS (the profile's API, which the
-    providers fetch from) and checked there; a module without file inputs touches nothing."""
-    import tempfile
-
-    from lilypad.modules.files import has_file_inputs, has_local_files
-    from lilypad.storage import open_storage
-
-    if not has_file_inputs(module, inputs):
-        return modules.render(module, inputs)
-    if has_local_files(module, inputs) and not profile.ipfs_api_url:
-        raise InputError(
-            f"network {profile.name!r} names no IPFS API (ipfs_api_url) to add the local file "
-            "inputs to",
-            hint="add the file to an IPFS node the network's providers reach and pass "
-            "ipfs://CID, or set ipfs_api_url in the network profile",
-        )
-    storage = open_storage(
-        api=profile.ipfs_api_url, gateway=None if profile.ipfs_api_url else profile.gateway_url
-    )
-    try:
-        with tempfile.TemporaryDirectory(prefix="lilypad-inputs-") as work:
-            spec, _ = stage(module, inputs, Path(work), add=storage.add, storage=storage)
-    finally:
-        storage.close()
-    return spec
-
-
-def _job_timeout(timeout: int | None, spec: modules.JobSpec) -> int:
-    """``--timeout``, or the module's default; never less than a provider needs (a deal that an
-    honest provider cannot deliver in time would only hand its collateral to the job creator,
-    so no provider's offer and no solver takes it)."""
-    from lilypad.chain.offers import default_job_timeout, min_job_timeout
-
-    least = min_job_timeout(spec.timeout_s)
-    if timeout is None:
-        return default_job_timeout(spec.timeout_s)
-    _in_range("--timeout", timeout, 1, MAX_TIMEOUT_S)
-    if timeout < least:
-        raise InputError(
-            f"--timeout {timeout} is less than {spec.module} needs: at least {least} seconds "
-            f"(its timeout of {spec.timeout_s} s plus {least - spec.timeout_s} s to deliver)"
-        )
-    return timeout
-
-
-def _in_range(option: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InputError(f"{option} {value} is out of range: from {low:,} to {high:,}")
-
-
-def _trusted_mediators(given: list[str], profile: Any) -> tuple[str, ...]:
-    from lilypad.chain.crypto import is_address, to_checksum_address
-    from lilypad.chain.offers import MAX_MEDIATORS
-
-    for address in given:
-        if not is_address(address):
-            raise InputError(
-                f"--mediator {address!r} is not an Ethereum address (0x and 40 hex digits, "
-                "mixed case only with a valid EIP-55 checksum)"
-            )
-    trusted = tuple(dict.fromkeys(to_checksum_address(a) for a in given)) or tuple(
-        address for role, address in sorted(profile.accounts.items()) if role.startswith("mediator")
-    )
-    if not trusted:
-        raise InputError(f"network {profile.name!r} names no mediator; pass --mediator ADDRESS")
-    if len(trusted) > MAX_MEDIATORS:
-        raise InputError(f"{len(trusted)} mediators given; an offer names at most {MAX_MEDIATORS}")
-    return trusted
-
-
-def _check_wallet(market: Any, address: str, amount: int) -> None:
-    """Refuse a deposit the wallet cannot pay (it would only revert, at a gas cost)."""
-    from lilypad.units import format_tokens
-
-    held = market.wallet_balance(address)
-    if held < amount:
-        raise InputError(
-            f"the deposit this job needs is {format_tokens(amount)} tokens, but the wallet of "
-            f"{address} holds {format_tokens(held)}",
-            hint="lower --max-price, or fund the wallet",
-        )
 
 
 def _run_interruptibly(runner: Any, work: Any, *, withdraw: bool = True) -> Any:
@@ -514,11 +325,13 @@ def _consent(needed: int, yes: bool, fmt: Any) -> None:
 
 
 def _summary(record: Any, copied_to: Path | None = None) -> None:
+    from lilypad.client import verdict
+
     lines = [
         f"\n[bold]Job complete[/] {escape(record.module)}",
         f"  CID        {record.mediator_cid or record.result_cid}",
         f"  deal       {record.deal_id}  (provider {record.provider})",
-        f"  verified   {escape(_verdict(record))}",
+        f"  verified   {escape(verdict(record))}",
         f"  outputs    {escape(record.output_dir or '')}",
         *([f"  copied to  {escape(str(copied_to))}"] if copied_to is not None else []),
         f"  IPFS link  {escape(record.gateway_url or '')}",
@@ -526,24 +339,6 @@ def _summary(record: Any, copied_to: Path | None = None) -> None:
     ]
     for line in lines:
         console.print(line, soft_wrap=True)  # paths and links stay on one line
-
-
-def _verdict(record: Any) -> str:
-    """How the result was checked, in words."""
-    from lilypad.creator import JobState
-
-    if record.state is JobState.PROVIDER_SLASHED:
-        return (
-            f"the mediator found the provider's result {record.result_cid} wrong; this is the "
-            "mediator's result, and the price and the provider's collateral were paid to you"
-        )
-    if record.state is JobState.UPHELD:
-        return "audited: a mediator re-ran the job and upheld the result"
-    if record.twin:
-        return "by redundancy: two providers returned the same result"
-    if record.audit_probability is not None:
-        return f"not audited this time (chance {record.audit_probability:.0%}); block by block"
-    return "block by block against its CID (--verify never)"
 
 
 @jobs_app.command("list")
@@ -592,26 +387,28 @@ def jobs_wait(
 ) -> None:
     """Follow a job to its end (after Ctrl-C, a crash or run --detach): wait for the deal and
     the result, download and verify it, judge and accept it, as run does."""
-    from lilypad.creator import Step, find_record
+    from lilypad.client import CLI_FLAGS, Client
+    from lilypad.creator import find_record
     from lilypad.units import format_tokens
 
     record = find_record(job_id)
     status = Status("following the job", console=err_console)
-    on_step = _progress(status, quiet=json_output)
-    runner = _runner(record, key_file, web3_key, on_step)
+    keyopt.warn_of(web3_key)
+    client = Client(
+        record.network,
+        key=web3_key,
+        key_file=key_file,
+        deposit=lambda amount: _consent(amount, yes, format_tokens),
+        labels=CLI_FLAGS,
+    )
+    job = client.job(
+        record.job_offer_id or job_id, on_progress=_progress(status, quiet=json_output)
+    )
     try:
-
-        def fund(amount: int) -> None:
-            _check_wallet(runner.market, runner.account.address, amount)
-            _consent(amount, yes, format_tokens)
-            runner.deposit(amount)
-            on_step(Step("deposit", {"amount": format_tokens(amount)}))
-
-        runner.fund = fund
         with _shown(status, json_output):
-            done = _run_interruptibly(runner, lambda: runner.resume(record), withdraw=False)
+            done = _run_interruptibly(job.runner, job.follow, withdraw=False).record
     finally:
-        runner.close()
+        job.close()
     emit(done.to_dict(), json_output, lambda: _summary(done))
 
 
@@ -719,6 +516,7 @@ def jobs_get(
     json_output: bool = typer.Option(False, "--json", help="Print where it went as JSON."),
 ) -> None:
     """Download a job's result again, every block verified against its CID."""
+    from lilypad.client import check_empty_folder
     from lilypad.creator import find_record
     from lilypad.creator.runner import download, gateway_link, result_of
     from lilypad.network import load_network
@@ -726,7 +524,7 @@ def jobs_get(
 
     record = find_record(job_id)
     cid = result_of(record)
-    _check_empty_folder("-o", output)
+    check_empty_folder("-o", output)
     dest = output if output is not None else result_dir(cid)
     profile = load_network(record.network)
     quiet = json_output
@@ -747,9 +545,10 @@ def _silent() -> Status:
 
 def _runner(record: Any, key_file: Path | None, web3_key: str | None, on_step: Any) -> Any:
     """A runner for the record's network, with the key given."""
+    from lilypad.client import open_market
     from lilypad.creator import JobRunner
     from lilypad.network import load_network
 
     profile = load_network(record.network)
     account = _signer(key_file, web3_key)
-    return JobRunner(profile, account, _market(profile), on_step)
+    return JobRunner(profile, account, open_market(profile), on_step)

@@ -424,9 +424,7 @@ class Board:
         self._lock = threading.Lock()
 
     def step(self, outcome: Outcome, step: Step) -> None:
-        from lilypad.cli.run import _STEP_TEXT
-
-        text = _STEP_TEXT.get(step.name, step.name).format(**step.detail)
+        text = step.text
         self.show(outcome, text)
 
     def show(self, outcome: Outcome, text: str) -> None:
@@ -555,6 +553,10 @@ def _interrupted(outcomes: list[Outcome], runners: dict[int, JobRunner]) -> None
         note(f"Interrupted: {withdrawn} pending offer(s) withdrawn; no funds moved for them.")
 
 
+def _note_step(step: Step) -> None:
+    note(step.text)  # a file input's IPFS path, as it is staged
+
+
 def _message(exc: BaseException | None) -> str:
     if isinstance(exc, LilypadError):
         return exc.message
@@ -590,7 +592,7 @@ def run_sweep(
         JobError: some job did not complete (after the report).
     """
     from lilypad import modules
-    from lilypad.cli.run import MAX_EXPIRES_IN_S, _in_range
+    from lilypad.client import MAX_EXPIRES_IN_S, in_range
     from lilypad.creator import RunOptions
     from lilypad.units import parse_tokens
 
@@ -599,17 +601,17 @@ def run_sweep(
             "--detach cannot be combined with --sweep or --inputs-file",
             hint="drop --detach: the jobs run together and are all reported",
         )
-    _in_range("--max-jobs", max_jobs, 1, MAX_MAX_JOBS)
+    in_range("--max-jobs", max_jobs, 1, MAX_MAX_JOBS)
     module = modules.resolve(ref)
     file_jobs = load_inputs_file(inputs_file) if inputs_file is not None else None
     parsed = [parse_sweep(text, max_jobs) for text in sweeps]
     jobs = combinations(inputs, parsed, file_jobs, max_jobs=max_jobs)
     precheck_all(module, jobs)  # every job checked before anything is staged or signed
     price = parse_tokens(max_price, "--max-price")
-    _in_range("--expires-in", expires_in, 15, MAX_EXPIRES_IN_S)
-    _in_range("--retries", retries, 0, 10)
+    in_range("--expires-in", expires_in, 15, MAX_EXPIRES_IN_S)
+    in_range("--retries", retries, 0, 10)
     workers = min(len(jobs), DEFAULT_PARALLEL) if parallel is None else parallel
-    _in_range("--parallel", workers, 1, MAX_PARALLEL)
+    in_range("--parallel", workers, 1, MAX_PARALLEL)
     setup = _Setup.load(network, key_file, module, jobs)
     options = RunOptions(
         max_price=price,
@@ -656,25 +658,27 @@ class _Setup:
     def load(
         cls, network: str, key_file: Path | None, module: ResolvedModule, jobs: list[list[str]]
     ) -> _Setup:
-        from lilypad.cli.run import _stage
+        from lilypad.client import stage_job
         from lilypad.keys import load_signer
         from lilypad.network import load_network
 
         profile = load_network(network)
-        specs = [_stage(module, job, profile) for job in jobs]  # files checked, then added
+        specs = [stage_job(module, job, profile, _note_step) for job in jobs]  # checked, then added
         profile.require_contracts()
         account = load_signer(key_file, role="the job creator")
         return cls(profile, account, module, specs)
 
     def timeout_s(self, timeout: int | None) -> int:
-        from lilypad.cli.run import _job_timeout
+        from lilypad.client import job_timeout
 
-        return _job_timeout(timeout, self.specs[0])  # one module: one timeout for every job
+        return job_timeout(
+            "--timeout", timeout, self.specs[0]
+        )  # one module: one timeout for every job
 
     def mediators(self, given: list[str]) -> tuple[str, ...]:
-        from lilypad.cli.run import _trusted_mediators
+        from lilypad.client import trusted_mediators
 
-        return _trusted_mediators(given, self.profile)
+        return trusted_mediators("--mediator", given, self.profile)
 
     def deposit_for(
         self, options: RunOptions, count: int, yes: bool, *, quiet: bool
@@ -682,7 +686,7 @@ class _Setup:
         """Make the one deposit all ``count`` jobs need (each offer's price and a challenge's
         fee; two offers a job with ``--verify redundant``), asking first unless ``yes``.
         Whether later top-ups may be made without asking, and what one offer needs."""
-        from lilypad.cli.run import _check_wallet
+        from lilypad.client import check_wallet
         from lilypad.creator import JobRunner
         from lilypad.units import format_tokens
 
@@ -693,7 +697,7 @@ class _Setup:
             needed = runner.deposit_needed(offers * each)
             if not needed:
                 return yes, each
-            _check_wallet(runner.market, self.account.address, needed)
+            check_wallet(runner.market, self.account.address, needed)
             _consent(needed, count, yes, format_tokens)
             runner.deposit(needed)
         finally:
@@ -705,7 +709,7 @@ class _Setup:
     def runner_maker(
         self, consented: bool, each: int
     ) -> Callable[[Callable[[Step], None]], JobRunner]:
-        from lilypad.cli.run import _check_wallet
+        from lilypad.client import check_wallet
         from lilypad.creator import JobRunner
         from lilypad.units import format_tokens
 
@@ -722,7 +726,7 @@ class _Setup:
                         f"the market deposit is {format_tokens(amount)} tokens short for this "
                         "job; rerun with --yes to deposit what the jobs need"
                     )
-                _check_wallet(runner.market, self.account.address, amount)
+                check_wallet(runner.market, self.account.address, amount)
                 runner.deposit(amount)
                 on_step(Step("deposit", {"amount": format_tokens(amount)}))
 
@@ -732,9 +736,9 @@ class _Setup:
         return make
 
     def _market(self) -> Any:
-        from lilypad.cli.run import _market
+        from lilypad.client import open_market
 
-        return _market(self.profile)
+        return open_market(self.profile)
 
 
 def _settles(runner: JobRunner, each: int) -> bool:

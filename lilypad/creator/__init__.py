@@ -41,6 +41,7 @@ The package, by role: :mod:`~lilypad.creator.records` (:class:`JobRecord`, :clas
 
 from lilypad.chain.light import DealState
 from lilypad.creator.records import (
+    STEP_TEXT,
     JobRecord,
     JobState,
     Step,
@@ -51,6 +52,7 @@ from lilypad.creator.records import (
     save_record,
 )
 from lilypad.creator.runner import (
+    Cancelled,
     CheatCaught,
     InputLost,
     JobError,
@@ -65,6 +67,8 @@ from lilypad.creator.runner import (
 )
 
 __all__ = [
+    "STEP_TEXT",
+    "Cancelled",
     "CheatCaught",
     "DealState",
     "InputLost",

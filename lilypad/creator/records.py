@@ -77,12 +77,60 @@ _FAILURES = frozenset(
 _SUCCESSES = frozenset({JobState.ACCEPTED, JobState.UPHELD, JobState.PROVIDER_SLASHED})
 
 
+#: What each step says, as the CLI, the SDK's progress and the dashboard show it.
+STEP_TEXT = {
+    "staged": "{name}: ipfs://{ref}",
+    "deposit": "deposited {amount} tokens into the market",
+    "posted": "offer posted ({job_offer_id:.18}…), waiting for a provider",
+    "matched": "matched with provider {provider}",
+    "deal": "deal {deal_id:.18}… on chain with {provider} (tx {tx:.18}…)",
+    "running": "running on the provider",
+    "result": "result submitted: {cid} (tx {tx:.18}…)",
+    "downloading": "downloading and verifying {cid}",
+    "download_retry": "download failed ({error}); trying again in {pause:g}s",
+    "solver_retry": "{error}; trying again in {pause:g}s",
+    "verified": "verified every block into {dest}",
+    "symlinks_skipped": "the result holds {count} symlink(s), verified but not created (the "
+    "first: {first})",
+    "not_audited": "not audited this time (chance {probability:.0%})",
+    "challenged": "result challenged ({reason}); mediator {mediator} re-runs the job",
+    "mediating": "waiting for mediator {mediator} to rule",
+    "input_lost": "the provider could not fetch an input: nobody is judged on it; your payment "
+    "and fee come back when the mediation times out (chain time {deadline})",
+    "upheld": "the mediator upheld the result: it is correct",
+    "slashed": "the mediator found the result wrong: {refund} tokens (price and the provider's "
+    "collateral) are yours; fetching the mediator's result",
+    "agree": "both providers returned {cid}",
+    "disagree": "the providers disagree ({cids}); both results are challenged",
+    "alone": "no second provider in time: the result of {provider} is audited instead",
+    "accepted": "result accepted on chain (tx {tx:.18}…)",
+    "off_target": "the solver ignored --target {target}: the deal is with {provider}, and it "
+    "binds (the offer's signature names no provider); following it to its end",
+    "retry": "retrying (attempt {attempt}): {reason}",
+    "withdrawn": "offer {job_offer_id:.18}… withdrawn at the solver; no funds moved",
+    "settled": "the deal has ended: {state} (timeout tx: {tx})",
+}
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of a job, for progress display: ``name`` and what is known at that point."""
 
     name: str
     detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The step in words, as ``lilypad run`` prints it (a ``log`` step: its line)."""
+        if self.name == "log":
+            return str(self.detail.get("text", ""))
+        if self.name == "progress":
+            label = self.detail.get("label") or "step"
+            return f"{label} {self.detail.get('done')}/{self.detail.get('total')}"
+        try:
+            return STEP_TEXT.get(self.name, self.name).format(**self.detail)
+        except (KeyError, IndexError, ValueError):
+            return self.name  # a step with less detail than its text names
 
 
 @dataclass

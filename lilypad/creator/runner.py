@@ -20,6 +20,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,10 @@ class CheatCaught(JobError):
 
 class MediationExpired(JobError):
     """The result was challenged and no mediator ruled in time: both parties were refunded."""
+
+
+class Cancelled(JobError):
+    """The job creator withdrew the offer before any provider took it: no funds moved."""
 
 
 class InputLost(JobError):
@@ -177,12 +182,22 @@ class JobRunner:
         self.solver = SolverCalls(profile.solver_url)
         self.clock = ChainClock(market)
         self._reserves: dict[tuple[str, ...], int] = {}
-        self._jobs: list[_Job] = []
+        # The jobs each thread's run() started, whose locks it releases when it returns: one
+        # runner may run jobs on several threads at once (an SDK client, a benchmark).
+        self._owned = threading.local()
+        self._last: JobRecord | None = None
+        self._withdrawn: set[str] = set()  # offers withdraw_pending() withdrew
 
     @property
     def current(self) -> JobRecord | None:
         """The record of the latest job this runner started (what a Ctrl-C interrupted)."""
-        return self._jobs[-1].record if self._jobs else None
+        return self._last
+
+    def _thread_jobs(self) -> list[_Job]:
+        jobs: list[_Job] | None = getattr(self._owned, "jobs", None)
+        if jobs is None:
+            jobs = self._owned.jobs = []
+        return jobs
 
     def close(self) -> None:
         self.solver.close()
@@ -233,8 +248,10 @@ class JobRunner:
                         raise
                     self.on_step(Step("retry", {"attempt": attempt, "reason": str(exc)}))
         finally:
-            for job in self._jobs:
+            jobs = self._thread_jobs()
+            for job in jobs:
                 job.lock.close()
+            jobs.clear()
 
     def _run_once(self, spec: JobSpec, options: RunOptions) -> JobRecord:
         events = self.solver.events(self.account.address)
@@ -369,7 +386,8 @@ class JobRunner:
             target=options.target,
         )
         job = _Job(record, submission.offer, spec.result_limit, submission)
-        self._jobs.append(job)
+        self._thread_jobs().append(job)
+        self._last = record
         return job
 
     def _submission(
@@ -443,6 +461,9 @@ class JobRunner:
         assert offer_id is not None
         assert offer is not None
         for event in events.about(offer_id, deadline=offer.expiry + 5, clock=self.clock):
+            if offer_id in self._withdrawn:
+                self._end_withdrawn(job)
+                return
             if event is None:  # nothing from the stream for a while: look for the deal directly
                 found = self._looked_up_deal(job, offer_id)
                 if found is not None:
@@ -470,6 +491,38 @@ class JobRunner:
             "funds moved",
             hint="raise --max-price, or check that a provider serves this module",
         )
+
+    def _end_withdrawn(self, job: _Job) -> None:
+        """End a job whose offer :meth:`withdraw_pending` withdrew, unless the chain has its deal
+        (made in the moment before): then it goes on from there.
+
+        Raises:
+            Cancelled: no deal: the offer is withdrawn and no funds moved.
+        """
+        record = job.record
+        deal = self._chain_deal(job)
+        if deal is not None:
+            self._dealt(job, deal, None)
+            return
+        record.state = JobState.CANCELLED
+        self.on_step(Step("withdrawn", {"job_offer_id": record.job_offer_id}))
+        raise Cancelled("the offer was withdrawn before any provider took it; no funds moved")
+
+    def withdraw_pending(self, job_offer_id: str) -> bool:
+        """Withdraw the offer of a job that another thread of this process follows (the SDK's
+        ``Job.cancel()``), while no provider has taken it; that thread then ends the job with
+        :class:`Cancelled`. Whether it was withdrawn: False once it is matched or dealt (the deal
+        binds; the job goes on to its end).
+
+        Raises:
+            SolverUnreachable, SolverBusy: not withdrawn: the offer may still be taken.
+        """
+        signature = "0x" + self.account.sign_message(cancel_message(job_offer_id)).hex()
+        state = self.solver.withdraw(job_offer_id, signature)
+        if state in (api.OfferState.MATCHED, api.OfferState.DEALT):
+            return False
+        self._withdrawn.add(job_offer_id)
+        return True
 
     def _deal_event(self, job: _Job, event: OfferEvent | DealEvent) -> bool:
         """Take one event of the offer while it waits for a deal; whether the deal is made.
@@ -908,7 +961,7 @@ class JobRunner:
             job = _Job(record, None)
             try:
                 job = self._taken_up(record)
-                self._jobs.append(job)  # what a Ctrl-C interrupted (JobRunner.current)
+                self._last = job.record  # what a Ctrl-C interrupted (JobRunner.current)
                 self._follow(job, events)
                 return job.record
             except LilypadError as exc:
