@@ -95,6 +95,9 @@ check_packages() {
     need docker-compose "docker-compose" has docker-compose
     need iproute2 "ip" has ip
     need tmux "tmux" has tmux
+    # the dashboard of `lilypad serve` is tested in a real headless browser (tests/test_serve.py)
+    need chromium "chromium" has chromium
+    need chromium-driver "chromedriver" has chromedriver
     need postgresql "a PostgreSQL server" postgres_server
 }
 

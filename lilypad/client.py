@@ -531,6 +531,10 @@ class Job:
         finally:
             self._posted.set()
 
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended, at most ``timeout`` seconds; whether it has."""
+        return self._ended.wait(timeout)
+
     def wait_posted(self) -> None:
         """Block until the offer is posted; raise what stopped the job before that."""
         self._posted.wait()

@@ -68,7 +68,8 @@ they are caught, so the CLI only ever has one kind of error to turn into a messa
     │   ├── VerificationFailed             [lilypad.creator.runner]
     │   ├── CheatCaught                    [lilypad.creator.runner]
     │   ├── MediationExpired               [lilypad.creator.runner]
-    │   └── InputLost                      [lilypad.creator.runner]
+    │   ├── InputLost                      [lilypad.creator.runner]
+    │   └── Cancelled                      [lilypad.creator.runner]
     └── NetworkError                       [lilypad.localnet]
 
 A name in brackets is defined in that module, beside the code that raises it; every other

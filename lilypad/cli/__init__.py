@@ -24,6 +24,7 @@ from lilypad.cli import network as network_cli
 from lilypad.cli import provider as provider_cli
 from lilypad.cli import providers as providers_cli
 from lilypad.cli import run as run_cli
+from lilypad.cli import serve as serve_cli
 from lilypad.cli import solver as solver_cli
 from lilypad.cli.output import console, emit, err_console, state
 from lilypad.errors import LilypadError
@@ -46,6 +47,7 @@ app.command("mediator")(provider_cli.mediator)
 app.command("jobcreator")(provider_cli.jobcreator)
 app.command("run")(run_cli.run)
 app.add_typer(run_cli.jobs_app, name="jobs")
+app.command("serve")(serve_cli.serve)
 app.add_typer(account_cli.app, name="account")
 app.add_typer(network_cli.app, name="network")
 app.add_typer(chain_cli.app, name="chain")
