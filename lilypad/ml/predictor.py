@@ -35,6 +35,9 @@ from lilypad.ml import job
 
 T = TypeVar("T")
 
+#: The seed of torch's default generator in a fresh process.
+FRESH_TORCH_SEED = 67280421310721
+
 
 class Predictor:
     """The job of a module entrypoint, runnable once or many times in one process.
@@ -43,6 +46,7 @@ class Predictor:
         main: Runs one job from the environment (tunables as variables, outputs into
             ``$LILYPAD_OUTPUTS_DIR``) and returns the names of the files it wrote.
         imports: What :meth:`setup` imports ahead of the first job: the seconds of a cold start.
+            With any, setup also makes torch deterministic and diffusers quiet, as a job does.
     """
 
     def __init__(
@@ -61,6 +65,8 @@ class Predictor:
         """
         import importlib
 
+        if not self._imports:
+            return  # a module that needs no ML library (the tests' fixtures)
         from lilypad.ml import determinism
 
         determinism.configure()
@@ -168,6 +174,9 @@ class JobScope:
 
     cwd: str
     argv: tuple[str, ...]
+    #: What the imports added to the environment (``os.environ.setdefault`` at import time, as
+    #: lilypad.ml.job does): a cold job has it too, below its own variables.
+    env_defaults: tuple[tuple[str, str], ...]
     rng: Any
     numpy_rng: Any
     python_rng: Any
@@ -176,42 +185,57 @@ class JobScope:
     threads: int
 
     @classmethod
-    def capture(cls) -> JobScope:
-        import numpy
-        import torch
+    def capture(cls, start_env: Mapping[str, str]) -> JobScope:
+        """The state now, after setup; ``start_env`` is the environment before any import.
 
+        torch and NumPy are captured only where setup imported them: importing them here would
+        change the environment (torch sets variables at import) of a module that uses neither.
+        """
+        torch, numpy = sys.modules.get("torch"), sys.modules.get("numpy")
+        added = sorted((k, v) for k, v in os.environ.items() if k not in start_env)
         return cls(
             cwd=os.getcwd(),
             argv=tuple(sys.argv),
-            rng=torch.random.get_rng_state(),
-            numpy_rng=numpy.random.get_state(),
+            env_defaults=tuple(added),
+            rng=None if torch is None else torch.random.get_rng_state(),
+            numpy_rng=None if numpy is None else numpy.random.get_state(),
             python_rng=random.getstate(),
             filters=tuple(warnings.filters),
-            default_dtype=torch.get_default_dtype(),
-            threads=torch.get_num_threads(),
+            default_dtype=None if torch is None else torch.get_default_dtype(),
+            threads=0 if torch is None else torch.get_num_threads(),
         )
 
     def enter(self, env: Mapping[str, str]) -> None:
         """Make the process as it was at capture, with ``env`` as the job's whole environment."""
-        import numpy
-        import torch
-
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update({**dict(self.env_defaults), **env})
         os.chdir(self.cwd)
         sys.argv[:] = self.argv
-        torch.random.set_rng_state(self.rng)
-        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
-            torch.cuda.manual_seed_all(torch.initial_seed())
-        numpy.random.set_state(self.numpy_rng)
         random.setstate(self.python_rng)
-        torch.set_grad_enabled(True)
-        torch.set_default_dtype(self.default_dtype)
-        torch.set_num_threads(self.threads)
+        numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+        if numpy is not None:
+            if self.numpy_rng is None:
+                numpy.random.seed(None)  # a job imported it: as fresh as a cold job's
+            else:
+                numpy.random.set_state(self.numpy_rng)
+        if torch is not None:
+            self._reset_torch(torch)
         warnings.filters[:] = list(self.filters)  # type: ignore[index]
         # NOTE: a change of the filters empties every module's registry of warnings shown
         # (CPython compares each registry's version with the filters'): each job shows them.
         warnings._filters_mutated()  # type: ignore[attr-defined]
+
+    def _reset_torch(self, torch: Any) -> None:
+        if self.rng is None:  # a job imported it: its seed as in a fresh process
+            torch.manual_seed(FRESH_TORCH_SEED)
+        else:
+            torch.random.set_rng_state(self.rng)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(torch.initial_seed())
+        torch.set_grad_enabled(True)
+        if self.default_dtype is not None:
+            torch.set_default_dtype(self.default_dtype)
+            torch.set_num_threads(self.threads)
 
     def leave(self) -> None:
         """After the job: drop what it changed for good from the cache."""

@@ -22,6 +22,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+#: The variable that names, comma-separated, the variables the provider launched the worker with.
+LAUNCH_ENV = "LILYPAD_WARM_LAUNCH_ENV"
 #: The largest message: a job's environment (the manifest caps each tunable's value far below).
 MAX_MESSAGE = 1 << 20
 

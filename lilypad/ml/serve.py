@@ -32,6 +32,11 @@ def _redirect(stdout: int, stderr: int) -> None:
 
 
 def serve(entrypoint: Path, args: list[str]) -> int:
+    # What the provider launched the worker with (LAUNCH_ENV names it): the rest of the
+    # environment was added by the sandbox (PWD) and Python's start-up (LC_CTYPE, PEP 538), as
+    # for a cold job, and stays below each job's own variables.
+    launched = set(os.environ.pop(protocol.LAUNCH_ENV, "").split(","))
+    start_env = {k: v for k, v in os.environ.items() if k in launched}
     sock = socket.socket(fileno=os.dup(_STDIN))
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, _STDIN)
@@ -48,7 +53,7 @@ def serve(entrypoint: Path, args: list[str]) -> int:
         _redirect(devnull, worker_log)  # setup's own words are the worker's, not a job's
         predictor.setup()
         api.enable_cache()
-        scope = api.JobScope.capture()
+        scope = api.JobScope.capture(start_env)
     except BaseException as exc:
         traceback.print_exc()
         protocol.send(sock, protocol.SetupFailed(f"{type(exc).__name__}: {exc}"))

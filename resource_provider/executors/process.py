@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import lilypad
 from lilypad.config import get_settings
 from lilypad.errors import ExecutorError, ExecutorUnavailable
+from lilypad.ml import protocol
 from lilypad.modules.template import is_template_module
 from resource_provider.executors.base import (
     SANDBOX_HOSTNAME,
@@ -254,6 +255,7 @@ class ProcessExecutor(Executor):
         if not self.sandboxed:
             env = self._warm_env(dataclasses.replace(job, spec=bare, inputs=()), root, tiny)
             env["PYTHONPATH"] = package
+            env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
             return Launch(entry, env, job.module_dir, root)
         env = job_env(
             bare,
@@ -264,6 +266,7 @@ class ProcessExecutor(Executor):
         )
         env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
         env["PYTHONPATH"] = package
+        env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
         argv = [
             *bwrap_base_args(root / "tmp"),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
