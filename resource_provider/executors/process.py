@@ -252,21 +252,11 @@ class ProcessExecutor(Executor):
         bare = job.spec.model_copy(update={"env": {}})  # the runtime's variables, no tunables
         # the worker imports lilypad.ml.serve from the lilypad that runs here, bound at its path
         package = str(Path(lilypad.__file__).resolve().parent.parent)
-        if not self.sandboxed:
-            env = self._warm_env(dataclasses.replace(job, spec=bare, inputs=()), root, tiny)
-            env["PYTHONPATH"] = package
-            env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
-            return Launch(entry, env, job.module_dir, root)
-        env = job_env(
-            bare,
-            job.weights,
-            outputs=SANDBOX_OUTPUTS,
-            scratch=SANDBOX_SCRATCH,
-            tiny_weights=SANDBOX_TINY_WEIGHTS,
-        )
-        env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+        env = self._warm_env(dataclasses.replace(job, spec=bare, inputs=()), root, tiny)
         env["PYTHONPATH"] = package
         env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
+        if not self.sandboxed:
+            return Launch(entry, env, job.module_dir, root)
         argv = [
             *bwrap_base_args(root / "tmp"),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
@@ -285,22 +275,15 @@ class ProcessExecutor(Executor):
     def _warm_env(self, job: Job, root: Path, tiny: Path) -> dict[str, str]:
         """A job's environment on a warm worker: what a cold run of it gets."""
         if self.sandboxed:
-            env = job_env(
-                job.spec,
-                job.weights,
-                outputs=SANDBOX_OUTPUTS,
-                scratch=SANDBOX_SCRATCH,
-                tiny_weights=SANDBOX_TINY_WEIGHTS,
-            )
-        else:
-            env = job_env(
-                job.spec,
-                job.weights,
-                outputs=str(root / OUTPUTS),
-                scratch=str(root / "tmp"),
-                tiny_weights=str(tiny),
-            )
-            env = host_paths(env, job.inputs)
+            return _sandbox_env(job)
+        env = job_env(
+            job.spec,
+            job.weights,
+            outputs=str(root / OUTPUTS),
+            scratch=str(root / "tmp"),
+            tiny_weights=str(tiny),
+        )
+        env = host_paths(env, job.inputs)
         env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
         return env
 
@@ -322,14 +305,7 @@ class ProcessExecutor(Executor):
     def _sandboxed(
         self, job: Job, scratch: Path, tiny: Path
     ) -> tuple[list[str], dict[str, str], Path]:
-        env = job_env(
-            job.spec,
-            job.weights,
-            outputs=SANDBOX_OUTPUTS,
-            scratch=SANDBOX_SCRATCH,
-            tiny_weights=SANDBOX_TINY_WEIGHTS,
-        )
-        env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+        env = _sandbox_env(job)
         argv = [
             *bwrap_base_args(scratch),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
@@ -459,6 +435,19 @@ class ProcessExecutor(Executor):
             limit=output_limit(job.spec, self._limit),
             notes=notes,
         )
+
+
+def _sandbox_env(job: Job) -> dict[str, str]:
+    """A sandboxed job's environment, cold or warm: the paths it sees inside, this Python's."""
+    env = job_env(
+        job.spec,
+        job.weights,
+        outputs=SANDBOX_OUTPUTS,
+        scratch=SANDBOX_SCRATCH,
+        tiny_weights=SANDBOX_TINY_WEIGHTS,
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+    return env
 
 
 def bwrap_base_args(scratch: Path | None = None) -> list[str]:
