@@ -150,6 +150,10 @@ bench-faults: install
 # Many cowsay jobs at once (4 providers, every funded account posting), through one reused SDK
 # client and through `lilypad run` processes; ARGS=--block-time 2 for a real L2's block cadence.
 # The last line is `throughput: X jobs/s (sdk), Y jobs/s (cli), p95 Z ms, failures F`.
+.PHONY: bench-warm
+bench-warm: install
+	$(BIN)/python bench/warm.py $(ARGS)
+
 .PHONY: bench-throughput
 bench-throughput: install
 	$(BIN)/python bench/throughput.py $(ARGS)

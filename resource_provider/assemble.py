@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lilypad.errors import ConfigError, InputError
-from resource_provider.executors import ExecutorKind, Sandbox, Selection, Weights
+from resource_provider.executors import ExecutorKind, Sandbox, Selection, WarmConfig, Weights
 from resource_provider.machine import Hardware
 from resource_provider.metrics import Metrics, MetricsServer
 
@@ -47,6 +47,7 @@ class Executors:
     kind: ExecutorKind | None = None
     by_module: Mapping[str, ExecutorKind] = field(default_factory=dict)
     sandbox: Sandbox = Sandbox.BWRAP
+    warm: WarmConfig | None = None  # --warm, --warm-idle (the process executor's workers)
 
 
 @dataclass
@@ -122,6 +123,7 @@ def provider(
     with _building() as cleanup:
         selection = _executor(executors, cleanup)
         counters, server = _metrics(metrics, cleanup)
+        selection.executor.use_metrics(counters)  # warm hits, loads and evictions
         notes.append(f"executor: {selection.executor.describe()}; metrics on {server.url}")
         market = JobMarketClient(Chain(profile.rpc_url), market_address)
         if auto_collateral:
@@ -281,7 +283,10 @@ def _executor(executors: Executors, cleanup: ExitStack) -> Selection:
     from resource_provider.executors import create_executor
 
     selection = create_executor(
-        executors.kind, sandbox=executors.sandbox, by_module=executors.by_module
+        executors.kind,
+        sandbox=executors.sandbox,
+        by_module=executors.by_module,
+        warm=executors.warm,
     )
     cleanup.callback(selection.executor.close)
     return selection

@@ -49,6 +49,21 @@ class Metrics:
             "lilypad_mediations", "Mediations resolved", ["provider_wins"], registry=r
         )
         self.active = Gauge("lilypad_jobs_active", "Deals being worked on now", registry=r)
+        self.warm_hits = Counter(
+            "lilypad_warm_hits",
+            "Jobs served by a warm worker that had served one before",
+            registry=r,
+        )
+        self.warm_loads = Counter(
+            "lilypad_warm_loads", "Warm workers started (each loads its module once)", registry=r
+        )
+        self.warm_evictions = Counter(
+            "lilypad_warm_evictions",
+            "Warm workers ended: idle, count (room for another), died, timed_out, output_limit",
+            ["reason"],
+            registry=r,
+        )
+        self.warm_workers = Gauge("lilypad_warm_workers", "Warm workers alive now", registry=r)
         self.open_offers = Gauge(
             "lilypad_open_offers", "Resource offers waiting at the solver", registry=r
         )

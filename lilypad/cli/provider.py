@@ -23,7 +23,7 @@ from lilypad.config import get_settings
 from lilypad.errors import ConfigError, InputError
 from lilypad.net import parse_host_port
 from lilypad.units import parse_tokens
-from resource_provider.executors import ExecutorKind, Weights
+from resource_provider.executors import ExecutorKind, WarmConfig, Weights
 
 
 def parse_amount(text: str, option: str) -> int:
@@ -63,6 +63,28 @@ def _modules(text: str | None) -> tuple[str, ...]:
 
     refs = split_list(text) or builtin_names()
     return tuple(sorted(served_modules(refs)))
+
+
+#: ``--warm-idle`` units, in seconds.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _warm(workers: int, idle: str) -> WarmConfig | None:
+    """``--warm 2 --warm-idle 10m`` -> ``WarmConfig(2, 600.0)``; None for ``--warm 0``."""
+    if workers < 0:
+        raise InputError(f"--warm {workers}: give how many warm workers to keep, 0 or more")
+    text = idle.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InputError(
+            f"--warm-idle {idle!r} is not a duration; allowed: a positive number of seconds, or "
+            "with s, m or h (90s, 10m, 1h)"
+        )
+    return WarmConfig(workers, seconds) if workers else None
 
 
 def _executor_for(values: list[str] | None) -> dict[str, ExecutorKind]:
@@ -138,6 +160,15 @@ EXECUTOR_FOR_OPTION = typer.Option(
 WEIGHTS_OPTION = typer.Option(
     Weights.REAL, "--weights", envvar="LILYPAD_WEIGHTS", help="real or tiny (tests) weights."
 )
+WARM_OPTION = typer.Option(
+    0,
+    "--warm",
+    help="Warm workers to keep (process executor): each loads a module version once and serves "
+    "its jobs; 0 runs every job cold.",
+)
+WARM_IDLE_OPTION = typer.Option(
+    "10m", "--warm-idle", help="End a warm worker idle this long (90s, 10m, 1h)."
+)
 METRICS_OPTION = typer.Option(
     "127.0.0.1:9100", "--metrics", help="HOST:PORT serving /metrics (port 0: any free port)."
 )
@@ -193,6 +224,8 @@ def resource_provider(
         help="At start, deposit from the wallet what the collateral of every slot needs.",
     ),
     unsafe_no_sandbox: bool = UNSAFE_NO_SANDBOX_OPTION,
+    warm: int = WARM_OPTION,
+    warm_idle: str = WARM_IDLE_OPTION,
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Offer this machine to the market: run the deals it gets, submit results, get paid."""
@@ -201,6 +234,7 @@ def resource_provider(
     from resource_provider.daemon import ProviderConfig
 
     routes = _executor_for(executor_for)  # bad input stops here, before any I/O
+    warm_config = _warm(warm, warm_idle)
     profile = load_network(network)
     metrics_address = parse_host_port(metrics, "--metrics", example="127.0.0.1:9100")
     units = parse_amount(price, "--price")
@@ -227,7 +261,7 @@ def resource_provider(
         account,
         config,
         state_dir=data_dir or get_settings().data_dir / "provider" / network / account.address,
-        executors=assemble.Executors(executor, routes, sandbox_for(unsafe_no_sandbox)),
+        executors=assemble.Executors(executor, routes, sandbox_for(unsafe_no_sandbox), warm_config),
         metrics=metrics_address,
         auto_collateral=collateral == "auto",
         emulate_machine=emulate_machine,

@@ -251,16 +251,30 @@ def quiet_libraries() -> None:
 
 def run_main(job: Callable[[], list[str]]) -> None:
     """Run an entrypoint: print the files it wrote, or its error as one line; exit accordingly."""
+    code = run_job(job)
+    if code:
+        sys.exit(code)
+
+
+def run_job(job: Callable[[], list[str]]) -> int:
+    """Run one job: print the files it wrote, or its error as one line; return its exit code
+    (what :func:`run_main` exits with; a warm worker runs many jobs in one process)."""
     warnings.showwarning = _show_warning
     try:
         written = job()
     except LilypadError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2 if exc.exit_code == 2 else 1)
+        return 2 if exc.exit_code == 2 else 1
+    except SystemExit as exc:  # a job that exits on its own: its code, as a process would
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr, flush=True)  # as Python says it at exit
+        return 1
     except Exception as exc:  # the process boundary: torch/diffusers failures become one line
         if os.environ.get("LILYPAD_DEBUG"):
             traceback.print_exc()
         print(f"error: inference failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        return 1
     for name in written:
         print(name, flush=True)
+    return 0

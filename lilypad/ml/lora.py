@@ -595,6 +595,9 @@ def apply_loras(pipe: Any, loras: Sequence[LoraFile], log: Callable[[str], None]
     """
     if not loras:
         return
+    from lilypad.ml import predictor
+
+    predictor.mark_changed(pipe)  # adapters stay in it: a warm worker loads it afresh next job
     names = []
     for index, lora in enumerate(loras):
         widths = check_lora(lora.label, read_file_header(lora.label, lora.path))
@@ -661,7 +664,10 @@ def load_embedding(
     label = f"{variable}={path}"
     shape = check_embedding(label, read_file_header(label, path))
     vectors = load_file(path)
+    from lilypad.ml import predictor
+
     for pipe in pipes:
+        predictor.mark_changed(pipe)  # its tokenizers keep the token: loaded afresh next job
         for encoder, tokenizer, key, width in (
             (pipe.text_encoder, pipe.tokenizer, "clip_l", shape.clip_l),
             (pipe.text_encoder_2, pipe.tokenizer_2, "clip_g", shape.clip_g),

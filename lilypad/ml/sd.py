@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from lilypad.ml import determinism, prompts, sdxl
+from lilypad.ml import determinism, predictor, prompts, sdxl
 from lilypad.ml.denoisers import LCMDenoiser, Prediction, SDDenoiser
 from lilypad.ml.family import LCM, TRAILING, Family, Kind
 from lilypad.ml.samplers import Denoiser, sample
@@ -57,10 +57,12 @@ def load(pipeline_class: Any, path: Path) -> Any:
     bake it: :data:`lilypad.ml.download._NOT_BAKED`)."""
     if "safety_checker" not in getattr(pipeline_class, "_optional_components", ()):
         return sdxl.load(pipeline_class, path)
-    return without(
+    key = ("pipeline", pipeline_class.__qualname__, str(path), "without safety checker",
+           str(sdxl.dtype()), str(determinism.device()))  # fmt: skip
+    return predictor.load_once(key, lambda: without(
         pipeline_class, path, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def without(pipeline_class: Any, path: Path, **options: Any) -> Any:

@@ -34,7 +34,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2im
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from lilypad.ml import determinism, prompts
+from lilypad.ml import determinism, predictor, prompts
 from lilypad.ml.denoisers import SDXLDenoiser
 from lilypad.ml.samplers import get_reference, sample
 from lilypad.ml.schedules import ModelSampling
@@ -53,8 +53,20 @@ def load(pipeline_class: Any, path: Any) -> Any:
     """Load a diffusers pipeline from a local folder onto the job's device; VAE in float32.
 
     The SDXL VAE overflows in float16 (``force_upcast``); keeping it in float32 avoids the
-    pipeline's up/down casting and its different rounding.
+    pipeline's up/down casting and its different rounding. A warm worker loads it once
+    (:func:`lilypad.ml.predictor.load_once`).
     """
+    key = (
+        "pipeline",
+        pipeline_class.__qualname__,
+        str(path),
+        str(dtype()),
+        str(determinism.device()),
+    )
+    return predictor.load_once(key, lambda: _load(pipeline_class, path))
+
+
+def _load(pipeline_class: Any, path: Any) -> Any:
     # Images bake the fp16 variant of the weights where the model has one (lilypad.ml.download).
     fp16 = any(Path(path).glob("*/*.fp16.safetensors"))
     pipe = pipeline_class.from_pretrained(

@@ -8,7 +8,11 @@ lilypad/ml/sd.py for the sampling.
 
 from __future__ import annotations
 
-from lilypad.ml import family, job
+from lilypad.ml import family
+from lilypad.ml.predictor import Predictor
+
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(lambda: family.main(family.SD_TURBO))
 
 if __name__ == "__main__":
-    job.run_main(lambda: family.main(family.SD_TURBO))
+    predictor.run_once()

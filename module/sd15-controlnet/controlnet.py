@@ -7,7 +7,11 @@ lilypad_module.toml) and writes ``control-<control>.png`` (the map the ControlNe
 
 from __future__ import annotations
 
-from lilypad.ml import control, job
+from lilypad.ml import control
+from lilypad.ml.predictor import Predictor
+
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(lambda: control.main(control.MODULES["sd15-controlnet"]))
 
 if __name__ == "__main__":
-    job.run_main(lambda: control.main(control.MODULES["sd15-controlnet"]))
+    predictor.run_once()

@@ -22,6 +22,7 @@ import sys
 
 from lilypad.ml import determinism, job
 from lilypad.ml.job import env, env_choice, env_int, log
+from lilypad.ml.predictor import Predictor
 from lilypad.ml.samplers import DEFAULT_REFERENCE, REFERENCE_ENV, REFERENCES, SAMPLERS, STEP_NOTES
 from lilypad.ml.schedules import SCHEDULES
 
@@ -140,5 +141,8 @@ def main() -> list[str]:
     return names
 
 
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(main)
+
 if __name__ == "__main__":
-    job.run_main(main)
+    predictor.run_once()

@@ -13,6 +13,7 @@ import sys
 
 from lilypad.ml import determinism, edit, job
 from lilypad.ml.job import log
+from lilypad.ml.predictor import Predictor
 
 #: Defaults of the tunables (as in lilypad_module.toml): the guides' prompt strength, SDXL's
 #: steps and guidance.
@@ -45,5 +46,8 @@ def main() -> list[str]:
     return edit.write_outputs(result)
 
 
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(main)
+
 if __name__ == "__main__":
-    job.run_main(main)
+    predictor.run_once()

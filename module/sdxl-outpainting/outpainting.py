@@ -15,6 +15,7 @@ import sys
 
 from lilypad.ml import determinism, edit, job
 from lilypad.ml.job import env_int, log
+from lilypad.ml.predictor import Predictor
 
 #: Defaults of the tunables (as in lilypad_module.toml): the inpainting model card's.
 STRENGTH, STEPS, GUIDANCE = 0.99, 20, 8.0
@@ -66,5 +67,8 @@ def main() -> list[str]:
     return edit.write_outputs(edit.composite(generated, canvas, blend), mask)
 
 
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(main)
+
 if __name__ == "__main__":
-    job.run_main(main)
+    predictor.run_once()

@@ -15,6 +15,7 @@ from typing import Any
 
 from lilypad.ml import determinism, job, lora
 from lilypad.ml.job import env, env_choice, env_file, env_float, env_int, log
+from lilypad.ml.predictor import Predictor
 from lilypad.ml.samplers import SAMPLERS, STEP_NOTES
 from lilypad.ml.schedules import SCHEDULES
 from lilypad.ml.settings import ImageSettings
@@ -133,5 +134,8 @@ def main() -> list[str]:
     return media.write_images(images, job.outputs_dir())
 
 
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(main)
+
 if __name__ == "__main__":
-    job.run_main(main)
+    predictor.run_once()

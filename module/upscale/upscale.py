@@ -8,7 +8,11 @@ lilypad/ml/upscale.py.
 
 from __future__ import annotations
 
-from lilypad.ml import job, upscale
+from lilypad.ml import upscale
+from lilypad.ml.predictor import Predictor
+
+#: The module's job, one-shot below or warm in a provider (lilypad/ml/predictor.py).
+predictor = Predictor(upscale.main)
 
 if __name__ == "__main__":
-    job.run_main(upscale.main)
+    predictor.run_once()

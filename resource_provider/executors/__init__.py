@@ -33,6 +33,7 @@ from resource_provider.executors.base import (
 from resource_provider.executors.layout import LAYOUT, result_digest, tail
 from resource_provider.executors.process import ProcessExecutor, Sandbox
 from resource_provider.executors.routing import ByModule
+from resource_provider.executors.warm import WarmConfig
 
 if TYPE_CHECKING:
     from resource_provider.executors.docker import DockerExecutor, engine_problem
@@ -62,36 +63,42 @@ def create_executor(
     sandbox: Sandbox = Sandbox.BWRAP,
     output_limit_bytes: int | None = None,
     by_module: Mapping[str, ExecutorKind] | None = None,
+    warm: WarmConfig | None = None,
 ) -> Selection:
     """Build the executor of ``kind``; with ``None``, docker when an engine answers, else process.
     ``by_module`` names modules (``name:version``) that run with another backend than that.
     ``sandbox`` is how the process executor isolates jobs: only :attr:`Sandbox.NONE` (the
-    operator's ``--unsafe-no-sandbox``) lets it run them without bubblewrap.
+    operator's ``--unsafe-no-sandbox``) lets it run them without bubblewrap. ``warm`` is how many
+    warm workers the process executor keeps (``--warm``, ``--warm-idle``; see :mod:`.warm`).
 
     Raises:
         ExecutorUnavailable: an asked-for backend cannot run here, or the process executor
             would be needed and bubblewrap cannot sandbox jobs here.
     """
-    selection = _create(kind, sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+    selection = _create(kind, sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm)
     if not by_module:
         return selection
     default = selection.executor
     backends: dict[ExecutorKind, Executor] = {default.kind: default}
     for other in set(by_module.values()) - {default.kind}:
         backends[other] = _create(
-            other, sandbox=sandbox, output_limit_bytes=output_limit_bytes
+            other, sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm
         ).executor
     routed = {module: backends[k] for module, k in by_module.items() if k is not default.kind}
     return Selection(ByModule(default, routed), selection.reason)
 
 
 def _create(
-    kind: ExecutorKind | None, *, sandbox: Sandbox, output_limit_bytes: int | None
+    kind: ExecutorKind | None,
+    *,
+    sandbox: Sandbox,
+    output_limit_bytes: int | None,
+    warm: WarmConfig | None = None,
 ) -> Selection:
     from resource_provider.executors.docker import DockerExecutor, engine_problem
 
     if kind is ExecutorKind.PROCESS:
-        process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+        process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm)
         return Selection(process, "asked for")
     if kind is ExecutorKind.DOCKER:
         return Selection(DockerExecutor(output_limit_bytes=output_limit_bytes), "asked for")
@@ -100,7 +107,7 @@ def _create(
         docker_executor = DockerExecutor(output_limit_bytes=output_limit_bytes)
         return Selection(docker_executor, "a Docker Engine answers")
     try:
-        process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes)
+        process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm)
     except ExecutorUnavailable as exc:
         raise ExecutorUnavailable(f"{problem}, and {exc.message}", hint=exc.hint) from None
     return Selection(process, problem)
@@ -122,6 +129,7 @@ __all__ = [
     "ProcessExecutor",
     "Sandbox",
     "Selection",
+    "WarmConfig",
     "Weights",
     "create_executor",
     "engine_problem",

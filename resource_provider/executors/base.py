@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from lilypad.config import get_settings
 from lilypad.modules import JobSpec, ResolvedModule
+
+if TYPE_CHECKING:
+    from resource_provider.metrics import Metrics
 
 #: ``exitCode`` of a job killed at its module's timeout (as coreutils' ``timeout`` reports it).
 EXIT_TIMEOUT = 124
@@ -197,6 +200,9 @@ class Executor(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line for people: the backend and how it isolates jobs."""
+
+    def use_metrics(self, metrics: Metrics) -> None:  # noqa: B027 - most count nothing
+        """Count what the backend does on its own (warm workers) in the provider's metrics."""
 
     def close(self) -> None:  # noqa: B027 - a backend that holds nothing needs no close
         """Release what the executor holds (the docker client's connections)."""

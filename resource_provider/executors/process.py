@@ -31,13 +31,16 @@ import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lilypad
 from lilypad.config import get_settings
 from lilypad.errors import ExecutorError, ExecutorUnavailable
+from lilypad.ml import protocol
 from lilypad.modules.template import is_template_module
 from resource_provider.executors.base import (
     SANDBOX_HOSTNAME,
+    SANDBOX_INPUTS,
     SANDBOX_MODULE,
     SANDBOX_OUTPUTS,
     SANDBOX_SCRATCH,
@@ -58,6 +61,18 @@ from resource_provider.executors.base import (
 from resource_provider.executors.inputs import check_inputs, host_paths, readable_inputs
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, pump, watch
+from resource_provider.executors.warm import (
+    Launch,
+    WarmConfig,
+    WarmPool,
+    WorkerKey,
+    WorkerUnavailable,
+    warm_entrypoint,
+    worker_root,
+)
+
+if TYPE_CHECKING:
+    from resource_provider.metrics import Metrics
 
 #: System folders a job may read: programs, libraries, and the few /etc files they need.
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -113,10 +128,15 @@ class ProcessExecutor(Executor):
     kind = ExecutorKind.PROCESS
 
     def __init__(
-        self, *, sandbox: Sandbox = Sandbox.BWRAP, output_limit_bytes: int | None = None
+        self,
+        *,
+        sandbox: Sandbox = Sandbox.BWRAP,
+        output_limit_bytes: int | None = None,
+        warm: WarmConfig | None = None,
     ) -> None:
         self._limit = output_limit_bytes
         self.sandboxed = sandbox is Sandbox.BWRAP
+        self.warm = WarmPool(warm) if warm is not None and warm.size > 0 else None
         if self.sandboxed:
             problem = bwrap_problem()
             if problem is not None:
@@ -125,9 +145,23 @@ class ProcessExecutor(Executor):
                 )
 
     def describe(self) -> str:
+        warm = ""
+        if self.warm is not None:
+            config = self.warm.config
+            warm = f"; up to {config.size} warm workers, each ended after {config.idle_s:g} s idle"
         if self.sandboxed:
-            return "process (bubblewrap sandbox: no network, read-only system, runs as nobody)"
-        return f"process ({UNSANDBOXED})"
+            return (
+                f"process (bubblewrap sandbox: no network, read-only system, runs as nobody{warm})"
+            )
+        return f"process ({UNSANDBOXED}{warm})"
+
+    def use_metrics(self, metrics: Metrics) -> None:
+        if self.warm is not None:
+            self.warm.metrics = metrics
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
 
     def run(self, job: Job) -> ExecutionResult:
         if is_template_module(job.module_dir):
@@ -148,6 +182,12 @@ class ProcessExecutor(Executor):
         if not self.sandboxed:
             log.warning("%s runs %s", job.spec.module, UNSANDBOXED)
             notes = (UNSANDBOXED,)
+        key = self._warm_key(job)
+        if key is not None:
+            try:
+                return self._run_warm(job, key, tiny, notes)
+            except WorkerUnavailable as exc:
+                log.info("%s runs cold: %s", job.spec.module, exc)
         if job.needs_tiny_weights:
             self._make_tiny_weights(job, tiny)
         with tempfile.TemporaryDirectory(prefix="lilypad-job-") as scratch:
@@ -159,6 +199,93 @@ class ProcessExecutor(Executor):
                 staged = dataclasses.replace(job, inputs=readable)
                 argv, env, cwd = self._sandboxed(staged, Path(scratch), tiny)
                 return self._execute(job, argv, env, cwd, notes)
+
+    # ------------------------------------------------------------------- warm workers
+    def _warm_key(self, job: Job) -> WorkerKey | None:
+        if self.warm is None or warm_entrypoint(job.module_dir, job.spec.entrypoint) is None:
+            return None
+        key = WorkerKey(job.module_dir, job.spec.entrypoint, job.weights, job.spec.machine.gpus > 0)
+        return None if self.warm.one_shot(key) else key
+
+    def _run_warm(
+        self, job: Job, key: WorkerKey, tiny: Path, notes: tuple[str, ...]
+    ) -> ExecutionResult:
+        """Run ``job`` on a warm worker of its module version; a reused worker that dies or hangs
+        is replaced and the job run again on a fresh one (see :mod:`.warm`).
+
+        Raises:
+            WorkerUnavailable: no worker can serve it (all busy, or the module is one-shot).
+        """
+        assert self.warm is not None
+        limit = output_limit(job.spec, self._limit)
+        while True:
+            worker = self.warm.acquire(key, lambda: self._launch(job, tiny), job.spec.timeout_s)
+            reused = worker.jobs_served > 0
+            started = time.monotonic()
+            env = self._warm_env(job, worker.launch.root, tiny)
+            served = worker.serve(job, env, limit)
+            duration_ms = round((time.monotonic() - started) * 1000)
+            if served.stopped is None and not served.worker_failed:
+                self.warm.release(worker)
+            else:
+                self.warm.discard(worker, served.stopped.value if served.stopped else "died")
+            if served.worker_failed and reused:
+                log.warning("a warm worker of %s failed; the job runs again", job.spec.module)
+                prepare_output_dir(job.output_dir)
+                continue
+            return conclude(
+                job,
+                self.kind,
+                exit_code=served.exit_code,
+                stopped=served.stopped,
+                duration_ms=duration_ms,
+                limit=limit,
+                notes=notes,
+            )
+
+    def _launch(self, job: Job, tiny: Path) -> Launch:
+        """How to start a worker for ``job``'s module version, after its tiny weights."""
+        if job.needs_tiny_weights:
+            self._make_tiny_weights(job, tiny)
+        root = worker_root()
+        entry = [sys.executable, "-m", "lilypad.ml.serve", *job.spec.entrypoint[1:]]
+        bare = job.spec.model_copy(update={"env": {}})  # the runtime's variables, no tunables
+        # the worker imports lilypad.ml.serve from the lilypad that runs here, bound at its path
+        package = str(Path(lilypad.__file__).resolve().parent.parent)
+        env = self._warm_env(dataclasses.replace(job, spec=bare, inputs=()), root, tiny)
+        env["PYTHONPATH"] = package
+        env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
+        if not self.sandboxed:
+            return Launch(entry, env, job.module_dir, root)
+        argv = [
+            *bwrap_base_args(root / "tmp"),
+            *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
+            *("--bind", str(root / OUTPUTS), SANDBOX_OUTPUTS),
+            # the running job's input files only, copied in before it and removed after it
+            *("--ro-bind", str(root / "inputs"), SANDBOX_INPUTS),
+            *("--ro-bind", str(tiny), SANDBOX_TINY_WEIGHTS),
+            *_gpu_args(job),
+            *("--remount-ro", "/"),
+            *("--chdir", SANDBOX_MODULE),
+            "--",
+            *entry,
+        ]
+        return Launch(argv, env, root / "tmp", root)
+
+    def _warm_env(self, job: Job, root: Path, tiny: Path) -> dict[str, str]:
+        """A job's environment on a warm worker: what a cold run of it gets."""
+        if self.sandboxed:
+            return _sandbox_env(job)
+        env = job_env(
+            job.spec,
+            job.weights,
+            outputs=str(root / OUTPUTS),
+            scratch=str(root / "tmp"),
+            tiny_weights=str(tiny),
+        )
+        env = host_paths(env, job.inputs)
+        env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+        return env
 
     @staticmethod
     def _unsandboxed(job: Job, scratch: str, tiny: Path) -> tuple[list[str], dict[str, str], Path]:
@@ -178,14 +305,7 @@ class ProcessExecutor(Executor):
     def _sandboxed(
         self, job: Job, scratch: Path, tiny: Path
     ) -> tuple[list[str], dict[str, str], Path]:
-        env = job_env(
-            job.spec,
-            job.weights,
-            outputs=SANDBOX_OUTPUTS,
-            scratch=SANDBOX_SCRATCH,
-            tiny_weights=SANDBOX_TINY_WEIGHTS,
-        )
-        env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+        env = _sandbox_env(job)
         argv = [
             *bwrap_base_args(scratch),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
@@ -315,6 +435,19 @@ class ProcessExecutor(Executor):
             limit=output_limit(job.spec, self._limit),
             notes=notes,
         )
+
+
+def _sandbox_env(job: Job) -> dict[str, str]:
+    """A sandboxed job's environment, cold or warm: the paths it sees inside, this Python's."""
+    env = job_env(
+        job.spec,
+        job.weights,
+        outputs=SANDBOX_OUTPUTS,
+        scratch=SANDBOX_SCRATCH,
+        tiny_weights=SANDBOX_TINY_WEIGHTS,
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{_PATH}"
+    return env
 
 
 def bwrap_base_args(scratch: Path | None = None) -> list[str]:

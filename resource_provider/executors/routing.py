@@ -10,8 +10,12 @@ which one ran the job.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from resource_provider.executors.base import ExecutionResult, Executor, Job
+
+if TYPE_CHECKING:
+    from resource_provider.metrics import Metrics
 
 
 class ByModule(Executor):
@@ -40,6 +44,13 @@ class ByModule(Executor):
             for module, executor in sorted(self.by_module.items())
         )
         return f"{self.default.describe()}; {routed}" if routed else self.default.describe()
+
+    def use_metrics(self, metrics: Metrics) -> None:
+        for executor in self._executors():
+            executor.use_metrics(metrics)
+
+    def _executors(self) -> list[Executor]:
+        return list({id(e): e for e in (self.default, *self.by_module.values())}.values())
 
     def close(self) -> None:
         for executor in {id(e): e for e in (self.default, *self.by_module.values())}.values():

@@ -1,0 +1,407 @@
+"""Warm workers: one long-lived, sandboxed process per module version that serves many jobs.
+
+A module opts in by defining a top-level ``predictor`` in its Python entrypoint
+(:mod:`lilypad.ml.predictor`; every built-in ML module does). The process executor then keeps a
+:class:`Worker` per module version (module folder, entrypoint, weights): ``python -m
+lilypad.ml.serve ENTRYPOINT.py ARGS`` in a bubblewrap sandbox built as a cold job's is, which
+imports torch and diffusers and loads the pipelines once, and runs each job it is sent over
+:mod:`lilypad.ml.protocol`. A job still gets:
+
+- its own inputs and outputs: the worker sees ``/inputs``, ``/outputs`` and ``/tmp`` bound to
+  folders of its own, which hold only the running job's files: its inputs are copied in before
+  it, its outputs moved into its result folder and its scratch emptied after it, so no job sees
+  another's files (a module's code, though, is shared: see the README's warm-workers section);
+- its own environment (the worker's is replaced by the job's) and process state
+  (:class:`~lilypad.ml.predictor.JobScope`), so its result has a cold run's bytes;
+- its time limit and output cap, enforced as a cold job's (:func:`~.supervise.watch`): a job
+  stopped for either takes its worker with it.
+
+A reused worker that dies during a job, or that runs it into its timeout, is replaced and the job
+retried once on a fresh worker, whose result stands: the result is never one that a worker's
+history made. In the worst case a job so takes twice its timeout. The pool holds at most
+``size`` workers; one idle for ``idle_s`` is ended, and when the pool is full the least recently
+used idle worker makes room. With every worker busy, a job runs cold.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from lilypad.ml import protocol
+from resource_provider.executors.base import SANDBOX_INPUTS, JobStatus, Weights
+from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT
+from resource_provider.executors.supervise import LogSink, pump, watch
+
+if TYPE_CHECKING:
+    from resource_provider.executors.base import Job
+    from resource_provider.metrics import Metrics
+
+log = logging.getLogger("lilypad.executor.warm")
+
+#: The attribute an entrypoint defines to be served warm.
+PREDICTOR = "predictor"
+
+
+@dataclass(frozen=True)
+class WarmConfig:
+    """How many warm workers a provider keeps (``--warm``; 0: none) and for how long an idle one
+    stays (``--warm-idle``)."""
+
+    size: int = 0
+    idle_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class WorkerKey:
+    """What a worker serves: one module version, on one kind of weights and devices."""
+
+    module_dir: Path
+    entrypoint: tuple[str, ...]
+    weights: Weights
+    gpus: bool
+
+
+def warm_entrypoint(module_dir: Path, entrypoint: tuple[str, ...]) -> Path | None:
+    """The entrypoint file a worker can serve, or None: a ``python FILE.py ...`` entrypoint whose
+    file assigns a top-level ``predictor`` (read, never run, here)."""
+    if len(entrypoint) < 2 or entrypoint[0] != "python" or not entrypoint[1].endswith(".py"):
+        return None
+    path = module_dir / entrypoint[1]
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Name) and t.id == PREDICTOR for t in targets):
+            return path
+    return None
+
+
+class WorkerUnavailable(Exception):
+    """The worker refused to serve (no predictor) or its setup failed: run the job cold."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a worker: its command, environment and working directory, and its root,
+    whose ``outputs``, ``inputs`` and ``tmp`` folders it sees as the job's."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    root: Path
+
+
+@dataclass(frozen=True)
+class Served:
+    """How a job on a worker ended.
+
+    Attributes:
+        exit_code: The job's exit code (the worker's own, as a signal's negative, if it died).
+        stopped: The status the watchdog stopped it for, if it did.
+        worker_failed: The worker died or hung: it is gone, and a job it had served before may
+            be retried on a fresh one.
+    """
+
+    exit_code: int
+    stopped: JobStatus | None
+    worker_failed: bool
+
+
+@dataclass(eq=False)
+class Worker:
+    """One warm worker process and the folders it sees."""
+
+    key: WorkerKey
+    launch: Launch
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    jobs_served: int = 0
+    busy: bool = True
+    last_used: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(cls, key: WorkerKey, launch: Launch, setup_timeout_s: float) -> Worker:
+        """Start a worker and wait for its setup.
+
+        Raises:
+            WorkerUnavailable: it refused, failed its setup, died or ran out of time.
+        """
+        for name in (OUTPUTS, "inputs", "tmp"):
+            (launch.root / name).mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with open(launch.root / "worker.log", "ab") as worker_log:
+                proc = subprocess.Popen(
+                    launch.argv,
+                    cwd=launch.cwd,
+                    env=launch.env,
+                    stdin=theirs.fileno(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=worker_log,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            ours.close()
+            raise WorkerUnavailable(f"could not start {launch.argv[0]}: {exc}") from None
+        finally:
+            theirs.close()
+        worker = cls(key, launch, proc, ours)
+        ours.settimeout(setup_timeout_s)
+        try:
+            message, _ = protocol.receive(ours)
+        except (OSError, protocol.ProtocolError) as exc:
+            message = protocol.SetupFailed(f"no answer ({exc})")
+        if not isinstance(message, protocol.Ready):
+            worker.stop()
+            reason = getattr(message, "reason", None) or getattr(message, "message", "it exited")
+            raise WorkerUnavailable(f"{reason}; {worker.log_tail()}".rstrip("; "))
+        return worker
+
+    def serve(self, job: Job, env: dict[str, str], limit: int) -> Served:
+        """Run ``job`` with ``env`` on this worker; leave its stdout, stderr and outputs in
+        ``job.output_dir`` (the exit code is the caller's to write)."""
+        root, out = self.launch.root, job.output_dir
+        _stage_inputs(job, root / "inputs")
+        read, write = os.pipe()
+        sink = LogSink(out / STDERR, job.on_stderr)
+        reader = pump(iter(lambda: os.read(read, 65536), b""), sink)
+        with open(out / STDOUT, "wb") as stdout:
+            try:
+                protocol.send(self.sock, protocol.RunJob(env), [stdout.fileno(), write])
+                sent = True
+            except OSError:
+                sent = False
+            finally:
+                os.close(write)
+        answer: list[protocol.Message | None] = []
+
+        def wait(seconds: float) -> bool:
+            if not sent:
+                return True
+            self.sock.settimeout(seconds)
+            try:
+                message, fds = protocol.receive(self.sock)
+            except TimeoutError:
+                return False
+            except (OSError, protocol.ProtocolError):
+                message, fds = None, []
+            for fd in fds:
+                os.close(fd)
+            answer.append(message)
+            return True
+
+        try:
+            stopped = watch(
+                wait,
+                self.kill,
+                output_dir=root,
+                logs=(out / STDOUT, sink),
+                timeout_s=job.spec.timeout_s,
+                limit=limit,
+            )
+        finally:
+            if stopped is not None or not answer or not isinstance(answer[0], protocol.JobDone):
+                self.kill()  # it ends with its job: closes the job's stderr too
+            reader.join(timeout=5)
+            os.close(read)
+            sink.close()
+            _move_outputs(root / OUTPUTS, out / OUTPUTS)
+            _empty(root / "tmp")
+            _empty(root / "inputs")
+        self.jobs_served += 1
+        done = answer[0] if answer else None
+        if stopped is None and isinstance(done, protocol.JobDone):
+            return Served(done.exit_code, None, worker_failed=False)
+        code = self.proc.wait()
+        return Served(code, stopped, worker_failed=stopped is not JobStatus.OUTPUT_LIMIT)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """End the worker and remove its folders."""
+        self.sock.close()  # it exits on its own at the end of the socket
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self.kill()
+        self.proc.wait()
+        shutil.rmtree(self.launch.root, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        try:
+            lines = (self.launch.root / "worker.log").read_text("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+def _stage_inputs(job: Job, inputs: Path) -> None:
+    """Copy the job's input files under ``inputs`` at their mounts' paths below ``/inputs``."""
+    for item in job.inputs:
+        relative = PurePosixPath(item.mount).relative_to(SANDBOX_INPUTS)
+        target = inputs.joinpath(*relative.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.source, target, follow_symlinks=False)
+        target.chmod(0o444)
+
+
+def _move_outputs(source: Path, target: Path) -> None:
+    """Move what the job wrote into its result (links moved as links, never followed)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        shutil.move(entry, target / entry.name)
+
+
+def _empty(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
+class WarmPool:
+    """The warm workers of one executor: at most ``config.size``, each ended after
+    ``config.idle_s`` idle.
+
+    Args:
+        config: Its size and idle time.
+        metrics: The provider's counters for warm hits, loads and evictions (settable later).
+    """
+
+    def __init__(self, config: WarmConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._workers: list[Worker] = []
+        self._one_shot: set[WorkerKey] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="warm-reaper", daemon=True)
+        self._reaper.start()
+
+    def one_shot(self, key: WorkerKey) -> bool:
+        """Whether ``key``'s module refused to be served warm (or its setup failed) before."""
+        return key in self._one_shot
+
+    def acquire(self, key: WorkerKey, launch: Callable[[], Launch], timeout_s: float) -> Worker:
+        """A worker for ``key``, marked busy: an idle warm one, else a fresh one.
+
+        Raises:
+            WorkerUnavailable: every place in the pool is busy, or a fresh worker could not be
+                set up (then the module is remembered as one-shot).
+        """
+        with self._lock:
+            idle = [w for w in self._workers if w.key == key and not w.busy and w.alive()]
+            if idle:
+                worker = max(idle, key=lambda w: w.last_used)
+                worker.busy = True
+                self._count("hit")
+                return worker
+            if len(self._workers) >= self.config.size:
+                spare = [w for w in self._workers if not w.busy]
+                if not spare:
+                    raise WorkerUnavailable("every warm worker is busy")
+                self._evict(min(spare, key=lambda w: w.last_used), "count")
+            placeholder = _Reserved(key)
+            self._workers.append(placeholder)  # type: ignore[arg-type]
+        try:
+            worker = Worker.start(key, launch(), timeout_s)
+        except WorkerUnavailable:
+            self._one_shot.add(key)
+            raise
+        finally:
+            with self._lock:
+                self._workers.remove(placeholder)  # type: ignore[arg-type]
+        with self._lock:
+            self._workers.append(worker)
+            self._count("load")
+        return worker
+
+    def release(self, worker: Worker) -> None:
+        """The job is done and the worker healthy: keep it for the next job."""
+        with self._lock:
+            worker.busy, worker.last_used = False, time.monotonic()
+
+    def discard(self, worker: Worker, reason: str) -> None:
+        """End ``worker`` (it failed, or its job was stopped)."""
+        with self._lock:
+            if worker in self._workers:
+                self._evict(worker, reason)
+
+    def workers(self) -> int:
+        with self._lock:
+            return sum(isinstance(w, Worker) for w in self._workers)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            workers, self._workers = list(self._workers), []
+        for worker in workers:
+            if isinstance(worker, Worker):
+                worker.stop()
+
+    def _evict(self, worker: Worker, reason: str) -> None:
+        self._workers.remove(worker)
+        if self.metrics is not None:
+            self.metrics.warm_evictions.labels(reason).inc()
+            self.metrics.warm_workers.set(self._live())
+        log.info("warm worker of %s ended (%s)", " ".join(worker.key.entrypoint), reason)
+        threading.Thread(target=worker.stop, name="warm-stop", daemon=True).start()
+
+    def _count(self, what: str) -> None:
+        if self.metrics is None:
+            return
+        (self.metrics.warm_hits if what == "hit" else self.metrics.warm_loads).inc()
+        self.metrics.warm_workers.set(self._live())
+
+    def _live(self) -> int:
+        return sum(isinstance(w, Worker) for w in self._workers)
+
+    def _reap(self) -> None:
+        period = max(0.05, min(self.config.idle_s / 4, 5.0))
+        while not self._closed.wait(period):
+            now = time.monotonic()
+            with self._lock:
+                for worker in list(self._workers):
+                    if not isinstance(worker, Worker) or worker.busy:
+                        continue
+                    if not worker.alive():
+                        self._evict(worker, "died")
+                    elif now - worker.last_used >= self.config.idle_s:
+                        self._evict(worker, "idle")
+
+
+@dataclass(eq=False)
+class _Reserved:
+    """A place in the pool held for a worker that is starting."""
+
+    key: WorkerKey
+    busy: bool = True
+
+
+def worker_root() -> Path:
+    """A fresh folder for a worker's ``outputs``, ``inputs``, ``tmp`` and log."""
+    return Path(tempfile.mkdtemp(prefix="lilypad-warm-"))
