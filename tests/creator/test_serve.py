@@ -25,6 +25,7 @@ from lilypad.chain.anvil import free_port
 from lilypad.client import Client
 from lilypad.creator import load_records
 from lilypad.web.serve import COOKIE, create_app
+from tests.conftest import CliRunner
 from tests.creator.conftest import Creator
 from tests.provider.conftest import wait_for
 from tests.test_file_inputs import ENTRYPOINT, MANIFEST
@@ -281,6 +282,39 @@ def test_the_api_is_described_by_its_openapi_page(api: httpx.Client) -> None:
         assert path in spec["paths"]
     schema = api.get(f"/v1/modules/{COWSAY}/schema").json()
     assert schema["properties"]["Message"]["type"] == "string"
+
+
+def test_every_built_in_module_version_has_a_form(served: Served) -> None:
+    from lilypad import modules
+    from lilypad.modules.schema import input_schema
+
+    with httpx.Client(base_url=served.url, cookies={COOKIE: TOKEN}) as browser:
+        home = browser.get("/").text
+        for manifest, _ in modules.list_builtin():
+            for version in manifest.versions:
+                ref = f"{manifest.name}:{version}"
+                assert f'href="/modules/{ref}"' in home
+                page = browser.get(f"/modules/{ref}")
+                assert page.status_code == 200, ref
+                for name in input_schema(modules.resolve(ref))["properties"]:
+                    assert f'id="in-{name}"' in page.text, (ref, name)
+        assert browser.get("/modules/cowsay:v9.9.9").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--host", "0.0.0.0"), "not a loopback address"),
+        (("--host", "example.org"), "not an IP address"),
+        (("--port", "70000"), "--port 70000 is out of range"),
+    ],
+)
+def test_serve_refuses_a_public_host_or_a_bad_port(
+    cli: CliRunner, args: tuple[str, ...], says: str
+) -> None:
+    result = cli("serve", *args)
+    assert result.exit_code == 2
+    assert says in result.stderr
 
 
 # ------------------------------------------------------------------------------- the browser
