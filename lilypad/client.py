@@ -569,11 +569,18 @@ class Job:
         Raises:
             SolverError: the solver could not be reached: the offer may still be taken.
         """
+        from lilypad.creator import JobState
+
         if self._ended.is_set():
             return False
         record = self.record
         if record is not None and record.deal_id is not None:
             return False
+        if self._thread is None and record is not None:  # nothing here follows it: at once
+            try:
+                return self.runner.withdraw(record).state is JobState.CANCELLED
+            except InputError:  # matched or dealt meanwhile, or it has ended
+                return False
         withdrawn = [self.runner.withdraw_pending(offer) for offer in list(self._offers)]
         return bool(withdrawn) and all(withdrawn)
 

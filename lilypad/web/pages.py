@@ -169,3 +169,17 @@ def dashboard_routes(app: FastAPI, server: Server, _auth: Any) -> None:
         except HTTPException as exc:
             return render("error.html", status=404, message=str(exc.detail))
         return render("job.html", job=view)
+
+
+def mount_static(app: FastAPI) -> None:
+    """The dashboards' stylesheet and script, under ``/static``."""
+    from fastapi.staticfiles import StaticFiles
+
+    from lilypad.web.serve import HERE
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+
+def solver_dashboard(network: dict[str, Any]) -> HTMLResponse:
+    """The solver's read-only dashboard: the network view alone (no key, no forms)."""
+    return render("solver.html", network=network, solver=True)

@@ -54,7 +54,6 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -303,7 +302,7 @@ def create_app(client: Client, *, token: str, webhook_secret: str | None = None)
     )
     app.state.server = server
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    pages.mount_static(app)
 
     @app.exception_handler(LilypadError)
     async def lilypad_error(_: Request, exc: LilypadError) -> JSONResponse:
@@ -373,7 +372,7 @@ def _api_routes(app: FastAPI, server: Server, auth: Any) -> None:
         if not record.state.is_terminal() and record.deal_id is None:
             job = server.client.job(record.job_offer_id or prediction_id)
             try:
-                job.runner.withdraw(record)
+                job.cancel()
             finally:
                 job.close()
         return server.view(prediction_id)

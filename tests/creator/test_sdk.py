@@ -21,7 +21,7 @@ from lilypad.solver_api import SolverClient
 from lilypad.storage import compute_cid
 from tests.creator.conftest import Creator
 from tests.provider.conftest import World, wait_for
-from tests.test_file_inputs import ENTRYPOINT, MANIFEST
+from tests.test_file_inputs import module_dir  # noqa: F401 - the fixture
 
 COWSAY = "cowsay:v0.0.4"
 
@@ -152,15 +152,37 @@ def test_a_pending_job_is_cancelled_and_no_funds_move(creator: Creator, client: 
     assert _committed(world, creator) == 0  # the deposit holds nothing for it any more
 
 
+def test_a_job_posted_and_left_is_cancelled_from_its_record(
+    creator: Creator, client: Client
+) -> None:
+    absent = creator.world.net.providers[2].address
+    posted = client.prepare(COWSAY, Message="left", verify="never", target=absent)
+    try:
+        record = posted.post()  # lilypad run --detach
+    finally:
+        posted.close()
+    assert record.job_offer_id is not None
+
+    again = client.job(record.job_offer_id[:12])  # a prefix, as lilypad jobs takes it
+    assert again.cancel() is True
+    again.close()
+
+    (after,) = load_records()
+    assert after.state is JobState.CANCELLED
+    assert _committed(creator.world, creator) == 0
+
+
 def test_a_file_input_is_a_path_bytes_or_what_i_takes(
-    client: Client, picture_module: Path, tmp_path: Path
+    client: Client,
+    module_dir: Path,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     photo = tmp_path / "photo.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(photo)
     jobs = [
-        client.prepare(str(picture_module), Image=photo),
-        client.prepare(str(picture_module), [f"Image=@{photo}"]),
-        client.prepare(str(picture_module), Image=photo.read_bytes()),
+        client.prepare(str(module_dir), Image=photo),
+        client.prepare(str(module_dir), [f"Image=@{photo}"]),
+        client.prepare(str(module_dir), Image=photo.read_bytes()),
     ]
     specs = [job.spec for job in jobs]
     assert specs[0] is not None
@@ -172,7 +194,7 @@ def test_a_file_input_is_a_path_bytes_or_what_i_takes(
     staged = [s for s in jobs[2].steps if s.name == "staged"]
     assert [s.text for s in staged] == [f"Image: ipfs://{specs[2].tunables['Image']}"]
     with pytest.raises(InvalidTunable, match="Image"):
-        client.prepare(str(picture_module), Image=b"not a picture")
+        client.prepare(str(module_dir), Image=b"not a picture")
 
 
 def test_the_async_client_runs_a_job_and_calls_back_on_the_loop(creator: Creator) -> None:
@@ -199,14 +221,3 @@ def test_the_async_client_runs_a_job_and_calls_back_on_the_loop(creator: Creator
     assert result.state is JobState.ACCEPTED
     wait_for(lambda: threads or None, 5)
     assert threads == set(loop_thread)  # on_progress ran on the event loop's thread
-
-
-# ------------------------------------------------------------------------------- helpers
-@pytest.fixture
-def picture_module(tmp_path: Path) -> Path:
-    """tests/test_file_inputs.py's module with an image input."""
-    folder = tmp_path / "picture"
-    folder.mkdir()
-    (folder / "lilypad_module.toml").write_text(MANIFEST)
-    (folder / "picture.py").write_text(ENTRYPOINT)
-    return folder

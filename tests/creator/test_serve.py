@@ -25,6 +25,7 @@ from lilypad.chain.anvil import free_port
 from lilypad.client import Client
 from lilypad.creator import load_records
 from lilypad.web.serve import COOKIE, create_app
+from tests.browser import chromium, screenshot
 from tests.conftest import CliRunner
 from tests.creator.conftest import Creator
 from tests.provider.conftest import wait_for
@@ -32,7 +33,6 @@ from tests.test_file_inputs import ENTRYPOINT, MANIFEST
 
 TOKEN = "test-token-" + "x" * 20
 COWSAY = "cowsay:v0.0.4"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 class Served:
@@ -326,11 +326,11 @@ def test_the_dashboard_runs_cowsay_from_its_form_and_shows_the_result(
 
     provider = creator.world.net.providers[0]
     creator.world.provider(provider)
-    with _chromium() as browser:
+    with chromium() as browser:
         browser.get(f"{served.url}/?token={TOKEN}")
         providers = browser.find_element(By.ID, "providers").text
         assert provider.address in providers
-        _shot(browser, "home")
+        screenshot(browser, "home")
         browser.find_element(By.LINK_TEXT, "v0.0.4").click()
         field = browser.find_element(By.ID, "in-Message")
         field.clear()
@@ -349,23 +349,7 @@ def test_the_dashboard_runs_cowsay_from_its_form_and_shows_the_result(
         )
         cid = browser.find_element(By.ID, "cid").text
         assert cid.startswith("bafy")
-        _shot(browser, "cowsay-job")
-
-
-def _chromium() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def _shot(browser: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+        screenshot(browser, "cowsay-job")
 
 
 def _receiver(received: list[tuple[dict[str, str], bytes]]) -> http.server.ThreadingHTTPServer:
