@@ -37,7 +37,9 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -86,6 +88,7 @@ _STATUS = {
     "cancelled": "canceled",
 }
 WEBHOOK_EVENTS = ("start", "completed")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]")
 
 
 class PredictionRequest(BaseModel):
@@ -109,6 +112,25 @@ class PredictionRequest(BaseModel):
     webhook_events_filter: list[str] = Field(
         default_factory=lambda: ["completed"], description="start and/or completed"
     )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file part of a multipart request."""
+
+    filename: str
+    data: bytes
+
+    def safe_name(self, fallback: str) -> str:
+        """The file's own name, reduced to a plain one (no folder, no hidden or odd name)."""
+        name = _UNSAFE.sub("_", Path(self.filename).name).lstrip(".")
+        return name[:100] or fallback
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        path = folder / self.safe_name(folder.name)
+        path.write_bytes(self.data)
+        return path
 
 
 @dataclass
@@ -138,20 +160,24 @@ class Server:
         self.lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- predictions
-    def create(self, body: PredictionRequest, files: dict[str, bytes]) -> Prediction:
-        """Submit the job (its offer posted when this returns)."""
+    def create(self, body: PredictionRequest, files: dict[str, Upload]) -> Prediction:
+        """Submit the job (its offer posted when this returns): an uploaded file is staged
+        under its own name (as ``-i Image=@photo.png`` would be)."""
         _check_webhook(body.webhook, body.webhook_events_filter)
-        inputs = _decoded_inputs(body.version, body.input) | files
-        job = self.client.submit(
-            body.version,
-            inputs,
-            max_price=body.max_price,
-            verify=body.verify,
-            timeout=body.timeout,
-            expires_in=body.expires_in,
-            retries=body.retries,
-            target=body.target,
-        )
+        with tempfile.TemporaryDirectory(prefix="lilypad-upload-") as scratch:
+            inputs = _decoded_inputs(body.version, body.input)
+            for name, upload in files.items():
+                inputs[name] = upload.save(Path(scratch) / name)
+            job = self.client.submit(
+                body.version,
+                inputs,
+                max_price=body.max_price,
+                verify=body.verify,
+                timeout=body.timeout,
+                expires_in=body.expires_in,
+                retries=body.retries,
+                target=body.target,
+            )
         prediction = Prediction(
             job,
             body.version,
@@ -475,7 +501,7 @@ def _authorizer(server: Server) -> Any:
     return authorized
 
 
-async def _read_request(request: Request) -> tuple[PredictionRequest, dict[str, bytes]]:
+async def _read_request(request: Request) -> tuple[PredictionRequest, dict[str, Upload]]:
     """The request's body as JSON or a multipart form; file parts by the input they fill."""
     from pydantic import ValidationError
 
@@ -483,14 +509,14 @@ async def _read_request(request: Request) -> tuple[PredictionRequest, dict[str, 
     try:
         if kind.startswith("multipart/form-data"):
             fields: dict[str, Any] = {}
-            files: dict[str, bytes] = {}
+            files: dict[str, Upload] = {}
             async with request.form(max_files=32, max_fields=64) as form:
                 for name, value in form.multi_items():
                     if isinstance(value, UploadFile):
                         data = await value.read(MAX_UPLOAD + 1)
                         if len(data) > MAX_UPLOAD:
                             raise InputError(f"{name}: the file is over {MAX_UPLOAD:,} bytes")
-                        files[name] = data
+                        files[name] = Upload(value.filename or name, data)
                     elif name in ("input", "options"):
                         fields[name] = _json_object(name, value)
                     else:
@@ -544,14 +570,14 @@ def _data_url(name: str, value: str) -> bytes:
         raise InputError(f"{name}: the data: URL is not valid base64") from None
 
 
-def _shown_inputs(given: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+def _shown_inputs(given: dict[str, Any], files: dict[str, Upload]) -> dict[str, Any]:
     """The inputs as the API shows them back: files and data URLs by their size only."""
     shown: dict[str, Any] = {}
     for name, value in given.items():
         is_data = isinstance(value, str) and value.startswith("data:")
         shown[name] = f"<data: URL, {len(value)} characters>" if is_data else value
-    for name, data in files.items():
-        shown[name] = f"<upload, {len(data)} bytes>"
+    for name, upload in files.items():
+        shown[name] = f"<upload {upload.safe_name(name)}, {len(upload.data)} bytes>"
     return shown
 
 

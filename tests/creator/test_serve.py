@@ -254,6 +254,12 @@ def test_a_multipart_upload_is_staged_and_a_pending_job_cancelled(
     }
 
     bad = api.post("/v1/predictions", data=form, files={"Image": ("x.png", b"not a picture")})
+    sneaky = api.post(  # a file name is only a name: never a path out of the upload's folder
+        "/v1/predictions", data=form, files={"Image": ("../../evil.png", photo.read_bytes())}
+    )
+    assert sneaky.status_code == 201, sneaky.text
+    assert sneaky.json()["input"]["Image"].startswith("<upload evil.png,")
+    api.post(sneaky.json()["urls"]["cancel"])
     assert bad.status_code == 422
     assert "Image" in bad.json()["detail"]
     answer = api.post(
@@ -262,9 +268,9 @@ def test_a_multipart_upload_is_staged_and_a_pending_job_cancelled(
 
     assert answer.status_code == 201, answer.text
     created = answer.json()
-    assert created["input"]["Image"] == f"<upload, {photo.stat().st_size} bytes>"
-    (record,) = load_records()
-    assert str(record.tunables["Image"]).endswith("/Image")  # staged on IPFS, named as the input
+    assert created["input"]["Image"] == f"<upload photo.png, {photo.stat().st_size} bytes>"
+    record = next(r for r in load_records() if r.job_offer_id == created["id"])
+    assert str(record.tunables["Image"]).endswith("/photo.png")  # staged under its own name
     cancelled = api.post(created["urls"]["cancel"]).json()
     assert cancelled["status"] == "canceled"
     assert "no funds moved" in cancelled["error"]

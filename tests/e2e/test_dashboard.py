@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from lilypad.localnet import key_file
 from tests.browser import chromium, screenshot
@@ -46,7 +47,9 @@ def served(network_up: Up, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_the_dashboard_runs_cowsay_and_tiny_sdxl_from_their_forms(served: str) -> None:
+def test_the_dashboard_runs_cowsay_and_tiny_sdxl_from_their_forms(
+    served: str, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -98,6 +101,23 @@ def test_the_dashboard_runs_cowsay_and_tiny_sdxl_from_their_forms(served: str) -
         )
         assert progress.startswith(("base", "refiner", "step")), progress  # e.g. "base 3/4"
         screenshot(browser, "e2e-sdxl-done")
+
+        # image to image: the picture uploaded through the form's file input
+        photo = tmp_path / "photo.png"
+        Image.new("RGB", (96, 64), (40, 90, 160)).save(photo)
+        browser.get(served.split("/?")[0] + "/modules/sdxl-img2img:v1.1-lilypad1")
+        browser.find_element(By.ID, "in-Image").send_keys(str(photo))
+        browser.find_element(By.CSS_SELECTOR, "select[name=verify] option[value=never]").click()
+        browser.find_element(By.ID, "run").click()
+        _wait_status(browser, "succeeded", 600)
+        assert "Image: ipfs://" in browser.find_element(By.ID, "steps").text  # staged, then run
+        WebDriverWait(browser, 30).until(
+            lambda b: b.execute_script(
+                "const i = document.querySelector('figure.output img');"
+                "return i !== null && i.complete && i.naturalWidth > 0;"
+            )
+        )
+        screenshot(browser, "e2e-img2img-done")
 
 
 def _text(browser: Any, selector: str) -> str:
