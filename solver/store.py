@@ -88,8 +88,13 @@ class JobOfferRow(_OfferColumns, Base):
 
 
 class ResourceOfferRow(_OfferColumns, Base):
+    """A resource offer. Offers of one job slot share their signer and nonce (the market makes
+    one deal of them at most), one per module."""
+
     __tablename__ = "resource_offers"
-    __table_args__ = (UniqueConstraint("signer", "nonce", name="resource_offer_signer_nonce"),)
+    __table_args__ = (
+        UniqueConstraint("signer", "nonce", "module", name="resource_offer_signer_nonce_module"),
+    )
 
     collateral: Mapped[str] = mapped_column(String(40))
     #: The machine's VRAM lane (MiB per GPU), and its advertised GPU models, lowercase, one a
@@ -273,6 +278,30 @@ class Store:
                 f"(or {row.signer} already used nonce {row.nonce})"
             ) from None
 
+    def add_slot(self, rows: Sequence[ResourceOfferRow]) -> None:
+        """Store the offers of one job slot, all or none (each with its event); sets each
+        row's arrival number.
+
+        Raises:
+            Duplicate: one of them, or another offer of its signer, nonce and module, is known.
+        """
+        try:
+            with self.session() as session:
+                for row in rows:
+                    session.add(row)
+                    session.flush()
+                    change = api.OfferChange(id=row.id, state=OfferState(row.state))
+                    self._event(session, EventKind.RESOURCE_OFFER_ADDED, change, [row.signer])
+        except IntegrityError:
+            raise Duplicate(
+                f"an offer of slot {rows[0].nonce} of {rows[0].signer} is already known"
+            ) from None
+
+    def slot_siblings(self, offer_id: str, state: OfferState) -> list[ResourceOfferRow]:
+        """The other offers of the resource offer's slot (its signer and nonce) in ``state``."""
+        with self.session() as session:
+            return _siblings(session, offer_id, state)
+
     def offers(
         self, model: type[JobOfferRow] | type[ResourceOfferRow], *states: OfferState
     ) -> list[Any]:
@@ -323,15 +352,20 @@ class Store:
         now: float | None = None,
     ) -> tuple[int, int]:
         """How many offers of a signer are open (pending or matched), and what they could still
-        take from its deposit together."""
+        take from its deposit together: offers sharing a nonce (a slot's) make one deal at most,
+        so each nonce counts once, at its largest amount."""
         column = JobOfferRow.max_price if model is JobOfferRow else ResourceOfferRow.collateral
         pending = model.state == OfferState.PENDING.value
         if now is not None:
             pending = pending & (model.expires_at > now)
         live = pending | (model.state == OfferState.MATCHED.value)
         with self.session() as session:
-            values = list(session.scalars(select(column).where(model.signer == signer, live)))
-            return len(values), sum(int(value) for value in values)
+            query = select(model.nonce, column).where(model.signer == signer, live)
+            rows = list(session.execute(query))
+        largest: dict[str, int] = {}
+        for nonce, value in rows:
+            largest[nonce] = max(largest.get(nonce, 0), int(value))
+        return len(rows), sum(largest.values())
 
     def open_resource_offers(
         self,
@@ -385,6 +419,10 @@ class Store:
                     EventKind.DEAL_MATCHED,
                     deal_view(deal),
                     [deal.job_creator, deal.provider],
+                )
+                # the other offers of its slot: the slot is taken (the chain would refuse them)
+                self._move_siblings(
+                    session, deal.resource_offer_id, OfferState.PENDING, OfferState.SUPERSEDED
                 )
 
     def deals(self, *states: DealState, party: str | None = None) -> list[DealRow]:
@@ -500,9 +538,29 @@ class Store:
                     )
                     change = api.OfferChange(id=offer_id, state=state, reason=reason)
                     self._event(session, EventKind.for_offer(_side(model), state), change, [signer])
+                    if model is ResourceOfferRow:
+                        # its slot's other offers share its fate: free again, or as bad
+                        self._move_siblings(session, offer_id, OfferState.SUPERSEDED, state)
             if relisted:
                 session.delete(deal)
             return True
+
+    def move_siblings(self, offer_id: str, expected: OfferState, state: OfferState) -> list[str]:
+        """Move the other offers of a resource offer's slot from ``expected`` to ``state`` (with
+        their events); returns their ids."""
+        with self.session() as session:
+            return self._move_siblings(session, offer_id, expected, state)
+
+    def _move_siblings(
+        self, session: Session, offer_id: str, expected: OfferState, state: OfferState
+    ) -> list[str]:
+        moved = []
+        for row in _siblings(session, offer_id, expected):
+            row.state = state.value
+            change = api.OfferChange(id=row.id, state=state)
+            self._event(session, EventKind.for_offer("resource", state), change, [row.signer])
+            moved.append(row.id)
+        return moved
 
     # ------------------------------------------------------------------------------ events
     def events_after(self, seq: int, party: str | None, limit: int = 500) -> list[StoredEvent]:
@@ -635,6 +693,18 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self.session() as session:
             session.merge(MetaRow(key=key, value=value))
+
+
+def _siblings(session: Session, offer_id: str, state: OfferState) -> list[ResourceOfferRow]:
+    row = ResourceOfferRow
+    of = select(row.signer, row.nonce).where(row.id == offer_id).subquery()
+    query = select(row).where(
+        row.signer == of.c.signer,
+        row.nonce == of.c.nonce,
+        row.id != offer_id,
+        row.state == state.value,
+    )
+    return list(session.scalars(query.order_by(row.seq)))
 
 
 def deal_view(row: DealRow) -> api.DealView:
