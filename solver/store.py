@@ -16,7 +16,8 @@ moment restarts with every offer and deal it had:
 The market view's listings (:meth:`Store.open_resource_offers`, :meth:`Store.deal_page`) page by
 ``seq`` (keyset: a page starts after the last row of the one before, so rows arriving meanwhile
 neither repeat nor hide one), each driven by an index on an equality filter. Columns added after
-a database was made are added to it when a :class:`Store` opens it (:func:`_upgrade`).
+a database was made are added to it, and constraints changed since are replaced (every row
+kept), when a :class:`Store` opens it (:func:`_upgrade`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
     event,
@@ -48,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
 
 from lilypad import solver_api as api
 from lilypad.chain import offers
@@ -727,13 +731,18 @@ def deal_view(row: DealRow) -> api.DealView:
 #: Columns added after the first release, by table: :func:`_upgrade` adds them to an older
 #: database.
 _ADDED_COLUMNS = {"resource_offers": ("vram_mb", "gpu_models"), "deals": ("module",)}
+#: Unique constraints replaced after the first release, by table: :func:`_upgrade` swaps each
+#: for the table's constraints of now (a slot's offers share their signer and nonce, one per
+#: module).
+_REPLACED_UNIQUE = {"resource_offers": "resource_offer_signer_nonce"}
 
 
 def _upgrade(engine: Engine) -> None:
     """Bring a database made by an older solver up to these tables (``create_all`` makes only
-    the tables missing): add the missing columns and indexes, and fill the columns in from
-    what the rows hold (the deals' modules from their job offers; the pending resource offers'
-    machines from their bodies, the only ones listed)."""
+    the tables missing): add the missing columns, replace the old unique constraints, add the
+    missing indexes, and fill the columns in from what the rows hold (the deals' modules from
+    their job offers; the pending resource offers' machines from their bodies, the only ones
+    listed)."""
     inspector = inspect(engine)
     added: set[str] = set()
     for name, columns in _ADDED_COLUMNS.items():
@@ -745,7 +754,11 @@ def _upgrade(engine: Engine) -> None:
                     kind = table.c[column].type.compile(engine.dialect)
                     connection.execute(text(f"ALTER TABLE {name} ADD COLUMN {column} {kind}"))
                     added.add(name)
-        for index in table.indexes:
+    for name, constraint in _REPLACED_UNIQUE.items():
+        if constraint in {c["name"] for c in inspector.get_unique_constraints(name)}:
+            _replace_unique(engine, Base.metadata.tables[name], constraint)
+    for name in {*_ADDED_COLUMNS, *_REPLACED_UNIQUE}:
+        for index in Base.metadata.tables[name].indexes:
             index.create(engine, checkfirst=True)
     if "deals" in added:
         module = select(JobOfferRow.module).where(JobOfferRow.id == DealRow.job_offer_id)
@@ -759,6 +772,44 @@ def _upgrade(engine: Engine) -> None:
             for row in session.scalars(pending):
                 signed = api.SignedResourceOffer.model_validate(row.body)
                 row.vram_mb, row.gpu_models = market_columns(signed)
+
+
+def _replace_unique(engine: Engine, table: Table, old: str) -> None:
+    """Swap the unique constraint ``old`` of ``table`` for the table's unique constraints of
+    now, in one transaction, every row kept."""
+    name = table.name
+    if engine.dialect.name != "sqlite":  # PostgreSQL alters constraints in place
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {old}"))
+            for constraint in table.constraints:
+                if isinstance(constraint, UniqueConstraint) and constraint.name:
+                    connection.execute(AddConstraint(constraint))
+        return
+    # SQLite alters no constraint: the table is made anew, the rows copied over and its indexes
+    # made again, all in one transaction. Foreign keys are off meanwhile (SQLite's own
+    # procedure), so that the deals go on referring to the table by its name.
+    fresh = table.to_metadata(MetaData(), name=f"{name}_upgrade")
+    present = [column["name"] for column in inspect(engine).get_columns(name)]
+    columns = ", ".join(column for column in present if column in fresh.c)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("PRAGMA foreign_keys=OFF"))
+        connection.execute(text("BEGIN IMMEDIATE"))
+        try:
+            connection.execute(CreateTable(fresh))
+            connection.execute(
+                text(f"INSERT INTO {fresh.name} ({columns}) SELECT {columns} FROM {name}")
+            )
+            connection.execute(text(f"DROP TABLE {name}"))
+            connection.execute(text(f"ALTER TABLE {fresh.name} RENAME TO {name}"))
+            for index in table.indexes:
+                connection.execute(CreateIndex(index))
+            connection.execute(text("COMMIT"))
+        except BaseException:
+            connection.execute(text("ROLLBACK"))
+            raise
+        finally:
+            connection.execute(text("PRAGMA foreign_keys=ON"))
+    log.info("upgraded table %s: unique constraint %s replaced", name, old)
 
 
 def market_columns(signed: api.SignedResourceOffer) -> tuple[int, str | None]:

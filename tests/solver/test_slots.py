@@ -11,7 +11,6 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from lilypad import solver_api as api
-from lilypad.chain.offers import module_id
 from lilypad.creator import Step, _solver
 from lilypad.creator._solver import SolverCalls
 from lilypad.jobs import cancel_message
@@ -22,17 +21,6 @@ from tests.solver.conftest import ETH, MODULE, Net, Server, SolverFactory, wait_
 OTHER = "sdxl-turbo:v1.0-lilypad1"
 
 
-def slot(net: Net, *modules: str, **changes: object) -> list[api.SignedResourceOffer]:
-    """One slot of the first provider: an offer per module, all with one nonce."""
-    nonce = net.nonce()
-    return [
-        api.SignedResourceOffer.model_validate(
-            net.resource(module=module_id(m), nonce=nonce, **changes).model_dump()
-        )
-        for m in modules
-    ]
-
-
 def test_a_slot_makes_one_deal_and_its_other_offers_wait_for_it(
     net: Net, make_solver: SolverFactory
 ) -> None:
@@ -40,7 +28,7 @@ def test_a_slot_makes_one_deal_and_its_other_offers_wait_for_it(
         store = server.solver.store
         provider = net.providers[0].address
         before = client.account(provider).committed_by_resource_offers
-        offers = slot(net, MODULE, OTHER)
+        offers = net.slot(MODULE, OTHER)
         accepted = client.post_slot(offers)
         ids = [o.id for o in accepted.offers]
         # one deal at most: the slot's collateral counts once against the deposit
@@ -56,22 +44,22 @@ def test_a_slot_makes_one_deal_and_its_other_offers_wait_for_it(
         assert client.job_offer(second).state is OfferState.PENDING
         assert store.offers(ResourceOfferRow, OfferState.PENDING) == []
         # a fresh slot takes it
-        client.post_slot(slot(net, MODULE, OTHER))
+        client.post_slot(net.slot(MODULE, OTHER))
         wait_for(lambda: client.job_offer(second).state is OfferState.DEALT, 30)
 
 
 def test_a_slot_is_refused_whole_and_cancelled_whole(net: Net, make_solver: SolverFactory) -> None:
     with Server(make_solver()) as server, api.SolverClient(server.url) as client:
-        twice = slot(net, MODULE, MODULE)
+        twice = net.slot(MODULE, MODULE)
         with pytest.raises(api.SolverRefused, match="two offers for module") as refused:
             client.post_slot(twice)
         assert refused.value.status == 400
-        mixed = slot(net, MODULE) + slot(net, OTHER)
+        mixed = net.slot(MODULE) + net.slot(OTHER)
         with pytest.raises(api.SolverRefused, match="share one provider and nonce"):
             client.post_slot(mixed)
         assert server.solver.store.offers(ResourceOfferRow, OfferState.PENDING) == []
 
-        ids = [o.id for o in client.post_slot(slot(net, MODULE, OTHER)).offers]
+        ids = [o.id for o in client.post_slot(net.slot(MODULE, OTHER)).offers]
         message = encode_defunct(text=cancel_message(ids[0]))
         signature = Account.sign_message(message, net.providers[0].key).signature.hex()
         client.cancel_offer("resource", ids[0], "0x" + signature.removeprefix("0x"))
