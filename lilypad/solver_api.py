@@ -637,6 +637,16 @@ class OfferChange(_Wire):
     state: OfferState
     deal_id: Bytes32 | None = Field(None, description="the deal using it (dealt)")
     reason: str | None = Field(None, description="why the chain refused it (rejected)")
+    others: tuple[Bytes32, ...] = Field(
+        (),
+        max_length=MAX_SLOT_OFFERS,
+        description="the other offers of its slot that moved to this state with it (a "
+        "provider's slot is listed, superseded, relisted and withdrawn as one: one event)",
+    )
+
+    def ids(self) -> tuple[str, ...]:
+        """Every offer this change moved: its own and its slot's others."""
+        return (self.id, *self.others)
 
 
 class OfferEvent(OfferChange):

@@ -97,6 +97,8 @@ log = logging.getLogger("lilypad.solver")
 
 #: An offer must stay valid at least this long after it arrives, or it is refused.
 MIN_LIFETIME_S = 10
+#: How often the follower's place is saved while the blocks it reads hold no market event.
+SAVE_S = 5.0
 #: How many matches go into one createDeals transaction.
 BATCH = 50
 #: Locks that serialize one signer's offer submissions (a signer maps to one by its address).
@@ -305,6 +307,7 @@ class Solver:
         self._log_limiter = RateLimiter(config.log_rate, config.log_burst)
         self._mediator_cache: ExpiringCache[str, bool] = ExpiringCache(CACHE_SIZE)
         self._collateral_rule: tuple[int, int] | None = None  # the market's: immutable
+        self._saved_block = (-1, 0.0)  # the follower's next block as last saved, and when
         self._listeners: list[Callable[[], None]] = []
         self.chain_id = market.chain.chain_id
 
@@ -436,8 +439,10 @@ class Solver:
         first = wires[0].offer
         signer = first.provider
         _check_slot([w.offer for w in wires])
+        # once per slot what the slot's offers share (one query for them all, one chain read
+        # of the nonce); each offer's own signature, as createDeals checks the one it uses
+        self._check_new(ResourceOfferRow, *(w.offer.struct_hash() for w in wires))
         for wire in wires:
-            self._check_new(ResourceOfferRow, wire.offer.struct_hash())
             _check_advertised(wire)
             self._check_signature(wire.offer, signer, wire.signature, "resource offer")
             self._check_collateral(wire.offer)
@@ -487,12 +492,14 @@ class Solver:
                 "multiple times the price)"
             )
 
-    def _check_new(self, model: Model, offer_id: str) -> None:
+    def _check_new(self, model: Model, *offer_ids: str) -> None:
         """An offer posted again is a duplicate (409), checked first: its first post may have
         made a deal since, which uses its nonce and commits the deposit it would be checked
         against (a client retrying a post whose answer it lost must hear "known")."""
-        if self.store.offer(model, offer_id) is not None:
-            raise Duplicate(f"offer {offer_id} is already known")
+        known = self.store.known(model, offer_ids)
+        for offer_id in offer_ids:
+            if offer_id in known:
+                raise Duplicate(f"offer {offer_id} is already known")
 
     def _check_offer(
         self, offer: JobOffer | ChainResourceOffer, signer: str, signature: str, what: str
@@ -548,9 +555,10 @@ class Solver:
                 raise OfferRejected(
                     f"{kind} offer {offer_id} is {state}; only a pending offer can be cancelled"
                 )
-            self.store.set_offer_state(model, offer_id, OfferState.CANCELLED, [row.signer])
-            if model is ResourceOfferRow:
-                self.store.move_siblings(offer_id, OfferState.PENDING, OfferState.CANCELLED)
+            slot = OfferState.PENDING if model is ResourceOfferRow else None
+            self.store.set_offer_state(
+                model, offer_id, OfferState.CANCELLED, [row.signer], slot=slot
+            )
         self._notify()
 
     # --------------------------------------------------------------------------- matching
@@ -709,7 +717,15 @@ class Solver:
         events = follower.poll()
         for event in events:
             self._apply(event)
-        self.store.set_meta("next_block", str(follower.next_block))
+        # Saved after what it applied. Blocks without market events need no write each poll
+        # (a durable commit ten times a second): a restart before the next save only reads
+        # them again, and finds nothing in them.
+        now = time.monotonic()
+        if events or (
+            follower.next_block != self._saved_block[0] and now - self._saved_block[1] >= SAVE_S
+        ):
+            self.store.set_meta("next_block", str(follower.next_block))
+            self._saved_block = (follower.next_block, now)
         if events:
             self._notify()
         return len(events)

@@ -46,11 +46,19 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    aliased,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
 
 from lilypad import solver_api as api
@@ -283,23 +291,32 @@ class Store:
             ) from None
 
     def add_slot(self, rows: Sequence[ResourceOfferRow]) -> None:
-        """Store the offers of one job slot, all or none (each with its event); sets each
-        row's arrival number.
+        """Store the offers of one job slot, all or none, with one event naming them all; sets
+        each row's arrival number.
 
         Raises:
             Duplicate: one of them, or another offer of its signer, nonce and module, is known.
         """
         try:
             with self.session() as session:
-                for row in rows:
-                    session.add(row)
-                    session.flush()
-                    change = api.OfferChange(id=row.id, state=OfferState(row.state))
-                    self._event(session, EventKind.RESOURCE_OFFER_ADDED, change, [row.signer])
+                session.add_all(rows)
+                session.flush()
+                first, *others = rows
+                change = api.OfferChange(
+                    id=first.id, state=OfferState(first.state), others=tuple(r.id for r in others)
+                )
+                self._event(session, EventKind.RESOURCE_OFFER_ADDED, change, [first.signer])
         except IntegrityError:
             raise Duplicate(
                 f"an offer of slot {rows[0].nonce} of {rows[0].signer} is already known"
             ) from None
+
+    def known(
+        self, model: type[JobOfferRow] | type[ResourceOfferRow], ids: Sequence[str]
+    ) -> set[str]:
+        """Which of ``ids`` name a stored offer (one query)."""
+        with self.session() as session:
+            return set(session.scalars(select(model.id).where(model.id.in_(ids))))
 
     def slot_siblings(self, offer_id: str, state: OfferState) -> list[ResourceOfferRow]:
         """The other offers of the resource offer's slot (its signer and nonce) in ``state``."""
@@ -325,9 +342,12 @@ class Store:
         parties: Sequence[str],
         expected: OfferState | None = None,
         deal_id: str | None = None,
+        slot: OfferState | None = None,
     ) -> bool:
         """Move an offer to ``state`` and log its event (naming ``deal_id``, the deal using
-        it); with ``expected``, only from that state. Returns whether it moved."""
+        it); with ``expected``, only from that state; with ``slot``, the other offers of a
+        resource offer's slot in that state move with it (named in the same event). Returns
+        whether it moved."""
         where = model.id == offer_id
         if expected is not None:
             where = where & (model.state == expected.value)
@@ -335,7 +355,8 @@ class Store:
             changed = session.execute(update(model).where(where).values(state=state.value))
             if not changed.rowcount:  # type: ignore[attr-defined]
                 return False
-            change = api.OfferChange(id=offer_id, state=state, deal_id=deal_id)
+            others = () if slot is None else _move_siblings(session, offer_id, slot, state)
+            change = api.OfferChange(id=offer_id, state=state, deal_id=deal_id, others=others)
             self._event(session, EventKind.for_offer(_side(model), state), change, parties)
             return True
 
@@ -425,9 +446,16 @@ class Store:
                     [deal.job_creator, deal.provider],
                 )
                 # the other offers of its slot: the slot is taken (the chain would refuse them)
-                self._move_siblings(
+                superseded = _move_siblings(
                     session, deal.resource_offer_id, OfferState.PENDING, OfferState.SUPERSEDED
                 )
+                if superseded:
+                    first, *others = superseded
+                    change = api.OfferChange(
+                        id=first, state=OfferState.SUPERSEDED, others=tuple(others)
+                    )
+                    kind = EventKind.RESOURCE_OFFER_SUPERSEDED
+                    self._event(session, kind, change, [deal.provider])
 
     def deals(self, *states: DealState, party: str | None = None) -> list[DealRow]:
         with self.session() as session:
@@ -540,31 +568,15 @@ class Store:
                     session.execute(
                         update(model).where(model.id == offer_id).values(state=state.value)
                     )
-                    change = api.OfferChange(id=offer_id, state=state, reason=reason)
-                    self._event(session, EventKind.for_offer(_side(model), state), change, [signer])
+                    others: tuple[str, ...] = ()
                     if model is ResourceOfferRow:
                         # its slot's other offers share its fate: free again, or as bad
-                        self._move_siblings(session, offer_id, OfferState.SUPERSEDED, state)
+                        others = _move_siblings(session, offer_id, OfferState.SUPERSEDED, state)
+                    change = api.OfferChange(id=offer_id, state=state, reason=reason, others=others)
+                    self._event(session, EventKind.for_offer(_side(model), state), change, [signer])
             if relisted:
                 session.delete(deal)
             return True
-
-    def move_siblings(self, offer_id: str, expected: OfferState, state: OfferState) -> list[str]:
-        """Move the other offers of a resource offer's slot from ``expected`` to ``state`` (with
-        their events); returns their ids."""
-        with self.session() as session:
-            return self._move_siblings(session, offer_id, expected, state)
-
-    def _move_siblings(
-        self, session: Session, offer_id: str, expected: OfferState, state: OfferState
-    ) -> list[str]:
-        moved = []
-        for row in _siblings(session, offer_id, expected):
-            row.state = state.value
-            change = api.OfferChange(id=row.id, state=state)
-            self._event(session, EventKind.for_offer("resource", state), change, [row.signer])
-            moved.append(row.id)
-        return moved
 
     # ------------------------------------------------------------------------------ events
     def events_after(self, seq: int, party: str | None, limit: int = 500) -> list[StoredEvent]:
@@ -700,15 +712,33 @@ class Store:
 
 
 def _siblings(session: Session, offer_id: str, state: OfferState) -> list[ResourceOfferRow]:
+    return list(session.scalars(select(ResourceOfferRow).where(_sibling(offer_id, state))))
+
+
+def _move_siblings(
+    session: Session, offer_id: str, expected: OfferState, state: OfferState
+) -> tuple[str, ...]:
+    """Move the other offers of a resource offer's slot from ``expected`` to ``state`` (one
+    statement; the caller logs the event); returns their ids, oldest first."""
     row = ResourceOfferRow
-    of = select(row.signer, row.nonce).where(row.id == offer_id).subquery()
-    query = select(row).where(
-        row.signer == of.c.signer,
-        row.nonce == of.c.nonce,
-        row.id != offer_id,
-        row.state == state.value,
+    moved = session.execute(
+        update(row)
+        .where(_sibling(offer_id, expected))
+        .values(state=state.value)
+        .returning(row.seq, row.id),
+        execution_options={"synchronize_session": False},
     )
-    return list(session.scalars(query.order_by(row.seq)))
+    return tuple(offer_id for _, offer_id in sorted(moved))
+
+
+def _sibling(offer_id: str, state: OfferState) -> Any:
+    """Where a resource offer is another offer of ``offer_id``'s slot (its signer and nonce),
+    in ``state``."""
+    row, of = ResourceOfferRow, aliased(ResourceOfferRow)
+    slot = select(of.signer, of.nonce).where(of.id == offer_id)
+    return (
+        tuple_(row.signer, row.nonce).in_(slot) & (row.id != offer_id) & (row.state == state.value)
+    )
 
 
 def deal_view(row: DealRow) -> api.DealView:

@@ -239,7 +239,7 @@ class OfferEvents:
 def _about(event: OfferEvent | DealEvent, offer_id: str) -> bool:
     if isinstance(event, DealEvent):
         return event.job_offer_id == offer_id
-    return event.id == offer_id
+    return offer_id in event.ids()
 
 
 class LogFollower:

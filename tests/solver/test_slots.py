@@ -19,6 +19,13 @@ from solver.store import OfferState, ResourceOfferRow
 from tests.solver.conftest import ETH, MODULE, Net, Server, SolverFactory, wait_for
 
 OTHER = "sdxl-turbo:v1.0-lilypad1"
+THIRD = "cowsay:v0.0.4"
+
+
+def slot_moves(server: Server, provider: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The provider's resource offer events: each kind with the offers it moved."""
+    events = (e.event for e in server.solver.store.events_after(0, provider))
+    return [(e.kind, e.ids()) for e in events if isinstance(e, api.OfferEvent)]
 
 
 def test_a_slot_makes_one_deal_and_its_other_offers_wait_for_it(
@@ -28,9 +35,10 @@ def test_a_slot_makes_one_deal_and_its_other_offers_wait_for_it(
         store = server.solver.store
         provider = net.providers[0].address
         before = client.account(provider).committed_by_resource_offers
-        offers = net.slot(MODULE, OTHER)
+        offers = net.slot(MODULE, OTHER, THIRD)
         accepted = client.post_slot(offers)
         ids = [o.id for o in accepted.offers]
+        assert ids == [o.offer.struct_hash() for o in offers]
         # one deal at most: the slot's collateral counts once against the deposit
         after = client.account(provider).committed_by_resource_offers
         assert after - before == net.market.required_collateral(5 * ETH)  # not twice that
@@ -40,12 +48,40 @@ def test_a_slot_makes_one_deal_and_its_other_offers_wait_for_it(
         second = client.post_job_offer(net.job(spec=other)).id
         wait_for(lambda: client.job_offer(first).state is OfferState.DEALT, 30)
         assert client.resource_offer(ids[1]).state is OfferState.SUPERSEDED
+        # one event per change of the slot, naming every offer it moved
+        moves = slot_moves(server, provider)
+        assert moves[:2] == [
+            (api.EventKind.RESOURCE_OFFER_ADDED, tuple(ids)),
+            (api.EventKind.RESOURCE_OFFER_SUPERSEDED, tuple(ids[1:])),
+        ]
         time.sleep(1.0)  # matching passes come and go: the second job stays pending
         assert client.job_offer(second).state is OfferState.PENDING
         assert store.offers(ResourceOfferRow, OfferState.PENDING) == []
         # a fresh slot takes it
         client.post_slot(net.slot(MODULE, OTHER))
         wait_for(lambda: client.job_offer(second).state is OfferState.DEALT, 30)
+
+
+def test_a_slot_whose_deal_the_chain_refuses_for_the_job_is_offered_again_whole(
+    net: Net, make_solver: SolverFactory
+) -> None:
+    with Server(make_solver()) as server, api.SolverClient(server.url) as client:
+        creator, provider = net.creators[0], net.providers[0].address
+        job = net.job(creator)
+        first = client.post_job_offer(job).id
+        net.market.invalidate_nonce(creator, job.offer.nonce)  # createDeals will refuse it
+        ids = [o.id for o in client.post_slot(net.slot(MODULE, OTHER, THIRD)).offers]
+        wait_for(lambda: client.job_offer(first).state is OfferState.REJECTED, 30)
+        # not the provider's fault: the whole slot is on offer again, in one event
+        assert [client.resource_offer(i).state for i in ids] == [OfferState.PENDING] * 3
+        assert slot_moves(server, provider)[-1] == (
+            api.EventKind.RESOURCE_OFFER_PENDING,
+            tuple(ids),
+        )
+        other = render(OTHER, ["Prompt=a fox", f"Seed={net.nonce()}"])
+        second = client.post_job_offer(net.job(spec=other)).id
+        wait_for(lambda: client.job_offer(second).state is OfferState.DEALT, 30)
+        assert client.resource_offer(ids[1]).state is OfferState.DEALT
 
 
 def test_a_slot_is_refused_whole_and_cancelled_whole(net: Net, make_solver: SolverFactory) -> None:
@@ -64,6 +100,8 @@ def test_a_slot_is_refused_whole_and_cancelled_whole(net: Net, make_solver: Solv
         signature = Account.sign_message(message, net.providers[0].key).signature.hex()
         client.cancel_offer("resource", ids[0], "0x" + signature.removeprefix("0x"))
         assert [client.resource_offer(i).state for i in ids] == [OfferState.CANCELLED] * 2
+        cancelled = api.EventKind.RESOURCE_OFFER_CANCELLED
+        assert slot_moves(server, net.providers[0].address)[-1] == (cancelled, tuple(ids))
 
 
 def test_a_busy_solver_is_asked_again_after_its_retry_after(
