@@ -13,9 +13,9 @@ network: offer, match, deal, the provider's run and upload, the result, the veri
 the accept, each job with its own message.
 
 Job creators: the local network funds every dev account, and has one job creator role
-(``job_creator``); the provider accounts a network with fewer than its 6 providers leaves unused
-(``provider-N+1`` .. ``provider-6``) are funded the same and post jobs here too, so ``--accounts``
-is at most 7 - N. Jobs go to the accounts in turn.
+(``job_creator``); the provider accounts a network with fewer than its 16 providers leaves unused
+(``provider-N+1`` .. ``provider-16``) are funded the same and post jobs here too, so
+``--accounts`` is at most 17 - N. Jobs go to the accounts in turn.
 
 Two rows, one after the other:
 
@@ -70,12 +70,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def network(env: dict[str, str], providers: int, block_time: float | None) -> Iterator[None]:
+def network(
+    env: dict[str, str], providers: int, block_time: float | None, slots: int | None = None
+) -> Iterator[None]:
     """A local network for the bench, brought down whatever happens."""
     args = [
         "network", "up", "--network", NETWORK, "--detach", "--providers", str(providers),
         "--executor", "process", "--port-offset", str(PORT_OFFSET),
     ]  # fmt: skip
+    if slots is not None:
+        args += ["--slots", str(slots)]
     if block_time is not None:
         args += ["--block-time", f"{block_time:g}"]
     try:
@@ -405,9 +409,16 @@ def final_line(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--providers", type=int, default=4, help="local providers (1 to 6)")
     parser.add_argument(
-        "--accounts", type=int, help="job creator accounts (default: all there are, 7 - N)"
+        "--providers", type=int, default=4, help=f"local providers (1 to {MAX_PROVIDERS})"
+    )
+    parser.add_argument(
+        "--slots", type=int, help="jobs each provider runs at once (network up --slots)"
+    )
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        help=f"job creator accounts (default: all there are, {MAX_PROVIDERS + 1} - N)",
     )
     parser.add_argument("--jobs", type=int, default=60, help="jobs of the sdk row")
     parser.add_argument("--concurrency", type=int, default=12, help="sdk jobs at a time")
@@ -446,7 +457,7 @@ def main() -> None:
             parser.error(f"--keep {root}: the folder must be new or empty")
         root.mkdir(parents=True, exist_ok=True)
         env = private_env(root)
-        with network(env, args.providers, args.block_time):
+        with network(env, args.providers, args.block_time, args.slots):
             result = measure(args, env, root)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -36,9 +36,16 @@ from lilypad.modules import list_builtin
 from lilypad.network import NetworkProfile, save_network
 
 #: Anvil's pre-funded accounts by role (the same as ``lilypad chain up``); extra providers take
-#: the accounts left (5..9), so a local network has at most :data:`MAX_PROVIDERS`.
+#: the accounts after them (anvil is started with enough), up to :data:`MAX_PROVIDERS`.
 DEV_ROLES = {"owner": 0, "solver": 1, "mediator": 2, "provider": 3, "job_creator": 4}
-MAX_PROVIDERS = 6
+MAX_PROVIDERS = 16
+#: How many dev accounts anvil makes: every role, with every provider a local network may run.
+DEV_ACCOUNTS = len(DEV_ROLES) + MAX_PROVIDERS - 1
+#: ``network up --slots``: jobs each local provider runs at once (each free slot is offered for
+#: every module it serves), by default and at most (the solver keeps 1,000 open offers per
+#: signer, and a slot is an offer per module: 48 built-in module versions).
+DEFAULT_SLOTS = 8
+MAX_SLOTS = 16
 #: The range of ``network up --block-time`` (seconds).
 MIN_BLOCK_TIME_S = 0.1
 MAX_BLOCK_TIME_S = 60.0
@@ -95,14 +102,20 @@ class Topology:
         block_time: Seconds between blocks, every transaction waiting for the next one, as on a
             real chain (``--block-time``). None: a block every second, and every transaction
             mined at once besides.
+        slots: Jobs each provider runs at once (``--slots``); each free slot is offered for
+            every module the provider serves.
     """
 
     host: str = "127.0.0.1"
     port_offset: int = 0
     providers: int = 1
     block_time: float | None = None
+    slots: int = DEFAULT_SLOTS
 
     def port(self, name: str, index: int = 0) -> int:
+        if name == "provider" and index >= PORTS["mediator"] - PORTS["provider"]:
+            # providers 9 on: past the mediator's port (8100, 8101, ...)
+            index += 1
         return PORTS[name] + self.port_offset + index
 
     def url(self, name: str) -> str:
@@ -165,6 +178,21 @@ def reset_state(network: str) -> None:
         path.unlink()
 
 
+def check_slots(slots: int) -> int:
+    """``--slots``: from 1 to :data:`MAX_SLOTS`.
+
+    Raises:
+        InputError: out of that range.
+    """
+    if not 1 <= slots <= MAX_SLOTS:
+        raise InputError(
+            f"--slots {slots} is out of range: give the jobs each provider runs at once, from 1 "
+            f"to {MAX_SLOTS} (each slot is offered for every module: 48 built-in versions, and "
+            "the solver keeps at most 1,000 open offers per provider)"
+        )
+    return slots
+
+
 def check_block_time(seconds: float | None) -> float | None:
     """``--block-time``: seconds between blocks, from :data:`MIN_BLOCK_TIME_S` to
     :data:`MAX_BLOCK_TIME_S`.
@@ -192,6 +220,7 @@ def start_chain(network: str, topology: Topology) -> NetworkProfile:
         block_time=topology.block_time or 1,
         mixed_mining=topology.block_time is None,
         host=topology.host,
+        accounts=DEV_ACCOUNTS,
     ).start(detach=True)
     assert node.pid is not None
     (folder / "chain.pid").write_text(str(node.pid))
@@ -248,9 +277,9 @@ def services(
     network = profile.name
     assert profile.solver_url
     assert profile.ipfs_api_url
-    # One resource offer names one module, so the provider keeps a slot per module version: every
-    # built-in module stays on offer. TODO: slot groups (offers for several modules sharing one
-    # slot) would let a provider offer many modules without committing a slot to each.
+    # Each of a provider's free slots is offered for every module version it serves (an offer
+    # per module, all with the slot's nonce): every built-in module stays on offer, and any
+    # of them can take all the slots.
     served = [*builtin_images(), *extra_modules]
     executors: list[str] = ["--executor", executor] if executor else []
     for module, kind in sorted((executor_for or {}).items()):
@@ -292,7 +321,7 @@ def services(
         metrics = f"127.0.0.1:{topology.port('provider', index)}"
         args = [
             "resource-provider", *common, "--metrics", metrics,
-            "--modules", ",".join(served), "--max-concurrent", str(len(served)),
+            "--modules", ",".join(served), "--max-concurrent", str(topology.slots),
         ]  # fmt: skip
         if weights == "tiny":
             args.append("--emulate-machine")  # the GPU modules' needs, met on the CPU

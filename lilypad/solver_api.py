@@ -8,6 +8,7 @@ Routes (``/openapi.json`` of a running solver documents each with these models):
 
     POST /api/v1/job_offers                 JobSubmission          -> 201 OfferAccepted
     POST /api/v1/resource_offers            SignedResourceOffer    -> 201 OfferAccepted
+    POST /api/v1/resource_offers/slot       SlotOffers             -> 201 SlotAccepted
     GET  /api/v1/job_offers/{id}                                   -> JobOfferView
     GET  /api/v1/resource_offers?module=&min_vram_gb=&gpu=&provider=&limit=&cursor=
                                                                    -> ResourceOfferPage
@@ -177,6 +178,8 @@ class OfferState(StrEnum):
     CANCELLED = "cancelled"  # withdrawn by its signer
     EXPIRED = "expired"
     REJECTED = "rejected"  # the chain refused it (nonce used, funds gone...)
+    SUPERSEDED = "superseded"  # another offer of its slot (its signer and nonce) was matched;
+    # pending again if that deal fails without the provider's fault
 
     def is_terminal(self) -> bool:
         return self in (
@@ -233,6 +236,7 @@ class EventKind(StrEnum):
     RESOURCE_OFFER_CANCELLED = "resource_offer.cancelled"
     RESOURCE_OFFER_EXPIRED = "resource_offer.expired"
     RESOURCE_OFFER_REJECTED = "resource_offer.rejected"
+    RESOURCE_OFFER_SUPERSEDED = "resource_offer.superseded"  # its slot was taken by a sibling
     DEAL_MATCHED = "deal.matched"  # paired; createDeal is being sent
     DEAL_CREATED = "deal.created"  # on chain (deal, tx_hash)
     DEAL_FAILED = "deal.failed"  # createDeal reverted (error)
@@ -279,6 +283,7 @@ OfferEventKind = Literal[
     EventKind.RESOURCE_OFFER_CANCELLED,
     EventKind.RESOURCE_OFFER_EXPIRED,
     EventKind.RESOURCE_OFFER_REJECTED,
+    EventKind.RESOURCE_OFFER_SUPERSEDED,
 ]
 DealEventKind = Literal[
     EventKind.DEAL_MATCHED,
@@ -361,6 +366,23 @@ class SignedResourceOffer(offers.SignedResourceOffer):
     )
 
 
+#: The most offers one slot may hold (one per module version it serves).
+MAX_SLOT_OFFERS = 256
+
+
+class SlotOffers(_Wire):
+    """``POST /api/v1/resource_offers/slot``: one job slot of a provider, offered for several
+    modules at once: one signed offer per module, all of one provider with one nonce.
+
+    The market makes at most one deal per (signer, nonce), so the slot runs one job at a time
+    whatever the solver does; the solver takes the slot's offers together (all or none), counts
+    the slot's collateral once against the deposit, and once one of them is matched takes the
+    others out of the book (``superseded``) until that deal is made or fails.
+    """
+
+    offers: tuple[SignedResourceOffer, ...] = Field(min_length=1, max_length=MAX_SLOT_OFFERS)
+
+
 class JobSubmission(jobs.JobSubmission):
     """``POST /api/v1/job_offers``: a signed job offer with the job spec it commits to
     (:class:`lilypad.jobs.JobSubmission`).
@@ -407,6 +429,12 @@ class OfferAccepted(_Wire):
     id: Bytes32 = Field(description="the offer's EIP-712 struct hash")
     state: OfferState
     seq: int = Field(description="the offer's arrival number at this solver")
+
+
+class SlotAccepted(_Wire):
+    """A slot the solver took (201): its offers, in the order posted."""
+
+    offers: tuple[OfferAccepted, ...]
 
 
 class Cancellation(_Wire):
@@ -609,6 +637,16 @@ class OfferChange(_Wire):
     state: OfferState
     deal_id: Bytes32 | None = Field(None, description="the deal using it (dealt)")
     reason: str | None = Field(None, description="why the chain refused it (rejected)")
+    others: tuple[Bytes32, ...] = Field(
+        (),
+        max_length=MAX_SLOT_OFFERS,
+        description="the other offers of its slot that moved to this state with it (a "
+        "provider's slot is listed, superseded, relisted and withdrawn as one: one event)",
+    )
+
+    def ids(self) -> tuple[str, ...]:
+        """Every offer this change moved: its own and its slot's others."""
+        return (self.id, *self.others)
 
 
 class OfferEvent(OfferChange):
@@ -726,11 +764,11 @@ def refusal(response: httpx.Response, what: str) -> SolverRefused:
 
 def retry_after(value: str | None) -> float | None:
     """``Retry-After`` (RFC 9110: seconds, or an HTTP date) as seconds from now; None if absent
-    or malformed."""
+    or malformed. Seconds with a fraction (``0.1``, which some servers send) are read too."""
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", text):
         return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
@@ -790,6 +828,14 @@ class SolverClient:
         body = _wire(SignedResourceOffer, signed)
         return self._call(
             OfferAccepted.model_validate_json, "POST", "/api/v1/resource_offers", json=body
+        )
+
+    def post_slot(self, signed: Sequence[offers.SignedResourceOffer]) -> SlotAccepted:
+        """List one job slot: a signed offer per module, all with one nonce
+        (:class:`SlotOffers`)."""
+        body = SlotOffers(offers=tuple(_wire_offer(o) for o in signed)).model_dump(mode="json")
+        return self._call(
+            SlotAccepted.model_validate_json, "POST", "/api/v1/resource_offers/slot", json=body
         )
 
     def job_offer(self, offer_id: str) -> JobOfferView:
@@ -976,6 +1022,12 @@ def _params(**values: object) -> dict[str, Any]:
 
 
 _DEALS: TypeAdapter[list[DealView]] = TypeAdapter(list[DealView])
+
+
+def _wire_offer(value: offers.SignedResourceOffer) -> SignedResourceOffer:
+    if isinstance(value, SignedResourceOffer):
+        return value
+    return SignedResourceOffer.model_validate(value.model_dump())
 
 
 def _wire(model: type[BaseModel], value: BaseModel) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 :class:`ResourceProvider` runs three kinds of threads:
 
 * the **main loop** reads the market's events (the truth: ``DealCreated`` naming this provider,
-  and how each deal settled), resuming from the block saved in ``meta.json``; it also keeps one
-  signed resource offer at the solver per free slot (a fresh offer, with a fresh nonce, before an
-  old one expires), submits results that are ready, claims payment once a challenge window
+  and how each deal settled), resuming from the block saved in ``meta.json``; it also keeps each
+  free slot on offer at the solver (one signed offer per module served, all with the slot's
+  nonce, so that the market makes one deal of them at most; fresh ones, with a fresh nonce,
+  before they expire), submits results that are ready, claims payment once a challenge window
   has passed, and times out a mediation nobody ruled on in time (its collateral would otherwise
   stay locked until the job creator did);
 * the **event stream** thread listens to the solver's server-sent events for ``deal.created`` so
@@ -71,7 +72,6 @@ from lilypad.chain.offers import (
     Deal,
     Machine,
     ResourceOffer,
-    SignedResourceOffer,
     module_id,
     provider_min_timeout,
 )
@@ -143,12 +143,12 @@ class ProviderConfig:
     """How the provider offers and works.
 
     Attributes:
-        modules: Exact module references served (``cowsay:v0.0.4``); each new offer is for the
-            one with the fewest open offers.
+        modules: Exact module references served (``cowsay:v0.0.4``); each free slot is offered
+            for every one of them (one signed offer each, all with the slot's nonce).
         price: Price per job, in the token's smallest unit.
         collateral: Collateral per job, same unit.
         mediators: Mediators this provider trusts (offers name them).
-        max_concurrent: Jobs run at once (and offers listed at once).
+        max_concurrent: Jobs run at once (and slots listed at once).
         weights: Real or tiny weights for ML modules.
         gpus: GPUs to offer; None offers what was detected.
         offer_ttl_s: How long an offer is valid; a fresh one replaces it before it expires.
@@ -203,11 +203,10 @@ class _Pending:
 
 @dataclass
 class _Backoff:
-    """When offers may be listed again, and the offer the solver asked to send later."""
+    """When offers may be listed again, and the slot the solver asked to send later."""
 
     until: float = 0.0
-    refused: SignedResourceOffer | None = None
-    module: str = ""
+    refused: list[api.SignedResourceOffer] = field(default_factory=list)
 
 
 class ResourceProvider(ChainService):
@@ -425,8 +424,9 @@ class ResourceProvider(ChainService):
         if deal.provider != self.address:
             return
         with self._lock:
-            if self._offers.pop(deal.resource_offer_hash, None) is not None:
-                self._save_offers()
+            taken = self._offers.get(deal.resource_offer_hash)
+            if taken is not None:  # the slot is taken: its other offers can make no deal
+                self._drop_slot(taken.nonce)
             if self.store.get("deals", deal.deal_id, DealRecord) is not None:
                 return
             self._save(DealRecord(deal=deal))
@@ -725,64 +725,81 @@ class ResourceProvider(ChainService):
         with self._lock:
             return sum(1 for phase in self._open.values() if phase in active)
 
+    def _slots(self) -> dict[int, list[_Offer]]:
+        """The open slots, by nonce: each slot's offers (one per module)."""
+        with self._lock:
+            slots: dict[int, list[_Offer]] = {}
+            for offer in self._offers.values():
+                slots.setdefault(offer.nonce, []).append(offer)
+            return slots
+
     def _refresh_offers(self) -> None:
-        """Withdraw offers about to expire; list a fresh offer for each free slot."""
+        """Withdraw slots about to expire; list a fresh slot (an offer per module served, all
+        with one nonce) for each free one."""
         now = int(self.clock())
-        for offer in list(self._offers.values()):
-            if offer.expiry - now < self.config.offer_ttl_s // 3:
-                self._cancel(offer)
+        for offers in self._slots().values():
+            if offers[0].expiry - now < self.config.offer_ttl_s // 3:
+                self._cancel(offers[0])  # the solver withdraws the slot's other offers with it
         self.metrics.open_offers.set(len(self._offers))
-        free = self.config.max_concurrent - self._busy_slots() - len(self._offers)
+        free = self.config.max_concurrent - self._busy_slots() - len(self._slots())
         if free <= 0 or time.monotonic() < self._backoff.until:
             return
         if self.config.auto_deposit:
-            self._top_up(len(self._offers) + free)
+            self._top_up(len(self._slots()) + free)
         for _ in range(free):
-            wait = self._post_offer(now)
+            wait = self._post_slot(now)
             if wait is not None:
-                # Refused (deposit too small, rate limit) or unreachable: try again later
-                # rather than on every pass.
+                # Refused (deposit too small, rate limit) or unreachable: try again when the
+                # solver said (a 429's Retry-After), else a while later rather than every pass.
                 self._backoff.until = time.monotonic() + wait
                 break
 
-    def _post_offer(self, now: int) -> float | None:
-        """List one offer: the one the solver asked to have again later while it is fresh, else
+    def _post_slot(self, now: int) -> float | None:
+        """List one slot: the one the solver asked to have again later while it is fresh, else
         a new one. Returns None once it is listed, else the seconds to wait before trying again.
         """
-        signed, module = self._backoff.refused, self._backoff.module
-        self._backoff.refused = None
-        again = signed is not None and signed.offer.expiry - now >= self.config.offer_ttl_s // 3
-        if signed is None or not again:
-            module = self._least_offered_module()
-            signed = self._sign_offer(module, now)
+        signed = self._backoff.refused
+        self._backoff.refused = []
+        again = bool(signed) and signed[0].offer.expiry - now >= self.config.offer_ttl_s // 3
+        if not signed or not again:
+            signed = self._sign_slot(now)
+        nonce = signed[0].offer.nonce
         try:
-            offer_id = self.solver.post_resource_offer(signed).id
+            ids = [accepted.id for accepted in self.solver.post_slot(signed).offers]
         except SolverBusy as exc:
-            # Put off, not taken: the same offer (and nonce) goes again once the wait is over.
-            self._backoff.refused, self._backoff.module = signed, module
+            # Put off, not taken: the same offers (and nonce) go again once the wait is over.
+            self._backoff.refused = signed
             wait = OFFER_RETRY_S if exc.retry_after is None else exc.retry_after
             wait = min(wait, MAX_RETRY_AFTER_S)
-            log.info("offer for %s put off for %gs: %s", module, wait, exc)
+            log.info("slot %d put off for %gs: %s", nonce, wait, exc)
             return wait
         except AlreadyKnown as exc:
             if not again:
-                log.warning("cannot list an offer: %s", exc)
+                log.warning("cannot list a slot: %s", exc)
                 return OFFER_RETRY_S
-            offer_id = signed.offer.struct_hash()  # it reached the solver after all
+            ids = [o.offer.struct_hash() for o in signed]  # it reached the solver after all
         except SolverError as exc:
-            log.warning("cannot list an offer: %s", exc)
+            log.warning("cannot list a slot: %s", exc)
             return OFFER_RETRY_S
         with self._lock:
-            self._offers[offer_id] = _Offer(
-                offer_id, signed.offer.nonce, signed.offer.expiry, module
-            )
+            for offer_id, offer in zip(ids, signed, strict=True):
+                module = offer.module_reference or ""
+                self._offers[offer_id] = _Offer(offer_id, nonce, offer.offer.expiry, module)
             self._save_offers()
-        log.info("offer %s listed for %s until %d", offer_id, module, signed.offer.expiry)
+        log.info(
+            "slot %d listed for %d module(s) until %d", nonce, len(ids), signed[0].offer.expiry
+        )
         return None
 
-    def _sign_offer(self, module: str, now: int) -> SignedResourceOffer:
-        """A new offer of one slot for ``module``, with a nonce never used before."""
+    def _sign_slot(self, now: int) -> list[api.SignedResourceOffer]:
+        """The offers of a new slot: one per module served, all with one nonce never used
+        before, so that the market makes one deal of them at most."""
         nonce = int(self.store.meta("next_nonce", 0)) or _initial_nonce()
+        self.store.set_meta(next_nonce=nonce + 1)  # never reuse a nonce, even if posting fails
+        return [self._sign_offer(module, now, nonce) for module in self.config.modules]
+
+    def _sign_offer(self, module: str, now: int, nonce: int) -> api.SignedResourceOffer:
+        """The offer of one slot (``nonce``) for ``module``."""
         offer = ResourceOffer(
             provider=self.address,
             module=module_id(module),
@@ -795,7 +812,6 @@ class ResourceProvider(ChainService):
             nonce=nonce,
         )
         chain_id, market = self.market.chain.chain_id, self.market.address
-        self.store.set_meta(next_nonce=nonce + 1)  # never reuse a nonce, even if posting fails
         # What the market view shows beyond the signed lanes (`lilypad providers list`): the
         # module's name and the GPUs offered by model (each at least the vram_mb lane).
         return api.SignedResourceOffer(
@@ -807,16 +823,6 @@ class ResourceProvider(ChainService):
                 for gpu in self.hardware.gpus[: self.machine.gpus]
             ),
         )
-
-    def _least_offered_module(self) -> str:
-        """The served module with the fewest open offers (the first on a tie), so that with as
-        many slots as modules every module stays on offer while the provider is idle."""
-        with self._lock:
-            counts = {module: 0 for module in self.config.modules}
-            for offer in self._offers.values():
-                if offer.module in counts:
-                    counts[offer.module] += 1
-        return min(self.config.modules, key=lambda module: counts[module])
 
     def _cancel(self, offer: _Offer) -> None:
         signed = self.account.sign_message(encode_defunct(text=cancel_message(offer.offer_id)))
@@ -833,8 +839,13 @@ class ResourceProvider(ChainService):
         except SolverError as exc:
             log.warning("cannot withdraw offer %s: %s", offer.offer_id, exc)
             return
+        self._drop_slot(offer.nonce)
+
+    def _drop_slot(self, nonce: int) -> None:
+        """Forget the offers of slot ``nonce`` (withdrawn, or one of them made a deal)."""
         with self._lock:
-            self._offers.pop(offer.offer_id, None)
+            for offer_id in [k for k, v in self._offers.items() if v.nonce == nonce]:
+                del self._offers[offer_id]
             self._save_offers()
 
     def _save_offers(self) -> None:

@@ -6,6 +6,8 @@ The protocol is declared in :mod:`lilypad.solver_api`: every route answers one o
     POST /api/v1/job_offers                 JobSubmission (signed offer + job spec)
                                             -> 201 OfferAccepted
     POST /api/v1/resource_offers            SignedResourceOffer   -> 201 OfferAccepted
+    POST /api/v1/resource_offers/slot       SlotOffers: one job slot, an offer per module, all
+                                            with one nonce -> 201 SlotAccepted
     GET  /api/v1/job_offers/{id}            JobOfferView: its state and, once matched, its deal
     GET  /api/v1/resource_offers?module=&min_vram_gb=&gpu=&provider=&limit=&cursor=
                                             ResourceOfferPage: the open offers, oldest first
@@ -89,6 +91,8 @@ HEARTBEAT_S = 15.0
 BODY_LIMITS = {
     "/api/v1/job_offers": 256 * 1024,
     "/api/v1/resource_offers": 16 * 1024,
+    # a slot: up to MAX_SLOT_OFFERS offers of about 1.5 KiB each
+    "/api/v1/resource_offers/slot": 512 * 1024,
 }
 #: The largest body of a log batch: its lines, each cut at the most a line keeps (UTF-8: up
 #: to 4 bytes a character, JSON-escaped control characters up to 6).
@@ -298,6 +302,16 @@ def _offer_routes(app: FastAPI, solver: Solver) -> None:
     def post_resource_offer(signed: api.SignedResourceOffer) -> api.OfferAccepted:
         row = solver.submit_resource_offer(signed)
         return api.OfferAccepted(id=row.id, state=api.OfferState(row.state), seq=row.seq)
+
+    @app.post("/api/v1/resource_offers/slot", status_code=201, responses=_errors(*refused))
+    def post_slot(slot: api.SlotOffers) -> api.SlotAccepted:
+        rows = solver.submit_slot(slot.offers)
+        return api.SlotAccepted(
+            offers=tuple(
+                api.OfferAccepted(id=row.id, state=api.OfferState(row.state), seq=row.seq)
+                for row in rows
+            )
+        )
 
     @app.get("/api/v1/job_offers/{offer_id}", responses=_errors(404, 422))
     def get_job_offer(offer_id: str = _OFFER_ID) -> api.JobOfferView:

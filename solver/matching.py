@@ -4,6 +4,10 @@ Rules (the solver's contract with both sides):
 
 * A resource offer sells ``slots`` identical job slots, each with the offer's machine (GPUs and
   per-GPU VRAM, CPUs, RAM, disk); one job books one whole slot.
+* Offers of one **slot group** (the same ``group`` key: a provider's per-module offers of one
+  slot) share their slots: a job that books one of them books it for all, and none of them is
+  matched again until that slot is released. So a group is never matched with more jobs at once
+  than its ``slots``, however many modules its offers serve.
 * A job matches the **cheapest eligible** offer; a price tie goes to the older offer.
   Eligible means: the offer serves the job's module at a price no higher than the job's maximum,
   its slot machine covers every need of the job, it has a free slot, both sides trust at least one
@@ -104,6 +108,8 @@ class ResourceOffer:
         expires_at: Unix time after which the offer is void.
         min_timeout: The least time the provider needs for a result (its offer commits to it on
             chain); only jobs giving at least this much can take it.
+        group: The slot group whose slots it shares (the first offer of a group listed sets
+            their number); empty: its own slots.
     """
 
     id: str
@@ -115,6 +121,7 @@ class ResourceOffer:
     seq: int
     expires_at: float = INF
     min_timeout: int = 0
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +134,26 @@ class Match:
 
 
 @dataclass(slots=True, eq=False)
+class _Slots:
+    """The free slots of one offer, or of every listed offer of one slot group."""
+
+    total: int
+    free: int
+    members: set[_Live] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
 class _Live:
     offer: ResourceOffer
-    free: int
+    slots: _Slots
     removed: bool = False
 
+    @property
+    def free(self) -> int:
+        return self.slots.free
+
     def usable(self, now: float) -> bool:
-        return not self.removed and self.free > 0 and self.offer.expires_at > now
+        return not self.removed and self.slots.free > 0 and self.offer.expires_at > now
 
     def __lt__(self, other: _Live) -> bool:
         # Heap entries are (price, seq, live); only two entries of one offer tie on the first
@@ -188,6 +208,7 @@ class OrderBook:
         self._jobs: dict[str, JobRequest] = {}
         self._queue: list[tuple[int, str]] = []  # (seq, job id), a heap: oldest first
         self._booked: dict[str, tuple[_Live, JobRequest]] = {}
+        self._groups: dict[str, _Slots] = {}  # by group key, while any offer of it is listed
         # (expires at, tie-breaker, job or live offer): the next to expire first. Entries of jobs
         # and offers that left the book stay until they come up, or the heap is compacted.
         self._expiries: list[tuple[float, int, JobRequest | _Live]] = []
@@ -208,15 +229,36 @@ class OrderBook:
         return job_id in self._jobs
 
     def is_open(self, offer_id: str) -> bool:
-        """Whether the resource offer is listed and none of its slots is booked."""
+        """Whether the resource offer is listed and none of its slots (its group's) is booked."""
         entry = self._offers.get(offer_id)
-        return entry is not None and entry[0].free == entry[0].offer.slots
+        return entry is not None and entry[0].free == entry[0].slots.total
+
+    def remove_slot(self, offer_id: str) -> list[str]:
+        """Withdraw an offer and the other listed offers of its slot group (bookings already
+        made stand); returns the others' ids."""
+        entry = self._offers.get(offer_id)
+        if entry is None:
+            return []
+        live = entry[0]
+        others = [m.offer.id for m in live.slots.members if m is not live and live.offer.group]
+        for other in others:
+            self.remove_offer(other)
+        self.remove_offer(offer_id)
+        return others
 
     def add_offer(self, offer: ResourceOffer, booked: int = 0) -> None:
-        """Add a resource offer with ``booked`` of its slots already taken (on a restart)."""
+        """Add a resource offer with ``booked`` of its slots already taken (on a restart). An
+        offer of a slot group already listed shares that group's slots (``slots`` and
+        ``booked`` are the group's, set by its first offer)."""
         if offer.id in self._offers:
             raise ValueError(f"resource offer {offer.id} is already in the book")
-        live = _Live(offer, offer.slots - booked)
+        slots = self._groups.get(offer.group) if offer.group else None
+        if slots is None:
+            slots = _Slots(offer.slots, offer.slots - booked)
+            if offer.group:
+                self._groups[offer.group] = slots
+        live = _Live(offer, slots)
+        slots.members.add(live)
         placed: list[tuple[int, _Class]] = []
         for module, price in offer.prices.items():
             classes = self._classes.setdefault(module, {})
@@ -237,7 +279,12 @@ class OrderBook:
         entry = self._offers.pop(offer_id, None)
         if entry is None:
             return False
-        entry[0].removed = True
+        live = entry[0]
+        live.removed = True
+        live.slots.members.discard(live)
+        group = live.offer.group
+        if group and not live.slots.members and self._groups.get(group) is live.slots:
+            del self._groups[group]
         return True
 
     def add_job(self, job: JobRequest) -> None:
@@ -254,10 +301,11 @@ class OrderBook:
     def release(self, job_id: str) -> None:
         """Free the slot a matched job booked (its deal ended, or could not be made)."""
         live, _ = self._booked.pop(job_id)
-        live.free += 1
-        if not live.removed:
-            for price, cls in self._offers[live.offer.id][1]:
-                cls.push(price, live)
+        live.slots.free += 1
+        for member in (live, *live.slots.members):  # the whole group can take jobs again
+            if not member.removed:
+                for price, cls in self._offers[member.offer.id][1]:
+                    cls.push(price, member)
 
     def unmatch(self, job_id: str) -> None:
         """Undo a match: free the slot and put the job back, pending, in its old place."""
@@ -326,7 +374,7 @@ class OrderBook:
                 waiting.append((seq, job_id))
                 continue
             price, _, live = best
-            live.free -= 1
+            live.slots.free -= 1
             del jobs[job_id]
             booked[job_id] = (live, job)
             matches.append(Match(job_id, live.offer.id, live.offer.provider, price, job.creator))

@@ -97,6 +97,8 @@ log = logging.getLogger("lilypad.solver")
 
 #: An offer must stay valid at least this long after it arrives, or it is refused.
 MIN_LIFETIME_S = 10
+#: How often the follower's place is saved while the blocks it reads hold no market event.
+SAVE_S = 5.0
 #: How many matches go into one createDeals transaction.
 BATCH = 50
 #: Locks that serialize one signer's offer submissions (a signer maps to one by its address).
@@ -305,6 +307,7 @@ class Solver:
         self._log_limiter = RateLimiter(config.log_rate, config.log_burst)
         self._mediator_cache: ExpiringCache[str, bool] = ExpiringCache(CACHE_SIZE)
         self._collateral_rule: tuple[int, int] | None = None  # the market's: immutable
+        self._saved_block = (-1, 0.0)  # the follower's next block as last saved, and when
         self._listeners: list[Callable[[], None]] = []
         self.chain_id = market.chain.chain_id
 
@@ -408,22 +411,72 @@ class Solver:
         return row
 
     def submit_resource_offer(self, signed: SignedResourceOffer) -> ResourceOfferRow:
-        """Check, store and list a resource offer (one job slot).
+        """Check, store and list a resource offer (one job slot, for its module).
 
         Raises:
             OfferRejected: bad signature, expired, nonce used, no collateral.
             DepositShort, TooManyOffers, RateLimited, Duplicate: as for job offers.
         """
-        offer = signed.offer
+        return self.submit_slot([signed])[0]
+
+    def submit_slot(self, offers: Sequence[SignedResourceOffer]) -> list[ResourceOfferRow]:
+        """Check, store and list the offers of one job slot: one per module, all of one
+        provider with one nonce, so the market makes one deal of them at most. They are taken
+        together or refused together; the slot's collateral (its largest) counts once against
+        the deposit, and the slot counts once against the signer's rate.
+
+        Raises:
+            OfferRejected: offers of several signers or nonces, or two for one module; a bad
+                signature, expired, nonce used, no collateral.
+            DepositShort, TooManyOffers, RateLimited, Duplicate: as for job offers.
+        """
+        wires = [
+            o
+            if isinstance(o, api.SignedResourceOffer)
+            else api.SignedResourceOffer.model_validate(o.model_dump())
+            for o in offers
+        ]
+        first = wires[0].offer
+        signer = first.provider
+        _check_slot([w.offer for w in wires])
+        # once per slot what the slot's offers share (one query for them all, one chain read
+        # of the nonce); each offer's own signature, as createDeals checks the one it uses
+        self._check_new(ResourceOfferRow, *(w.offer.struct_hash() for w in wires))
+        for wire in wires:
+            _check_advertised(wire)
+            self._check_signature(wire.offer, signer, wire.signature, "resource offer")
+            self._check_collateral(wire.offer)
+        self._limiter.take(signer)
+        for wire in wires:
+            self._check_fresh(signer, wire.offer.nonce, wire.offer.expiry, chain=wire is wires[0])
+        collateral = max(w.offer.collateral for w in wires)
+        rows, requests = [], []
+        for wire in wires:
+            vram_mb, gpu_models = market_columns(wire)
+            rows.append(
+                ResourceOfferRow(
+                    collateral=str(wire.offer.collateral),
+                    vram_mb=vram_mb,
+                    gpu_models=gpu_models,
+                    **self._row_fields(wire, wire.offer),
+                )
+            )
+        mediators = {w.offer.mediators: self._mediators(w.offer.mediators) for w in wires}
+        with self._signer_lock(signer):
+            self._check_open(
+                signer, ResourceOfferRow, collateral, "its collateral", count=len(rows)
+            )
+            self.store.add_slot(rows)
+            for row, wire in zip(rows, wires, strict=True):
+                requests.append(_resource_request(row, wire.offer, mediators[wire.offer.mediators]))
+            with self._lock:
+                for request in requests:
+                    self._book.add_offer(request)
+        self._notify()
+        return rows
+
+    def _check_collateral(self, offer: ChainResourceOffer) -> None:
         signer = offer.provider
-        wire = (
-            signed
-            if isinstance(signed, api.SignedResourceOffer)
-            else api.SignedResourceOffer.model_validate(signed.model_dump())
-        )
-        self._check_new(ResourceOfferRow, offer.struct_hash())
-        _check_advertised(wire)
-        self._check_offer(offer, signer, signed.signature, "resource offer")
         if offer.collateral == 0:
             raise OfferRejected(
                 f"resource offer of {signer} with nonce {offer.nonce} has collateral 0: nothing "
@@ -438,29 +491,15 @@ class Solver:
                 f"{offer.price} (the larger of its minimum collateral and its collateral "
                 "multiple times the price)"
             )
-        mediators = self._mediators(offer.mediators)
-        vram_mb, gpu_models = market_columns(wire)
-        row = ResourceOfferRow(
-            collateral=str(offer.collateral),
-            vram_mb=vram_mb,
-            gpu_models=gpu_models,
-            **self._row_fields(wire, offer),
-        )
-        with self._signer_lock(signer):
-            self._check_open(signer, ResourceOfferRow, offer.collateral, "its collateral")
-            row.seq = self.store.add_offer(row, [signer])
-            request = _resource_request(row, offer, mediators)
-            with self._lock:
-                self._book.add_offer(request)
-        self._notify()
-        return row
 
-    def _check_new(self, model: Model, offer_id: str) -> None:
+    def _check_new(self, model: Model, *offer_ids: str) -> None:
         """An offer posted again is a duplicate (409), checked first: its first post may have
         made a deal since, which uses its nonce and commits the deposit it would be checked
         against (a client retrying a post whose answer it lost must hear "known")."""
-        if self.store.offer(model, offer_id) is not None:
-            raise Duplicate(f"offer {offer_id} is already known")
+        known = self.store.known(model, offer_ids)
+        for offer_id in offer_ids:
+            if offer_id in known:
+                raise Duplicate(f"offer {offer_id} is already known")
 
     def _check_offer(
         self, offer: JobOffer | ChainResourceOffer, signer: str, signature: str, what: str
@@ -487,8 +526,8 @@ class Solver:
         }
 
     def cancel_offer(self, kind: Side, offer_id: str, signature: str) -> None:
-        """Withdraw a pending offer; ``signature`` is its signer's EIP-191 signature of
-        ``cancel_message(offer_id)``.
+        """Withdraw a pending offer (a resource offer with the other offers of its slot);
+        ``signature`` is its signer's EIP-191 signature of ``cancel_message(offer_id)``.
 
         Raises:
             OfferRejected: no such offer, a malformed signature or another signer's, or the
@@ -505,8 +544,10 @@ class Solver:
             with self._lock:
                 if model is JobOfferRow:
                     listed = self._book.remove_job(offer_id)
-                else:
-                    listed = self._book.is_open(offer_id) and self._book.remove_offer(offer_id)
+                else:  # with the other offers of its slot
+                    listed = self._book.is_open(offer_id)
+                    if listed:
+                        self._book.remove_slot(offer_id)
             if not listed:
                 state = self.store.offer(model, offer_id).state
                 if state == OfferState.PENDING.value:  # taken out a moment ago
@@ -514,7 +555,10 @@ class Solver:
                 raise OfferRejected(
                     f"{kind} offer {offer_id} is {state}; only a pending offer can be cancelled"
                 )
-            self.store.set_offer_state(model, offer_id, OfferState.CANCELLED, [row.signer])
+            slot = OfferState.PENDING if model is ResourceOfferRow else None
+            self.store.set_offer_state(
+                model, offer_id, OfferState.CANCELLED, [row.signer], slot=slot
+            )
         self._notify()
 
     # --------------------------------------------------------------------------- matching
@@ -534,10 +578,11 @@ class Solver:
                 for match in matches:  # not recorded: as if never matched
                     self._book.unmatch(match.job_id)
                 raise
-            # Out of the book: a deal uses the offer, or _deal_failed puts it back.
+            # Out of the book: a deal uses the offer (its slot's other offers are superseded),
+            # or _deal_failed puts them back.
             for match in matches:
                 self._book.settle(match.job_id)
-                self._book.remove_offer(match.offer_id)
+                self._book.remove_slot(match.offer_id)
             self._sending.update(row.job_offer_id for row in rows)
         self._notify()
         try:
@@ -627,6 +672,9 @@ class Solver:
                 )
         if not self.store.fail_deal(row.job_offer_id, str(exc), rejected, relisted):
             return  # the follower saw the deal made meanwhile
+        if not resource_bad:  # its slot is free again: so are the slot's other offers
+            siblings = self.store.slot_siblings(resource.id, OfferState.PENDING)
+            requests += [self._resource_request(sibling) for sibling in siblings]
         with self._lock:
             for request in requests:
                 if isinstance(request, JobRequest):
@@ -669,7 +717,15 @@ class Solver:
         events = follower.poll()
         for event in events:
             self._apply(event)
-        self.store.set_meta("next_block", str(follower.next_block))
+        # Saved after what it applied. Blocks without market events need no write each poll
+        # (a durable commit ten times a second): a restart before the next save only reads
+        # them again, and finds nothing in them.
+        now = time.monotonic()
+        if events or (
+            follower.next_block != self._saved_block[0] and now - self._saved_block[1] >= SAVE_S
+        ):
+            self.store.set_meta("next_block", str(follower.next_block))
+            self._saved_block = (follower.next_block, now)
         if events:
             self._notify()
         return len(events)
@@ -894,14 +950,15 @@ class Solver:
             raise OfferRejected(f"{what} signature is malformed")
         raise OfferRejected(f"{what} is signed by {recovered}, not by {signer}")
 
-    def _check_fresh(self, signer: str, nonce: int, expiry: int) -> None:
+    def _check_fresh(self, signer: str, nonce: int, expiry: int, *, chain: bool = True) -> None:
+        """Not about to expire, and (with ``chain``) the nonce unused on chain."""
         now = self._clock()
         if expiry < now + MIN_LIFETIME_S:
             raise OfferRejected(
                 f"offer of {signer} with nonce {nonce} expires at {expiry}, less than "
                 f"{MIN_LIFETIME_S}s from now ({int(now)}); sign one with a later expiry"
             )
-        if self.market.nonce_used(signer, nonce):
+        if chain and self.market.nonce_used(signer, nonce):
             raise OfferRejected(f"nonce {nonce} of {signer} is already used on chain")
 
     def _rerender(self, spec: JobSpec) -> JobSpec:
@@ -932,15 +989,20 @@ class Solver:
     def _signer_lock(self, signer: str) -> threading.Lock:
         return self._signer_locks[int(signer[-8:], 16) % SIGNER_LOCKS]
 
-    def _check_open(self, signer: str, model: Model, amount: int, what: str) -> None:
-        """Room for one more open offer of ``signer``: under the per-signer bound, and within
-        its deposit on top of the open ones (offers past their expiry count for nothing)."""
-        count, committed = self.store.open_offers(signer, model, self._clock())
-        if count >= self.config.max_open_offers:
+    def _check_open(
+        self, signer: str, model: Model, amount: int, what: str, count: int = 1
+    ) -> None:
+        """Room for ``count`` more open offers of ``signer`` (sharing one nonce): under the
+        per-signer bound, and within its deposit on top of the open ones (offers past their
+        expiry count for nothing)."""
+        open_count, committed = self.store.open_offers(signer, model, self._clock())
+        if open_count + count > self.config.max_open_offers:
+            count = open_count
             kind = "job" if model is JobOfferRow else "resource"
             raise TooManyOffers(
-                f"{signer} has {count} open {kind} offers, the most this solver keeps for one "
-                "signer; cancel some, or wait until they are matched or expire"
+                f"{signer} has {count} open {kind} offers; the most this solver keeps for one "
+                f"signer is {self.config.max_open_offers}; cancel some, or wait until they are "
+                "matched or expire"
             )
         balance = self.market.balance_of(signer)
         if balance < committed + amount:
@@ -1036,7 +1098,33 @@ def _resource_request(
         seq=row.seq,
         expires_at=offer.expiry,
         min_timeout=offer.min_timeout,
+        # offers with one nonce are one slot: the market makes one deal of them at most
+        group=slot_group(offer.provider, offer.nonce),
     )
+
+
+def slot_group(provider: str, nonce: int) -> str:
+    """The order book's slot group of a provider's offers with one nonce."""
+    return f"{provider.lower()}:{nonce}"
+
+
+def _check_slot(offers: Sequence[ChainResourceOffer]) -> None:
+    """The offers of one slot: one signer, one nonce, one machine and expiry, one per module."""
+    first = offers[0]
+    seen: set[str] = set()
+    for offer in offers:
+        if (offer.provider, offer.nonce) != (first.provider, first.nonce):
+            raise OfferRejected(
+                f"a slot's offers share one provider and nonce: {offer.provider} nonce "
+                f"{offer.nonce} is not {first.provider} nonce {first.nonce}; post each slot "
+                "on its own"
+            )
+        if offer.module in seen:
+            raise OfferRejected(
+                f"slot {first.nonce} of {first.provider} has two offers for module "
+                f"{offer.module}; offer each module once per slot"
+            )
+        seen.add(offer.module)
 
 
 def _check_advertised(signed: api.SignedResourceOffer) -> None:

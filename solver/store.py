@@ -16,7 +16,8 @@ moment restarts with every offer and deal it had:
 The market view's listings (:meth:`Store.open_resource_offers`, :meth:`Store.deal_page`) page by
 ``seq`` (keyset: a page starts after the last row of the one before, so rows arriving meanwhile
 neither repeat nor hide one), each driven by an index on an equality filter. Columns added after
-a database was made are added to it when a :class:`Store` opens it (:func:`_upgrade`).
+a database was made are added to it, and constraints changed since are replaced (every row
+kept), when a :class:`Store` opens it (:func:`_upgrade`).
 """
 
 from __future__ import annotations
@@ -36,18 +37,29 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
     event,
     inspect,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    aliased,
+    mapped_column,
+    sessionmaker,
+)
+from sqlalchemy.schema import AddConstraint, CreateIndex, CreateTable
 
 from lilypad import solver_api as api
 from lilypad.chain import offers
@@ -88,8 +100,13 @@ class JobOfferRow(_OfferColumns, Base):
 
 
 class ResourceOfferRow(_OfferColumns, Base):
+    """A resource offer. Offers of one job slot share their signer and nonce (the market makes
+    one deal of them at most), one per module."""
+
     __tablename__ = "resource_offers"
-    __table_args__ = (UniqueConstraint("signer", "nonce", name="resource_offer_signer_nonce"),)
+    __table_args__ = (
+        UniqueConstraint("signer", "nonce", "module", name="resource_offer_signer_nonce_module"),
+    )
 
     collateral: Mapped[str] = mapped_column(String(40))
     #: The machine's VRAM lane (MiB per GPU), and its advertised GPU models, lowercase, one a
@@ -273,6 +290,39 @@ class Store:
                 f"(or {row.signer} already used nonce {row.nonce})"
             ) from None
 
+    def add_slot(self, rows: Sequence[ResourceOfferRow]) -> None:
+        """Store the offers of one job slot, all or none, with one event naming them all; sets
+        each row's arrival number.
+
+        Raises:
+            Duplicate: one of them, or another offer of its signer, nonce and module, is known.
+        """
+        try:
+            with self.session() as session:
+                session.add_all(rows)
+                session.flush()
+                first, *others = rows
+                change = api.OfferChange(
+                    id=first.id, state=OfferState(first.state), others=tuple(r.id for r in others)
+                )
+                self._event(session, EventKind.RESOURCE_OFFER_ADDED, change, [first.signer])
+        except IntegrityError:
+            raise Duplicate(
+                f"an offer of slot {rows[0].nonce} of {rows[0].signer} is already known"
+            ) from None
+
+    def known(
+        self, model: type[JobOfferRow] | type[ResourceOfferRow], ids: Sequence[str]
+    ) -> set[str]:
+        """Which of ``ids`` name a stored offer (one query)."""
+        with self.session() as session:
+            return set(session.scalars(select(model.id).where(model.id.in_(ids))))
+
+    def slot_siblings(self, offer_id: str, state: OfferState) -> list[ResourceOfferRow]:
+        """The other offers of the resource offer's slot (its signer and nonce) in ``state``."""
+        with self.session() as session:
+            return _siblings(session, offer_id, state)
+
     def offers(
         self, model: type[JobOfferRow] | type[ResourceOfferRow], *states: OfferState
     ) -> list[Any]:
@@ -292,9 +342,12 @@ class Store:
         parties: Sequence[str],
         expected: OfferState | None = None,
         deal_id: str | None = None,
+        slot: OfferState | None = None,
     ) -> bool:
         """Move an offer to ``state`` and log its event (naming ``deal_id``, the deal using
-        it); with ``expected``, only from that state. Returns whether it moved."""
+        it); with ``expected``, only from that state; with ``slot``, the other offers of a
+        resource offer's slot in that state move with it (named in the same event). Returns
+        whether it moved."""
         where = model.id == offer_id
         if expected is not None:
             where = where & (model.state == expected.value)
@@ -302,7 +355,8 @@ class Store:
             changed = session.execute(update(model).where(where).values(state=state.value))
             if not changed.rowcount:  # type: ignore[attr-defined]
                 return False
-            change = api.OfferChange(id=offer_id, state=state, deal_id=deal_id)
+            others = () if slot is None else _move_siblings(session, offer_id, slot, state)
+            change = api.OfferChange(id=offer_id, state=state, deal_id=deal_id, others=others)
             self._event(session, EventKind.for_offer(_side(model), state), change, parties)
             return True
 
@@ -323,15 +377,20 @@ class Store:
         now: float | None = None,
     ) -> tuple[int, int]:
         """How many offers of a signer are open (pending or matched), and what they could still
-        take from its deposit together."""
+        take from its deposit together: offers sharing a nonce (a slot's) make one deal at most,
+        so each nonce counts once, at its largest amount."""
         column = JobOfferRow.max_price if model is JobOfferRow else ResourceOfferRow.collateral
         pending = model.state == OfferState.PENDING.value
         if now is not None:
             pending = pending & (model.expires_at > now)
         live = pending | (model.state == OfferState.MATCHED.value)
         with self.session() as session:
-            values = list(session.scalars(select(column).where(model.signer == signer, live)))
-            return len(values), sum(int(value) for value in values)
+            query = select(model.nonce, column).where(model.signer == signer, live)
+            rows = list(session.execute(query))
+        largest: dict[str, int] = {}
+        for nonce, value in rows:
+            largest[nonce] = max(largest.get(nonce, 0), int(value))
+        return len(rows), sum(largest.values())
 
     def open_resource_offers(
         self,
@@ -386,6 +445,17 @@ class Store:
                     deal_view(deal),
                     [deal.job_creator, deal.provider],
                 )
+                # the other offers of its slot: the slot is taken (the chain would refuse them)
+                superseded = _move_siblings(
+                    session, deal.resource_offer_id, OfferState.PENDING, OfferState.SUPERSEDED
+                )
+                if superseded:
+                    first, *others = superseded
+                    change = api.OfferChange(
+                        id=first, state=OfferState.SUPERSEDED, others=tuple(others)
+                    )
+                    kind = EventKind.RESOURCE_OFFER_SUPERSEDED
+                    self._event(session, kind, change, [deal.provider])
 
     def deals(self, *states: DealState, party: str | None = None) -> list[DealRow]:
         with self.session() as session:
@@ -498,7 +568,11 @@ class Store:
                     session.execute(
                         update(model).where(model.id == offer_id).values(state=state.value)
                     )
-                    change = api.OfferChange(id=offer_id, state=state, reason=reason)
+                    others: tuple[str, ...] = ()
+                    if model is ResourceOfferRow:
+                        # its slot's other offers share its fate: free again, or as bad
+                        others = _move_siblings(session, offer_id, OfferState.SUPERSEDED, state)
+                    change = api.OfferChange(id=offer_id, state=state, reason=reason, others=others)
                     self._event(session, EventKind.for_offer(_side(model), state), change, [signer])
             if relisted:
                 session.delete(deal)
@@ -637,6 +711,36 @@ class Store:
             session.merge(MetaRow(key=key, value=value))
 
 
+def _siblings(session: Session, offer_id: str, state: OfferState) -> list[ResourceOfferRow]:
+    return list(session.scalars(select(ResourceOfferRow).where(_sibling(offer_id, state))))
+
+
+def _move_siblings(
+    session: Session, offer_id: str, expected: OfferState, state: OfferState
+) -> tuple[str, ...]:
+    """Move the other offers of a resource offer's slot from ``expected`` to ``state`` (one
+    statement; the caller logs the event); returns their ids, oldest first."""
+    row = ResourceOfferRow
+    moved = session.execute(
+        update(row)
+        .where(_sibling(offer_id, expected))
+        .values(state=state.value)
+        .returning(row.seq, row.id),
+        execution_options={"synchronize_session": False},
+    )
+    return tuple(offer_id for _, offer_id in sorted(moved))
+
+
+def _sibling(offer_id: str, state: OfferState) -> Any:
+    """Where a resource offer is another offer of ``offer_id``'s slot (its signer and nonce),
+    in ``state``."""
+    row, of = ResourceOfferRow, aliased(ResourceOfferRow)
+    slot = select(of.signer, of.nonce).where(of.id == offer_id)
+    return (
+        tuple_(row.signer, row.nonce).in_(slot) & (row.id != offer_id) & (row.state == state.value)
+    )
+
+
 def deal_view(row: DealRow) -> api.DealView:
     """A deal row as the protocol shows it: in answers and in deal events alike."""
     return api.DealView(
@@ -657,13 +761,18 @@ def deal_view(row: DealRow) -> api.DealView:
 #: Columns added after the first release, by table: :func:`_upgrade` adds them to an older
 #: database.
 _ADDED_COLUMNS = {"resource_offers": ("vram_mb", "gpu_models"), "deals": ("module",)}
+#: Unique constraints replaced after the first release, by table: :func:`_upgrade` swaps each
+#: for the table's constraints of now (a slot's offers share their signer and nonce, one per
+#: module).
+_REPLACED_UNIQUE = {"resource_offers": "resource_offer_signer_nonce"}
 
 
 def _upgrade(engine: Engine) -> None:
     """Bring a database made by an older solver up to these tables (``create_all`` makes only
-    the tables missing): add the missing columns and indexes, and fill the columns in from
-    what the rows hold (the deals' modules from their job offers; the pending resource offers'
-    machines from their bodies, the only ones listed)."""
+    the tables missing): add the missing columns, replace the old unique constraints, add the
+    missing indexes, and fill the columns in from what the rows hold (the deals' modules from
+    their job offers; the pending resource offers' machines from their bodies, the only ones
+    listed)."""
     inspector = inspect(engine)
     added: set[str] = set()
     for name, columns in _ADDED_COLUMNS.items():
@@ -675,7 +784,11 @@ def _upgrade(engine: Engine) -> None:
                     kind = table.c[column].type.compile(engine.dialect)
                     connection.execute(text(f"ALTER TABLE {name} ADD COLUMN {column} {kind}"))
                     added.add(name)
-        for index in table.indexes:
+    for name, constraint in _REPLACED_UNIQUE.items():
+        if constraint in {c["name"] for c in inspector.get_unique_constraints(name)}:
+            _replace_unique(engine, Base.metadata.tables[name], constraint)
+    for name in {*_ADDED_COLUMNS, *_REPLACED_UNIQUE}:
+        for index in Base.metadata.tables[name].indexes:
             index.create(engine, checkfirst=True)
     if "deals" in added:
         module = select(JobOfferRow.module).where(JobOfferRow.id == DealRow.job_offer_id)
@@ -689,6 +802,44 @@ def _upgrade(engine: Engine) -> None:
             for row in session.scalars(pending):
                 signed = api.SignedResourceOffer.model_validate(row.body)
                 row.vram_mb, row.gpu_models = market_columns(signed)
+
+
+def _replace_unique(engine: Engine, table: Table, old: str) -> None:
+    """Swap the unique constraint ``old`` of ``table`` for the table's unique constraints of
+    now, in one transaction, every row kept."""
+    name = table.name
+    if engine.dialect.name != "sqlite":  # PostgreSQL alters constraints in place
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {old}"))
+            for constraint in table.constraints:
+                if isinstance(constraint, UniqueConstraint) and constraint.name:
+                    connection.execute(AddConstraint(constraint))
+        return
+    # SQLite alters no constraint: the table is made anew, the rows copied over and its indexes
+    # made again, all in one transaction. Foreign keys are off meanwhile (SQLite's own
+    # procedure), so that the deals go on referring to the table by its name.
+    fresh = table.to_metadata(MetaData(), name=f"{name}_upgrade")
+    present = [column["name"] for column in inspect(engine).get_columns(name)]
+    columns = ", ".join(column for column in present if column in fresh.c)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("PRAGMA foreign_keys=OFF"))
+        connection.execute(text("BEGIN IMMEDIATE"))
+        try:
+            connection.execute(CreateTable(fresh))
+            connection.execute(
+                text(f"INSERT INTO {fresh.name} ({columns}) SELECT {columns} FROM {name}")
+            )
+            connection.execute(text(f"DROP TABLE {name}"))
+            connection.execute(text(f"ALTER TABLE {fresh.name} RENAME TO {name}"))
+            for index in table.indexes:
+                connection.execute(CreateIndex(index))
+            connection.execute(text("COMMIT"))
+        except BaseException:
+            connection.execute(text("ROLLBACK"))
+            raise
+        finally:
+            connection.execute(text("PRAGMA foreign_keys=ON"))
+    log.info("upgraded table %s: unique constraint %s replaced", name, old)
 
 
 def market_columns(signed: api.SignedResourceOffer) -> tuple[int, str | None]:

@@ -78,6 +78,7 @@ class Anvil:
             the clock. False: transactions wait for the next block, as on a real chain.
         state_file: Load the chain from, and save it to, this file (``--state``).
         host: The address to listen on (another machine's providers need a reachable one).
+        accounts: How many pre-funded development accounts to make (anvil's default is 10).
     """
 
     def __init__(
@@ -89,8 +90,10 @@ class Anvil:
         mixed_mining: bool = True,
         state_file: Path | None = None,
         host: str = "127.0.0.1",
+        accounts: int = 10,
     ) -> None:
         self.host = host
+        self.n_accounts = accounts
         self.port = port or free_port()
         self.chain_id = chain_id
         self._block_time = block_time
@@ -114,6 +117,7 @@ class Anvil:
             "--host", self.host,
             "--port", str(self.port),
             "--chain-id", str(self.chain_id),
+            "--accounts", str(self.n_accounts),
             "--config-out", str(self._dir / "anvil.json"),
             # its log is read only for why it did not start; the banner would list the keys
             "--quiet",

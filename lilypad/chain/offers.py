@@ -31,6 +31,7 @@ values ``0x``-prefixed lowercase hex, so the models travel as JSON unchanged.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
@@ -278,15 +279,11 @@ class _Offer(BaseModel):
 
     def struct_hash(self) -> str:
         """The EIP-712 ``hashStruct`` of this offer (what a :class:`Deal` records)."""
-        types, values = ["bytes32"], [keccak(text=self._TYPE)]
-        for abi_type, value in self._values():
-            if abi_type == "address[]":
-                types.append("bytes32")
-                values.append(keccak(encode_words(["address"] * len(value), value)))
-            else:
-                types.append(abi_type)
-                values.append(_b32(value) if abi_type == "bytes32" else value)
-        return "0x" + keccak(encode_words(types, values)).hex()
+        values = tuple(
+            (abi_type, tuple(value) if abi_type == "address[]" else value)
+            for abi_type, value in self._values()
+        )
+        return _struct_hash(self._TYPE, values)
 
     def typed_data(self, chain_id: int, market: str) -> dict[str, Any]:
         """The full EIP-712 message (domain, types, message), as a wallet would be asked to sign."""
@@ -313,21 +310,7 @@ class _Offer(BaseModel):
 
     def digest(self, chain_id: int, market: str) -> str:
         """The EIP-712 digest signed: ``keccak256(0x1901 ‖ domainSeparator ‖ structHash)``."""
-        separator = keccak(
-            encode_words(
-                ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-                [
-                    keccak(
-                        text="EIP712Domain(string name,string version,uint256 chainId,"
-                        "address verifyingContract)"
-                    ),
-                    keccak(text=DOMAIN_NAME),
-                    keccak(text=DOMAIN_VERSION),
-                    chain_id,
-                    market,
-                ],
-            )
-        )
+        separator = _domain_separator(chain_id, market)
         return "0x" + keccak(b"\x19\x01" + separator + _b32(self.struct_hash())).hex()
 
     def signer(self, signature: str, chain_id: int, market: str) -> str | None:
@@ -556,6 +539,41 @@ class Deal(BaseModel):
 
 def _hex(value: str | bytes) -> str:
     return value if isinstance(value, str) else "0x" + bytes(value).hex()
+
+
+# An offer is hashed several times on its way (its id, the digest its signature is checked
+# against, the row stored), and a provider's slot is many offers: the hashes are remembered, by
+# the values hashed (so a copy with other values never finds a stale one).
+@functools.lru_cache(maxsize=4096)
+def _struct_hash(type_string: str, values: tuple[tuple[str, Any], ...]) -> str:
+    types, words = ["bytes32"], [keccak(text=type_string)]
+    for abi_type, value in values:
+        if abi_type == "address[]":
+            types.append("bytes32")
+            words.append(keccak(encode_words(["address"] * len(value), value)))
+        else:
+            types.append(abi_type)
+            words.append(_b32(value) if abi_type == "bytes32" else value)
+    return "0x" + keccak(encode_words(types, words)).hex()
+
+
+@functools.lru_cache(maxsize=64)
+def _domain_separator(chain_id: int, market: str) -> bytes:
+    return keccak(
+        encode_words(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [
+                keccak(
+                    text="EIP712Domain(string name,string version,uint256 chainId,"
+                    "address verifyingContract)"
+                ),
+                keccak(text=DOMAIN_NAME),
+                keccak(text=DOMAIN_VERSION),
+                chain_id,
+                market,
+            ],
+        )
+    )
 
 
 def domain(chain_id: int, market: str) -> dict[str, Any]:

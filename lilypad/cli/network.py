@@ -38,6 +38,12 @@ def up(
     providers: int = typer.Option(
         1, "--providers", min=0, help="Resource providers to run here (0: only other machines')."
     ),
+    slots: int = typer.Option(
+        8,
+        "--slots",
+        help="Jobs each provider runs at once (1 to 16); each free slot is offered for every "
+        "module it serves, so any module can take all of them.",
+    ),
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
@@ -89,9 +95,10 @@ def up(
         )
     localnet.check_host(host)
     localnet.check_block_time(block_time)
+    localnet.check_slots(slots)
     extra = _resolve_modules(module or [])  # bad references stop here, before anything starts
     topology = localnet.Topology(
-        host=host, port_offset=port_offset, providers=providers, block_time=block_time
+        host=host, port_offset=port_offset, providers=providers, block_time=block_time, slots=slots
     )
     if weights == "auto":
         weights = "real" if _real_weights() else "tiny"

@@ -188,7 +188,7 @@ def resource_provider(
         "on the CPU with tiny weights.",
     ),
     max_concurrent: int = typer.Option(
-        1, "--max-concurrent", min=1, max=256, help="Jobs run at once (one offer per free slot)."
+        1, "--max-concurrent", min=1, max=256, help="Jobs run at once (slots offer every module)."
     ),
     price: str = typer.Option("1", "--price", help="Price per job, in tokens."),
     collateral: str = typer.Option(

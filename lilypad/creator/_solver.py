@@ -31,6 +31,9 @@ log = logging.getLogger("lilypad.creator")
 
 #: The longest pause between two tries while a solver or an IPFS node is unreachable.
 MAX_RETRY_PAUSE_S = 30.0
+#: The longest a job offer's post is retried while the solver answers busy (429 or 503: too
+#: fast, too many open offers), each time after the ``Retry-After`` it gives.
+MAX_BUSY_S = 120.0
 #: An offer is posted no later than this many seconds before it expires (the solver refuses one
 #: with less than 10 s left).
 POST_LIFETIME_S = 30
@@ -97,15 +100,18 @@ class SolverCalls:
         on_step: Callable[[Step], None],
     ) -> str:
         """Post the offer and return its id; while the solver cannot be reached or is busy, try
-        again (a solver restarting loses no job) until the offer has too little life left for
-        the solver to take it.
+        again (a solver restarting loses no job; a busy one is asked again after the
+        ``Retry-After`` it gives) until the offer has too little life left for the solver to
+        take it, and for at most :data:`MAX_BUSY_S` while it is busy.
 
         Raises:
             DepositShort: the solver found the deposit short (HTTP 402).
             SolverRefused: the solver refused the offer.
-            SolverUnreachable, SolverBusy: not taken in time; the offer was never posted.
+            SolverUnreachable, SolverBusy: not taken in time; the offer was never posted (the
+                message says so, and what the solver last answered).
         """
         last_chance = submission.offer.expiry - POST_LIFETIME_S
+        give_up = time.monotonic() + MAX_BUSY_S
         pause = 0.5
         while True:
             try:
@@ -113,14 +119,11 @@ class SolverCalls:
             except (SolverUnreachable, SolverBusy) as exc:
                 wait = pause
                 if isinstance(exc, SolverBusy) and exc.retry_after is not None:
-                    wait = min(exc.retry_after, MAX_RETRY_PAUSE_S)
-                if clock() + wait > last_chance:
-                    if isinstance(exc, SolverBusy):
-                        raise
-                    raise SolverUnreachable(
-                        f"{exc.message}; the offer was never posted and no funds moved",
-                        hint="is it running? lilypad network status",
-                    ) from exc
+                    wait = min(exc.retry_after, MAX_RETRY_PAUSE_S)  # as long as it asks
+                if clock() + wait > last_chance or (
+                    isinstance(exc, SolverBusy) and time.monotonic() + wait > give_up
+                ):
+                    raise _gave_up(exc) from exc
                 on_step(Step("solver_retry", {"error": exc.message, "pause": wait}))
                 time.sleep(wait)
                 pause = min(2 * pause, MAX_RETRY_PAUSE_S)
@@ -175,6 +178,23 @@ class SolverCalls:
         return deal if deal.result_cid else None
 
 
+def _gave_up(exc: SolverUnreachable | SolverBusy) -> SolverError:
+    """The error of a post given up: what the solver last said, and that nothing was spent."""
+    if isinstance(exc, SolverBusy):
+        return SolverBusy(
+            f"the solver kept refusing the job offer as busy ({exc.status}), retried as it asked "
+            f"for up to {MAX_BUSY_S:g}s or until the offer had too little life left: "
+            f"{exc.error}; the offer was never posted and no funds moved",
+            exc.status,
+            exc.error,
+            exc.retry_after,
+        )
+    return SolverUnreachable(
+        f"{exc.message}; the offer was never posted and no funds moved",
+        hint="is it running? lilypad network status",
+    )
+
+
 class OfferEvents:
     """The job creator's event stream, read with deadlines. A stream the solver ends with an
     error is given up (logged): the job goes on by looking at the offer and the chain."""
@@ -219,7 +239,7 @@ class OfferEvents:
 def _about(event: OfferEvent | DealEvent, offer_id: str) -> bool:
     if isinstance(event, DealEvent):
         return event.job_offer_id == offer_id
-    return event.id == offer_id
+    return offer_id in event.ids()
 
 
 class LogFollower:

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from eth_account.signers.local import LocalAccount
 
+from lilypad import solver_api as api
 from lilypad.chain.anvil import Anvil, find_anvil, free_port
 from lilypad.chain.client import Chain
 from lilypad.chain.deployment import Deployment, deploy, setup_dev_accounts
@@ -128,6 +129,17 @@ class Net:
         return SignedResourceOffer(
             offer=offer, signature=offer.sign(provider, self.chain.chain_id, self.market.address)
         )
+
+    def slot(self, *modules: str, **changes: Any) -> list[api.SignedResourceOffer]:
+        """One job slot of the first provider: an offer per module (names), all with one nonce,
+        as the slot route takes them."""
+        nonce = self.nonce()
+        return [
+            api.SignedResourceOffer.model_validate(
+                self.resource(module=module_id(m), nonce=nonce, **changes).model_dump()
+            )
+            for m in modules
+        ]
 
 
 @pytest.fixture(scope="session")

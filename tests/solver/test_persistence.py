@@ -21,9 +21,13 @@ from lilypad.chain.anvil import free_port
 from lilypad.chain.market import JobMarketClient
 from lilypad.chain.offers import Deal
 from lilypad.errors import ChainUnavailable, ConfigError
+from lilypad.modules import render
+from solver import store as store_module
 from solver.service import Solver
-from solver.store import DealRowState
-from tests.solver.conftest import Net, SolverFactory, wait_for
+from solver.store import DealRowState, Duplicate, OfferState, ResourceOfferRow, Store
+from tests.solver.conftest import MODULE, Net, SolverFactory, wait_for
+
+OTHER_MODULE = "sdxl-turbo:v1.0-lilypad1"
 
 POSTGRES_URL = os.environ.get(
     "LILYPAD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
@@ -130,6 +134,78 @@ def test_a_database_of_another_market_is_refused(net: Net, make_solver: SolverFa
     other.market = JobMarketClient(net.chain, net.deployment.token)  # any other address
     with pytest.raises(ConfigError, match="belongs to market"):
         other.recover()
+
+
+def _old_schema(url: str) -> None:
+    """The tables as a solver before slots made them: one resource offer per signer and nonce."""
+    metadata = sqlalchemy.MetaData()
+    for table in store_module.Base.metadata.sorted_tables:
+        table.to_metadata(metadata)
+    offers = metadata.tables["resource_offers"]
+    [new] = [c for c in offers.constraints if isinstance(c, sqlalchemy.UniqueConstraint)]
+    offers.constraints.remove(new)
+    offers.append_constraint(
+        sqlalchemy.UniqueConstraint("signer", "nonce", name="resource_offer_signer_nonce")
+    )
+    engine = sqlalchemy.create_engine(url)
+    metadata.create_all(engine)
+    engine.dispose()
+
+
+def _rows(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in a fixed order."""
+    with store.engine.connect() as connection:
+        return {
+            table.name: sorted(tuple(map(repr, row)) for row in connection.execute(table.select()))
+            for table in store_module.Base.metadata.sorted_tables
+        }
+
+
+def test_a_database_from_before_slots_is_upgraded_in_place(
+    net: Net, make_solver: SolverFactory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose resource offers were unique by signer and nonce takes a slot (an offer
+    per module with one nonce) once a solver opens it, every row it held kept as it was."""
+    _old_schema(db_url)
+    with monkeypatch.context() as old_code:  # the solver before slots: nothing to upgrade
+        old_code.setattr(store_module, "_upgrade", lambda engine: None)
+        old = make_solver(db_url)
+    old.recover()
+    job = old.submit_job_offer(net.job())
+    old.submit_resource_offer(net.resource(net.providers[1]))
+    assert len(old.match_once()) == 1
+    waiting = old.submit_resource_offer(net.resource(net.providers[2]))
+    other = render(OTHER_MODULE, ["Prompt=a fox", f"Seed={net.nonce()}"])
+    waiting_job = old.submit_job_offer(net.job(net.creators[1], spec=other))
+    with pytest.raises(Duplicate):  # the old constraint: one offer per nonce
+        old.submit_slot(net.slot(MODULE, OTHER_MODULE))
+    before = _rows(old.store)
+    old.store.close()
+
+    new = make_solver(db_url)
+    assert _rows(new.store) == before  # every row, every column, as it was
+    constraints = sqlalchemy.inspect(new.store.engine).get_unique_constraints("resource_offers")
+    assert [c["name"] for c in constraints] == ["resource_offer_signer_nonce_module"]
+    new.recover()
+    posted = new.submit_slot(net.slot(MODULE, OTHER_MODULE))
+    assert [row.state for row in posted] == [OfferState.PENDING.value] * 2
+    after = _rows(new.store)
+    for table, rows in before.items():
+        assert set(rows) <= set(after[table]), table
+    assert new.store.offer(ResourceOfferRow, waiting.id).state == OfferState.PENDING.value
+    assert new.store.deal_by_offer(job.id).state == "created"  # type: ignore[union-attr]
+    columns = [c.key for c in ResourceOfferRow.__table__.columns if c.key not in ("seq", "id")]
+    twin = ResourceOfferRow(id="0x" + "ab" * 32, **{c: getattr(posted[0], c) for c in columns})
+    with pytest.raises(Duplicate):  # one offer per signer, nonce and module still
+        new.store.add_slot([twin])
+    # the old pending job takes the slot's offer for its module; the other offer steps aside
+    [match] = new.match_once()
+    assert (match.job_offer_id, match.resource_offer_id) == (waiting_job.id, posted[1].id)
+    assert new.store.offer(ResourceOfferRow, posted[0].id).state == OfferState.SUPERSEDED.value
+    after = _rows(new.store)
+    new.store.close()
+    again = make_solver(db_url)  # opened again: nothing more to do
+    assert _rows(again.store) == after
 
 
 def solver_process(net: Net, db: str, port: int, log: Path) -> subprocess.Popen[bytes]:

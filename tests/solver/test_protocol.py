@@ -133,6 +133,12 @@ def test_every_route_answers_exactly_its_declared_models(net: Net, served: Serve
     resource = net.resource(provider)
     call("POST", "/api/v1/resource_offers", 201, json=resource.model_dump(mode="json"))
     call("POST", "/api/v1/resource_offers", 409, json=resource.model_dump(mode="json"))
+    turbo = offers.module_id("sdxl-turbo:v1.0-lilypad1")  # not the job's module: no match
+    slot = {"offers": [net.resource(net.providers[1], module=turbo).model_dump(mode="json")]}
+    taken = call("POST", "/api/v1/resource_offers/slot", 201, json=slot)
+    assert [o.state for o in taken.offers] == [api.OfferState.PENDING]
+    call("POST", "/api/v1/resource_offers/slot", 409, json=slot)
+    call("POST", "/api/v1/resource_offers/slot", 422, json={"offers": []})
 
     job_id = accepted.id
     wait_for(lambda: (d := call_deal(client, job_id)) and d["state"] == "created")
