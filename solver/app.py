@@ -152,6 +152,11 @@ _CURSOR = Query(
 )
 
 
+#: The most open offers and deals the dashboard reads.
+DASHBOARD_OFFERS = 2000
+DASHBOARD_DEALS = 50
+
+
 def create_app(
     solver: Solver,
     *,
@@ -177,6 +182,7 @@ def create_app(
     _offer_routes(app, solver)
     _query_routes(app, solver)
     _log_routes(app, solver, LogWaiters(max_streams, streams_per_party))
+    _dashboard_routes(app, solver)
 
     @app.get(
         "/api/v1/events",
@@ -425,6 +431,35 @@ def _query_routes(app: FastAPI, solver: Solver) -> None:
         if row is None:
             raise UnknownObject(f"no deal {deal_id}")
         return deal_view(row)
+
+
+def _dashboard_routes(app: FastAPI, solver: Solver) -> None:
+    """The read-only dashboard: the network view of ``lilypad serve``'s, from what this solver
+    holds (its public market view and newest deals; no key, no form, nothing to change)."""
+    from fastapi.responses import HTMLResponse, RedirectResponse
+
+    from lilypad.web import pages
+    from lilypad.web.network import network_view
+
+    pages.mount_static(app)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        offers: list[api.MarketOffer] = []
+        cursor = None
+        while len(offers) < DASHBOARD_OFFERS:
+            page = solver.market_offers(limit=api.MAX_PAGE, cursor=cursor)
+            offers.extend(page.offers)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        rows, _ = solver.deal_page(limit=DASHBOARD_DEALS)
+        view = network_view(offers[:DASHBOARD_OFFERS], [deal_view(row) for row in rows])
+        return pages.solver_dashboard(view)
 
 
 def _log_routes(app: FastAPI, solver: Solver, waiters: LogWaiters) -> None:

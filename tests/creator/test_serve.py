@@ -27,7 +27,7 @@ from lilypad.creator import load_records
 from lilypad.web.serve import COOKIE, create_app
 from tests.browser import chromium, screenshot
 from tests.conftest import CliRunner
-from tests.creator.conftest import Creator
+from tests.creator.conftest import Creator, cowsay
 from tests.provider.conftest import wait_for
 from tests.test_file_inputs import ENTRYPOINT, MANIFEST
 
@@ -305,6 +305,21 @@ def test_every_built_in_module_version_has_a_form(served: Served) -> None:
                 for name in input_schema(modules.resolve(ref))["properties"]:
                     assert f'id="in-{name}"' in page.text, (ref, name)
         assert browser.get("/modules/cowsay:v9.9.9").status_code == 404
+
+
+def test_the_solver_shows_the_network_read_only(creator: Creator) -> None:
+    world = creator.world
+    provider = world.net.providers[0]
+    world.provider(provider)
+    Creator(world, world.net.creators[1]).run(cowsay("for the books"))
+    with httpx.Client(base_url=world.server.url) as anyone:  # no key, no token: public data
+        assert anyone.get("/").headers.get("location") == "/dashboard"
+        page = anyone.get("/dashboard")
+        assert page.status_code == 200
+        assert provider.address in page.text
+        assert "accepted" in page.text  # the deal, in the recent deals
+        assert "<form" not in page.text  # nothing to run or change from here
+        assert anyone.get("/static/style.css").status_code == 200
 
 
 @pytest.mark.parametrize(
