@@ -16,9 +16,13 @@ imports torch and diffusers and loads the pipelines once, and runs each job it i
 - its time limit and output cap, enforced as a cold job's (:func:`~.supervise.watch`): a job
   stopped for either takes its worker with it.
 
-A reused worker that dies during a job, or that runs it into its timeout, is replaced and the job
-retried once on a fresh worker, whose result stands: the result is never one that a worker's
-history made. In the worst case a job so takes twice its timeout. The pool holds at most
+A job keeps to its own timeout, warm or not (the deal's deadline is computed from it): the
+clock starts when the executor takes the job, so the setup of a worker started for it counts
+against it, and a job that ends up on a fresh worker after a failure gets only the time left. A
+reused worker that dies during a job is replaced and the job retried on a fresh worker, whose
+result stands: the result is never one that a worker's history made. A job a reused worker runs
+into its timeout has no time left for a retry: it timed out (as a cold job that hangs does), and
+the worker is replaced. The pool holds at most
 ``size`` workers; one idle for ``idle_s`` is ended, and when the pool is full the least recently
 used idle worker makes room. With every worker busy, a job runs cold.
 """
@@ -98,6 +102,11 @@ class WorkerUnavailable(Exception):
     """The worker refused to serve (no predictor) or its setup failed: run the job cold."""
 
 
+class SetupTimedOut(WorkerUnavailable):
+    """The worker's setup did not end within the time left to the job that waits for it: the
+    job timed out (a cold run, which would load the same, has no time left either)."""
+
+
 @dataclass(frozen=True)
 class Launch:
     """How to start a worker: its command, environment and working directory, and its root,
@@ -138,12 +147,15 @@ class Worker:
     last_used: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def start(cls, key: WorkerKey, launch: Launch, setup_timeout_s: float) -> Worker:
-        """Start a worker and wait for its setup.
+    def start(cls, key: WorkerKey, launch: Launch, deadline: float) -> Worker:
+        """Start a worker and wait for its setup, until ``deadline`` (``time.monotonic()``).
 
         Raises:
-            WorkerUnavailable: it refused, failed its setup, died or ran out of time.
+            SetupTimedOut: its setup was not done by the deadline (it is ended).
+            WorkerUnavailable: it refused, failed its setup or died.
         """
+        if deadline <= time.monotonic():
+            raise SetupTimedOut("no time left to start a worker")
         for name in (OUTPUTS, "inputs", "tmp"):
             (launch.root / name).mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -164,9 +176,12 @@ class Worker:
         finally:
             theirs.close()
         worker = cls(key, launch, proc, ours)
-        ours.settimeout(setup_timeout_s)
+        ours.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             message, _ = protocol.receive(ours)
+        except TimeoutError:
+            worker.stop()
+            raise SetupTimedOut("its setup took longer than the job's time left") from None
         except (OSError, protocol.ProtocolError) as exc:
             message = protocol.SetupFailed(f"no answer ({exc})")
         if not isinstance(message, protocol.Ready):
@@ -175,9 +190,10 @@ class Worker:
             raise WorkerUnavailable(f"{reason}; {worker.log_tail()}".rstrip("; "))
         return worker
 
-    def serve(self, job: Job, env: dict[str, str], limit: int) -> Served:
-        """Run ``job`` with ``env`` on this worker; leave its stdout, stderr and outputs in
-        ``job.output_dir`` (the exit code is the caller's to write)."""
+    def serve(self, job: Job, env: dict[str, str], limit: int, timeout_s: float) -> Served:
+        """Run ``job`` with ``env`` on this worker for at most ``timeout_s`` (the time left to
+        it); leave its stdout, stderr and outputs in ``job.output_dir`` (the exit code is the
+        caller's to write)."""
         root, out = self.launch.root, job.output_dir
         _stage_inputs(job, root / "inputs")
         read, write = os.pipe()
@@ -214,7 +230,7 @@ class Worker:
                 self.kill,
                 output_dir=root,
                 logs=(out / STDOUT, sink),
-                timeout_s=job.spec.timeout_s,
+                timeout_s=timeout_s,
                 limit=limit,
             )
         finally:
@@ -306,10 +322,12 @@ class WarmPool:
         """Whether ``key``'s module refused to be served warm (or its setup failed) before."""
         return key in self._one_shot
 
-    def acquire(self, key: WorkerKey, launch: Callable[[], Launch], timeout_s: float) -> Worker:
-        """A worker for ``key``, marked busy: an idle warm one, else a fresh one.
+    def acquire(self, key: WorkerKey, launch: Callable[[], Launch], deadline: float) -> Worker:
+        """A worker for ``key``, marked busy: an idle warm one, else a fresh one set up by
+        ``deadline`` (the job's: ``time.monotonic()``).
 
         Raises:
+            SetupTimedOut: a fresh worker was not set up by the deadline.
             WorkerUnavailable: every place in the pool is busy, or a fresh worker could not be
                 set up (then the module is remembered as one-shot).
         """
@@ -328,7 +346,9 @@ class WarmPool:
             placeholder = _Reserved(key)
             self._workers.append(placeholder)  # type: ignore[arg-type]
         try:
-            worker = Worker.start(key, launch(), timeout_s)
+            worker = Worker.start(key, launch(), deadline)
+        except SetupTimedOut:
+            raise  # the job's time ran out, not the module's chance to be served warm
         except WorkerUnavailable:
             self._one_shot.add(key)
             raise
