@@ -24,7 +24,10 @@ result stands: the result is never one that a worker's history made. A job a reu
 into its timeout has no time left for a retry: it timed out (as a cold job that hangs does), and
 the worker is replaced. The pool holds at most
 ``size`` workers; one idle for ``idle_s`` is ended, and when the pool is full the least recently
-used idle worker makes room. With every worker busy, a job runs cold.
+used idle worker makes room. With every worker busy, a job runs cold. The workers' memory (the
+resident set of each one's processes, read from ``/proc``) is measured after every job and
+before a new worker starts: while it is over ``memory_bytes``, the least recently used idle
+worker ends (the one that just served a job too, if it alone is over).
 """
 
 from __future__ import annotations
@@ -62,11 +65,72 @@ PREDICTOR = "predictor"
 
 @dataclass(frozen=True)
 class WarmConfig:
-    """How many warm workers a provider keeps (``--warm``; 0: none) and for how long an idle one
-    stays (``--warm-idle``)."""
+    """How many warm workers a provider keeps (``--warm``; 0: none), for how long an idle one
+    stays (``--warm-idle``) and how much memory they may hold together (``--warm-memory``;
+    None: :func:`default_memory_bytes`)."""
 
     size: int = 0
     idle_s: float = 600.0
+    memory_bytes: int | None = None
+
+    @property
+    def memory_budget(self) -> int:
+        return default_memory_bytes() if self.memory_bytes is None else self.memory_bytes
+
+
+#: The share of the machine's RAM idle warm workers may hold when the provider declares none:
+#: the rest is for cold jobs and the jobs running on the workers.
+MEMORY_SHARE = 0.5
+
+
+def machine_memory() -> int:
+    """Bytes of RAM this machine has (``MemTotal`` in ``/proc/meminfo``)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_memory_bytes() -> int:
+    """Half of the machine's RAM."""
+    return int(machine_memory() * MEMORY_SHARE)
+
+
+#: The RAM each default warm worker needs: a real SDXL pipeline in memory is about 7 GiB (fp16
+#: on a GPU, its CPU copy while loading), and the jobs running beside it need theirs.
+RAM_PER_WORKER = 8 << 30
+
+
+def default_workers() -> int:
+    """How many warm workers a provider keeps when it says nothing (``--warm``): 2 with 32 GiB
+    of RAM or more, 1 with 8 GiB or more, none on a smaller machine."""
+    ram = machine_memory()
+    return 2 if ram >= 4 * RAM_PER_WORKER else 1 if ram >= RAM_PER_WORKER else 0
+
+
+def session_rss(session: int) -> int:
+    """Bytes resident in memory of every process in ``session`` (a worker's: bubblewrap, the
+    Python inside and whatever it started), read from ``/proc``."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                # the fields after the command (which may hold spaces) start after its ")"
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) != session:  # the 6th field: the session id
+                continue
+            with open(f"/proc/{entry.name}/statm", "rb") as statm:
+                total += int(statm.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+    return total
 
 
 @dataclass(frozen=True)
@@ -252,6 +316,10 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def memory(self) -> int:
+        """Bytes its processes hold in memory now (it leads their session)."""
+        return session_rss(self.proc.pid) if self.alive() else 0
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -343,6 +411,7 @@ class WarmPool:
                 if not spare:
                     raise WorkerUnavailable("every warm worker is busy")
                 self._evict(min(spare, key=lambda w: w.last_used), "count")
+            self._fit_memory()
             placeholder = _Reserved(key)
             self._workers.append(placeholder)  # type: ignore[arg-type]
         try:
@@ -361,9 +430,35 @@ class WarmPool:
         return worker
 
     def release(self, worker: Worker) -> None:
-        """The job is done and the worker healthy: keep it for the next job."""
+        """The job is done and the worker healthy: keep it for the next job, unless the
+        workers are over their memory budget (then the least recently used idle ones end)."""
         with self._lock:
             worker.busy, worker.last_used = False, time.monotonic()
+            self._fit_memory()
+
+    def memory(self) -> int:
+        """Bytes the workers hold in memory now."""
+        with self._lock:
+            return sum(w.memory() for w in self._workers if isinstance(w, Worker))
+
+    def _fit_memory(self) -> None:
+        """End idle workers, least recently used first, while all are over the budget."""
+        budget = self.config.memory_budget
+        held = {w: w.memory() for w in self._workers if isinstance(w, Worker)}
+        total = sum(held.values())
+        for worker in sorted(held, key=lambda w: w.last_used):
+            if total <= budget:
+                break
+            if not worker.busy:
+                log.info(
+                    "warm workers hold %d MiB, over their %d MiB budget",
+                    total >> 20,
+                    budget >> 20,
+                )
+                self._evict(worker, "memory")
+                total -= held[worker]
+        if self.metrics is not None:
+            self.metrics.warm_memory.set(total)
 
     def discard(self, worker: Worker, reason: str) -> None:
         """End ``worker`` (it failed, or its job was stopped)."""

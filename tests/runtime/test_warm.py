@@ -239,3 +239,26 @@ def test_workers_are_ended_by_count_and_by_idle_time(tmp_path: Path) -> None:
         assert counted(executor, "lilypad_warm_workers") == 0
     finally:
         executor.close()
+
+
+def test_workers_are_ended_by_memory_least_recently_used_first(tmp_path: Path) -> None:
+    # a probe worker holds about 20 MiB, and what its jobs asked it to hold (HoldMB)
+    budget = 150 << 20
+    executor = sandboxed(WarmConfig(size=3, idle_s=600, memory_bytes=budget))
+    executor.use_metrics(Metrics())
+    try:
+        other = shutil.copytree(PROBE, tmp_path / "other-module")  # another module version
+        run(executor, PROBE, tmp_path / "a", "HoldMB=80", weights=Weights.REAL)
+        assert executor.warm is not None
+        assert executor.warm.workers() == 1  # about 100 MiB: within the budget
+        run(executor, str(other), tmp_path / "b", "HoldMB=80", weights=Weights.REAL)
+        assert counted(executor, "lilypad_warm_evictions_total", reason="memory") == 1
+        assert executor.warm.workers() == 1  # the first one made room
+        assert 80 << 20 < counted(executor, "lilypad_warm_memory_bytes") <= budget + (20 << 20)
+        assert executor.warm.memory() <= budget
+        run(executor, str(other), tmp_path / "b-again", "HoldMB=80", weights=Weights.REAL)
+        assert counted(executor, "lilypad_warm_hits_total") == 1  # served warm, then over alone
+        assert counted(executor, "lilypad_warm_evictions_total", reason="memory") == 2
+        assert executor.warm.workers() == 0
+    finally:
+        executor.close()
