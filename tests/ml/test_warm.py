@@ -5,8 +5,9 @@ pipeline, ControlNet or annotator, a LoRA and an embedding) run through one warm
 sandboxed process executor in the order A, B, A: B runs on a worker that holds what A loaded,
 and the second A after B changed the worker (a LoRA it loaded, a token it added, another
 scheduler state, other cached networks). Both As, and the B with a LoRA and an embedding, must
-give the result folder (outputs, stdout, stderr, exit code) of their cold runs. The sdxl 1.0 jobs with the refiner and several samplers, the worker's isolation and
-its failures are in tests/runtime/test_warm.py.
+give the result folder (outputs, stdout, stderr, exit code) of their cold runs; every B must
+differ from A. The sdxl 1.0 jobs with the refiner and several samplers, the worker's isolation
+and its failures are in tests/runtime/test_warm.py.
 """
 
 from __future__ import annotations
