@@ -59,11 +59,17 @@ class Metrics:
         )
         self.warm_evictions = Counter(
             "lilypad_warm_evictions",
-            "Warm workers ended: idle, count (room for another), died, timed_out, output_limit",
+            "Warm workers ended: idle, count (room for another), memory (over the budget), died, "
+            "timed_out, output_limit",
             ["reason"],
             registry=r,
         )
         self.warm_workers = Gauge("lilypad_warm_workers", "Warm workers alive now", registry=r)
+        self.warm_memory = Gauge(
+            "lilypad_warm_memory_bytes",
+            "Resident memory of the warm workers, measured after their last job",
+            registry=r,
+        )
         self.open_offers = Gauge(
             "lilypad_open_offers", "Resource offers waiting at the solver", registry=r
         )

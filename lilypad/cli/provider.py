@@ -67,10 +67,18 @@ def _modules(text: str | None) -> tuple[str, ...]:
 
 #: ``--warm-idle`` units, in seconds.
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+#: ``--warm-memory`` units, in bytes (binary: 24G is 24 GiB).
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def _warm(workers: int, idle: str) -> WarmConfig | None:
-    """``--warm 2 --warm-idle 10m`` -> ``WarmConfig(2, 600.0)``; None for ``--warm 0``."""
+def _warm(workers: int | None, idle: str, memory: str = "auto") -> WarmConfig | None:
+    """``--warm 2 --warm-idle 10m --warm-memory 24G`` -> ``WarmConfig(2, 600.0, 24 << 30)``;
+    None for ``--warm 0``. Without ``--warm``, as many as the machine's RAM holds
+    (:func:`~resource_provider.executors.warm.default_workers`)."""
+    from resource_provider.executors.warm import default_workers
+
+    if workers is None:
+        workers = default_workers()
     if workers < 0:
         raise InputError(f"--warm {workers}: give how many warm workers to keep, 0 or more")
     text = idle.strip().lower()
@@ -84,7 +92,26 @@ def _warm(workers: int, idle: str) -> WarmConfig | None:
             f"--warm-idle {idle!r} is not a duration; allowed: a positive number of seconds, or "
             "with s, m or h (90s, 10m, 1h)"
         )
-    return WarmConfig(workers, seconds) if workers else None
+    budget = _memory(memory)
+    return WarmConfig(workers, seconds, budget) if workers else None
+
+
+def _memory(text: str) -> int | None:
+    """``--warm-memory``: ``24G`` -> bytes; ``auto`` -> None (half the machine's RAM)."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    if value == "auto":
+        return None
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _SIZE_UNITS else (value, "")
+    try:
+        size = int(float(number) * _SIZE_UNITS.get(unit, 1))
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise InputError(
+            f"--warm-memory {text!r} is not a size; allowed: auto (half the machine's RAM) or "
+            "a positive number of bytes, or with K, M, G or T (512M, 24G)"
+        )
+    return size
 
 
 def _executor_for(values: list[str] | None) -> dict[str, ExecutorKind]:
@@ -161,13 +188,20 @@ WEIGHTS_OPTION = typer.Option(
     Weights.REAL, "--weights", envvar="LILYPAD_WEIGHTS", help="real or tiny (tests) weights."
 )
 WARM_OPTION = typer.Option(
-    0,
+    None,
     "--warm",
     help="Warm workers to keep (process executor): each loads a module version once and serves "
-    "its jobs; 0 runs every job cold.",
+    "its jobs; 0 runs every job cold. Default: 2 with 32 GiB of RAM or more, 1 with 8 GiB.",
+    show_default=False,
 )
 WARM_IDLE_OPTION = typer.Option(
     "10m", "--warm-idle", help="End a warm worker idle this long (90s, 10m, 1h)."
+)
+WARM_MEMORY_OPTION = typer.Option(
+    "auto",
+    "--warm-memory",
+    help="Memory the warm workers may hold together (512M, 24G); over it, the least recently "
+    "used idle one ends. auto: half the machine's RAM.",
 )
 METRICS_OPTION = typer.Option(
     "127.0.0.1:9100", "--metrics", help="HOST:PORT serving /metrics (port 0: any free port)."
@@ -224,8 +258,9 @@ def resource_provider(
         help="At start, deposit from the wallet what the collateral of every slot needs.",
     ),
     unsafe_no_sandbox: bool = UNSAFE_NO_SANDBOX_OPTION,
-    warm: int = WARM_OPTION,
+    warm: int | None = WARM_OPTION,
     warm_idle: str = WARM_IDLE_OPTION,
+    warm_memory: str = WARM_MEMORY_OPTION,
     log_json: bool = LOG_JSON_OPTION,
 ) -> None:
     """Offer this machine to the market: run the deals it gets, submit results, get paid."""
@@ -234,7 +269,7 @@ def resource_provider(
     from resource_provider.daemon import ProviderConfig
 
     routes = _executor_for(executor_for)  # bad input stops here, before any I/O
-    warm_config = _warm(warm, warm_idle)
+    warm_config = _warm(warm, warm_idle, warm_memory)
     profile = load_network(network)
     metrics_address = parse_host_port(metrics, "--metrics", example="127.0.0.1:9100")
     units = parse_amount(price, "--price")

@@ -300,6 +300,21 @@ def _folder(weights: Path, name: str, control: Control) -> Path:
     return folder
 
 
+def _networks(folder: Path, processor_class: Any, network_class: Any) -> tuple[Any, Any]:
+    """A transformers image processor and network from ``folder``; a warm worker loads them
+    once (:func:`lilypad.ml.predictor.load_once`)."""
+    from lilypad.ml import predictor
+
+    key = ("annotator", network_class.__qualname__, str(folder))
+    return predictor.load_once(
+        key,
+        lambda: (
+            processor_class.from_pretrained(folder),
+            network_class.from_pretrained(folder),
+        ),
+    )
+
+
 def _run(network: Any, **inputs: Any) -> Any:
     import torch
 
@@ -316,8 +331,7 @@ def _depth(rgb: Array, weights: Path, control: Control) -> Array:
     from transformers import DPTForDepthEstimation, DPTImageProcessorPil
 
     folder = _folder(weights, DEPTH_FOLDER, control)
-    processor = DPTImageProcessorPil.from_pretrained(folder)
-    network = DPTForDepthEstimation.from_pretrained(folder)
+    processor, network = _networks(folder, DPTImageProcessorPil, DPTForDepthEstimation)
     pixels = processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
     predicted = _run(network, pixel_values=pixels).predicted_depth
     return np.asarray(predicted[0].float().cpu().numpy(), dtype=np.float32)
@@ -368,8 +382,9 @@ def segmentation(rgb: Array, weights: Path) -> Array:
     from transformers import SegformerImageProcessorPil, UperNetForSemanticSegmentation
 
     folder = _folder(weights, SEGMENTATION_FOLDER, Control.SEGMENTATION)
-    processor = SegformerImageProcessorPil.from_pretrained(folder)
-    network = UperNetForSemanticSegmentation.from_pretrained(folder)
+    processor, network = _networks(
+        folder, SegformerImageProcessorPil, UperNetForSemanticSegmentation
+    )
     pixels = processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"]
     logits = _run(network, pixel_values=pixels).logits
     with torch.no_grad():
@@ -429,8 +444,7 @@ def openpose(rgb: Array, weights: Path) -> Array:
     from transformers import VitPoseForPoseEstimation, VitPoseImageProcessorPil
 
     folder = _folder(weights, POSE_FOLDER, Control.OPENPOSE)
-    processor: Any = VitPoseImageProcessorPil.from_pretrained(folder)
-    network = VitPoseForPoseEstimation.from_pretrained(folder)
+    processor, network = _networks(folder, VitPoseImageProcessorPil, VitPoseForPoseEstimation)
     height, width = rgb.shape[:2]
     boxes = [[[0.0, 0.0, float(width), float(height)]]]
     pixels = processor(images=Image.fromarray(rgb), boxes=boxes, return_tensors="pt")
@@ -511,10 +525,14 @@ def hed(rgb: Array, weights: Path, control: Control = Control.SOFTEDGE) -> Array
     """HED soft edges (0..255 grey, bright on edges) at ControlNet's 512-pixel working size."""
     import torch
 
-    from lilypad.ml import determinism
+    from lilypad.ml import determinism, predictor
 
-    network = hed_network(_hed_state(weights, control))
-    network = network.to(device=determinism.device(), dtype=torch.float32).eval()
+    network = predictor.load_once(
+        ("annotator", "hed", str(_folder(weights, HED_FOLDER, control)), str(determinism.device())),
+        lambda: hed_network(_hed_state(weights, control)).to(
+            device=determinism.device(), dtype=torch.float32
+        ).eval(),
+    )  # fmt: skip
     x = _resized(rgb, _detect_size(*rgb.shape[:2]))
     pixels = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None]  # 0..255, RGB
     with torch.no_grad():

@@ -268,7 +268,15 @@ def conditioning(pipe: Any, control_map: Image.Image, s: ImageSettings) -> torch
 
 
 def load_controlnet(path: Path) -> Any:
-    """A ``ControlNetModel`` from its folder, on the job's device in the UNet's dtype."""
+    """A ``ControlNetModel`` from its folder, on the job's device in the UNet's dtype; a warm
+    worker loads it once (:func:`lilypad.ml.predictor.load_once`)."""
+    from lilypad.ml import predictor, sdxl
+
+    key = ("controlnet", str(path), str(sdxl.dtype()), str(determinism.device()))
+    return predictor.load_once(key, lambda: _load_controlnet(path))
+
+
+def _load_controlnet(path: Path) -> Any:
     from diffusers import ControlNetModel
 
     from lilypad.ml import sdxl

@@ -9,10 +9,11 @@ In the spirit of Cog's predictors, a built-in ML module's entrypoint defines a t
   :meth:`Predictor.setup` once (imports torch and diffusers), then :meth:`Predictor.predict` per
   job, with :class:`JobScope` around each so that no job sees what the one before left behind.
 
-The pipelines a job loads go through :func:`load_once`: cached in a warm worker (the load is most
-of a real model's start-up), loaded afresh in a one-shot run. What a job can change in a cached
-pipeline is undone before the next one gets it: its scheduler is a fresh copy of the one loaded,
-and a pipeline a job has changed for good (LoRAs, a textual-inversion embedding:
+The pipelines and networks a job loads (diffusers pipelines, ControlNets, annotators, upscalers)
+go through :func:`load_once`: cached in a warm worker (the load is most of a real model's
+start-up), loaded afresh in a one-shot run. What a job can change in a cached pipeline is undone
+before the next one gets it: its schedulers are fresh copies of the ones loaded, and a pipeline
+a job has changed for good (LoRAs, a textual-inversion embedding:
 :func:`mark_changed`) is dropped from the cache when the job ends, and loaded again by the next
 job that needs it. The same job therefore gives the same bytes, warm or cold; tests/ml/test_warm.py
 runs several jobs through one worker, in an order that would show a leak (A, B, A), against cold
@@ -95,8 +96,9 @@ class _Cache:
 @dataclass
 class _Entry:
     value: Any
-    #: The scheduler as loaded: each job gets a fresh copy (a scheduler keeps its step index).
-    scheduler: Any
+    #: The schedulers as loaded (``scheduler``, the SD x4 upscaler's ``low_res_scheduler``):
+    #: each job gets fresh copies (a scheduler keeps its step index and timesteps).
+    schedulers: dict[str, Any]
     #: What the load warned about, said again to every job that gets the value (as its own
     #: load would have said it).
     warnings: list[warnings.WarningMessage]
@@ -112,28 +114,50 @@ def enable_cache() -> None:
     _cache = _Cache()
 
 
-def load_once(key: Hashable, load: Callable[[], T]) -> T:
+def load_once(key: Hashable, load: Callable[[], T], *, alone: bool = False) -> T:
     """``load()``, or in a warm worker the value a previous job loaded under ``key``.
 
     ``key`` must name everything the load depends on (class, folder, dtype, device). A cached
-    pipeline comes back with a fresh copy of its scheduler, and with the warnings its load gave,
-    said again, so the job's stderr is what a fresh load's would be.
+    pipeline comes back with fresh copies of its schedulers, and with the warnings its load
+    gave, said again, so the job's stderr is what a fresh load's would be.
+
+    Args:
+        alone: Hold nothing else meanwhile: every other cached value is dropped (and its memory
+            freed) first. For a job that loads two large models one after the other and frees
+            the first before the second (SDV: SDXL, then SVD), so that a warm worker never
+            holds both, as a cold run never does.
     """
     if _cache is None:
         return load()
+    if alone and any(k != key for k in _cache.entries):
+        _cache.entries = {k: e for k, e in _cache.entries.items() if k == key}
+        from lilypad.ml import determinism
+
+        determinism.release_memory()
     entry = _cache.entries.get(key)
     if entry is None:
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("default")
             value = load()
-        scheduler = getattr(value, "scheduler", None)
-        entry = _Entry(value, copy.deepcopy(scheduler), list(said))
+        entry = _Entry(value, copy.deepcopy(_schedulers(value)), list(said))
         _cache.entries[key] = entry
     for w in entry.warnings:
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if entry.scheduler is not None:
-        entry.value.scheduler = copy.deepcopy(entry.scheduler)
+    for name, scheduler in entry.schedulers.items():
+        setattr(entry.value, name, copy.deepcopy(scheduler))
     return entry.value  # type: ignore[no-any-return]
+
+
+def _schedulers(value: Any) -> dict[str, Any]:
+    """The schedulers of a diffusers pipeline (none of another value)."""
+    components = getattr(value, "components", None)
+    if not isinstance(components, dict):
+        return {}
+    return {
+        name: part
+        for name, part in components.items()
+        if name.endswith("scheduler") and part is not None
+    }
 
 
 def mark_changed(value: Any) -> None:

@@ -49,12 +49,12 @@ def dtype() -> torch.dtype:
     return torch.float16 if determinism.device().type == "cuda" else torch.float32
 
 
-def load(pipeline_class: Any, path: Any) -> Any:
+def load(pipeline_class: Any, path: Any, *, alone: bool = False) -> Any:
     """Load a diffusers pipeline from a local folder onto the job's device; VAE in float32.
 
     The SDXL VAE overflows in float16 (``force_upcast``); keeping it in float32 avoids the
     pipeline's up/down casting and its different rounding. A warm worker loads it once
-    (:func:`lilypad.ml.predictor.load_once`).
+    (:func:`lilypad.ml.predictor.load_once`; ``alone``: holding no other model meanwhile).
     """
     key = (
         "pipeline",
@@ -63,7 +63,7 @@ def load(pipeline_class: Any, path: Any) -> Any:
         str(dtype()),
         str(determinism.device()),
     )
-    return predictor.load_once(key, lambda: _load(pipeline_class, path))
+    return predictor.load_once(key, lambda: _load(pipeline_class, path), alone=alone)
 
 
 def _load(pipeline_class: Any, path: Any) -> Any:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's own name
 
 from lilypad.errors import InferenceError, InvalidTunable
-from lilypad.ml import determinism, edit, job
+from lilypad.ml import determinism, edit, job, predictor
 from lilypad.ml.job import Model, env, env_choice, env_float, env_int, log
 from lilypad.ml.tiny import TINY_LIMITS
 
@@ -326,10 +326,12 @@ def realesrgan_weights(scale: int) -> Path:
 def realesrgan(image: Image.Image, scale: int, tiles: Tiles) -> Image.Image:
     path = realesrgan_weights(scale)
     log(f"loading Real-ESRGAN {path.stem}")
-    net = load_rrdbnet(path)
     device = determinism.device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    net = net.to(device=device, dtype=dtype)
+    net = predictor.load_once(
+        ("realesrgan", str(path), str(dtype), str(device)),
+        lambda: load_rrdbnet(path).to(device=device, dtype=dtype),
+    )
     result = run_rrdbnet(net, to_tensor(image).to(device, dtype), tiles, _tile_progress)
     return to_image(result)
 
@@ -388,12 +390,14 @@ def load_sd_x4(path: Path) -> Any:
     its VAE in float32 as :func:`lilypad.ml.sdxl.load` keeps it; no safety checker."""
     from diffusers import StableDiffusionUpscalePipeline
 
-    from lilypad.ml import sd
+    from lilypad.ml import sd, sdxl
 
-    return sd.without(
+    key = ("pipeline", "StableDiffusionUpscalePipeline", str(path), str(sdxl.dtype()),
+           str(determinism.device()))  # fmt: skip
+    return predictor.load_once(key, lambda: sd.without(
         StableDiffusionUpscalePipeline, path, safety_checker=None, feature_extractor=None,
         watermarker=None,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 @torch.inference_mode()

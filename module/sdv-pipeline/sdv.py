@@ -118,7 +118,8 @@ def main() -> list[str]:
     if reference != DEFAULT_REFERENCE:  # the lilypad2 versions' logs keep their bytes
         log(f"samplers and schedules follow {reference} where it and k-diffusion differ")
     log(f"loading {job.SDXL_BASE_10.hub_id}")
-    pipe = sdxl.load(StableDiffusionXLPipeline, image_path)
+    # alone: a warm worker holds SDXL or SVD, never both (as this job frees one for the other)
+    pipe = sdxl.load(StableDiffusionXLPipeline, image_path, alone=True)
     log(f"image: sampler {still.sampler}, schedule {still.scheduler}, {still.steps} steps")
     for sampler in sorted({still.sampler, video.sampler} & set(STEP_NOTES)):
         log(STEP_NOTES[sampler])
@@ -126,7 +127,7 @@ def main() -> list[str]:
     del pipe  # free the GPU memory of SDXL before SVD loads
     determinism.release_memory()
     log(f"loading {MODELS[version].hub_id}")
-    video_pipe = sdxl.load(StableVideoDiffusionPipeline, video_path)
+    video_pipe = sdxl.load(StableVideoDiffusionPipeline, video_path, alone=True)
     log(f"video: sampler {video.sampler}, schedule {video.scheduler}, {video.steps} steps")
     generator = determinism.generator(video.seed)
     out = job.outputs_dir()

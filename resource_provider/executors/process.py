@@ -39,6 +39,7 @@ from lilypad.errors import ExecutorError, ExecutorUnavailable
 from lilypad.ml import protocol
 from lilypad.modules.template import is_template_module
 from resource_provider.executors.base import (
+    EXIT_TIMEOUT,
     SANDBOX_HOSTNAME,
     SANDBOX_INPUTS,
     SANDBOX_MODULE,
@@ -50,6 +51,7 @@ from resource_provider.executors.base import (
     Executor,
     ExecutorKind,
     Job,
+    JobStatus,
     command,
     job_env,
     log,
@@ -63,6 +65,8 @@ from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_
 from resource_provider.executors.supervise import LogSink, conclude, pump, watch
 from resource_provider.executors.warm import (
     Launch,
+    Served,
+    SetupTimedOut,
     WarmConfig,
     WarmPool,
     WorkerKey,
@@ -210,38 +214,47 @@ class ProcessExecutor(Executor):
     def _run_warm(
         self, job: Job, key: WorkerKey, tiny: Path, notes: tuple[str, ...]
     ) -> ExecutionResult:
-        """Run ``job`` on a warm worker of its module version; a reused worker that dies or hangs
-        is replaced and the job run again on a fresh one (see :mod:`.warm`).
+        """Run ``job`` on a warm worker of its module version, within its timeout in all: a
+        worker's setup counts against it, and a reused worker that dies is replaced and the job
+        run again on a fresh one in the time left (see :mod:`.warm`).
 
         Raises:
             WorkerUnavailable: no worker can serve it (all busy, or the module is one-shot).
         """
         assert self.warm is not None
         limit = output_limit(job.spec, self._limit)
+        started = time.monotonic()
+        deadline = started + job.spec.timeout_s
         while True:
-            worker = self.warm.acquire(key, lambda: self._launch(job, tiny), job.spec.timeout_s)
+            try:
+                worker = self.warm.acquire(key, lambda: self._launch(job, tiny), deadline)
+            except SetupTimedOut:
+                out = prepare_output_dir(job.output_dir)  # the layout of a job that wrote nothing
+                (out / STDOUT).touch()
+                (out / STDERR).touch()
+                served = Served(EXIT_TIMEOUT, JobStatus.TIMED_OUT, worker_failed=False)
+                break
             reused = worker.jobs_served > 0
-            started = time.monotonic()
             env = self._warm_env(job, worker.launch.root, tiny)
-            served = worker.serve(job, env, limit)
-            duration_ms = round((time.monotonic() - started) * 1000)
+            served = worker.serve(job, env, limit, deadline - time.monotonic())
             if served.stopped is None and not served.worker_failed:
                 self.warm.release(worker)
             else:
                 self.warm.discard(worker, served.stopped.value if served.stopped else "died")
-            if served.worker_failed and reused:
-                log.warning("a warm worker of %s failed; the job runs again", job.spec.module)
+            if served.worker_failed and served.stopped is None and reused:
+                log.warning("a warm worker of %s died; the job runs again", job.spec.module)
                 prepare_output_dir(job.output_dir)
                 continue
-            return conclude(
-                job,
-                self.kind,
-                exit_code=served.exit_code,
-                stopped=served.stopped,
-                duration_ms=duration_ms,
-                limit=limit,
-                notes=notes,
-            )
+            break
+        return conclude(
+            job,
+            self.kind,
+            exit_code=served.exit_code,
+            stopped=served.stopped,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            limit=limit,
+            notes=notes,
+        )
 
     def _launch(self, job: Job, tiny: Path) -> Launch:
         """How to start a worker for ``job``'s module version, after its tiny weights."""

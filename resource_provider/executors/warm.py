@@ -16,11 +16,18 @@ imports torch and diffusers and loads the pipelines once, and runs each job it i
 - its time limit and output cap, enforced as a cold job's (:func:`~.supervise.watch`): a job
   stopped for either takes its worker with it.
 
-A reused worker that dies during a job, or that runs it into its timeout, is replaced and the job
-retried once on a fresh worker, whose result stands: the result is never one that a worker's
-history made. In the worst case a job so takes twice its timeout. The pool holds at most
+A job keeps to its own timeout, warm or not (the deal's deadline is computed from it): the
+clock starts when the executor takes the job, so the setup of a worker started for it counts
+against it, and a job that ends up on a fresh worker after a failure gets only the time left. A
+reused worker that dies during a job is replaced and the job retried on a fresh worker, whose
+result stands: the result is never one that a worker's history made. A job a reused worker runs
+into its timeout has no time left for a retry: it timed out (as a cold job that hangs does), and
+the worker is replaced. The pool holds at most
 ``size`` workers; one idle for ``idle_s`` is ended, and when the pool is full the least recently
-used idle worker makes room. With every worker busy, a job runs cold.
+used idle worker makes room. With every worker busy, a job runs cold. The workers' memory (the
+resident set of each one's processes, read from ``/proc``) is measured after every job and
+before a new worker starts: while it is over ``memory_bytes``, the least recently used idle
+worker ends (the one that just served a job too, if it alone is over).
 """
 
 from __future__ import annotations
@@ -58,11 +65,72 @@ PREDICTOR = "predictor"
 
 @dataclass(frozen=True)
 class WarmConfig:
-    """How many warm workers a provider keeps (``--warm``; 0: none) and for how long an idle one
-    stays (``--warm-idle``)."""
+    """How many warm workers a provider keeps (``--warm``; 0: none), for how long an idle one
+    stays (``--warm-idle``) and how much memory they may hold together (``--warm-memory``;
+    None: :func:`default_memory_bytes`)."""
 
     size: int = 0
     idle_s: float = 600.0
+    memory_bytes: int | None = None
+
+    @property
+    def memory_budget(self) -> int:
+        return default_memory_bytes() if self.memory_bytes is None else self.memory_bytes
+
+
+#: The share of the machine's RAM idle warm workers may hold when the provider declares none:
+#: the rest is for cold jobs and the jobs running on the workers.
+MEMORY_SHARE = 0.5
+
+
+def machine_memory() -> int:
+    """Bytes of RAM this machine has (``MemTotal`` in ``/proc/meminfo``)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_memory_bytes() -> int:
+    """Half of the machine's RAM."""
+    return int(machine_memory() * MEMORY_SHARE)
+
+
+#: The RAM each default warm worker needs: a real SDXL pipeline in memory is about 7 GiB (fp16
+#: on a GPU, its CPU copy while loading), and the jobs running beside it need theirs.
+RAM_PER_WORKER = 8 << 30
+
+
+def default_workers() -> int:
+    """How many warm workers a provider keeps when it says nothing (``--warm``): 2 with 32 GiB
+    of RAM or more, 1 with 8 GiB or more, none on a smaller machine."""
+    ram = machine_memory()
+    return 2 if ram >= 4 * RAM_PER_WORKER else 1 if ram >= RAM_PER_WORKER else 0
+
+
+def session_rss(session: int) -> int:
+    """Bytes resident in memory of every process in ``session`` (a worker's: bubblewrap, the
+    Python inside and whatever it started), read from ``/proc``."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                # the fields after the command (which may hold spaces) start after its ")"
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) != session:  # the 6th field: the session id
+                continue
+            with open(f"/proc/{entry.name}/statm", "rb") as statm:
+                total += int(statm.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+    return total
 
 
 @dataclass(frozen=True)
@@ -96,6 +164,11 @@ def warm_entrypoint(module_dir: Path, entrypoint: tuple[str, ...]) -> Path | Non
 
 class WorkerUnavailable(Exception):
     """The worker refused to serve (no predictor) or its setup failed: run the job cold."""
+
+
+class SetupTimedOut(WorkerUnavailable):
+    """The worker's setup did not end within the time left to the job that waits for it: the
+    job timed out (a cold run, which would load the same, has no time left either)."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +211,15 @@ class Worker:
     last_used: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def start(cls, key: WorkerKey, launch: Launch, setup_timeout_s: float) -> Worker:
-        """Start a worker and wait for its setup.
+    def start(cls, key: WorkerKey, launch: Launch, deadline: float) -> Worker:
+        """Start a worker and wait for its setup, until ``deadline`` (``time.monotonic()``).
 
         Raises:
-            WorkerUnavailable: it refused, failed its setup, died or ran out of time.
+            SetupTimedOut: its setup was not done by the deadline (it is ended).
+            WorkerUnavailable: it refused, failed its setup or died.
         """
+        if deadline <= time.monotonic():
+            raise SetupTimedOut("no time left to start a worker")
         for name in (OUTPUTS, "inputs", "tmp"):
             (launch.root / name).mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -164,9 +240,12 @@ class Worker:
         finally:
             theirs.close()
         worker = cls(key, launch, proc, ours)
-        ours.settimeout(setup_timeout_s)
+        ours.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
             message, _ = protocol.receive(ours)
+        except TimeoutError:
+            worker.stop()
+            raise SetupTimedOut("its setup took longer than the job's time left") from None
         except (OSError, protocol.ProtocolError) as exc:
             message = protocol.SetupFailed(f"no answer ({exc})")
         if not isinstance(message, protocol.Ready):
@@ -175,9 +254,10 @@ class Worker:
             raise WorkerUnavailable(f"{reason}; {worker.log_tail()}".rstrip("; "))
         return worker
 
-    def serve(self, job: Job, env: dict[str, str], limit: int) -> Served:
-        """Run ``job`` with ``env`` on this worker; leave its stdout, stderr and outputs in
-        ``job.output_dir`` (the exit code is the caller's to write)."""
+    def serve(self, job: Job, env: dict[str, str], limit: int, timeout_s: float) -> Served:
+        """Run ``job`` with ``env`` on this worker for at most ``timeout_s`` (the time left to
+        it); leave its stdout, stderr and outputs in ``job.output_dir`` (the exit code is the
+        caller's to write)."""
         root, out = self.launch.root, job.output_dir
         _stage_inputs(job, root / "inputs")
         read, write = os.pipe()
@@ -214,7 +294,7 @@ class Worker:
                 self.kill,
                 output_dir=root,
                 logs=(out / STDOUT, sink),
-                timeout_s=job.spec.timeout_s,
+                timeout_s=timeout_s,
                 limit=limit,
             )
         finally:
@@ -235,6 +315,10 @@ class Worker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def memory(self) -> int:
+        """Bytes its processes hold in memory now (it leads their session)."""
+        return session_rss(self.proc.pid) if self.alive() else 0
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -306,10 +390,12 @@ class WarmPool:
         """Whether ``key``'s module refused to be served warm (or its setup failed) before."""
         return key in self._one_shot
 
-    def acquire(self, key: WorkerKey, launch: Callable[[], Launch], timeout_s: float) -> Worker:
-        """A worker for ``key``, marked busy: an idle warm one, else a fresh one.
+    def acquire(self, key: WorkerKey, launch: Callable[[], Launch], deadline: float) -> Worker:
+        """A worker for ``key``, marked busy: an idle warm one, else a fresh one set up by
+        ``deadline`` (the job's: ``time.monotonic()``).
 
         Raises:
+            SetupTimedOut: a fresh worker was not set up by the deadline.
             WorkerUnavailable: every place in the pool is busy, or a fresh worker could not be
                 set up (then the module is remembered as one-shot).
         """
@@ -325,10 +411,13 @@ class WarmPool:
                 if not spare:
                     raise WorkerUnavailable("every warm worker is busy")
                 self._evict(min(spare, key=lambda w: w.last_used), "count")
+            self._fit_memory()
             placeholder = _Reserved(key)
             self._workers.append(placeholder)  # type: ignore[arg-type]
         try:
-            worker = Worker.start(key, launch(), timeout_s)
+            worker = Worker.start(key, launch(), deadline)
+        except SetupTimedOut:
+            raise  # the job's time ran out, not the module's chance to be served warm
         except WorkerUnavailable:
             self._one_shot.add(key)
             raise
@@ -341,9 +430,35 @@ class WarmPool:
         return worker
 
     def release(self, worker: Worker) -> None:
-        """The job is done and the worker healthy: keep it for the next job."""
+        """The job is done and the worker healthy: keep it for the next job, unless the
+        workers are over their memory budget (then the least recently used idle ones end)."""
         with self._lock:
             worker.busy, worker.last_used = False, time.monotonic()
+            self._fit_memory()
+
+    def memory(self) -> int:
+        """Bytes the workers hold in memory now."""
+        with self._lock:
+            return sum(w.memory() for w in self._workers if isinstance(w, Worker))
+
+    def _fit_memory(self) -> None:
+        """End idle workers, least recently used first, while all are over the budget."""
+        budget = self.config.memory_budget
+        held = {w: w.memory() for w in self._workers if isinstance(w, Worker)}
+        total = sum(held.values())
+        for worker in sorted(held, key=lambda w: w.last_used):
+            if total <= budget:
+                break
+            if not worker.busy:
+                log.info(
+                    "warm workers hold %d MiB, over their %d MiB budget",
+                    total >> 20,
+                    budget >> 20,
+                )
+                self._evict(worker, "memory")
+                total -= held[worker]
+        if self.metrics is not None:
+            self.metrics.warm_memory.set(total)
 
     def discard(self, worker: Worker, reason: str) -> None:
         """End ``worker`` (it failed, or its job was stopped)."""

@@ -1,4 +1,5 @@
-"""``lilypad resource-provider --warm N --warm-idle DURATION``: parsed before any I/O."""
+"""``lilypad resource-provider --warm N --warm-idle DURATION --warm-memory SIZE``: parsed
+before any I/O; without ``--warm``, as many workers as the machine's RAM holds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from lilypad.cli.provider import _warm
 from lilypad.errors import InputError
 from resource_provider.executors import WarmConfig
+from resource_provider.executors import warm as warm_pool
 
 
 @pytest.mark.parametrize(
@@ -28,3 +30,28 @@ def test_warm_flags_become_the_pool_config(
 def test_bad_warm_flags_are_input_errors_naming_the_value(workers: int, idle: str) -> None:
     with pytest.raises(InputError, match="--warm"):
         _warm(workers, idle)
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [("24G", 24 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), ("1000", 1000), ("auto", None)],
+)
+def test_warm_memory_is_a_size_or_auto(memory: str, expected: int | None) -> None:
+    assert _warm(1, "10m", memory) == WarmConfig(1, 600.0, expected)
+
+
+@pytest.mark.parametrize("memory", ["lots", "0G", "-1M", "24X", ""])
+def test_a_bad_warm_memory_is_an_input_error_naming_it(memory: str) -> None:
+    with pytest.raises(InputError, match=f"--warm-memory '{memory}' is not a size"):
+        _warm(1, "10m", memory)
+
+
+@pytest.mark.parametrize(("ram_gib", "workers"), [(128, 2), (32, 2), (24, 1), (8, 1), (4, 0)])
+def test_without_warm_a_provider_keeps_the_workers_its_ram_holds(
+    monkeypatch: pytest.MonkeyPatch, ram_gib: int, workers: int
+) -> None:
+    monkeypatch.setattr(warm_pool, "machine_memory", lambda: ram_gib << 30)
+    expected = WarmConfig(workers, 600.0) if workers else None
+    assert _warm(None, "10m") == expected
+    if expected is not None:
+        assert expected.memory_budget == ram_gib << 29  # half of it

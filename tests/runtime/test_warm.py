@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from lilypad import modules
 from resource_provider.executors import (
+    ExecutionResult,
     Job,
     JobInput,
     JobStatus,
@@ -130,43 +132,99 @@ def test_a_job_sees_none_of_another_jobs_files(warm: ProcessExecutor, tmp_path: 
     ).read_text()
 
 
-@pytest.mark.parametrize("mode", ["crash-when-reused", "hang-when-reused"])
-def test_a_reused_worker_that_fails_is_replaced_and_the_job_retried(
-    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def probe_job(tmp_path: Path, name: str, timeout_s: int, *inputs: str, module: str = PROBE) -> Job:
+    resolved = modules.resolve(module)
+    spec = modules.render(resolved, inputs).model_copy(update={"timeout_s": timeout_s})
+    return Job.of(resolved, spec, tmp_path / name)
+
+
+def timed(executor: ProcessExecutor, job: Job) -> tuple[ExecutionResult, float]:
+    started = time.monotonic()
+    result = executor.run(job)
+    return result, time.monotonic() - started
+
+
+#: What a job may take past its timeout: killing it and its worker, writing its result.
+MARGIN_S = 1.5
+
+
+@pytest.fixture
+def one_warm() -> Iterator[ProcessExecutor]:
+    executor = sandboxed(WarmConfig(size=1, idle_s=600))
+    executor.use_metrics(Metrics())
+    yield executor
+    executor.close()
+
+
+def test_a_reused_worker_that_dies_is_replaced_and_the_job_retried(
+    one_warm: ProcessExecutor, tmp_path: Path
 ) -> None:
-    executor = sandboxed(WarmConfig(size=1, idle_s=600))
-    executor.use_metrics(Metrics())
-    try:
-        run(executor, PROBE, tmp_path / "first", weights=Weights.REAL)
-        module = modules.resolve(PROBE)
-        spec = modules.render(module, [f"Mode={mode}"]).model_copy(update={"timeout_s": 3})
-        result = executor.run(Job.of(module, spec, tmp_path / "again"))
-        assert result.status is JobStatus.SUCCEEDED, (tmp_path / "again" / "stderr").read_text()
-        assert (tmp_path / "again" / "stderr").read_text() == f"job {mode}\n"
-        reason = "died" if mode.startswith("crash") else "timed_out"
-        assert counted(executor, "lilypad_warm_evictions_total", reason=reason) == 1
-        assert counted(executor, "lilypad_warm_loads_total") == 2
-    finally:
-        executor.close()
+    run(one_warm, PROBE, tmp_path / "first", weights=Weights.REAL)
+    result = one_warm.run(probe_job(tmp_path, "again", 10, "Mode=crash-when-reused"))
+    assert result.status is JobStatus.SUCCEEDED, (tmp_path / "again" / "stderr").read_text()
+    assert (tmp_path / "again" / "stderr").read_text() == "job crash-when-reused\n"
+    assert counted(one_warm, "lilypad_warm_evictions_total", reason="died") == 1
+    assert counted(one_warm, "lilypad_warm_loads_total") == 2
 
 
-def test_a_job_that_hangs_on_a_fresh_worker_times_out_as_a_cold_one(tmp_path: Path) -> None:
-    executor = sandboxed(WarmConfig(size=1, idle_s=600))
-    executor.use_metrics(Metrics())
-    try:
-        module = modules.resolve(PROBE)
-        spec = modules.render(module, ["Mode=hang"]).model_copy(update={"timeout_s": 2})
-        result = executor.run(Job.of(module, spec, tmp_path / "hang"))
-        assert (result.status, result.exit_code) == (JobStatus.TIMED_OUT, 124)
-        assert counted(executor, "lilypad_warm_loads_total") == 1  # not retried: it was fresh
-        assert counted(executor, "lilypad_warm_evictions_total", reason="timed_out") == 1
-    finally:
-        executor.close()
+def test_a_retried_job_gets_only_the_time_left_of_its_timeout(
+    one_warm: ProcessExecutor, tmp_path: Path
+) -> None:
+    # 2 s, then the reused worker dies: the retry needs 2 s more, and 1 s of the 3 is left
+    run(one_warm, PROBE, tmp_path / "first", weights=Weights.REAL)
+    job = probe_job(tmp_path, "again", 3, "Mode=crash-when-reused", "Sleep=2")
+    result, took = timed(one_warm, job)
+    assert (result.status, result.exit_code) == (JobStatus.TIMED_OUT, 124)
+    assert took < 3 + MARGIN_S, f"the job took {took:.1f} s against its 3 s timeout"
+    assert counted(one_warm, "lilypad_warm_loads_total") == 2  # it was retried, in the time left
+    assert counted(one_warm, "lilypad_warm_evictions_total", reason="timed_out") == 1
+
+
+@pytest.mark.parametrize(
+    ("setup_s", "job_s"),
+    [(2, 2), (4, 0)],
+    ids=["setup-then-job-past-the-timeout", "setup-past-the-timeout"],
+)
+def test_a_workers_setup_counts_against_the_job_that_waits_for_it(
+    one_warm: ProcessExecutor, tmp_path: Path, setup_s: int, job_s: int
+) -> None:
+    slow = shutil.copytree(PROBE, tmp_path / "slow-setup")  # its import takes setup_s
+    entry = slow / "probe.py"
+    code = entry.read_text()
+    entry.write_text(
+        code.replace("\nimport os\n", f"\nimport os\nimport time\n\ntime.sleep({setup_s})\n")
+    )
+    job = probe_job(tmp_path, "job", 3, f"Sleep={job_s}", module=str(slow))
+    result, took = timed(one_warm, job)
+    assert (result.status, result.exit_code) == (JobStatus.TIMED_OUT, 124)
+    assert took < 3 + MARGIN_S, f"the job took {took:.1f} s against its 3 s timeout"
+    # the job's time ran out, not the module's chance: its next job runs warm, in its own time
+    again = one_warm.run(probe_job(tmp_path, "again", 10, module=str(slow)))
+    assert again.status is JobStatus.SUCCEEDED
+    assert counted(one_warm, "lilypad_warm_loads_total") == (2 if job_s else 1)
+
+
+def test_a_job_a_reused_worker_runs_into_its_timeout_is_not_retried(
+    one_warm: ProcessExecutor, tmp_path: Path
+) -> None:
+    run(one_warm, PROBE, tmp_path / "first", weights=Weights.REAL)
+    result, took = timed(one_warm, probe_job(tmp_path, "again", 2, "Mode=hang-when-reused"))
+    assert (result.status, result.exit_code) == (JobStatus.TIMED_OUT, 124)
+    assert took < 2 + MARGIN_S, f"the job took {took:.1f} s against its 2 s timeout"
+    assert counted(one_warm, "lilypad_warm_evictions_total", reason="timed_out") == 1
+    assert counted(one_warm, "lilypad_warm_loads_total") == 1
+
+
+def test_a_job_that_hangs_on_a_fresh_worker_times_out_as_a_cold_one(
+    one_warm: ProcessExecutor, tmp_path: Path
+) -> None:
+    result = one_warm.run(probe_job(tmp_path, "hang", 2, "Mode=hang"))
+    assert (result.status, result.exit_code) == (JobStatus.TIMED_OUT, 124)
+    assert counted(one_warm, "lilypad_warm_loads_total") == 1  # not retried: it was fresh
+    assert counted(one_warm, "lilypad_warm_evictions_total", reason="timed_out") == 1
 
 
 def test_workers_are_ended_by_count_and_by_idle_time(tmp_path: Path) -> None:
-    import time
-
     executor = sandboxed(WarmConfig(size=1, idle_s=1.0))
     executor.use_metrics(Metrics())
     try:
@@ -179,5 +237,28 @@ def test_workers_are_ended_by_count_and_by_idle_time(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert counted(executor, "lilypad_warm_evictions_total", reason="idle") == 1
         assert counted(executor, "lilypad_warm_workers") == 0
+    finally:
+        executor.close()
+
+
+def test_workers_are_ended_by_memory_least_recently_used_first(tmp_path: Path) -> None:
+    # a probe worker holds about 20 MiB, and what its jobs asked it to hold (HoldMB)
+    budget = 150 << 20
+    executor = sandboxed(WarmConfig(size=3, idle_s=600, memory_bytes=budget))
+    executor.use_metrics(Metrics())
+    try:
+        other = shutil.copytree(PROBE, tmp_path / "other-module")  # another module version
+        run(executor, PROBE, tmp_path / "a", "HoldMB=80", weights=Weights.REAL)
+        assert executor.warm is not None
+        assert executor.warm.workers() == 1  # about 100 MiB: within the budget
+        run(executor, str(other), tmp_path / "b", "HoldMB=80", weights=Weights.REAL)
+        assert counted(executor, "lilypad_warm_evictions_total", reason="memory") == 1
+        assert executor.warm.workers() == 1  # the first one made room
+        assert 80 << 20 < counted(executor, "lilypad_warm_memory_bytes") <= budget + (20 << 20)
+        assert executor.warm.memory() <= budget
+        run(executor, str(other), tmp_path / "b-again", "HoldMB=80", weights=Weights.REAL)
+        assert counted(executor, "lilypad_warm_hits_total") == 1  # served warm, then over alone
+        assert counted(executor, "lilypad_warm_evictions_total", reason="memory") == 2
+        assert executor.warm.workers() == 0
     finally:
         executor.close()

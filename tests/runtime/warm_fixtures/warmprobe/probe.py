@@ -11,6 +11,8 @@ from lilypad.ml.predictor import Predictor
 
 #: Jobs this process has run: more than zero only in a warm worker.
 SERVED: list[str] = []
+#: What jobs asked the process to hold (HoldMB): kept until the worker ends.
+HELD: list[bytearray] = []
 
 
 def _listing(folder: str) -> list[str]:
@@ -22,6 +24,8 @@ def _listing(folder: str) -> list[str]:
 
 def main() -> list[str]:
     mode, secret = os.environ.get("MODE", "probe"), os.environ.get("SECRET", "")
+    time.sleep(float(os.environ.get("SLEEP", "0")))
+    HELD.append(bytearray(os.urandom(1) * (int(os.environ.get("HOLD_MB", "0")) << 20)))
     if SERVED and mode == "crash-when-reused":
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "hang" or (SERVED and mode == "hang-when-reused"):
