@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import lilypad
 from lilypad.config import get_settings
-from lilypad.errors import ExecutorError, ExecutorUnavailable
+from lilypad.errors import ExecutorError, ExecutorUnavailable, LilypadError
 from lilypad.ml import protocol
 from lilypad.modules.template import is_template_module
 from resource_provider.executors.base import (
@@ -208,6 +208,8 @@ class ProcessExecutor(Executor):
     def _warm_key(self, job: Job) -> WorkerKey | None:
         if self.warm is None or warm_entrypoint(job.module_dir, job.spec.entrypoint) is None:
             return None
+        if not self.warm.config.any_module and not _builtin(job.module_dir):
+            return None  # another's code runs one job at a time (see WarmConfig.any_module)
         key = WorkerKey(job.module_dir, job.spec.entrypoint, job.weights, job.spec.machine.gpus > 0)
         return None if self.warm.one_shot(key) else key
 
@@ -578,3 +580,13 @@ def bwrap_problem() -> str | None:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
         return f"bwrap cannot create its sandbox here ({reason[-1] if reason else 'no message'})"
     return None
+
+
+def _builtin(module_dir: Path) -> bool:
+    """Whether ``module_dir`` is one of the built-in modules (the provider's own code)."""
+    from lilypad.modules.sources import builtin_modules_dir
+
+    try:
+        return module_dir.resolve().is_relative_to(builtin_modules_dir().resolve())
+    except LilypadError:
+        return False

@@ -72,6 +72,11 @@ class WarmConfig:
     size: int = 0
     idle_s: float = 600.0
     memory_bytes: int | None = None
+    #: Serve warm the modules from other sources too (git, a folder). Off by default: a warm
+    #: worker runs the jobs of many job creators in one process, so a module's own code could
+    #: carry one job's inputs into another's outputs; the built-in modules' code is the
+    #: provider's own, anyone else's is only trusted one job at a time (a cold run).
+    any_module: bool = False
 
     @property
     def memory_budget(self) -> int:

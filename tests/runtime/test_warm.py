@@ -54,7 +54,7 @@ def sandboxed(warm: WarmConfig | None = None) -> ProcessExecutor:
 
 @pytest.fixture
 def warm() -> Iterator[ProcessExecutor]:
-    executor = sandboxed(WarmConfig(size=2, idle_s=600))
+    executor = sandboxed(WarmConfig(size=2, idle_s=600, any_module=True))
     executor.use_metrics(Metrics())
     yield executor
     executor.close()
@@ -109,6 +109,21 @@ def test_warm_jobs_give_the_bytes_of_cold_runs(warm: ProcessExecutor, tmp_path: 
     assert counted(warm, "lilypad_warm_hits_total") == 3
 
 
+def test_a_module_not_built_in_runs_cold_unless_the_provider_trusts_it(tmp_path: Path) -> None:
+    """A warm worker serves many job creators' jobs in one process: another's module code (the
+    probe, from a folder) could carry one job's inputs into the next job's outputs, so only the
+    built-in modules are served warm unless ``any_module`` says otherwise."""
+    cautious = sandboxed(WarmConfig(size=2, idle_s=600))
+    cautious.use_metrics(Metrics())
+    try:
+        for name in ("a", "b"):
+            run(cautious, PROBE, tmp_path / name, f"Secret={name * 3}", weights=Weights.REAL)
+        assert counted(cautious, "lilypad_warm_loads_total") == 0  # both ran cold
+        assert counted(cautious, "lilypad_warm_hits_total") == 0
+    finally:
+        cautious.close()
+
+
 def test_a_job_sees_none_of_another_jobs_files(warm: ProcessExecutor, tmp_path: Path) -> None:
     secret = tmp_path / "photo.bin"
     secret.write_bytes(b"job a's private picture")
@@ -150,7 +165,7 @@ MARGIN_S = 1.5
 
 @pytest.fixture
 def one_warm() -> Iterator[ProcessExecutor]:
-    executor = sandboxed(WarmConfig(size=1, idle_s=600))
+    executor = sandboxed(WarmConfig(size=1, idle_s=600, any_module=True))
     executor.use_metrics(Metrics())
     yield executor
     executor.close()
@@ -225,7 +240,7 @@ def test_a_job_that_hangs_on_a_fresh_worker_times_out_as_a_cold_one(
 
 
 def test_workers_are_ended_by_count_and_by_idle_time(tmp_path: Path) -> None:
-    executor = sandboxed(WarmConfig(size=1, idle_s=1.0))
+    executor = sandboxed(WarmConfig(size=1, idle_s=1.0, any_module=True))
     executor.use_metrics(Metrics())
     try:
         other = shutil.copytree(PROBE, tmp_path / "other-module")  # another module version
@@ -244,7 +259,7 @@ def test_workers_are_ended_by_count_and_by_idle_time(tmp_path: Path) -> None:
 def test_workers_are_ended_by_memory_least_recently_used_first(tmp_path: Path) -> None:
     # a probe worker holds about 20 MiB, and what its jobs asked it to hold (HoldMB)
     budget = 150 << 20
-    executor = sandboxed(WarmConfig(size=3, idle_s=600, memory_bytes=budget))
+    executor = sandboxed(WarmConfig(size=3, idle_s=600, memory_bytes=budget, any_module=True))
     executor.use_metrics(Metrics())
     try:
         other = shutil.copytree(PROBE, tmp_path / "other-module")  # another module version
