@@ -612,8 +612,9 @@ async def _events(
     server: Server, prediction_id: str, prediction: Prediction | None
 ) -> AsyncIterator[bytes]:
     """The SSE stream of one job: what happened so far, then each step as it comes."""
-    if prediction is None:  # a job of another process: its state now, and done
-        yield _sse("done", server.view(prediction_id))
+    if prediction is None:  # a job another process follows: its record, as it moves on
+        async for event in _record_events(server, prediction_id):
+            yield event
         return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Step] = asyncio.Queue()
@@ -642,6 +643,26 @@ async def _events(
         yield _sse("done", server.view(prediction_id, prediction))
     finally:
         job.unsubscribe(listener)
+
+
+async def _record_events(server: Server, prediction_id: str) -> AsyncIterator[bytes]:
+    """The events of a job another process follows (``lilypad run``, ``jobs wait``): a ``step``
+    each time its record (rewritten at every step) shows another state, then ``done``."""
+    last = None
+    quiet = 0.0
+    while True:
+        view = await run_in_threadpool(server.view, prediction_id)
+        if view["state"] != last:
+            last = view["state"]
+            yield _sse("step", {"name": last, "text": f"state: {last}", "detail": {}})
+        if view["status"] in ("succeeded", "failed", "canceled"):
+            yield _sse("done", view)
+            return
+        await asyncio.sleep(1.0)
+        quiet += 1.0
+        if quiet >= 15:
+            quiet = 0.0
+            yield b": keep-alive\n\n"
 
 
 def _step_event(step: Step) -> bytes:

@@ -202,6 +202,36 @@ def test_the_event_stream_gives_every_step_then_done(creator: Creator, api: http
     assert kinds[-1] == "done"
 
 
+def test_a_job_another_process_follows_streams_its_record_until_done(
+    creator: Creator, api: httpx.Client
+) -> None:
+    creator.world.provider(creator.world.net.providers[0])
+    other = Client("test", key=creator.account.key.hex())  # lilypad run --detach, elsewhere
+    posted = other.prepare(COWSAY, Message="elsewhere", verify="never")
+    record = posted.post()
+    posted.close()
+    follower = threading.Thread(target=lambda: other.job(record.job_offer_id or "").wait())
+
+    states, done = [], None
+    with connect_sse(
+        api, "GET", f"/v1/predictions/{record.job_offer_id}/events", timeout=120
+    ) as source:
+        follower.start()  # lilypad jobs wait, in that other process
+        for event in source.iter_sse():
+            if event.event == "step":
+                states.append(event.json()["name"])
+            if event.event == "done":
+                done = event.json()
+                break
+    follower.join(60)
+
+    assert states[0] == "created"
+    assert states[-1] == "accepted"
+    assert done is not None
+    assert done["status"] == "succeeded"
+    assert done["output"]["files"] == ["outputs/cowsay.txt"]
+
+
 def test_a_webhook_gets_the_completed_prediction_signed(
     creator: Creator, api: httpx.Client
 ) -> None:
