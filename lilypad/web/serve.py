@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 COOKIE = "lilypad_token"
 CSRF_HEADER = "x-lilypad-csrf"
+#: The most jobs a server keeps in memory (their steps and log lines); older ones that have
+#: ended are read from their records.
+KEPT = 500
 #: The most bytes one uploaded file may hold (a module's own limit is checked after).
 MAX_UPLOAD = 64 * 1024 * 1024
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -189,10 +192,18 @@ class Server:
         assert job.id is not None
         with self.lock:
             self.predictions[job.id] = prediction
+            self._forget_old()
         threading.Thread(
             target=self._watch, args=(prediction,), name=f"watch-{job.id[:10]}", daemon=True
         ).start()
         return prediction
+
+    def _forget_old(self) -> None:
+        """Keep at most :data:`KEPT` jobs in memory: the oldest that have ended go first (their
+        records stay on disk, and the API reads them from there)."""
+        ended = [i for i, p in self.predictions.items() if p.job.done()]
+        for prediction_id in ended[: max(0, len(self.predictions) - KEPT)]:
+            del self.predictions[prediction_id]
 
     def _watch(self, prediction: Prediction) -> None:
         """Send the webhooks of one job: at its start, and once it has completed."""
