@@ -156,6 +156,24 @@ def test_a_job_posted_as_json_runs_and_its_outputs_are_served(
     assert escape.status_code == 404
 
 
+def test_jobs_past_the_memory_bound_are_read_from_their_records(
+    creator: Creator, served: Served, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lilypad.web.serve.KEPT", 1)
+    creator.world.provider(creator.world.net.providers[0])
+    body = {"version": COWSAY, "input": {"Message": "first"}, "verify": "never"}
+    first = api.post("/v1/predictions", json=body).json()
+    _until_done(api, first["id"])
+    second = api.post("/v1/predictions", json=body | {"input": {"Message": "second"}}).json()
+
+    kept = served.server.config.app.state.server.predictions
+    assert list(kept) == [second["id"]]  # the first, ended, is no longer held
+    again = api.get(f"/v1/predictions/{first['id']}").json()
+    assert again["status"] == "succeeded"
+    assert "< first >" in api.get(again["output"]["local_urls"]["outputs/cowsay.txt"]).text
+    _until_done(api, second["id"])
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [
