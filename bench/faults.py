@@ -4,13 +4,13 @@ Run: ``.venv/bin/python bench/faults.py [--jobs 30] [--cheat-rate 0.5] [--concur
 [--keep DIR]``.
 
 It brings up a local network with the real CLI (``lilypad network up --network faults
---providers 2 --executor process --port-offset 3000``, in a private ``$HOME`` and data dir under a
-temporary folder), and adds a third resource provider that cheats: the provider daemon of this
-project with an executor that, on a share of its deals (``--cheat-rate``), changes the job's
-output after running it, and keeps the list of the deals it cheated on. Then it runs ``--jobs``
-``lilypad run cowsay:v0.0.4 --verify always`` at once (``--concurrency`` at a time), each its own
-message. While they run it kills the IPFS node (``kill -9``) for 20 s and, later, the solver for
-10 s, and starts each again as ``network up`` did.
+--providers 2 --slots 1 --executor process --port-offset 3000``, in a private ``$HOME`` and data
+dir under a temporary folder), and adds a third resource provider that cheats: the provider
+daemon of this project with an executor that, on a share of its deals (``--cheat-rate``),
+changes the job's output after running it, and keeps the list of the deals it cheated on. Then
+it runs ``--jobs`` ``lilypad run cowsay:v0.0.4 --verify always`` at once (``--concurrency`` at a
+time), each its own message. While they run it kills the IPFS node (``kill -9``) for 20 s and,
+later, the solver for 10 s, and starts each again as ``network up`` did.
 
 When every job has ended and every deal has settled on chain, it reads the chain (the truth) and
 prints, among other figures::
@@ -57,7 +57,9 @@ REFUNDED = ("timed_out", "cancelled", "mediation_expired")
 def network(env: dict[str, str]) -> Any:
     up = cli(
         env, "network", "up", "--network", NETWORK, "--detach", "--providers", "2",
-        "--executor", "process", "--port-offset", str(PORT_OFFSET), timeout=300,
+        # one slot each, as the cheater has two: the solver ties to the older offer, so honest
+        # providers with many free slots would take every job and the cheater none
+        "--slots", "1", "--executor", "process", "--port-offset", str(PORT_OFFSET), timeout=300,
     )  # fmt: skip
     if up.returncode != 0:
         raise SystemExit(f"network up failed:\n{up.stderr}")
