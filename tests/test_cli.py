@@ -329,7 +329,7 @@ BAD_INPUTS = [
         ["module", "render", "sdxl:v1.0-lilypad1", "-i", "RefinerSwitch=1.5"],
         ["RefinerSwitch", "1.5", "1"],
     ),
-    (["network", "up", "--providers", "9"], ["--providers 9", "at most 6"]),
+    (["network", "up", "--providers", "17"], ["--providers 17", "at most 16"]),
     (["network", "up", "--host", "lab-box"], ["--host", "lab-box", "IPv4 address"]),
     (["network", "up", "--host", "0.0.0.0"], ["--host 0.0.0.0", "other machines reach"]),
     (["network", "up", "--executor", "vm"], ["--executor", "vm", "docker, process"]),

@@ -214,6 +214,11 @@ class Worker:
     jobs_served: int = 0
     busy: bool = True
     last_used: float = field(default_factory=time.monotonic)
+    #: The mount points bubblewrap made in the worker's ``/tmp`` for what is bound below it (a
+    #: venv or checkout that lives under ``/tmp``): its folders and empty files once it was
+    #: ready. Emptying the scratch keeps them: removing a mount point from outside unmounts it
+    #: inside, and the next job's imports from that venv would fail.
+    skeleton: frozenset[Path] = frozenset()
 
     @classmethod
     def start(cls, key: WorkerKey, launch: Launch, deadline: float) -> Worker:
@@ -257,6 +262,7 @@ class Worker:
             worker.stop()
             reason = getattr(message, "reason", None) or getattr(message, "message", "it exited")
             raise WorkerUnavailable(f"{reason}; {worker.log_tail()}".rstrip("; "))
+        worker.skeleton = _mount_points(launch.root / "tmp")
         return worker
 
     def serve(self, job: Job, env: dict[str, str], limit: int, timeout_s: float) -> Served:
@@ -309,7 +315,7 @@ class Worker:
             os.close(read)
             sink.close()
             _move_outputs(root / OUTPUTS, out / OUTPUTS)
-            _empty(root / "tmp")
+            _empty(root / "tmp", self.skeleton)
             _empty(root / "inputs")
         self.jobs_served += 1
         done = answer[0] if answer else None
@@ -363,9 +369,26 @@ def _move_outputs(source: Path, target: Path) -> None:
         shutil.move(entry, target / entry.name)
 
 
-def _empty(folder: Path) -> None:
+def _mount_points(folder: Path) -> frozenset[Path]:
+    """The folders and empty files under ``folder`` (what bubblewrap makes to mount on)."""
+    return frozenset(
+        p
+        for p in folder.rglob("*")
+        if not p.is_symlink() and (p.is_dir() or (p.is_file() and p.stat().st_size == 0))
+    )
+
+
+def _empty(folder: Path, keep: frozenset[Path] = frozenset()) -> None:
+    """Remove what ``folder`` holds but the mount points in ``keep``: their folders are emptied
+    of everything else, and a kept file a job wrote into is emptied (a mount point's stays
+    empty on this side)."""
     for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
+        if entry in keep and not entry.is_symlink():
+            if entry.is_dir():
+                _empty(entry, keep)
+            elif entry.is_file() and entry.stat().st_size:
+                entry.write_bytes(b"")
+        elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
