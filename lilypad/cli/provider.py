@@ -77,10 +77,10 @@ def _warm(workers: int | str | None, idle: str, memory: str = "auto") -> WarmCon
     (:func:`~resource_provider.executors.warm.default_workers`). None for ``--warm 0`` and
     without ``--warm``.
 
-    NOTE: off by default for now: in one run of tests/e2e/test_image_workflows.py a warm
-    sd15-controlnet worker that had served a canny job failed the next (openpose) job with
-    transformers' "Could not import module 'VitPoseForPoseEstimation'", which a cold run does
-    not; a warm result that differs from a cold one is a result a mediator rules against.
+    NOTE: off by default for now: a warm result that differs from a cold one is a result a
+    mediator rules against, and one did (a worker's emptied ``/tmp`` unmounted a venv that
+    lived under ``/tmp``; fixed in :func:`resource_provider.executors.warm._mount_points`).
+    Make it the default again once a whole CI run has confirmed the fix.
     """
     from resource_provider.executors.warm import default_workers
 
