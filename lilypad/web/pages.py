@@ -100,7 +100,7 @@ def form_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return fields
 
 
-def dashboard_routes(app: FastAPI, server: Server, _auth: Any) -> None:
+def dashboard_routes(app: FastAPI, server: Server) -> None:
     from lilypad.web.serve import COOKIE, module_catalogue, read_network, redirect_with_cookie
 
     def allowed(request: Request) -> bool:

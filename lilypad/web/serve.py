@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import (
     FileResponse,
-    HTMLResponse,
     JSONResponse,
     RedirectResponse,
     Response,
@@ -348,7 +347,7 @@ def create_app(client: Client, *, token: str, webhook_secret: str | None = None)
 
     auth = Depends(_authorizer(server))
     _api_routes(app, server, auth)
-    pages.dashboard_routes(app, server, auth)
+    pages.dashboard_routes(app, server)
     return app
 
 
@@ -695,7 +694,3 @@ def redirect_with_cookie(token: str) -> Response:
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
     return response
-
-
-def html(text: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(text, status_code=status)
