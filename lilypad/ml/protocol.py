@@ -1,11 +1,13 @@
 """What a provider and a warm worker (:mod:`lilypad.ml.serve`) say to each other. Light: no
 torch import, so the provider reads it without the ``ml`` extra.
 
-The worker's stdin is one end of a ``SOCK_SEQPACKET`` Unix socket pair: one datagram per
-message, a JSON object with its ``kind``. A job's message carries, as ``SCM_RIGHTS``, the two
-files the job's stdout and stderr go to (its result's ``stdout`` file, a pipe the provider reads
-stderr from as it comes); the worker closes both before it says the job is done, so the
-provider's reader meets the end of the job's stderr before the end of the job::
+The worker's stdin is one end of a ``SOCK_SEQPACKET`` Unix socket pair (a process), or it
+connects to the ``SOCK_SEQPACKET`` socket the provider listens on at ``$LILYPAD_WARM_SOCKET`` (a
+container, where the socket's folder is bound in): one datagram per message, a JSON object
+with its ``kind``. A job's message carries, as ``SCM_RIGHTS``, the two files the job's stdout
+and stderr go to (its result's ``stdout`` file, a pipe the provider reads stderr from as it
+comes); the worker closes both before it says the job is done, so the provider's reader meets
+the end of the job's stderr before the end of the job::
 
     worker  -> Ready | Refused(reason) | SetupFailed(message)      once, after setup
     provider -> RunJob(env) + [stdout fd, stderr fd]                per job
@@ -24,6 +26,8 @@ from typing import Any, ClassVar
 
 #: The variable that names, comma-separated, the variables the provider launched the worker with.
 LAUNCH_ENV = "LILYPAD_WARM_LAUNCH_ENV"
+#: The variable that names the socket a worker in a container connects to.
+SOCKET_ENV = "LILYPAD_WARM_SOCKET"
 #: The largest message: a job's environment (the manifest caps each tunable's value far below).
 MAX_MESSAGE = 1 << 20
 

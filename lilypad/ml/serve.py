@@ -2,10 +2,11 @@
 
 Imports the entrypoint (not as ``__main__``: its one-shot job does not run), takes the
 ``predictor`` it defines (:mod:`lilypad.ml.predictor`), runs its setup once, then serves jobs one
-at a time over the socket on its stdin (:mod:`lilypad.ml.protocol`) until the provider closes
-it. Each job runs as its one-shot run would: ``sys.argv`` is the entrypoint's, the environment is
-the job's alone, its stdout and stderr are the files the provider passed with it, and the process
-state a job could leave behind is put back first (:class:`~lilypad.ml.predictor.JobScope`).
+at a time over the socket on its stdin, or the one at ``$LILYPAD_WARM_SOCKET`` in a container
+(:mod:`lilypad.ml.protocol`), until the provider closes it. Each job runs as its one-shot run
+would: ``sys.argv`` is the entrypoint's, the environment is the job's alone, its stdout and stderr
+are the files the provider passed with it, and the process state a job could leave behind is put
+back first (:class:`~lilypad.ml.predictor.JobScope`).
 
 What the worker itself says (setup, its own failures) goes to its original stderr, which the
 provider keeps as the worker's log, never in a job's result.
@@ -36,8 +37,13 @@ def serve(entrypoint: Path, args: list[str]) -> int:
     # environment was added by the sandbox (PWD) and Python's start-up (LC_CTYPE, PEP 538), as
     # for a cold job, and stays below each job's own variables.
     launched = set(os.environ.pop(protocol.LAUNCH_ENV, "").split(","))
+    address = os.environ.pop(protocol.SOCKET_ENV, "")
     start_env = {k: v for k, v in os.environ.items() if k in launched}
-    sock = socket.socket(fileno=os.dup(_STDIN))
+    if address:  # a container: the provider listens on a socket bound in
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.connect(address)
+    else:  # a process: its stdin is the socket
+        sock = socket.socket(fileno=os.dup(_STDIN))
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, _STDIN)
     worker_log = os.dup(_STDERR)

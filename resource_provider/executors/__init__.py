@@ -33,7 +33,7 @@ from resource_provider.executors.base import (
 from resource_provider.executors.layout import LAYOUT, result_digest, tail
 from resource_provider.executors.process import ProcessExecutor, Sandbox
 from resource_provider.executors.routing import ByModule
-from resource_provider.executors.warm import WarmConfig
+from resource_provider.executors.warm import WarmConfig, WarmPool, warm_pool
 
 if TYPE_CHECKING:
     from resource_provider.executors.docker import DockerExecutor, engine_problem
@@ -69,20 +69,21 @@ def create_executor(
     ``by_module`` names modules (``name:version``) that run with another backend than that.
     ``sandbox`` is how the process executor isolates jobs: only :attr:`Sandbox.NONE` (the
     operator's ``--unsafe-no-sandbox``) lets it run them without bubblewrap. ``warm`` is how many
-    warm workers the process executor keeps (``--warm``, ``--warm-idle``; see :mod:`.warm`).
+    warm workers each executor keeps (``--warm``, ``--warm-idle``; see :mod:`.warm`).
 
     Raises:
         ExecutorUnavailable: an asked-for backend cannot run here, or the process executor
             would be needed and bubblewrap cannot sandbox jobs here.
     """
-    selection = _create(kind, sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm)
+    pool = warm_pool(warm)  # one pool for every backend: --warm N is the provider's count
+    selection = _create(kind, sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=pool)
     if not by_module:
         return selection
     default = selection.executor
     backends: dict[ExecutorKind, Executor] = {default.kind: default}
     for other in set(by_module.values()) - {default.kind}:
         backends[other] = _create(
-            other, sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm
+            other, sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=pool
         ).executor
     routed = {module: backends[k] for module, k in by_module.items() if k is not default.kind}
     return Selection(ByModule(default, routed), selection.reason)
@@ -93,7 +94,7 @@ def _create(
     *,
     sandbox: Sandbox,
     output_limit_bytes: int | None,
-    warm: WarmConfig | None = None,
+    warm: WarmPool | None = None,
 ) -> Selection:
     from resource_provider.executors.docker import DockerExecutor, engine_problem
 
@@ -101,10 +102,11 @@ def _create(
         process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm)
         return Selection(process, "asked for")
     if kind is ExecutorKind.DOCKER:
-        return Selection(DockerExecutor(output_limit_bytes=output_limit_bytes), "asked for")
+        docker_executor = DockerExecutor(output_limit_bytes=output_limit_bytes, warm=warm)
+        return Selection(docker_executor, "asked for")
     problem = engine_problem()
     if problem is None:
-        docker_executor = DockerExecutor(output_limit_bytes=output_limit_bytes)
+        docker_executor = DockerExecutor(output_limit_bytes=output_limit_bytes, warm=warm)
         return Selection(docker_executor, "a Docker Engine answers")
     try:
         process = ProcessExecutor(sandbox=sandbox, output_limit_bytes=output_limit_bytes, warm=warm)

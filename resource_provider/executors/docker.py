@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
@@ -35,9 +39,12 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Mount
 
+from lilypad.config import get_settings
 from lilypad.errors import ExecutorError, ExecutorUnavailable, ImageNotFound
+from lilypad.ml import protocol
 from resource_provider.executors.base import (
     SANDBOX_HOSTNAME,
+    SANDBOX_INPUTS,
     SANDBOX_OUTPUTS,
     SANDBOX_SCRATCH,
     SANDBOX_TINY_WEIGHTS,
@@ -57,11 +64,30 @@ from resource_provider.executors.base import (
 from resource_provider.executors.inputs import check_inputs, readable_inputs
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, watch
+from resource_provider.executors.warm import (
+    Handle,
+    SetupTimedOut,
+    WarmConfig,
+    WarmPool,
+    WorkerKey,
+    WorkerUnavailable,
+    run_warm,
+    session_rss,
+    warm_key,
+    warm_pool,
+)
+
+if TYPE_CHECKING:
+    from resource_provider.metrics import Metrics
+
+log = logging.getLogger("lilypad.executor.docker")
 
 #: Most processes and threads a job may have at once (fork bombs stop here).
 PIDS_LIMIT = 1024
 #: Seconds to wait for the engine's answer to one API call.
 API_TIMEOUT_S = 60
+#: Where a warm worker's container finds the socket its provider listens on (a bound folder).
+WORKER_SOCKET_DIR = "/run/lilypad-warm"
 
 
 @contextlib.contextmanager
@@ -144,6 +170,8 @@ class DockerExecutor(Executor):
     Args:
         client: A docker client; by default one from the environment (``DOCKER_HOST``...).
         output_limit_bytes: Overrides the cap on what a job writes (default: its ``disk_gb``).
+        warm: How many warm workers to keep (``--warm``): each a long-lived container of a
+            module version's image that serves its jobs one at a time (see :mod:`.warm`).
 
     Raises:
         ExecutorUnavailable: no Docker Engine answers.
@@ -152,9 +180,16 @@ class DockerExecutor(Executor):
     kind = ExecutorKind.DOCKER
 
     def __init__(
-        self, client: docker.DockerClient | None = None, *, output_limit_bytes: int | None = None
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        output_limit_bytes: int | None = None,
+        warm: WarmConfig | WarmPool | None = None,
     ) -> None:
         self.client = client or connect()
+        self.warm = warm_pool(warm)
+        if self.warm is not None:
+            self._remove_ended_workers()
         with docker_errors("describe the Docker Engine"):
             info: dict[str, Any] = self.client.info()
         self._limit = output_limit_bytes
@@ -165,12 +200,22 @@ class DockerExecutor(Executor):
         self.host_gpus = "nvidia" in runtimes or Path("/dev/nvidia0").exists()
 
     def describe(self) -> str:
+        warm = ""
+        if self.warm is not None:
+            config = self.warm.config
+            warm = f"; up to {config.size} warm workers, each ended after {config.idle_s:g} s idle"
         return (
             f"docker (Docker Engine {self.version}: no network, read-only root, "
-            "runs as nobody, with limits)"
+            f"runs as nobody, with limits{warm})"
         )
 
+    def use_metrics(self, metrics: Metrics) -> None:
+        if self.warm is not None:
+            self.warm.metrics = metrics
+
     def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
         self.client.close()
 
     def run(self, job: Job) -> ExecutionResult:
@@ -182,6 +227,12 @@ class DockerExecutor(Executor):
         image = self._check_image(job)
         tiny = tiny_weights_cache(self.kind) / image.removeprefix("sha256:")
         tiny.mkdir(parents=True, exist_ok=True)
+        key = warm_key(self.warm, job, image)
+        if key is not None:
+            try:
+                return self._run_warm(job, key, image, tiny)
+            except WorkerUnavailable as exc:
+                log.info("%s runs cold: %s", job.spec.module, exc)
         if job.needs_tiny_weights:
             # one generator at a time: another's clean-up would take the cache from under it
             with self._tiny_lock:
@@ -204,6 +255,123 @@ class DockerExecutor(Executor):
         finally:
             self._take_back(out / OUTPUTS)
 
+    # ------------------------------------------------------------------- warm workers
+    def _run_warm(self, job: Job, key: WorkerKey, image: str, tiny: Path) -> ExecutionResult:
+        """Run ``job`` on a warm container of its image (:func:`~.warm.run_warm`).
+
+        Raises:
+            WorkerUnavailable: no worker can serve it (all busy, or the module is one-shot).
+        """
+        assert self.warm is not None
+        notes: list[str] = []
+        isolation = self._isolation(job, notes)
+        env = self._job_env(job)
+
+        def launch() -> ContainerLaunch:
+            if job.needs_tiny_weights:
+                with self._tiny_lock:
+                    self._make_tiny_weights(job, image, tiny)
+            parent = get_settings().cache_dir / "warm-docker"  # seen at the same path by dockerd
+            parent.mkdir(parents=True, exist_ok=True)
+            root = Path(tempfile.mkdtemp(prefix="worker-", dir=parent))
+            for name in (OUTPUTS, "inputs", "tmp", "socket"):
+                (root / name).mkdir()
+            user = self._hand_over(root / OUTPUTS)
+            self._hand_over(root / "tmp")
+            (root / "tmp").chmod(0o1777)  # as a cold job's tmpfs
+            args = self._worker_args(job, image, user, tiny, root, isolation)
+            return ContainerLaunch(self.client, args, root)
+
+        try:
+            return run_warm(
+                self.warm,
+                job,
+                key,
+                launch,
+                lambda _worker: env,
+                kind=self.kind,
+                limit=output_limit(job.spec, self._limit),
+                notes=tuple(notes),
+            )
+        finally:
+            self._take_back(job.output_dir / OUTPUTS)
+
+    def _worker_args(
+        self,
+        job: Job,
+        image: str,
+        user: str,
+        tiny: Path,
+        root: Path,
+        isolation: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A warm worker's container: a cold job's isolation and image, ``python -m
+        lilypad.ml.serve`` for its entrypoint, its root's folders bound at the job's paths."""
+        bare = job.spec.model_copy(update={"env": {}})  # the runtime's variables, no tunables
+        env = self._job_env(dataclasses.replace(job, spec=bare))
+        env[protocol.SOCKET_ENV] = f"{WORKER_SOCKET_DIR}/{WORKER_SOCKET}"
+        env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
+        # /tmp is a folder of the worker's root, emptied after each job from here (a tmpfs
+        # would keep one job's scratch for the next)
+        isolation = {k: v for k, v in isolation.items() if k != "tmpfs"}
+        return {
+            **isolation,
+            # the engine's init as the container's first process: it reaps what the jobs
+            # leave, and the worker is not a PID 1 that signals cannot end
+            "init": True,
+            "image": image,
+            "entrypoint": [job.spec.entrypoint[0]],
+            "command": ["-m", "lilypad.ml.serve", *job.spec.entrypoint[1:]],
+            **({"working_dir": job.spec.workdir} if job.spec.workdir else {}),
+            "environment": env,
+            "user": user,
+            "mounts": [
+                Mount(SANDBOX_OUTPUTS, str(root / OUTPUTS), type="bind"),
+                Mount(SANDBOX_SCRATCH, str(root / "tmp"), type="bind"),
+                # the running job's input files only, copied in before it and removed after it
+                Mount(SANDBOX_INPUTS, str(root / "inputs"), type="bind", read_only=True),
+                Mount(SANDBOX_TINY_WEIGHTS, str(tiny), type="bind", read_only=True),
+                Mount(WORKER_SOCKET_DIR, str(root / "socket"), type="bind", read_only=True),
+            ],
+            # the worker's own words (its setup, its failures); each job's go to its result
+            "log_config": LogConfig(type="json-file", config={"max-size": "1m"}),
+            "labels": {
+                "lilypad.spec_hash": job.spec.spec_hash,
+                "lilypad.module": job.spec.module,
+                "lilypad.warm": "worker",
+                "lilypad.warm.root": str(root),
+            },
+        }
+
+    def _remove_ended_workers(self) -> None:
+        """Remove the worker containers a provider that crashed left (a worker exits when its
+        provider's end of the socket closes) and their folders; running ones are another
+        provider's on this engine."""
+        filters: dict[str, str | list[str] | bool] = {
+            "label": "lilypad.warm=worker",
+            "status": "exited",
+        }
+        parent = (get_settings().cache_dir / "warm-docker").resolve()
+        with contextlib.suppress(
+            docker.errors.DockerException, requests.exceptions.RequestException
+        ):
+            for container in self.client.containers.list(all=True, filters=filters):
+                root = Path(container.labels.get("lilypad.warm.root", "")).resolve()
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+                if root.parent == parent:
+                    shutil.rmtree(root, ignore_errors=True)
+
+    @staticmethod
+    def _job_env(job: Job) -> dict[str, str]:
+        return job_env(
+            job.spec,
+            job.weights,
+            outputs=SANDBOX_OUTPUTS,
+            scratch=SANDBOX_SCRATCH,
+            tiny_weights=SANDBOX_TINY_WEIGHTS,
+        )
+
     def _check_image(self, job: Job) -> str:
         """The id of the job's image, which its containers then run (a tag could move)."""
         image = job.spec.image
@@ -222,13 +390,7 @@ class DockerExecutor(Executor):
         self, job: Job, image: str, user: str, tiny: Path, notes: list[str]
     ) -> dict[str, Any]:
         spec = job.spec
-        env = job_env(
-            spec,
-            job.weights,
-            outputs=SANDBOX_OUTPUTS,
-            scratch=SANDBOX_SCRATCH,
-            tiny_weights=SANDBOX_TINY_WEIGHTS,
-        )
+        env = self._job_env(job)
         return {
             **self._isolation(job, notes),
             "image": image,
@@ -242,6 +404,9 @@ class DockerExecutor(Executor):
                 Mount(SANDBOX_OUTPUTS, str(job.output_dir / OUTPUTS), type="bind"),
                 # read-only: every job of this image is made with these weights
                 Mount(SANDBOX_TINY_WEIGHTS, str(tiny), type="bind", read_only=True),
+                # an /inputs of the engine's making (the job's user cannot write in it), empty
+                # when the job has no inputs, as on a warm worker
+                Mount(SANDBOX_INPUTS, "", type="tmpfs", tmpfs_size=1 << 20, tmpfs_mode=0o755),
                 # the file itself, not its folder: the job sees nothing else of the host's
                 *(
                     Mount(item.mount, str(item.source), type="bind", read_only=True)
@@ -414,6 +579,104 @@ class DockerExecutor(Executor):
         for root, dirs, files in os.walk(written):
             for name in dirs + files:
                 os.lchown(os.path.join(root, name), uid, gid)
+
+
+#: The socket's name in :data:`WORKER_SOCKET_DIR`.
+WORKER_SOCKET = "worker.sock"
+
+
+@dataclass(frozen=True)
+class ContainerLaunch:
+    """A warm worker that is a container (``args`` for ``containers.create``): the provider
+    listens on a socket in ``root/socket``, bound into it, and the worker connects to it."""
+
+    client: docker.DockerClient
+    args: dict[str, Any]
+    root: Path
+
+    def open(self, deadline: float) -> tuple[Handle, socket.socket]:
+        path = self.root / "socket" / WORKER_SOCKET
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        handle: ContainerHandle | None = None
+        try:
+            listener.bind(str(path))
+            path.chmod(0o666)  # for the container's user; only that container sees the folder
+            listener.listen(1)
+            with docker_errors("create a warm worker's container"):
+                handle = ContainerHandle(self.client.containers.create(**self.args))
+            with docker_errors("start a warm worker's container"):
+                handle.container.start()
+                handle.container.reload()
+            handle.pid = int(handle.container.attrs["State"].get("Pid") or 0)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SetupTimedOut("its container did not connect in the job's time left")
+                listener.settimeout(min(0.25, left))
+                try:
+                    conn, _ = listener.accept()
+                    return handle, conn
+                except TimeoutError:
+                    if not handle.alive():
+                        raise WorkerUnavailable(
+                            f"its container exited: {handle.log_tail() or 'no message'}"
+                        ) from None
+        except ExecutorError as exc:
+            raise WorkerUnavailable(exc.message) from None
+        except BaseException:
+            if handle is not None:
+                handle.kill()
+                handle.close()
+            raise
+        finally:
+            listener.close()  # nothing else connects to this worker
+            path.unlink(missing_ok=True)
+
+
+@dataclass(eq=False)
+class ContainerHandle:
+    """A warm worker's container. Its first process leads a session of its own on this host,
+    so its memory is read from ``/proc`` as a worker process's is."""
+
+    container: Container
+    pid: int = 0
+
+    def alive(self) -> bool:
+        try:
+            self.container.reload()
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+        return self.container.status == "running"
+
+    def kill(self) -> None:
+        with contextlib.suppress(
+            docker.errors.DockerException, requests.exceptions.RequestException
+        ):
+            self.container.kill()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return int(self.container.wait(timeout=timeout)["StatusCode"])
+        except requests.exceptions.RequestException:
+            return None
+        except docker.errors.NotFound:
+            return -1
+
+    def memory(self) -> int:
+        return session_rss(self.pid) if self.pid else 0
+
+    def close(self) -> None:
+        with contextlib.suppress(
+            docker.errors.DockerException, requests.exceptions.RequestException
+        ):
+            self.container.remove(force=True)
+
+    def log_tail(self) -> str:
+        try:
+            last = self.container.logs(stdout=False, stderr=True, tail=1)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return ""
+        return bytes(last).decode("utf-8", "replace").strip()
 
 
 def _demux(stream: Iterator[tuple[bytes | None, bytes | None]], out: LogSink, err: LogSink) -> None:

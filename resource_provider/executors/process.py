@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING
 
 import lilypad
 from lilypad.config import get_settings
-from lilypad.errors import ExecutorError, ExecutorUnavailable, LilypadError
+from lilypad.errors import ExecutorError, ExecutorUnavailable
 from lilypad.ml import protocol
 from lilypad.modules.template import is_template_module
 from resource_provider.executors.base import (
-    EXIT_TIMEOUT,
     SANDBOX_HOSTNAME,
     SANDBOX_INPUTS,
     SANDBOX_MODULE,
@@ -51,7 +50,6 @@ from resource_provider.executors.base import (
     Executor,
     ExecutorKind,
     Job,
-    JobStatus,
     command,
     job_env,
     log,
@@ -64,14 +62,14 @@ from resource_provider.executors.inputs import check_inputs, host_paths, readabl
 from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
 from resource_provider.executors.supervise import LogSink, conclude, pump, watch
 from resource_provider.executors.warm import (
-    Launch,
-    Served,
-    SetupTimedOut,
+    ProcessLaunch,
     WarmConfig,
     WarmPool,
     WorkerKey,
     WorkerUnavailable,
-    warm_entrypoint,
+    run_warm,
+    warm_key,
+    warm_pool,
     worker_root,
 )
 
@@ -136,11 +134,11 @@ class ProcessExecutor(Executor):
         *,
         sandbox: Sandbox = Sandbox.BWRAP,
         output_limit_bytes: int | None = None,
-        warm: WarmConfig | None = None,
+        warm: WarmConfig | WarmPool | None = None,
     ) -> None:
         self._limit = output_limit_bytes
         self.sandboxed = sandbox is Sandbox.BWRAP
-        self.warm = WarmPool(warm) if warm is not None and warm.size > 0 else None
+        self.warm = warm_pool(warm)
         if self.sandboxed:
             problem = bwrap_problem()
             if problem is not None:
@@ -186,7 +184,7 @@ class ProcessExecutor(Executor):
         if not self.sandboxed:
             log.warning("%s runs %s", job.spec.module, UNSANDBOXED)
             notes = (UNSANDBOXED,)
-        key = self._warm_key(job)
+        key = warm_key(self.warm, job)
         if key is not None:
             try:
                 return self._run_warm(job, key, tiny, notes)
@@ -205,60 +203,22 @@ class ProcessExecutor(Executor):
                 return self._execute(job, argv, env, cwd, notes)
 
     # ------------------------------------------------------------------- warm workers
-    def _warm_key(self, job: Job) -> WorkerKey | None:
-        if self.warm is None or warm_entrypoint(job.module_dir, job.spec.entrypoint) is None:
-            return None
-        if not self.warm.config.any_module and not _builtin(job.module_dir):
-            return None  # another's code runs one job at a time (see WarmConfig.any_module)
-        key = WorkerKey(job.module_dir, job.spec.entrypoint, job.weights, job.spec.machine.gpus > 0)
-        return None if self.warm.one_shot(key) else key
-
     def _run_warm(
         self, job: Job, key: WorkerKey, tiny: Path, notes: tuple[str, ...]
     ) -> ExecutionResult:
-        """Run ``job`` on a warm worker of its module version, within its timeout in all: a
-        worker's setup counts against it, and a reused worker that dies is replaced and the job
-        run again on a fresh one in the time left (see :mod:`.warm`).
-
-        Raises:
-            WorkerUnavailable: no worker can serve it (all busy, or the module is one-shot).
-        """
         assert self.warm is not None
-        limit = output_limit(job.spec, self._limit)
-        started = time.monotonic()
-        deadline = started + job.spec.timeout_s
-        while True:
-            try:
-                worker = self.warm.acquire(key, lambda: self._launch(job, tiny), deadline)
-            except SetupTimedOut:
-                out = prepare_output_dir(job.output_dir)  # the layout of a job that wrote nothing
-                (out / STDOUT).touch()
-                (out / STDERR).touch()
-                served = Served(EXIT_TIMEOUT, JobStatus.TIMED_OUT, worker_failed=False)
-                break
-            reused = worker.jobs_served > 0
-            env = self._warm_env(job, worker.launch.root, tiny)
-            served = worker.serve(job, env, limit, deadline - time.monotonic())
-            if served.stopped is None and not served.worker_failed:
-                self.warm.release(worker)
-            else:
-                self.warm.discard(worker, served.stopped.value if served.stopped else "died")
-            if served.worker_failed and served.stopped is None and reused:
-                log.warning("a warm worker of %s died; the job runs again", job.spec.module)
-                prepare_output_dir(job.output_dir)
-                continue
-            break
-        return conclude(
+        return run_warm(
+            self.warm,
             job,
-            self.kind,
-            exit_code=served.exit_code,
-            stopped=served.stopped,
-            duration_ms=round((time.monotonic() - started) * 1000),
-            limit=limit,
+            key,
+            lambda: self._launch(job, tiny),
+            lambda worker: self._warm_env(job, worker.launch.root, tiny),
+            kind=self.kind,
+            limit=output_limit(job.spec, self._limit),
             notes=notes,
         )
 
-    def _launch(self, job: Job, tiny: Path) -> Launch:
+    def _launch(self, job: Job, tiny: Path) -> ProcessLaunch:
         """How to start a worker for ``job``'s module version, after its tiny weights."""
         if job.needs_tiny_weights:
             self._make_tiny_weights(job, tiny)
@@ -271,7 +231,7 @@ class ProcessExecutor(Executor):
         env["PYTHONPATH"] = package
         env[protocol.LAUNCH_ENV] = ",".join(sorted(env))
         if not self.sandboxed:
-            return Launch(entry, env, job.module_dir, root)
+            return ProcessLaunch(entry, env, job.module_dir, root)
         argv = [
             *bwrap_base_args(root / "tmp"),
             *("--ro-bind", str(job.module_dir), SANDBOX_MODULE),
@@ -285,7 +245,7 @@ class ProcessExecutor(Executor):
             "--",
             *entry,
         ]
-        return Launch(argv, env, root / "tmp", root)
+        return ProcessLaunch(argv, env, root / "tmp", root)
 
     def _warm_env(self, job: Job, root: Path, tiny: Path) -> dict[str, str]:
         """A job's environment on a warm worker: what a cold run of it gets."""
@@ -327,6 +287,8 @@ class ProcessExecutor(Executor):
             *("--bind", str(job.output_dir / OUTPUTS), SANDBOX_OUTPUTS),
             # read-only: every module's results are made with these weights
             *("--ro-bind", str(tiny), SANDBOX_TINY_WEIGHTS),
+            # an empty /inputs when the job has none, as on a warm worker
+            *("--dir", SANDBOX_INPUTS),
             # each input is the file itself (never its folder); bwrap makes the folders above
             *(arg for item in job.inputs for arg in ("--ro-bind", str(item.source), item.mount)),
             *_gpu_args(job),
@@ -580,13 +542,3 @@ def bwrap_problem() -> str | None:
         reason = done.stderr.decode("utf-8", "replace").strip().splitlines()
         return f"bwrap cannot create its sandbox here ({reason[-1] if reason else 'no message'})"
     return None
-
-
-def _builtin(module_dir: Path) -> bool:
-    """Whether ``module_dir`` is one of the built-in modules (the provider's own code)."""
-    from lilypad.modules.sources import builtin_modules_dir
-
-    try:
-        return module_dir.resolve().is_relative_to(builtin_modules_dir().resolve())
-    except LilypadError:
-        return False

@@ -46,12 +46,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from lilypad.errors import LilypadError
 from lilypad.ml import protocol
-from resource_provider.executors.base import SANDBOX_INPUTS, JobStatus, Weights
-from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT
-from resource_provider.executors.supervise import LogSink, pump, watch
+from resource_provider.executors.base import (
+    EXIT_TIMEOUT,
+    SANDBOX_INPUTS,
+    ExecutionResult,
+    ExecutorKind,
+    JobStatus,
+    Weights,
+)
+from resource_provider.executors.layout import OUTPUTS, STDERR, STDOUT, prepare_output_dir
+from resource_provider.executors.supervise import LogSink, conclude, pump, watch
 
 if TYPE_CHECKING:
     from resource_provider.executors.base import Job
@@ -140,12 +148,37 @@ def session_rss(session: int) -> int:
 
 @dataclass(frozen=True)
 class WorkerKey:
-    """What a worker serves: one module version, on one kind of weights and devices."""
+    """What a worker serves: one module version (and image, in a container), on one kind of
+    weights and devices."""
 
     module_dir: Path
     entrypoint: tuple[str, ...]
     weights: Weights
     gpus: bool
+    image: str = ""
+
+
+def warm_key(pool: WarmPool | None, job: Job, image: str = "") -> WorkerKey | None:
+    """The worker that may serve ``job`` (of ``image``, in a container), or None: it runs cold
+    (no pool, an entrypoint with no predictor, a module from elsewhere, or one whose worker
+    refused or failed before)."""
+    if pool is None or warm_entrypoint(job.module_dir, job.spec.entrypoint) is None:
+        return None
+    if not pool.config.any_module and not provider_module(job.module_dir):
+        return None  # another's code runs one job at a time (see WarmConfig.any_module)
+    gpus = job.spec.machine.gpus > 0
+    key = WorkerKey(job.module_dir, job.spec.entrypoint, job.weights, gpus, image)
+    return None if pool.one_shot(key) else key
+
+
+def provider_module(module_dir: Path) -> bool:
+    """Whether ``module_dir`` is one of the built-in modules (the provider's own code)."""
+    from lilypad.modules.sources import builtin_modules_dir
+
+    try:
+        return module_dir.resolve().is_relative_to(builtin_modules_dir().resolve())
+    except LilypadError:
+        return False
 
 
 def warm_entrypoint(module_dir: Path, entrypoint: tuple[str, ...]) -> Path | None:
@@ -176,15 +209,107 @@ class SetupTimedOut(WorkerUnavailable):
     job timed out (a cold run, which would load the same, has no time left either)."""
 
 
+class Handle(Protocol):
+    """What runs a worker: its process (:class:`ProcessHandle`) or its container (the docker
+    executor's)."""
+
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None:
+        """Stop it for good, with every process it started."""
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit code once it has ended (a signal's as its negative), or None at ``timeout``."""
+
+    def memory(self) -> int:
+        """Bytes its processes hold in memory now."""
+
+    def close(self) -> None:
+        """Remove what is left of it once it has ended (a container)."""
+
+    def log_tail(self) -> str:
+        """The last line of what the worker itself said (its setup, its own failure)."""
+
+
+class Launch(Protocol):
+    """How to start a worker, and its root, whose ``outputs``, ``inputs`` and ``tmp`` folders it
+    sees as the job's."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def open(self, deadline: float) -> tuple[Handle, socket.socket]:
+        """Start the worker; return it and the provider's end of its socket, by ``deadline``.
+
+        Raises:
+            WorkerUnavailable: it could not be started.
+        """
+        ...
+
+
 @dataclass(frozen=True)
-class Launch:
-    """How to start a worker: its command, environment and working directory, and its root,
-    whose ``outputs``, ``inputs`` and ``tmp`` folders it sees as the job's."""
+class ProcessLaunch:
+    """A worker that is a process: its command, environment and working directory; the socket
+    is its stdin."""
 
     argv: list[str]
     env: dict[str, str]
     cwd: Path
     root: Path
+
+    def open(self, deadline: float) -> tuple[Handle, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with open(self.root / "worker.log", "ab") as worker_log:
+                proc = subprocess.Popen(
+                    self.argv,
+                    cwd=self.cwd,
+                    env=self.env,
+                    stdin=theirs.fileno(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=worker_log,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            ours.close()
+            raise WorkerUnavailable(f"could not start {self.argv[0]}: {exc}") from None
+        finally:
+            theirs.close()
+        return ProcessHandle(proc, self.root / "worker.log"), ours
+
+
+@dataclass(frozen=True)
+class ProcessHandle:
+    """A worker process (the leader of its own session)."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def memory(self) -> int:
+        return session_rss(self.proc.pid) if self.alive() else 0
+
+    def close(self) -> None:
+        pass
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log.read_text("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
 
 
 @dataclass(frozen=True)
@@ -205,11 +330,11 @@ class Served:
 
 @dataclass(eq=False)
 class Worker:
-    """One warm worker process and the folders it sees."""
+    """One warm worker and the folders it sees."""
 
     key: WorkerKey
     launch: Launch
-    proc: subprocess.Popen[bytes]
+    handle: Handle
     sock: socket.socket
     jobs_served: int = 0
     busy: bool = True
@@ -232,27 +357,11 @@ class Worker:
             raise SetupTimedOut("no time left to start a worker")
         for name in (OUTPUTS, "inputs", "tmp"):
             (launch.root / name).mkdir(parents=True, exist_ok=True)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        handle, sock = launch.open(deadline)
+        worker = cls(key, launch, handle, sock)
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            with open(launch.root / "worker.log", "ab") as worker_log:
-                proc = subprocess.Popen(
-                    launch.argv,
-                    cwd=launch.cwd,
-                    env=launch.env,
-                    stdin=theirs.fileno(),
-                    stdout=subprocess.DEVNULL,
-                    stderr=worker_log,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            ours.close()
-            raise WorkerUnavailable(f"could not start {launch.argv[0]}: {exc}") from None
-        finally:
-            theirs.close()
-        worker = cls(key, launch, proc, ours)
-        ours.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            message, _ = protocol.receive(ours)
+            message, _ = protocol.receive(sock)
         except TimeoutError:
             worker.stop()
             raise SetupTimedOut("its setup took longer than the job's time left") from None
@@ -261,7 +370,7 @@ class Worker:
         if not isinstance(message, protocol.Ready):
             worker.stop()
             reason = getattr(message, "reason", None) or getattr(message, "message", "it exited")
-            raise WorkerUnavailable(f"{reason}; {worker.log_tail()}".rstrip("; "))
+            raise WorkerUnavailable(f"{reason}; {worker.handle.log_tail()}".rstrip("; "))
         worker.skeleton = _mount_points(launch.root / "tmp")
         return worker
 
@@ -321,35 +430,80 @@ class Worker:
         done = answer[0] if answer else None
         if stopped is None and isinstance(done, protocol.JobDone):
             return Served(done.exit_code, None, worker_failed=False)
-        code = self.proc.wait()
+        code = self.handle.wait()
+        assert code is not None  # no timeout: it was killed, or it died
         return Served(code, stopped, worker_failed=stopped is not JobStatus.OUTPUT_LIMIT)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.handle.alive()
 
     def memory(self) -> int:
-        """Bytes its processes hold in memory now (it leads their session)."""
-        return session_rss(self.proc.pid) if self.alive() else 0
+        """Bytes its processes hold in memory now."""
+        return self.handle.memory() if self.alive() else 0
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.handle.kill()
 
     def stop(self) -> None:
         """End the worker and remove its folders."""
         self.sock.close()  # it exits on its own at the end of the socket
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self.kill()
-        self.proc.wait()
+        if self.handle.wait(timeout=5) is None:
+            self.kill()
+            self.handle.wait()
+        self.handle.close()
         shutil.rmtree(self.launch.root, ignore_errors=True)
 
-    def log_tail(self) -> str:
+
+def run_warm(
+    pool: WarmPool,
+    job: Job,
+    key: WorkerKey,
+    launch: Callable[[], Launch],
+    env: Callable[[Worker], dict[str, str]],
+    *,
+    kind: ExecutorKind,
+    limit: int,
+    notes: tuple[str, ...],
+) -> ExecutionResult:
+    """Run ``job`` on a warm worker of its module version (``launch`` starts one; ``env`` is
+    the job's environment on a worker), within its timeout in all: a worker's setup counts
+    against it, and a reused worker that dies is replaced and the job run again on a fresh one
+    in the time left (see the module's docstring).
+
+    Raises:
+        WorkerUnavailable: no worker can serve it (all busy, or the module is one-shot).
+    """
+    started = time.monotonic()
+    deadline = started + job.spec.timeout_s
+    while True:
         try:
-            lines = (self.launch.root / "worker.log").read_text("utf-8", "replace").splitlines()
-        except OSError:
-            return ""
-        return lines[-1] if lines else ""
+            worker = pool.acquire(key, launch, deadline)
+        except SetupTimedOut:
+            out = prepare_output_dir(job.output_dir)  # the layout of a job that wrote nothing
+            (out / STDOUT).touch()
+            (out / STDERR).touch()
+            served = Served(EXIT_TIMEOUT, JobStatus.TIMED_OUT, worker_failed=False)
+            break
+        reused = worker.jobs_served > 0
+        served = worker.serve(job, env(worker), limit, deadline - time.monotonic())
+        if served.stopped is None and not served.worker_failed:
+            pool.release(worker)
+        else:
+            pool.discard(worker, served.stopped.value if served.stopped else "died")
+        if served.worker_failed and served.stopped is None and reused:
+            log.warning("a warm worker of %s died; the job runs again", job.spec.module)
+            prepare_output_dir(job.output_dir)
+            continue
+        break
+    return conclude(
+        job,
+        kind,
+        exit_code=served.exit_code,
+        stopped=served.stopped,
+        duration_ms=round((time.monotonic() - started) * 1000),
+        limit=limit,
+        notes=notes,
+    )
 
 
 def _stage_inputs(job: Job, inputs: Path) -> None:
@@ -499,6 +653,7 @@ class WarmPool:
             return sum(isinstance(w, Worker) for w in self._workers)
 
     def close(self) -> None:
+        """End every worker (a pool shared by executors may be closed by each)."""
         self._closed.set()
         with self._lock:
             workers, self._workers = list(self._workers), []
@@ -535,6 +690,14 @@ class WarmPool:
                         self._evict(worker, "died")
                     elif now - worker.last_used >= self.config.idle_s:
                         self._evict(worker, "idle")
+
+
+def warm_pool(warm: WarmConfig | WarmPool | None) -> WarmPool | None:
+    """An executor's pool: the one given (shared by a provider's executors), a new one for a
+    config with workers, else None."""
+    if isinstance(warm, WarmPool):
+        return warm
+    return WarmPool(warm) if warm is not None and warm.size > 0 else None
 
 
 @dataclass(eq=False)
