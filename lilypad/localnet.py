@@ -264,6 +264,7 @@ def services(
     *,
     unsafe_no_sandbox: bool = False,
     extra_modules: Sequence[str] = (),
+    warm: str | None = None,
 ) -> list[Service]:
     """The services after the chain, in start order.
 
@@ -272,7 +273,8 @@ def services(
     and ``--unsafe-no-sandbox`` with ``unsafe_no_sandbox`` (else their process executor
     refuses to run without bubblewrap). ``extra_modules`` (exact references) are served beside
     the built-in ones; where one lives on this machine only (a folder, a local git repository),
-    the solver takes jobs for it (``--any-module-source``).
+    the solver takes jobs for it (``--any-module-source``). ``warm`` is the providers'
+    ``--warm`` (None: their default).
     """
     network = profile.name
     assert profile.solver_url
@@ -322,6 +324,7 @@ def services(
         args = [
             "resource-provider", *common, "--metrics", metrics,
             "--modules", ",".join(served), "--max-concurrent", str(topology.slots),
+            *(["--warm", warm] if warm is not None else []),
         ]  # fmt: skip
         if weights == "tiny":
             args.append("--emulate-machine")  # the GPU modules' needs, met on the CPU

@@ -44,6 +44,13 @@ def up(
         help="Jobs each provider runs at once (1 to 16); each free slot is offered for every "
         "module it serves, so any module can take all of them.",
     ),
+    warm: str | None = typer.Option(
+        None,
+        "--warm",
+        help="Warm workers each provider keeps (0: every job cold; default auto, as the "
+        "providers' own default).",
+        show_default=False,
+    ),
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
@@ -96,6 +103,10 @@ def up(
     localnet.check_host(host)
     localnet.check_block_time(block_time)
     localnet.check_slots(slots)
+    if warm is not None:
+        from lilypad.cli.provider import _warm
+
+        _warm(warm, "10m")  # a bad count stops here, before anything starts
     extra = _resolve_modules(module or [])  # bad references stop here, before anything starts
     topology = localnet.Topology(
         host=host, port_offset=port_offset, providers=providers, block_time=block_time, slots=slots
@@ -129,6 +140,7 @@ def up(
             executor_for,
             unsafe_no_sandbox=unsafe_no_sandbox,
             extra_modules=[m.ref for m in extra],
+            warm=warm,
         ):
             note(f"starting {service.name}")
             localnet.start_service(network, service)

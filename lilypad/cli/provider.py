@@ -73,20 +73,12 @@ _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 def _warm(workers: int | str | None, idle: str, memory: str = "auto") -> WarmConfig | None:
     """``--warm 2 --warm-idle 10m --warm-memory 24G`` -> ``WarmConfig(2, 600.0, 24 << 30)``;
-    ``--warm auto``: as many as the machine's RAM holds
-    (:func:`~resource_provider.executors.warm.default_workers`). None for ``--warm 0`` and
-    without ``--warm``.
-
-    NOTE: off by default for now: a warm result that differs from a cold one is a result a
-    mediator rules against, and one did (a worker's emptied ``/tmp`` unmounted a venv that
-    lived under ``/tmp``; fixed in :func:`resource_provider.executors.warm._mount_points`).
-    Make it the default again once a whole CI run has confirmed the fix.
+    ``--warm auto`` (the default, also without ``--warm``): as many as the machine's RAM holds
+    (:func:`~resource_provider.executors.warm.default_workers`). None for ``--warm 0``.
     """
     from resource_provider.executors.warm import default_workers
 
-    if workers is None:
-        return None
-    if workers == "auto":
+    if workers is None or workers == "auto":
         workers = default_workers()
     try:
         count = int(workers)
@@ -206,9 +198,9 @@ WEIGHTS_OPTION = typer.Option(
 WARM_OPTION = typer.Option(
     None,
     "--warm",
-    help="Warm workers to keep (process executor): each loads a built-in module version once "
-    "and serves its jobs; auto: 2 with 32 GiB of RAM or more, 1 with 8 GiB. Default: none, "
-    "every job cold.",
+    help="Warm workers to keep: each loads a built-in module version once and serves its jobs "
+    "(a sandboxed process or a container); 0: every job cold. Default: auto, 2 with 32 GiB of "
+    "RAM or more, 1 with 8 GiB, none below.",
     show_default=False,
 )
 WARM_IDLE_OPTION = typer.Option(

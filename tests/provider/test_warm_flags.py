@@ -1,5 +1,5 @@
 """``lilypad resource-provider --warm N --warm-idle DURATION --warm-memory SIZE``: parsed
-before any I/O; ``--warm auto``: as many workers as the machine's RAM holds; none without it."""
+before any I/O; ``--warm auto``, the default: as many workers as the machine's RAM holds."""
 
 from __future__ import annotations
 
@@ -47,13 +47,14 @@ def test_a_bad_warm_memory_is_an_input_error_naming_it(memory: str) -> None:
 
 
 @pytest.mark.parametrize(("ram_gib", "workers"), [(128, 2), (32, 2), (24, 1), (8, 1), (4, 0)])
-def test_warm_auto_keeps_the_workers_the_ram_holds_and_none_is_the_default(
+def test_warm_auto_keeps_the_workers_the_ram_holds_and_is_the_default(
     monkeypatch: pytest.MonkeyPatch, ram_gib: int, workers: int
 ) -> None:
     monkeypatch.setattr(warm_pool, "machine_memory", lambda: ram_gib << 30)
     expected = WarmConfig(workers, 600.0) if workers else None
     assert _warm("auto", "10m") == expected
     assert _warm("2", "10m") == WarmConfig(2, 600.0)
-    assert _warm(None, "10m") is None  # off unless asked for
+    assert _warm(None, "10m") == expected  # without --warm: auto
+    assert _warm("0", "10m") is None  # every job cold
     if expected is not None:
         assert expected.memory_budget == ram_gib << 29  # half of it
