@@ -621,12 +621,12 @@ class ContainerLaunch:
                         raise WorkerUnavailable(
                             f"its container exited: {handle.log_tail() or 'no message'}"
                         ) from None
-        except ExecutorError as exc:
-            raise WorkerUnavailable(exc.message) from None
-        except BaseException:
+        except BaseException as exc:
             if handle is not None:
                 handle.kill()
                 handle.close()
+            if isinstance(exc, ExecutorError):
+                raise WorkerUnavailable(exc.message) from None
             raise
         finally:
             listener.close()  # nothing else connects to this worker

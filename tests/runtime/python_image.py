@@ -57,7 +57,7 @@ def _shared_libraries(files: list[Path]) -> dict[str, Path]:
     return found
 
 
-def _rootfs(root: Path, module: Path | None) -> None:
+def _rootfs(root: Path, module: Path | None, leave_out: tuple[str, ...]) -> None:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     binary = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
     stdlib = Path(sysconfig.get_path("stdlib"))
@@ -84,7 +84,7 @@ def _rootfs(root: Path, module: Path | None) -> None:
     shutil.copytree(
         package,
         target / "site-packages" / "lilypad",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *leave_out),
     )
     if module is not None:
         shutil.copytree(module, root / "module", dirs_exist_ok=True)
@@ -93,8 +93,8 @@ def _rootfs(root: Path, module: Path | None) -> None:
             path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
 
 
-def _digest(module: Path | None) -> str:
-    digest = hashlib.sha256(sys.version.encode())
+def _digest(module: Path | None, leave_out: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(sys.version.encode() + repr(leave_out).encode())
     sources = sorted(Path(lilypad.__file__).parent.rglob("*.py"))
     if module is not None:
         sources += sorted(p for p in module.rglob("*") if p.is_file())
@@ -103,10 +103,16 @@ def _digest(module: Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def python_image(client: docker.DockerClient, tag: str, module: Path | None = None) -> str:
-    """Build ``tag``: Python, lilypad and (at ``/module``, its working directory) the files of
-    ``module``, unless an image of the same contents has that tag; return its id."""
-    digest = _digest(module)
+def python_image(
+    client: docker.DockerClient,
+    tag: str,
+    module: Path | None = None,
+    leave_out: tuple[str, ...] = (),
+) -> str:
+    """Build ``tag``: Python, lilypad (less the files named ``leave_out``) and (at ``/module``,
+    its working directory) the files of ``module``, unless an image of the same contents has
+    that tag; return its id."""
+    digest = _digest(module, leave_out)
     try:
         image = client.images.get(tag)
         if image.labels.get(LABEL) == digest:
@@ -114,7 +120,7 @@ def python_image(client: docker.DockerClient, tag: str, module: Path | None = No
     except docker.errors.ImageNotFound:
         pass
     with tempfile.TemporaryDirectory(prefix="lilypad-python-image-") as context:
-        _rootfs(Path(context) / "rootfs", module)
+        _rootfs(Path(context) / "rootfs", module, leave_out)
         (Path(context) / "Dockerfile").write_text(
             f"FROM {BASE_IMAGE}\nCOPY rootfs/ /\nWORKDIR /module\nLABEL {LABEL}={digest}\n"
         )

@@ -169,3 +169,25 @@ def test_the_workers_a_crashed_provider_left_are_removed_by_the_next_one(
         assert not root.exists()
     finally:
         crashed.close()
+
+
+def test_an_image_whose_lilypad_cannot_serve_warm_runs_its_jobs_cold(
+    docker_images: docker.DockerClient, tmp_path: Path
+) -> None:
+    """An image with a lilypad from before warm workers (no lilypad.ml.serve): its worker
+    container exits before it connects, and the module's jobs run cold from then on."""
+    old = "lilypad-test/warmprobe-old-lilypad:local"
+    python_image(docker_images, old, PROBE_DIR, leave_out=("serve.py",))
+    module = modules.resolve(PROBE)
+    executor = DockerExecutor(warm=WarmConfig(size=1, idle_s=600, any_module=True))
+    executor.use_metrics(Metrics())
+    try:
+        for name in ("first", "second"):
+            spec = modules.render(module, [f"Secret={name}"]).model_copy(update={"image": old})
+            result = executor.run(Job.of(module, spec, tmp_path / name, Weights.REAL))
+            assert result.ok, (tmp_path / name / "stderr").read_text()
+            assert (tmp_path / name / "outputs" / f"made-by-{name}").is_file()
+        assert counted(executor, "lilypad_warm_loads_total") == 0
+        assert executor.client.containers.list(all=True, filters=WORKERS) == []
+    finally:
+        executor.close()
