@@ -200,10 +200,7 @@ class DockerExecutor(Executor):
         self.host_gpus = "nvidia" in runtimes or Path("/dev/nvidia0").exists()
 
     def describe(self) -> str:
-        warm = ""
-        if self.warm is not None:
-            config = self.warm.config
-            warm = f"; up to {config.size} warm workers, each ended after {config.idle_s:g} s idle"
+        warm = "" if self.warm is None else f"; {self.warm.describe()}"
         return (
             f"docker (Docker Engine {self.version}: no network, read-only root, "
             f"runs as nobody, with limits{warm})"

@@ -147,10 +147,7 @@ class ProcessExecutor(Executor):
                 )
 
     def describe(self) -> str:
-        warm = ""
-        if self.warm is not None:
-            config = self.warm.config
-            warm = f"; up to {config.size} warm workers, each ended after {config.idle_s:g} s idle"
+        warm = "" if self.warm is None else f"; {self.warm.describe()}"
         if self.sandboxed:
             return (
                 f"process (bubblewrap sandbox: no network, read-only system, runs as nobody{warm})"

@@ -568,6 +568,12 @@ class WarmPool:
         self._reaper = threading.Thread(target=self._reap, name="warm-reaper", daemon=True)
         self._reaper.start()
 
+    def describe(self) -> str:
+        """What an executor's description says of its warm workers."""
+        return (
+            f"up to {self.config.size} warm workers, each ended after {self.config.idle_s:g} s idle"
+        )
+
     def one_shot(self, key: WorkerKey) -> bool:
         """Whether ``key``'s module refused to be served warm (or its setup failed) before."""
         return key in self._one_shot
