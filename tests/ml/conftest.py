@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,6 +25,35 @@ if _MISSING:
     if os.environ.get("CI"):
         raise RuntimeError(reason)  # CI installs it: a missing extra must fail, not skip
     pytest.skip(reason, allow_module_level=True)
+
+
+def _cpu_class() -> str:
+    """The CPU numerics a tiny job's bytes depend on: the vector instructions ATen dispatches to
+    and the CPU's vendor (MKL takes other code paths on other vendors' CPUs)."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    vendor = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("vendor_id")), "")
+    return f"{torch.backends.cpu.get_cpu_capability()} {vendor or 'unknown'}"
+
+
+T = TypeVar("T")
+
+#: The CPU class this session runs on, e.g. ``"AVX2 AuthenticAMD"``.
+CPU_CLASS = _cpu_class()
+
+
+def published(recorded: Mapping[str, T]) -> T:
+    """The published bytes' digest for this machine's CPU class.
+
+    The same code, weights and inputs give the same bytes on one CPU class, but float kernels
+    differ between classes (AVX-512 against AVX2, Intel's MKL paths against AMD's), so a tiny
+    CPU job's digest is recorded per class: ``"*"`` is the digest of the machine the version was
+    published on, a class's own key the digest the same code gave on that class. A class with no
+    entry of its own is held to ``"*"``, and a mismatch names the class to record.
+    """
+    return recorded.get(CPU_CLASS, recorded["*"])
 
 
 @pytest.fixture(scope="session")
