@@ -437,6 +437,15 @@ def _builder(model: str) -> tuple[int, Callable[[Path], None]]:
         ) from None
 
 
+def _readable(folder: Path) -> None:
+    """Make every file and folder below ``folder`` readable by all: mkdtemp makes the folder
+    0700 and safetensors writes its files 0600."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def ensure(model: str, cache_dir: Path) -> Path:
     """The directory of tiny weights for ``model``, generating them on first use.
 
@@ -466,6 +475,7 @@ def ensure(model: str, cache_dir: Path) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             build(staging)
+        _readable(staging)  # jobs read it, as another user where a container runs them
         try:
             os.rename(staging, target)
         except OSError:

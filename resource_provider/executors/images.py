@@ -37,7 +37,7 @@ def ensure_base(client: docker.DockerClient, *, rebuild: bool = False) -> str:
             return str(client.images.get(BASE_IMAGE).id)
         except docker.errors.ImageNotFound:
             pass
-    rootfs = base_rootfs(_static_busybox())
+    rootfs = base_rootfs(static_busybox())
     repository, tag = BASE_IMAGE.split(":")
     with docker_errors(f"import {BASE_IMAGE}"):
         client.api.import_image_from_data(rootfs, repository=repository, tag=tag)
@@ -116,7 +116,7 @@ def _add_file(tar: tarfile.TarFile, name: str, text: str) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _static_busybox() -> Path:
+def static_busybox() -> Path:
     for candidate in BUSYBOX_CANDIDATES:
         path = Path(candidate)
         if path.is_file() and os.access(path, os.X_OK):
