@@ -334,6 +334,11 @@ class OrderBook:
                 offers.append(item.offer)
         return jobs, offers
 
+    def next_expiry(self) -> float:
+        """When the next pending job or listed offer may expire (``INF``: none will): the
+        earliest time a pass could find the book changed without anything added to it."""
+        return self._expiries[0][0] if self._expiries else INF
+
     def _expires(self, at: float, item: JobRequest | _Live) -> None:
         if at == INF:
             return

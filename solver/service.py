@@ -7,10 +7,11 @@
   something backs them, open offers and deposit per signer, and for a job offer that its spec
   renders here and its timeout leaves the provider enough time), stored, and put in the
   :class:`~solver.matching.OrderBook`;
-* a matcher thread runs :meth:`Solver.match_once` whenever something changed: offers past their
-  expiry are marked expired, matches are taken out of the book and written to the store *first*,
-  then sent to ``JobMarket.createDeals`` in one transaction; offers of a refused deal that are
-  not at fault go back to the book;
+* a matcher thread runs :meth:`Solver.match_once` whenever something changed (an offer posted,
+  relisted or cancelled, a chain event) or the next offer expires, and otherwise sleeps (up to
+  :data:`IDLE_S`): offers past their expiry are marked expired, matches are taken out of the
+  book and written to the store *first*, then sent to ``JobMarket.createDeals`` in one
+  transaction; offers of a refused deal that are not at fault go back to the book;
 * a follower thread reads the market's events (``DealCreated``, ``ResultSubmitted``...) and keeps
   each deal's state, resuming from the block it had reached after a restart;
 * on start, :meth:`Solver.recover` rebuilds the book from the store and settles any match that
@@ -29,6 +30,7 @@ stops the API:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
@@ -99,6 +101,12 @@ log = logging.getLogger("lilypad.solver")
 MIN_LIFETIME_S = 10
 #: How often the follower's place is saved while the blocks it reads hold no market event.
 SAVE_S = 5.0
+#: The longest the matcher sleeps when nothing wakes it and no offer expires sooner: a bound on
+#: what a missed wake-up or a jump of the chain's clock (a dev chain moved ahead) can delay.
+IDLE_S = 2.0
+#: How often the matcher looks for matches of unknown outcome when no createDeals has failed to
+#: confirm since (one that did is looked at again after ``poll_interval``).
+SETTLE_S = 5.0
 #: How many matches go into one createDeals transaction.
 BATCH = 50
 #: Locks that serialize one signer's offer submissions (a signer maps to one by its address).
@@ -248,7 +256,8 @@ class SolverConfig:
         confirmations: Blocks an event must be buried under before the solver acts on it.
         start_block: The first block to read events from when the store has no position yet.
         rate: Offers per second each signer may send on average; ``burst`` at once.
-        poll_interval: Seconds between chain polls and matching passes when nothing wakes them.
+        poll_interval: Seconds between chain polls, and before a createDeals whose outcome is
+            unknown is settled from the chain. (Matching passes run when something changed.)
         max_open_offers: The most open (pending or matched) offers of each kind one signer may
             have; more are refused until some are matched, cancelled or expire.
         any_module_source: Take job offers for modules in local folders, local or ``file://``
@@ -308,6 +317,7 @@ class Solver:
         self._mediator_cache: ExpiringCache[str, bool] = ExpiringCache(CACHE_SIZE)
         self._collateral_rule: tuple[int, int] | None = None  # the market's: immutable
         self._saved_block = (-1, 0.0)  # the follower's next block as last saved, and when
+        self._settle_due = time.monotonic() + SETTLE_S  # when _settle_unknown runs next
         self._listeners: list[Callable[[], None]] = []
         self.chain_id = market.chain.chain_id
 
@@ -625,6 +635,7 @@ class Solver:
             # The chain is unreachable or the transaction's fate is unknown: keep the rows as
             # ``matched``; recovery settles them from the nonces once the chain answers.
             log.warning("createDeals not confirmed (%s); will settle from the chain", exc)
+            self._settle_soon()
             return
         for row, deal in zip(rows, deals, strict=True):
             self._deal_created(row.job_offer_id, deal, receipt.tx_hash)
@@ -681,6 +692,7 @@ class Solver:
                     self._book.add_job(request)
                 else:
                     self._book.add_offer(request)
+        self._notify()  # relisted: they may match now (this may be _settle_unknown's pass)
         log.warning("createDeal refused for job offer %s: %s", row.job_offer_id, exc)
 
     def _still_bad(self, row: Any) -> bool:
@@ -704,7 +716,8 @@ class Solver:
                 try:
                     used = self.market.nonce_used(job.signer, int(job.nonce))
                 except ChainUnavailable:
-                    return  # try again on the next pass
+                    self._settle_soon()
+                    return
                 if not used:  # if used, the deal (or a cancellation) is on chain: followed
                     self._create_deals([row])
             finally:
@@ -769,13 +782,30 @@ class Solver:
     # ------------------------------------------------------------------------------ loops
     def _match_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.config.poll_interval)
+            self._wake.wait(self._idle_for())
             self._wake.clear()
             try:
                 self.match_once()
-                self._settle_unknown()
+                if time.monotonic() >= self._settle_due:
+                    self._settle_due = time.monotonic() + SETTLE_S
+                    self._settle_unknown()
             except Exception:  # keep matching whatever one pass hit; the store is consistent
                 log.exception("matching pass failed")
+
+    def _idle_for(self) -> float:
+        """How long the matcher may sleep unless woken: a pass finds nothing new before the
+        next offer expires or unknown outcomes are due to be settled (at most :data:`IDLE_S`)."""
+        with self._lock:
+            expiry = self._book.next_expiry()
+        until = min(IDLE_S, self._settle_due - time.monotonic())
+        if math.isfinite(expiry):
+            with contextlib.suppress(ChainError):  # the pass reads the clock too, and logs it
+                until = min(until, expiry - self._clock())
+        return max(until, 0.0)
+
+    def _settle_soon(self) -> None:
+        """Have the matcher settle matches of unknown outcome after ``poll_interval``."""
+        self._settle_due = min(self._settle_due, time.monotonic() + self.config.poll_interval)
 
     def _follow_loop(self) -> None:
         follower = None

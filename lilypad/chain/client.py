@@ -5,6 +5,11 @@ This module is the one boundary where web3/requests exceptions become
 :class:`~lilypad.errors.ChainUnavailable`, a revert is :class:`~lilypad.errors.ContractReverted`
 naming the contract's custom error and its arguments (``NonceUsed(signer=0x…, nonce=7)``).
 
+The hot reads of the services (the latest block, the views the solver reads for every offer)
+skip web3: :meth:`Chain.view` and :meth:`Chain.block_number` post JSON-RPC through a
+:class:`~lilypad.chain.light.LightChain` on one pooled connection, with the same errors. web3's
+middlewares and formatters cost several times the CPU of the request itself (``bench/rpc.py``).
+
 Transactions are signed locally (eth-account) and sent raw, so the node needs no unlocked
 accounts. Nonces are handed out by a :class:`NonceManager` per sender, so several threads can
 send transactions for the same account at once without clashing.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -28,7 +34,8 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, We
 from web3.types import BlockIdentifier, FilterParams, LogReceipt, RPCEndpoint, TxParams
 
 from lilypad.chain.abi import load_artifact, reverted
-from lilypad.chain.light import Receipt, retry_taken_nonce
+from lilypad.chain.crypto import decode_words, encode_words, selector
+from lilypad.chain.light import LightChain, Receipt, retry_taken_nonce
 from lilypad.errors import ChainError, ChainUnavailable
 
 T = TypeVar("T")
@@ -98,6 +105,10 @@ class Chain:
             request_cache_validation_threshold=None,  # the chain id needs no block to age
         )
         self.w3 = Web3(provider)
+        self.light = LightChain(
+            rpc_url, request_timeout=request_timeout, receipt_timeout=receipt_timeout
+        )
+        weakref.finalize(self, self.light.close)  # its pooled connection goes with the Chain
         self.nonces = NonceManager(self.w3)
         self._receipt_timeout = receipt_timeout
 
@@ -128,7 +139,28 @@ class Chain:
 
     def block_number(self) -> int:
         """The number of the latest block."""
-        return int(self.rpc("block number", lambda: self.w3.eth.block_number))
+        return self.light.block_number()
+
+    def view(
+        self, to: str, signature: str, args: Sequence[Any], out: Sequence[str]
+    ) -> tuple[Any, ...]:
+        """Call the view ``signature`` (``"nonceUsed(address,uint256)"``, static argument and
+        result types only) of contract ``to`` without web3; its results, decoded as ``out``.
+
+        Raises:
+            ChainUnavailable: The node cannot be reached.
+            ContractReverted: The call reverted.
+            ChainError: The node refused the call, or answered fewer bytes than ``out`` takes
+                (no contract at ``to``).
+        """
+        name, _, rest = signature.partition("(")
+        types = [t for t in rest.removesuffix(")").split(",") if t]
+        data = selector(signature) + encode_words(types, args)
+        answer = self.light.call(name, to, data)
+        try:
+            return decode_words(out, answer)
+        except ValueError as exc:
+            raise ChainError(f"{name}: {exc} (is there a contract at {to}?)") from exc
 
     def balance(self, address: str) -> int:
         """The native (ETH) balance of ``address``, in wei."""

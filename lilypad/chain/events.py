@@ -82,7 +82,7 @@ class EventFollower:
 
     def poll(self) -> list[ChainEvent]:
         """Every new confirmed event, oldest first; advances :attr:`next_block`."""
-        head = self.chain.rpc("block number", lambda: self.chain.w3.eth.block_number)
+        head = self.chain.block_number()
         safe = head - self.confirmations
         found: list[ChainEvent] = []
         while self.next_block <= safe:

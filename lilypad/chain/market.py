@@ -47,7 +47,7 @@ class TokenClient:
 
     def balance_of(self, account: str) -> int:
         """Tokens held by ``account`` (outside the market)."""
-        return int(self.chain.call(self.contract.functions.balanceOf(to_checksum_address(account))))
+        return int(self.chain.view(self.address, "balanceOf(address)", [account], ["uint256"])[0])
 
     def allowance(self, owner: str, spender: str) -> int:
         """What ``spender`` may still take from ``owner``."""
@@ -98,8 +98,7 @@ class JobMarketClient:
 
     def balance_of(self, account: str) -> int:
         """``account``'s free balance in the market (deposited, not escrowed)."""
-        fn = self.contract.functions.balanceOf(to_checksum_address(account))
-        return int(self.chain.call(fn))
+        return int(self.chain.view(self.address, "balanceOf(address)", [account], ["uint256"])[0])
 
     def result_tag(self, cid: bytes) -> str:
         """The tag a submitted ``cid`` is stored under (see ``deal_status().result_tag``)."""
@@ -132,8 +131,10 @@ class JobMarketClient:
 
     def nonce_used(self, signer: str, nonce: int) -> bool:
         """Whether ``signer``'s offer ``nonce`` has made a deal or was revoked."""
-        fn = self.contract.functions.nonceUsed(to_checksum_address(signer), nonce)
-        return bool(self.chain.call(fn))
+        used = self.chain.view(
+            self.address, "nonceUsed(address,uint256)", [signer, nonce], ["bool"]
+        )
+        return bool(used[0])
 
     def is_solver(self, account: str) -> bool:
         """Whether ``account`` may create deals."""

@@ -234,6 +234,19 @@ def test_expire_takes_out_what_expired_and_says_which() -> None:
     assert [(m.job_id, m.offer_id) for m in book.match(now=10)] == [("young", "late")]
 
 
+def test_next_expiry_is_when_the_book_may_next_change_by_itself() -> None:
+    """The matcher sleeps until then (when nothing is posted meanwhile)."""
+    book = OrderBook()
+    assert book.next_expiry() == float("inf")
+    book.add_job(job("j", 0, expires_at=30))
+    book.add_offer(one_slot("ro", 5, 0, expires_at=20))
+    assert book.next_expiry() == 20
+    book.expire(now=20)
+    assert book.next_expiry() == 30
+    book.expire(now=30)
+    assert book.next_expiry() == float("inf")
+
+
 def test_an_unmatched_job_and_a_relisted_offer_match_again() -> None:
     """A refused deal: the job goes back to its place, the offer (taken out at the match) is
     listed again, and the two match as if nothing had happened."""

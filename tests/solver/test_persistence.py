@@ -25,7 +25,7 @@ from lilypad.modules import render
 from solver import store as store_module
 from solver.service import Solver
 from solver.store import DealRowState, Duplicate, OfferState, ResourceOfferRow, Store
-from tests.solver.conftest import MODULE, Net, SolverFactory, wait_for
+from tests.solver.conftest import MODULE, Net, Server, SolverFactory, wait_for
 
 OTHER_MODULE = "sdxl-turbo:v1.0-lilypad1"
 
@@ -74,6 +74,21 @@ class FaultyMarket(JobMarketClient):
         raise ChainUnavailable("the solver died here")
 
 
+class FailsOnce(JobMarketClient):
+    """The real market client, whose first createDeals fails before it is sent (an RPC that
+    timed out)."""
+
+    def __init__(self, market: JobMarketClient) -> None:
+        super().__init__(market.chain, market.address)
+        self.failed = False
+
+    def create_deals(self, solver: Any, pairs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ChainUnavailable("the RPC timed out")
+        return super().create_deals(solver, pairs)
+
+
 def deals_created_for(net: Net, job_offer_id: str) -> list[Deal]:
     event = net.market.contract.events.DealCreated()
     logs = event.get_logs(from_block=net.deployment.block)
@@ -104,6 +119,23 @@ def test_restart_settles_a_match_whose_transaction_outcome_was_unknown(
     # and nothing more happens on later passes
     second.recover()
     assert second.match_once() == []
+    assert len(deals_created_for(net, job.id)) == 1
+
+
+def test_a_running_solver_settles_a_match_whose_transaction_failed_to_confirm(
+    net: Net, make_solver: SolverFactory
+) -> None:
+    """A createDeals that raised ChainUnavailable before reaching the chain is settled from the
+    nonce soon after (``poll_interval``), not only on the matcher's slow round of unsettled
+    matches, nor only after a restart."""
+    solver = make_solver()
+    solver.market = FailsOnce(solver.market)
+    with Server(solver):
+        job = solver.submit_job_offer(net.job())
+        solver.submit_resource_offer(net.resource())
+        created = DealRowState.CREATED.value
+        wait_for(lambda: (d := solver.store.deal_by_offer(job.id)) and d.state == created, 3)
+    assert solver.market.failed
     assert len(deals_created_for(net, job.id)) == 1
 
 

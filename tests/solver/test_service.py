@@ -290,3 +290,26 @@ def test_an_offer_posted_again_after_it_made_a_deal_is_a_duplicate(
     again = post(client, "resource", resource)
     assert again.status_code == 409, again.text
     assert "already known" in again.json()["error"]
+
+
+def test_an_idle_solver_neither_matches_nor_settles_on_every_poll(
+    net: Net, make_solver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing posted, the matcher sleeps until its idle bound instead of running a pass
+    (and a database query of unsettled matches) every ``poll_interval``; a post wakes it."""
+    solver = make_solver()  # poll_interval=0.1
+    passes: list[str] = []
+    for name in ("match_once", "_settle_unknown"):
+        real = getattr(solver, name)
+        monkeypatch.setattr(
+            solver, name, lambda real=real, name=name: passes.append(name) or real()
+        )
+    with Server(solver) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        passes.clear()  # what start's recovery ran
+        threading.Event().wait(1.5)  # 15 polls' worth
+        assert passes.count("match_once") <= 2
+        assert "_settle_unknown" not in passes
+        offer = post(client, "resource", net.resource()).json()["id"]
+        job = post(client, "job", net.job()).json()["id"]
+        deal = wait_for(lambda: (d := deal_of(client, job)) and d["state"] == "created" and d)
+        assert deal["resource_offer_id"] == offer
