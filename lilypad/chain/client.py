@@ -34,7 +34,6 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, We
 from web3.types import BlockIdentifier, FilterParams, LogReceipt, RPCEndpoint, TxParams
 
 from lilypad.chain.abi import load_artifact, reverted
-from lilypad.chain.crypto import decode_words, encode_words, selector
 from lilypad.chain.light import LightChain, Receipt, retry_taken_nonce
 from lilypad.errors import ChainError, ChainUnavailable
 
@@ -144,23 +143,9 @@ class Chain:
     def view(
         self, to: str, signature: str, args: Sequence[Any], out: Sequence[str]
     ) -> tuple[Any, ...]:
-        """Call the view ``signature`` (``"nonceUsed(address,uint256)"``, static argument and
-        result types only) of contract ``to`` without web3; its results, decoded as ``out``.
-
-        Raises:
-            ChainUnavailable: The node cannot be reached.
-            ContractReverted: The call reverted.
-            ChainError: The node refused the call, or answered fewer bytes than ``out`` takes
-                (no contract at ``to``).
-        """
-        name, _, rest = signature.partition("(")
-        types = [t for t in rest.removesuffix(")").split(",") if t]
-        data = selector(signature) + encode_words(types, args)
-        answer = self.light.call(name, to, data)
-        try:
-            return decode_words(out, answer)
-        except ValueError as exc:
-            raise ChainError(f"{name}: {exc} (is there a contract at {to}?)") from exc
+        """Call the view ``signature`` of contract ``to`` without web3 (see
+        :meth:`LightChain.view <lilypad.chain.light.LightChain.view>`: same arguments, errors)."""
+        return self.light.view(to, signature, args, out)
 
     def balance(self, address: str) -> int:
         """The native (ETH) balance of ``address``, in wei."""

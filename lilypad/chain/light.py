@@ -212,6 +212,26 @@ class LightChain:
         result = self.request(action, "eth_call", [{"to": to, "data": "0x" + data.hex()}, tag])
         return bytes.fromhex(str(result).removeprefix("0x"))
 
+    def view(
+        self, to: str, signature: str, args: Sequence[Any], out: Sequence[str]
+    ) -> tuple[Any, ...]:
+        """Call the view ``signature`` (``"nonceUsed(address,uint256)"``, static argument and
+        result types only) of contract ``to``; its results, decoded as ``out``.
+
+        Raises:
+            ChainUnavailable: The node cannot be reached.
+            ContractReverted: The call reverted.
+            ChainError: The node refused the call, or answered fewer bytes than ``out`` takes
+                (no contract at ``to``).
+        """
+        name, _, rest = signature.partition("(")
+        types = [t for t in rest.removesuffix(")").split(",") if t]
+        answer = self.call(name, to, selector(signature) + encode_words(types, args))
+        try:
+            return decode_words(out, answer)
+        except ValueError as exc:
+            raise ChainError(f"{name}: {exc} (is there a contract at {to}?)") from exc
+
     def block_number(self) -> int:
         """The number of the latest block."""
         return int(self.request("block number", "eth_blockNumber", []), 16)
@@ -341,29 +361,26 @@ class CreatorMarket:
         self.chain = chain
         self.address = to_checksum_address(address)
 
-    def _view(self, signature: str, types: list[str], args: list[Any], out: list[str]) -> Any:
-        data = selector(signature) + encode_words(types, args)
-        answer = self.chain.call(signature.partition("(")[0], self.address, data)
-        return decode_words(out, answer)
+    def _view(self, signature: str, args: list[Any], out: list[str]) -> tuple[Any, ...]:
+        return self.chain.view(self.address, signature, args, out)
 
     @functools.cached_property
     def token(self) -> str:
         """The address of the token prices and collateral are paid in."""
-        return str(self._view("token()", [], [], ["address"])[0])
+        return str(self._view("token()", [], ["address"])[0])
 
     def balance_of(self, account: str) -> int:
         """``account``'s free balance in the market (deposited, not escrowed)."""
-        return int(self._view("balanceOf(address)", ["address"], [account], ["uint256"])[0])
+        return int(self._view("balanceOf(address)", [account], ["uint256"])[0])
 
     def wallet_balance(self, account: str) -> int:
         """Tokens ``account`` holds outside the market (what a deposit can take)."""
-        data = selector("balanceOf(address)") + encode_words(["address"], [account])
-        return int(decode_words(["uint256"], self.chain.call("balanceOf", self.token, data))[0])
+        return int(self.chain.view(self.token, "balanceOf(address)", [account], ["uint256"])[0])
 
     def deal_status(self, deal_id: str) -> DealStatus:
         """State, deadline and result tag of a deal."""
         state, deadline, tag = self._view(
-            "dealState(bytes32)", ["bytes32"], [deal_id], ["uint8", "uint48", "bytes24"]
+            "dealState(bytes32)", [deal_id], ["uint8", "uint48", "bytes24"]
         )
         return DealStatus(DealState(state), int(deadline), "0x" + bytes(tag).hex())
 
@@ -376,11 +393,10 @@ class CreatorMarket:
     def approve(self, sender: Sender, amount: int) -> Receipt | None:
         """Let the market take ``amount`` of the sender's tokens (for a deposit), unless it
         already may; the approval's receipt, or None when none was needed."""
-        args = encode_words(["address", "address"], [sender.address, self.address])
-        allowance = self.chain.call(
-            "allowance", self.token, selector("allowance(address,address)") + args
+        (allowance,) = self.chain.view(
+            self.token, "allowance(address,address)", [sender.address, self.address], ["uint256"]
         )
-        if decode_words(["uint256"], allowance)[0] >= amount:
+        if allowance >= amount:
             return None
         approve = selector("approve(address,uint256)")
         data = approve + encode_words(["address", "uint256"], [self.address, amount])
@@ -437,13 +453,12 @@ class CreatorMarket:
 
     def mediator_fee(self, mediator: str) -> int:
         """What a challenge with ``mediator`` costs (0 if it is not a registered mediator)."""
-        active, fee = self._view("mediators(address)", ["address"], [mediator], ["bool", "uint96"])
+        active, fee = self._view("mediators(address)", [mediator], ["bool", "uint96"])
         return int(fee) if active else 0
 
     def nonce_used(self, signer: str, nonce: int) -> bool:
         """Whether ``signer``'s offer ``nonce`` made a deal (or was revoked)."""
-        args = ["address", "uint256"], [signer, nonce]
-        return bool(self._view("nonceUsed(address,uint256)", *args, ["bool"])[0])
+        return bool(self._view("nonceUsed(address,uint256)", [signer, nonce], ["bool"])[0])
 
     # The chain is the truth: a job creator follows its deal there too, so that a solver that is
     # down (or lost an event) cannot keep a result from it.
