@@ -95,10 +95,10 @@ def _installed_files(dists: list[metadata.Distribution]) -> list[tuple[Path, str
 
 
 def _rootfs(
-    root: Path, module: Path | None, leave_out: tuple[str, ...], distributions: tuple[str, ...]
+    root: Path, module: Path | None, leave_out: tuple[str, ...], dists: list[metadata.Distribution]
 ) -> list[tuple[Path, str]]:
     """Lay out Python, lilypad and ``module`` below ``root``; return the files of the installed
-    ``distributions`` as ``(host file, path in the image)``, left where they are."""
+    ``dists`` as ``(host file, path in the image)``, left where they are."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     binary = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
     stdlib = Path(sysconfig.get_path("stdlib"))
@@ -121,7 +121,7 @@ def _rootfs(
     site = (target / "site-packages").relative_to(root)
     installed = [
         (host, (site / inside).as_posix())
-        for host, inside in _installed_files(_closure(distributions))
+        for host, inside in _installed_files(dists)
         if host.is_file()
     ]
     libraries += [host for host, _ in installed if ".so" in host.suffixes]
@@ -160,9 +160,16 @@ def _archive(archive: Path, root: Path, installed: list[tuple[Path, str]]) -> No
     added: set[str] = set()
     with tarfile.open(archive, "w") as tar:
 
-        def add(host: Path, name: str) -> None:
-            if name not in added:
-                added.add(name)
+        def add(host: Path | None, name: str) -> None:
+            """``host``'s file (None: a folder) as ``name``, unless the tar has it already."""
+            if name in added:
+                return
+            added.add(name)
+            if host is None:
+                folder = tarfile.TarInfo(name)
+                folder.type = tarfile.DIRTYPE
+                tar.addfile(_readable(folder))
+            else:
                 tar.add(host, arcname=name, recursive=False, filter=_readable)
 
         with tarfile.open(fileobj=io.BytesIO(base_rootfs(static_busybox()))) as base:
@@ -173,16 +180,15 @@ def _archive(archive: Path, root: Path, installed: list[tuple[Path, str]]) -> No
             add(path, path.relative_to(root).as_posix())
         for host, inside in installed:  # the same mtimes: their .pyc files stay valid
             for folder in reversed(PurePosixPath(inside).parents[:-1]):
-                add(
-                    host.parents[len(PurePosixPath(inside).relative_to(folder).parts) - 1],
-                    str(folder),
-                )
+                add(None, str(folder))
             add(host, inside)
 
 
-def _digest(module: Path | None, leave_out: tuple[str, ...], distributions: tuple[str, ...]) -> str:
+def _digest(
+    module: Path | None, leave_out: tuple[str, ...], dists: list[metadata.Distribution]
+) -> str:
     digest = hashlib.sha256(sys.version.encode() + repr(leave_out).encode())
-    for dist in _closure(distributions):
+    for dist in dists:
         digest.update(f"{dist.metadata['Name']}=={dist.version}\n".encode())
     sources = sorted(Path(lilypad.__file__).parent.rglob("*.py"))
     if module is not None:
@@ -202,7 +208,8 @@ def python_image(
     """Build ``tag``: Python, lilypad (less the files named ``leave_out``), the installed
     ``distributions`` with their requirements and (at ``/module``, its working directory) the
     files of ``module``, unless an image of the same contents has that tag; return its id."""
-    digest = _digest(module, leave_out, distributions)
+    dists = _closure(distributions)
+    digest = _digest(module, leave_out, dists)
     try:
         image = client.images.get(tag)
         if image.labels.get(LABEL) == digest:
@@ -211,7 +218,7 @@ def python_image(
         pass
     with tempfile.TemporaryDirectory(prefix="lilypad-python-image-") as context:
         root, archive = Path(context) / "rootfs", Path(context) / "image.tar"
-        _archive(archive, root, _rootfs(root, module, leave_out, distributions))
+        _archive(archive, root, _rootfs(root, module, leave_out, dists))
         # One layer, imported: a build would copy the whole tree once per layer (vfs storage).
         repository, _, version = tag.rpartition(":")
         client.api.import_image_from_file(
