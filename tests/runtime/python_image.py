@@ -46,6 +46,8 @@ SKIP = {
 }
 LIBS = "lib/x86_64-linux-gnu"
 LABEL = "lilypad.test.digest"
+#: Seconds the engine may take to import an image's tar.
+IMPORT_TIMEOUT_S = 900
 
 
 def _shared_libraries(files: list[Path]) -> dict[str, Path]:
@@ -221,10 +223,16 @@ def python_image(
         _archive(archive, root, _rootfs(root, module, leave_out, dists))
         # One layer, imported: a build would copy the whole tree once per layer (vfs storage).
         repository, _, version = tag.rpartition(":")
-        client.api.import_image_from_file(
-            str(archive),
-            repository=repository,
-            tag=version,
-            changes=["WORKDIR /module", f"LABEL {LABEL}={digest}"],
-        )
+        # The engine answers once the whole tar is in (a minute or more for a gigabyte on a
+        # busy machine): the default client's 60 s read timeout would give up first.
+        importer = docker.from_env(timeout=IMPORT_TIMEOUT_S)
+        try:
+            importer.api.import_image_from_file(
+                str(archive),
+                repository=repository,
+                tag=version,
+                changes=["WORKDIR /module", f"LABEL {LABEL}={digest}"],
+            )
+        finally:
+            importer.close()
         return str(client.images.get(tag).id)
