@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -39,5 +41,23 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    """Read the settings afresh, so a changed environment (tests, subprocesses) is honoured."""
+    """The settings for the environment as it is now: a changed environment (tests,
+    subprocesses) is honoured. Read once per distinct environment: building :class:`Settings`
+    costs about a millisecond, and a provider resolves modules (which reads them) for every offer
+    and deal."""
+    relevant = tuple(
+        (name, value)
+        for name, value in os.environ.items()
+        if name.startswith("LILYPAD_") or name in _OTHER_INPUTS
+    )
+    return _settings_for(relevant)
+
+
+#: Environment variables besides ``LILYPAD_*`` that the settings depend on.
+_OTHER_INPUTS = frozenset({"DATA_DIR", "HOME"})
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
+    del environment  # the cache key: Settings() reads the same variables itself
     return Settings()

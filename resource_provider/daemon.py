@@ -64,6 +64,7 @@ from eth_account.signers.local import LocalAccount
 
 from lilypad import modules
 from lilypad import solver_api as api
+from lilypad.chain.crypto import Signer
 from lilypad.chain.events import ChainEvent
 from lilypad.chain.light import DealState, Receipt
 from lilypad.chain.market import JobMarketClient
@@ -256,6 +257,7 @@ class ResourceProvider(ChainService):
             poll_interval_s=config.poll_interval_s,
         )
         self.account, self.market, self.solver = account, market, solver
+        self._signer = Signer(bytes(account.key))  # signs the slots' offers, loaded once
         self.storage, self.executor, self.hardware = storage, executor, hardware
         self.config = config
         self.metrics = metrics or Metrics()
@@ -816,7 +818,7 @@ class ResourceProvider(ChainService):
         # module's name and the GPUs offered by model (each at least the vram_mb lane).
         return api.SignedResourceOffer(
             offer=api.ResourceOffer.model_validate(offer.model_dump()),
-            signature=offer.sign(self.account, chain_id, market),
+            signature=offer.sign(self._signer, chain_id, market),
             module_reference=module,
             gpus=tuple(
                 api.GpuInfo(model=_gpu_model(gpu.model), vram_mb=gpu.vram_mb)

@@ -5,10 +5,12 @@ This module is the one boundary where web3/requests exceptions become
 :class:`~lilypad.errors.ChainUnavailable`, a revert is :class:`~lilypad.errors.ContractReverted`
 naming the contract's custom error and its arguments (``NonceUsed(signer=0x…, nonce=7)``).
 
-The hot reads of the services (the latest block, the views the solver reads for every offer)
-skip web3: :meth:`Chain.view` and :meth:`Chain.block_number` post JSON-RPC through a
-:class:`~lilypad.chain.light.LightChain` on one pooled connection, with the same errors. web3's
-middlewares and formatters cost several times the CPU of the request itself (``bench/rpc.py``).
+The hot paths of the services skip web3: :meth:`Chain.view` (the views read for every offer and
+deal), :meth:`Chain.block_number` and every transaction (estimated, priced, signed, sent and
+waited for) post JSON-RPC through a :class:`~lilypad.chain.light.LightChain` on one pooled
+connection, with the same errors. web3's middlewares and formatters cost several times the CPU of
+the request itself (``bench/rpc.py``). web3 still encodes a transaction's call (structs) and reads
+its mined receipt, once, so that the receipt's logs decode with the contracts' events.
 
 Transactions are signed locally (eth-account) and sent raw, so the node needs no unlocked
 accounts. Nonces are handed out by a :class:`NonceManager` per sender, so several threads can
@@ -26,12 +28,13 @@ from typing import Any, TypeVar, cast
 
 import requests
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from eth_utils.address import to_checksum_address
 from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
-from web3.types import BlockIdentifier, FilterParams, LogReceipt, RPCEndpoint, TxParams
+from web3.types import BlockIdentifier, FilterParams, LogReceipt, RPCEndpoint
 
 from lilypad.chain.abi import load_artifact, reverted
 from lilypad.chain.light import LightChain, Receipt, retry_taken_nonce
@@ -48,8 +51,8 @@ class NonceManager:
     from the node on its next transaction.
     """
 
-    def __init__(self, w3: Web3) -> None:
-        self._w3 = w3
+    def __init__(self, count: Callable[[str], int]) -> None:
+        self._count = count  # an address's transaction count on the node, pending included
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._next: dict[str, int] = {}
@@ -61,9 +64,7 @@ class NonceManager:
             lock = self._locks.setdefault(address, threading.Lock())
         with lock:
             if address not in self._next:
-                self._next[address] = self._w3.eth.get_transaction_count(
-                    to_checksum_address(address), "pending"
-                )
+                self._next[address] = self._count(address)
             nonce = self._next[address]
             try:
                 yield nonce
@@ -108,7 +109,7 @@ class Chain:
             rpc_url, request_timeout=request_timeout, receipt_timeout=receipt_timeout
         )
         weakref.finalize(self, self.light.close)  # its pooled connection goes with the Chain
-        self.nonces = NonceManager(self.w3)
+        self.nonces = NonceManager(self._pending_count)
         self._receipt_timeout = receipt_timeout
 
     @functools.cached_property
@@ -139,6 +140,10 @@ class Chain:
     def block_number(self) -> int:
         """The number of the latest block."""
         return self.light.block_number()
+
+    def _pending_count(self, address: str) -> int:
+        count = self.light.request("nonce", "eth_getTransactionCount", [address, "pending"])
+        return int(count, 16)
 
     def view(
         self, to: str, signature: str, args: Sequence[Any], out: Sequence[str]
@@ -189,7 +194,8 @@ class Chain:
         """Deploy contract ``name`` with constructor ``args``; returns its address and receipt."""
         artifact = load_artifact(name)
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-        receipt = self._send(f"deploy {name}", factory.constructor(*args), sender)
+        data = _hex_bytes(factory.constructor(*args).data_in_transaction)
+        receipt = self._send(f"deploy {name}", None, data, sender)
         address = receipt.raw["contractAddress"]
         if address is None:
             raise ChainError(f"deploy {name}: the receipt names no contract address")
@@ -202,48 +208,37 @@ class Chain:
             ContractReverted: The call would revert (found while estimating gas) or did revert.
             ChainUnavailable: The node cannot be reached.
         """
-        return self._send(fn.fn_name, fn, sender)
+        # web3's own encoding of the call (structs as tuples, addresses checked)
+        data = _hex_bytes(fn._encode_transaction_data())
+        return self._send(fn.fn_name, fn.address, data, sender)
 
     def call(self, fn: ContractFunction, *, block: BlockIdentifier = "latest") -> Any:
         """Call a view function (or simulate a transaction) and return its result."""
         return self.rpc(fn.fn_name, lambda: fn.call(block_identifier=block))
 
-    def _send(self, action: str, fn: Any, sender: LocalAccount) -> Receipt:
-        def send() -> Any:
+    def _send(self, action: str, to: str | None, data: bytes, sender: LocalAccount) -> Receipt:
+        """Send a transaction calling ``to`` with ``data`` (None: deploy ``data``) and wait
+        until it is mined, through the lean path (web3's transaction building and receipt polling
+        cost the services several times the CPU of the requests, ``bench/rpc.py``) with this
+        chain's nonce counting; the mined receipt is read once through web3, so that its logs
+        decode with the contracts' events."""
+
+        def send() -> tuple[str, dict[str, Any]]:
             with self.nonces.reserve(sender.address) as nonce:
-                tx = fn.build_transaction(
-                    {"from": sender.address, "nonce": nonce, "chainId": self.chain_id}
-                )
-                signed = sender.sign_transaction(tx)
-                return tx, self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                return self.light.sign_and_send(action, to, data, sender, nonce=nonce)
 
         # On a taken nonce the manager forgot the sender, so the next try reads it afresh.
-        tx, tx_hash = retry_taken_nonce(lambda: self.rpc(action, send))
-        raw = self.rpc(
-            action,
-            lambda: self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self._receipt_timeout, poll_latency=0.05
-            ),
-        )
-        receipt = Receipt("0x" + bytes(tx_hash).hex(), raw["blockNumber"], raw["gasUsed"], raw)
+        tx_hash, tx = retry_taken_nonce(send)
+        self.light.wait_for_receipt(action, tx_hash)
+        raw = self.rpc(action, lambda: self.w3.eth.get_transaction_receipt(cast(HexStr, tx_hash)))
+        receipt = Receipt(tx_hash, raw["blockNumber"], raw["gasUsed"], raw)
         if raw["status"] != 1:
-            raise self._explain_failure(action, tx, receipt)
+            raise self.light.explain_failure(action, tx, receipt)
         return receipt
 
-    def _explain_failure(self, action: str, tx: Any, receipt: Receipt) -> ChainError:
-        """Replay a mined, failed transaction to learn its revert reason.
 
-        The replay runs on the state after its block, with that block's timestamp: the failed
-        transaction changed nothing, and a deadline check sees the same time it saw.
-        """
-        replay = cast(TxParams, {k: tx[k] for k in ("from", "to", "data", "value") if k in tx})
-        try:
-            self.w3.eth.call(replay, block_identifier=receipt.block_number)
-        except ContractLogicError as exc:
-            return reverted(action, _revert_data(exc), exc.message)
-        except Web3Exception:
-            pass
-        return ChainError(f"{action}: transaction {receipt.tx_hash} failed on chain")
+def _hex_bytes(value: str) -> bytes:
+    return bytes.fromhex(value.removeprefix("0x"))
 
 
 def _revert_data(exc: ContractLogicError) -> str | None:

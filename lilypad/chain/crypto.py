@@ -25,6 +25,7 @@ What is covered, and only that:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,14 @@ def to_checksum_address(value: str | bytes) -> str:
         if not _ADDRESS.match(value):
             raise ValueError(f"not an Ethereum address: {value!r}")
         digits = value.removeprefix("0x").lower()
+    return _checksummed(digits)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksummed(digits: str) -> str:
+    """EIP-55 of 40 lower-case hex digits. Remembered: a service checksums the same few
+    addresses (its own, the market's, its counterparties') for every offer, deal and event, and
+    each costs a Keccak."""
     hashed = keccak(digits.encode()).hex()
     return "0x" + "".join(
         c.upper() if c.isalpha() and int(h, 16) >= 8 else c

@@ -2,7 +2,8 @@
 
 An :class:`EventFollower` reads logs of the named events in block ranges, only up to
 ``head - confirmations`` (so a shallow reorg cannot take back what was reported), decodes them
-with the contracts' ABIs, and remembers the next block to read in :attr:`EventFollower.next_block`.
+with the contracts' ABIs (without web3's formatters: JSON-RPC through the chain's lean client,
+eth-abi for the values), and remembers the next block to read in :attr:`EventFollower.next_block`.
 A daemon persists that number and passes it back as ``from_block`` after a restart, so no event is
 missed and none is reported twice.
 """
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eth_abi.abi import decode as abi_decode
+from eth_abi.exceptions import DecodingError
+from eth_utils.abi import collapse_if_tuple
 from web3.contract import Contract
 
 from lilypad.chain.client import Chain
+from lilypad.chain.crypto import to_checksum_address
 from lilypad.errors import ChainError
 
 
@@ -74,11 +79,12 @@ class EventFollower:
         self.confirmations = confirmations
         self._batch = batch_blocks
         self._addresses = [c.address for c in contracts]
-        self._by_topic: dict[bytes, Any] = {}
+        self._by_topic: dict[bytes, _EventShape] = {}
         for contract in contracts:
             for event in contract.all_events():
                 if events is None or event.event_name in events:
-                    self._by_topic[bytes.fromhex(event.topic.removeprefix("0x"))] = event
+                    topic = bytes.fromhex(event.topic.removeprefix("0x"))
+                    self._by_topic[topic] = _EventShape(event.abi)
 
     def poll(self) -> list[ChainEvent]:
         """Every new confirmed event, oldest first; advances :attr:`next_block`."""
@@ -105,30 +111,85 @@ class EventFollower:
     def _read(self, from_block: int, to_block: int) -> list[ChainEvent]:
         if not self._by_topic:
             return []
-        params: Any = {
-            "fromBlock": from_block,
-            "toBlock": to_block,
+        query = {
+            "fromBlock": hex(from_block),
+            "toBlock": hex(to_block),
             "address": self._addresses,
             "topics": [["0x" + t.hex() for t in self._by_topic]],
         }
-        logs = self.chain.rpc("get logs", lambda: self.chain.w3.eth.get_logs(params))
+        # JSON-RPC and decoding without web3: its log formatters and event decoding cost a
+        # service's follower several times the request itself (bench/rpc.py)
+        logs = self.chain.light.request("get logs", "eth_getLogs", [query]) or []
         events = []
         for log in logs:
-            event = self._by_topic.get(bytes(log["topics"][0]))
-            if event is None:
+            topics = [bytes.fromhex(t.removeprefix("0x")) for t in log["topics"]]
+            shape = self._by_topic.get(topics[0]) if topics else None
+            if shape is None or log.get("removed"):
                 continue
-            decoded = event.process_log(log)
             events.append(
                 ChainEvent(
-                    name=decoded["event"],
-                    args={k: _plain(v) for k, v in decoded["args"].items()},
-                    address=decoded["address"],
-                    block_number=decoded["blockNumber"],
-                    log_index=decoded["logIndex"],
-                    tx_hash="0x" + bytes(decoded["transactionHash"]).hex(),
+                    name=shape.name,
+                    args=shape.decode(topics[1:], bytes.fromhex(log["data"].removeprefix("0x"))),
+                    address=to_checksum_address(log["address"]),
+                    block_number=int(log["blockNumber"], 16),
+                    log_index=int(log["logIndex"], 16),
+                    tx_hash=str(log["transactionHash"]).lower(),
                 )
             )
         return sorted(events, key=lambda e: (e.block_number, e.log_index))
+
+
+class _EventShape:
+    """How to decode one event's logs: its name and its arguments' ABI, indexed and in data."""
+
+    def __init__(self, abi: Mapping[str, Any]) -> None:
+        self.name: str = abi["name"]
+        inputs = list(abi["inputs"])
+        self._indexed = [i for i in inputs if i.get("indexed")]
+        self._unindexed = [i for i in inputs if not i.get("indexed")]
+        self._data_types = [collapse_if_tuple(dict(i)) for i in self._unindexed]
+        self._order = [i["name"] for i in inputs]
+
+    def decode(self, topics: Sequence[bytes], data: bytes) -> dict[str, Any]:
+        """The arguments by name, as :class:`ChainEvent` holds them: addresses checksummed,
+        bytes as ``0x`` hex, structs as dicts. An indexed argument of a dynamic type is its
+        topic (the hash of the value), as the log holds it.
+
+        Raises:
+            ChainError: the log does not fit the event (too few topics, data cut short).
+        """
+        if len(topics) != len(self._indexed):
+            raise ChainError(
+                f"event {self.name}: {len(topics)} indexed topics, the ABI has {len(self._indexed)}"
+            )
+        found: dict[str, Any] = {}
+        try:
+            for argument, topic in zip(self._indexed, topics, strict=True):
+                kind = argument["type"]
+                if kind in ("string", "bytes") or kind.endswith("]") or kind.startswith("tuple"):
+                    found[argument["name"]] = topic
+                else:
+                    found[argument["name"]] = _named(argument, abi_decode([kind], topic)[0])
+            values = abi_decode(self._data_types, data)
+        except (DecodingError, ValueError) as exc:
+            raise ChainError(f"event {self.name}: the log does not decode: {exc}") from exc
+        for argument, value in zip(self._unindexed, values, strict=True):
+            found[argument["name"]] = _named(argument, value)
+        return {name: _plain(found[name]) for name in self._order}
+
+
+def _named(argument: Mapping[str, Any], value: Any) -> Any:
+    """A decoded ABI value with its structs as dicts by component name, addresses checksummed."""
+    kind: str = argument["type"]
+    if kind.endswith("]"):  # an array: each element as the element type
+        element = {**argument, "type": kind[: kind.rindex("[")]}
+        return [_named(element, v) for v in value]
+    if kind == "tuple":
+        parts = argument["components"]
+        return {part["name"]: _named(part, v) for part, v in zip(parts, value, strict=True)}
+    if kind == "address":
+        return to_checksum_address(value)
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -273,36 +273,41 @@ class LightChain:
             ChainUnavailable: the node cannot be reached.
             ChainError: not mined within the receipt timeout, or refused by the node.
         """
-        tx_hash, tx = retry_taken_nonce(lambda: self._sign_and_send(action, to, data, sender))
-        raw = self._wait_for_receipt(action, tx_hash)
+        tx_hash, tx = retry_taken_nonce(lambda: self.sign_and_send(action, to, data, sender))
+        raw = self.wait_for_receipt(action, tx_hash)
         receipt = Receipt(tx_hash, int(raw["blockNumber"], 16), int(raw["gasUsed"], 16), raw)
         if int(raw["status"], 16) != 1:
-            raise self._explain_failure(action, tx, receipt)
+            raise self.explain_failure(action, tx, receipt)
         return receipt
 
-    def _sign_and_send(
-        self, action: str, to: str, data: bytes, sender: Sender
+    def sign_and_send(
+        self, action: str, to: str | None, data: bytes, sender: Sender, *, nonce: int | None = None
     ) -> tuple[str, dict[str, Any]]:
-        call = {"from": sender.address, "to": to, "data": "0x" + data.hex()}
-        gas, tip, price, block, nonce = self.batch(
-            action,
-            [
-                ("eth_estimateGas", [call]),  # a revert shows here, before anything is sent
-                ("eth_maxPriorityFeePerGas", []),
-                ("eth_gasPrice", []),
-                ("eth_getBlockByNumber", ["latest", False]),
-                ("eth_getTransactionCount", [sender.address, "pending"]),
-            ],
-        )
+        """Estimate, price, sign and send one transaction calling ``to`` with ``data`` (``to``
+        None: create the contract ``data`` deploys), with ``nonce`` or else the sender's next
+        one on the node (pending included); its hash and the transaction as signed."""
+        call = {"from": sender.address, "data": "0x" + data.hex()}
+        if to is not None:
+            call["to"] = to
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_estimateGas", [call]),  # a revert shows here, before anything is sent
+            ("eth_maxPriorityFeePerGas", []),
+            ("eth_gasPrice", []),
+            ("eth_getBlockByNumber", ["latest", False]),
+        ]
+        if nonce is None:
+            calls.append(("eth_getTransactionCount", [sender.address, "pending"]))
+        gas, tip, price, block, *counted = self.batch(action, calls)
         estimate = int(gas, 16)
         tx: dict[str, Any] = {
             "chainId": self.chain_id,
-            "nonce": int(nonce, 16),
-            "to": to,
+            "nonce": nonce if nonce is not None else int(counted[0], 16),
             "data": data,
             "value": 0,
             "gas": estimate + int(estimate * GAS_MARGIN),
         }
+        if to is not None:
+            tx["to"] = to
         if block.get("baseFeePerGas") is not None:
             # EIP-1559, priced as web3 does: room for the base fee to double before it is too low
             priority = int(tip, 16)
@@ -314,7 +319,8 @@ class LightChain:
         raw = "0x" + bytes(signed.raw_transaction).hex()
         return str(self.request(action, "eth_sendRawTransaction", [raw])), tx
 
-    def _wait_for_receipt(self, action: str, tx_hash: str) -> dict[str, Any]:
+    def wait_for_receipt(self, action: str, tx_hash: str) -> dict[str, Any]:
+        """The raw receipt of ``tx_hash`` once it is mined (polled, backing off to 0.25 s)."""
         deadline = time.monotonic() + self._receipt_timeout
         pause = 0.01
         while True:
@@ -328,9 +334,14 @@ class LightChain:
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
 
-    def _explain_failure(self, action: str, tx: dict[str, Any], receipt: Receipt) -> ChainError:
-        """Replay a mined, failed transaction on its block's state to learn its revert reason."""
-        replay = {"from": receipt.raw.get("from"), "to": tx["to"], "data": "0x" + tx["data"].hex()}
+    def explain_failure(self, action: str, tx: dict[str, Any], receipt: Receipt) -> ChainError:
+        """Replay a mined, failed transaction on its block's state to learn its revert reason.
+
+        The replay runs on the state after its block, with that block's timestamp: the failed
+        transaction changed nothing, and a deadline check sees the same time it saw."""
+        replay = {"from": receipt.raw.get("from"), "data": "0x" + tx["data"].hex()}
+        if tx.get("to") is not None:
+            replay["to"] = tx["to"]
         try:
             self.request(action, "eth_call", [replay, hex(receipt.block_number)])
         except ContractReverted as exc:

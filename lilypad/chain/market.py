@@ -106,8 +106,8 @@ class JobMarketClient:
 
     def deal_status(self, deal_id: str) -> DealStatus:
         """State, deadline and result tag of a deal."""
-        state, deadline, tag = self.chain.call(
-            self.contract.functions.dealState(bytes.fromhex(deal_id[2:]))
+        state, deadline, tag = self.chain.view(
+            self.address, "dealState(bytes32)", [deal_id], ["uint8", "uint48", "bytes24"]
         )
         return DealStatus(DealState(state), int(deadline), "0x" + bytes(tag).hex())
 

@@ -342,7 +342,10 @@ class _Offer(BaseModel):
     def sign(self, account: Signer | LocalAccount | str, chain_id: int, market: str) -> str:
         """Sign with ``account`` (a signer, an eth-account account or a private key); returns the
         65-byte signature hex."""
-        signer = Signer.from_key(account if isinstance(account, str) else bytes(account.key))
+        if isinstance(account, Signer):
+            signer = account
+        else:  # a key to load: about as dear as the signature itself
+            signer = Signer.from_key(account if isinstance(account, str) else bytes(account.key))
         return "0x" + signer.sign_hash(_b32(self.digest(chain_id, market))).hex()
 
 

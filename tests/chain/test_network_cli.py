@@ -281,7 +281,7 @@ def test_network_up_with_a_block_time_makes_transactions_wait_for_the_next_block
         raw = "0x" + bytes(sender.sign_transaction(tx).raw_transaction).hex()
         tx_hash = chain.request("send", "eth_sendRawTransaction", [raw])
         assert chain.request("receipt", "eth_getTransactionReceipt", [tx_hash]) is None
-        mined = chain._wait_for_receipt("receipt", tx_hash)
+        mined = chain.wait_for_receipt("receipt", tx_hash)
         assert int(mined["blockNumber"], 16) == latest + 2  # the block after the one seen
     finally:
         if chain is not None:
