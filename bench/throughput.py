@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/throughput.py [--providers 4] [--accounts M] [--jobs 60]
 [--concurrency 12] [--cli-jobs 16] [--cli-concurrency 4] [--block-time SECONDS]
-[--no-deposit-ahead] [--keep DIR] [--json]``.
+[--past-events N] [--no-deposit-ahead] [--keep DIR] [--json]``.
 
 It brings up a local network with the real CLI (``lilypad network up --network bench-throughput
 --detach --providers N --executor process --port-offset 4000``, with ``--block-time S`` when
@@ -30,12 +30,21 @@ does), unless ``--no-deposit-ahead``: then each job tops the deposit up itself w
 per account comes first, not counted. Results are not audited (``--verify never``: an audit is a
 mediation, which bench/gas.py prices).
 
+With ``--past-events N`` the solver's event log holds N more events before the rows: the
+warm-up jobs' events, copied over and over (kinds, payloads and how many parties each concerns
+as they were) for 64 other addresses, as a solver that has served many jobs of many users holds
+them. They are written into its SQLite database while it runs, and the rows start once its event
+reader has read them all (its CPU has gone quiet). The p95 with ``--past-events 100000`` against
+one without, run back to back, tells whether the event log's size slows the network.
+
 Each row prints jobs/s (completed jobs over the row's wall time), p50/p95/max latency (one job,
 from the moment it starts to its accepted result; for the CLI row the whole process), failures,
 and CPU-seconds per job of each process: anvil, IPFS, the solver, the providers (with the jobs
 they ran as child processes), the mediator, the bridge, read from ``/proc/<pid>/stat`` of the pids
 under the network's state dir, and the client (this process for sdk, the ``lilypad run``
-processes for cli); and how busy the machine's CPUs were. The last line is::
+processes for cli); how busy the machine's CPUs were; the memory (resident, MB) of each service
+after the warm-up and at the end of the sdk row; and how many events the solver logged per job.
+The last line is::
 
     throughput: X jobs/s (sdk), Y jobs/s (cli), p95 Z ms, failures F
 
@@ -45,13 +54,17 @@ with Z the sdk row's p95 and F the failures of both rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import random
 import resource
+import sqlite3
 import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -120,6 +133,16 @@ def cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / TICKS
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MB (0 once it has gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return int(kb) / 1024
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU-seconds of the whole machine since boot, from /proc/stat."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -143,6 +166,23 @@ class Meter:
         out["client (cli)"] = children.ru_utime + children.ru_stime
         out["machine busy"], out["machine total"] = machine_busy()
         return out
+
+    def memory(self) -> dict[str, float]:
+        """Resident MB of each service, the providers summed."""
+        used = {name: rss_mb(pid) for name, pid in self.pids.items()}
+        out = {"anvil": used.pop("chain")}
+        out["providers"] = sum(v for k, v in used.items() if k.startswith("provider"))
+        out.update(used)
+        return out
+
+    def settle(self, name: str, quiet: float = 0.1, longest: float = 300.0) -> None:
+        """Wait until service ``name`` uses under ``quiet`` of a CPU over a second."""
+        deadline = time.monotonic() + longest
+        while time.monotonic() < deadline:
+            before = cpu_s(self.pids[name])
+            time.sleep(1.0)
+            if cpu_s(self.pids[name]) - before < quiet:
+                return
 
 
 def per_process(before: dict[str, float], after: dict[str, float], client: str) -> dict[str, float]:
@@ -238,6 +278,8 @@ class Sdk:
             max_price=10 * 10**18, timeout_s=timeout, mediators=mediators, verify=Verify.NEVER
         )
         keys = data / "network" / NETWORK / "keys"
+        #: Each job's ms from its start to each phase (posted, matched, deal, result, ...).
+        self.timings: list[dict[str, int]] = []
         self.runners = []
         for role in roles:
             signer = load_signer(keys / f"{role}.key", role=role)
@@ -263,7 +305,8 @@ class Sdk:
 
         runner = self.runners[index % len(self.runners)]
         spec = render(self.module, [f"Message=sdk job {index} {time.time_ns()}"])
-        runner.run(spec, self.options)
+        record = runner.run(spec, self.options)
+        self.timings.append(record.timings_ms)  # list.append: one step, safe across threads
 
 
 def _funder(runner: Any) -> Callable[[int], None]:
@@ -310,6 +353,58 @@ def drive(row: Row, meter: Meter, jobs: int, work: Callable[[int], None], offset
     row.cpu = per_process(before, meter.snapshot(), "cli" if row.name == "cli" else "sdk")
 
 
+def phases(timings: list[dict[str, int]]) -> str:
+    """The median ms from a job's start to each of its phases, and between them."""
+    if not timings:
+        return "phases: no job completed"
+    names = [name for name in timings[0] if all(name in t for t in timings)]
+    at = {name: statistics.median(t[name] for t in timings) for name in names}
+    steps, last = [], 0.0
+    for name in sorted(names, key=at.__getitem__):
+        steps.append(f"{name} {at[name]:.0f} (+{at[name] - last:.0f})")
+        last = at[name]
+    return "median ms from the start to each phase (+ since the one before): " + ", ".join(steps)
+
+
+# ----------------------------------------------------------------------------- event log
+def solver_db(data: Path) -> Path:
+    return data / "solver" / f"{NETWORK}.db"
+
+
+def event_count(data: Path) -> int:
+    with contextlib.closing(sqlite3.connect(solver_db(data), timeout=60)) as db:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def add_past_events(data: Path, count: int) -> None:
+    """Append ``count`` events to the solver's log: copies of those it holds, each with as many
+    parties as its original, drawn from 64 addresses no live account has."""
+    rng = random.Random(23)
+    others = [f"0x{rng.getrandbits(160):040x}" for _ in range(64)]
+    connect = sqlite3.connect(solver_db(data), timeout=60, isolation_level=None)
+    with contextlib.closing(connect) as db:
+        events = db.execute("SELECT seq, kind, payload, created_at FROM events").fetchall()
+        parties = Counter(seq for (seq,) in db.execute("SELECT event_seq FROM event_parties"))
+        if not events:
+            raise SystemExit("--past-events: the solver has logged no event to copy")
+        db.execute("BEGIN IMMEDIATE")  # the solver writes events too: numbered after its last
+        try:
+            top = int(db.execute("SELECT max(seq) FROM events").fetchone()[0])
+            rows, links = [], []
+            for seq in range(top + 1, top + count + 1):
+                old, kind, payload, created_at = events[seq % len(events)]
+                rows.append((seq, kind, payload, created_at))
+                links += [(seq, a) for a in rng.sample(others, min(parties[old], len(others)))]
+            db.executemany(
+                "INSERT INTO events (seq, kind, payload, created_at) VALUES (?, ?, ?, ?)", rows
+            )
+            db.executemany("INSERT INTO event_parties (event_seq, address) VALUES (?, ?)", links)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -331,13 +426,29 @@ def measure(args: argparse.Namespace, env: dict[str, str], root: Path) -> dict[s
         drive(warm, meter, len(roles), sdk.job, offset=10**6)
         if warm.failures:
             raise SystemExit(f"the warm-up jobs failed: {warm.errors}")
+        if args.past_events:
+            add_past_events(data, args.past_events)
+            meter.settle("solver")
         threads, fds = threading.active_count(), open_fds()
+        memory, events = meter.memory(), event_count(data)
         sdk_row = Row("sdk", args.concurrency)
+        sdk.timings.clear()
         drive(sdk_row, meter, args.jobs, sdk.job)
+        sdk_row.notes.append(phases(sdk.timings))
         time.sleep(1.0)  # let the event-stream readers of the last jobs wind down
         sdk_row.notes.append(
             f"client threads {threads} -> {threading.active_count()}, open files {fds} -> "
             f"{open_fds()} over {args.jobs} jobs"
+        )
+        grown = meter.memory()
+        sdk_row.notes.append(
+            "memory MB after the warm-up -> at the end: "
+            + ", ".join(f"{k} {memory[k]:.0f} -> {grown[k]:.0f}" for k in memory)
+        )
+        logged = event_count(data) - events
+        sdk_row.notes.append(
+            f"solver events: {events} before the row ({args.past_events} of them past), "
+            f"{logged / args.jobs:.1f} logged per job"
         )
         rows.append(sdk_row)
         if args.cli_jobs:
@@ -352,6 +463,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], root: Path) -> dict[s
         "accounts": roles,
         "block_time": args.block_time,
         "deposit_ahead": args.deposit_ahead,
+        "past_events": args.past_events,
         "rows": [row.summary() for row in rows],
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -431,6 +543,13 @@ def main() -> None:
         help="anvil mines a block every SECONDS and transactions wait for it (e.g. 2)",
     )
     parser.add_argument(
+        "--past-events",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more events in the solver's log before the rows (e.g. 100000)",
+    )
+    parser.add_argument(
         "--no-deposit-ahead",
         dest="deposit_ahead",
         action="store_false",
@@ -444,8 +563,9 @@ def main() -> None:
     for name in ("jobs", "concurrency", "cli_concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
-    if args.cli_jobs < 0:
-        parser.error(f"--cli-jobs {args.cli_jobs}: give 0 or more")
+    for name in ("cli_jobs", "past_events"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give 0 or more")
     try:
         creator_roles(args.providers, args.accounts)  # a bad --accounts stops here
     except ValueError as exc:

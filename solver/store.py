@@ -149,9 +149,12 @@ class EventRow(Base):
 
 class EventPartyRow(Base):
     __tablename__ = "event_parties"
+    # a party's events in order from any point, without reading its earlier ones (a stream
+    # catching up): by address alone, every event of a busy party was read and sorted
+    __table_args__ = (Index("event_party_address_seq", "address", "event_seq"),)
 
     event_seq: Mapped[int] = mapped_column(ForeignKey("events.seq"), primary_key=True)
-    address: Mapped[str] = mapped_column(String(42), primary_key=True, index=True)
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
 
 
 class DealLogRow(Base):
@@ -582,12 +585,16 @@ class Store:
     def events_after(self, seq: int, party: str | None, limit: int = 500) -> list[StoredEvent]:
         """Events after ``seq``; with ``party``, only those that concern that address."""
         with self.session() as session:
-            query = select(EventRow).where(EventRow.seq > seq)
-            if party is not None:
-                query = query.join(EventPartyRow, EventPartyRow.event_seq == EventRow.seq).where(
-                    EventPartyRow.address == party.lower()
+            if party is None:
+                query = select(EventRow).where(EventRow.seq > seq).order_by(EventRow.seq)
+            else:  # in the order of the party's index: its events after seq, read no further
+                query = (
+                    select(EventRow)
+                    .join(EventPartyRow, EventPartyRow.event_seq == EventRow.seq)
+                    .where(EventPartyRow.address == party.lower(), EventPartyRow.event_seq > seq)
+                    .order_by(EventPartyRow.event_seq)
                 )
-            rows = session.scalars(query.order_by(EventRow.seq).limit(limit))
+            rows = session.scalars(query.limit(limit))
             return [StoredEvent(r.seq, r.kind, r.payload) for r in rows]
 
     def events_with_parties(self, seq: int, limit: int = 1000) -> list[StoredEvent]:
@@ -765,6 +772,9 @@ _ADDED_COLUMNS = {"resource_offers": ("vram_mb", "gpu_models"), "deals": ("modul
 #: for the table's constraints of now (a slot's offers share their signer and nonce, one per
 #: module).
 _REPLACED_UNIQUE = {"resource_offers": "resource_offer_signer_nonce"}
+#: Indexes replaced after the first release, by table: :func:`_upgrade` drops each once the
+#: table's indexes of now are made (a party's events by address and position, not address only).
+_REPLACED_INDEXES = {"event_parties": "ix_event_parties_address"}
 
 
 def _upgrade(engine: Engine) -> None:
@@ -787,9 +797,14 @@ def _upgrade(engine: Engine) -> None:
     for name, constraint in _REPLACED_UNIQUE.items():
         if constraint in {c["name"] for c in inspector.get_unique_constraints(name)}:
             _replace_unique(engine, Base.metadata.tables[name], constraint)
-    for name in {*_ADDED_COLUMNS, *_REPLACED_UNIQUE}:
+    for name in {*_ADDED_COLUMNS, *_REPLACED_UNIQUE, *_REPLACED_INDEXES}:
         for index in Base.metadata.tables[name].indexes:
             index.create(engine, checkfirst=True)
+    for name, index_name in _REPLACED_INDEXES.items():
+        if index_name in {i["name"] for i in inspector.get_indexes(name)}:
+            with engine.begin() as connection:
+                connection.execute(text(f"DROP INDEX {index_name}"))
+            log.info("upgraded table %s: index %s replaced", name, index_name)
     if "deals" in added:
         module = select(JobOfferRow.module).where(JobOfferRow.id == DealRow.job_offer_id)
         with engine.begin() as connection:

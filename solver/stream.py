@@ -31,8 +31,10 @@ log = logging.getLogger("lilypad.solver")
 
 #: Seconds between reads of the store when nothing woke the reader.
 POLL_S = 2.0
-#: Events kept in memory for streams to pick from.
-RECENT = 10_000
+#: Events kept in memory for streams to pick from (a few KB each, with their JSON: about a
+#: minute of a busy market's, 9 events a job). A stream further behind reads the store, by the
+#: party's index.
+RECENT = 2_000
 #: Events one read takes from the store.
 READ_LIMIT = 1000
 #: Streams reading the store at once while they catch up (each in a worker thread).

@@ -19,6 +19,7 @@ import pytest
 from lilypad.chain import Chain
 from lilypad.chain.events import ChainEvent, EventFollower
 from lilypad.chain.market import JobMarketClient
+from lilypad.config import get_settings
 from lilypad.localnet import key_file, state_dir
 from lilypad.network import NetworkProfile, load_network
 
@@ -107,3 +108,9 @@ def escrow(profile: NetworkProfile) -> int:
     owners = [*profile.accounts.values(), profile.job_creator]
     deposits = sum(market.balance_of(address) for address in owners if address)
     return market.token.balance_of(profile.market) - deposits
+
+
+def provider_deals(network: str, address: str) -> list[dict[str, object]]:
+    """The provider's own records of its deals (its state folder, as it wrote them)."""
+    folder = get_settings().data_dir / "provider" / network / address / "deals"
+    return [json.loads(path.read_text()) for path in folder.glob("*.json")]

@@ -14,7 +14,7 @@ import pytest
 
 from lilypad.localnet import key_file
 from lilypad.storage import CID
-from tests.e2e.conftest import Up, chain_events, escrow, holdings, logs
+from tests.e2e.conftest import Up, chain_events, escrow, holdings, logs, provider_deals
 
 NETWORK = "load"
 JOBS = 30
@@ -80,7 +80,7 @@ def test_three_providers_take_thirty_jobs_at_once_each_exactly_once(network_up: 
     by_provider = Counter(addresses[r["provider"]] for r in records)
     assert set(by_provider) == set(PROVIDERS), by_provider
     for role in PROVIDERS:
-        deals = _provider_deals(profile.accounts[role])
+        deals = provider_deals(NETWORK, profile.accounts[role])
         ran = [d for d in deals if d["runs"]]
         assert len(ran) == by_provider[role]
         assert all(d["runs"] == 1 for d in ran)
@@ -94,11 +94,3 @@ def test_three_providers_take_thirty_jobs_at_once_each_exactly_once(network_up: 
         assert after[role] - before[role] == earned
     assert sum(after.values()) == sum(before.values())
     assert escrow(profile) == 0
-
-
-def _provider_deals(address: str) -> list[dict[str, object]]:
-    """The provider's own records of its deals (its state folder, as it wrote them)."""
-    from lilypad.config import get_settings
-
-    folder = get_settings().data_dir / "provider" / NETWORK / address / "deals"
-    return [json.loads(path.read_text()) for path in folder.glob("*.json")]

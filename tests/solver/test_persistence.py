@@ -169,10 +169,14 @@ def test_a_database_of_another_market_is_refused(net: Net, make_solver: SolverFa
 
 
 def _old_schema(url: str) -> None:
-    """The tables as a solver before slots made them: one resource offer per signer and nonce."""
+    """The tables as a solver before slots made them: one resource offer per signer and nonce,
+    and a party's events indexed by its address alone."""
     metadata = sqlalchemy.MetaData()
     for table in store_module.Base.metadata.sorted_tables:
         table.to_metadata(metadata)
+    parties = metadata.tables["event_parties"]
+    parties.indexes.clear()
+    sqlalchemy.Index("ix_event_parties_address", parties.c.address)
     offers = metadata.tables["resource_offers"]
     [new] = [c for c in offers.constraints if isinstance(c, sqlalchemy.UniqueConstraint)]
     offers.constraints.remove(new)
@@ -218,6 +222,8 @@ def test_a_database_from_before_slots_is_upgraded_in_place(
     assert _rows(new.store) == before  # every row, every column, as it was
     constraints = sqlalchemy.inspect(new.store.engine).get_unique_constraints("resource_offers")
     assert [c["name"] for c in constraints] == ["resource_offer_signer_nonce_module"]
+    indexes = sqlalchemy.inspect(new.store.engine).get_indexes("event_parties")
+    assert [i["name"] for i in indexes] == ["event_party_address_seq"]
     new.recover()
     posted = new.submit_slot(net.slot(MODULE, OTHER_MODULE))
     assert [row.state for row in posted] == [OfferState.PENDING.value] * 2
@@ -234,6 +240,11 @@ def test_a_database_from_before_slots_is_upgraded_in_place(
     [match] = new.match_once()
     assert (match.job_offer_id, match.resource_offer_id) == (waiting_job.id, posted[1].id)
     assert new.store.offer(ResourceOfferRow, posted[0].id).state == OfferState.SUPERSEDED.value
+    # a stream catching up reads a party's events in order, from any point
+    events = new.store.events_after(0, job.signer)
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert {e.kind for e in events} >= {"job_offer.added", "deal.created"}
+    assert new.store.events_after(events[1].seq, job.signer) == events[2:]
     after = _rows(new.store)
     new.store.close()
     again = make_solver(db_url)  # opened again: nothing more to do
