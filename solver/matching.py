@@ -173,11 +173,27 @@ class _Class:
     # By identity, not by offer id: an offer taken out and listed again is a new entry, and must
     # not be kept out by its stale one still deep in the heap.
     members: set[_Live] = field(default_factory=set)
+    #: Entries of withdrawn offers still in the heap. A class whose module gets no jobs is never
+    #: popped: a provider's slot is offered for every module it serves, and the offers of the
+    #: modules nobody asked for are withdrawn when the slot is taken, so without a sweep their
+    #: entries would pile up for good (31 a job, with 32 modules served).
+    stale: int = 0
 
     def push(self, price: int, live: _Live) -> None:
         if live not in self.members:
             self.members.add(live)
             heapq.heappush(self.heap, (price, live.offer.seq, live))
+
+    def withdrawn(self, live: _Live) -> None:
+        """``live`` was withdrawn (marked removed): its entry goes at the next sweep, made once
+        the stale entries outnumber the others (so each entry is swept at most once)."""
+        if live in self.members:
+            self.stale += 1
+            if self.stale > len(self.heap) - self.stale + 64:
+                self.heap = [entry for entry in self.heap if not entry[2].removed]
+                heapq.heapify(self.heap)
+                self.members = {entry[2] for entry in self.heap}
+                self.stale = 0
 
     def head(self, now: float) -> tuple[int, int, _Live] | None:
         """The cheapest usable offer; used-up, withdrawn and expired ones are dropped on the way
@@ -189,6 +205,8 @@ class _Class:
                 return top
             heapq.heappop(heap)
             self.members.discard(top[2])
+            if top[2].removed:
+                self.stale = max(0, self.stale - 1)
         return None
 
 
@@ -279,8 +297,10 @@ class OrderBook:
         entry = self._offers.pop(offer_id, None)
         if entry is None:
             return False
-        live = entry[0]
+        live, placed = entry
         live.removed = True
+        for _, cls in placed:
+            cls.withdrawn(live)
         live.slots.members.discard(live)
         group = live.offer.group
         if group and not live.slots.members and self._groups.get(group) is live.slots:

@@ -55,9 +55,11 @@ def solver(
     from lilypad.chain.client import Chain
     from lilypad.chain.market import JobMarketClient
     from lilypad.network import load_network
-    from solver.app import create_app, serve
+    from solver.app import create_app, limit_malloc_arenas, serve
     from solver.service import Solver, SolverConfig
     from solver.store import Store
+
+    limit_malloc_arenas()  # before any thread starts
 
     host, port = parse_host_port(listen, "--listen", any_port=False)
     profile = load_network(network)

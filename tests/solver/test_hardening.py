@@ -5,7 +5,10 @@ malformed cancellations). Each test failed on the solver before it was hardened.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -473,3 +476,37 @@ def test_a_malformed_cancellation_signature_is_a_clear_400(net: Net, served: Ser
         )
         assert response.status_code == 422
     assert client.get(f"/api/v1/job_offers/{job_id}").json()["state"] == "pending"
+
+
+_ARENAS = """
+import ctypes, os, sys, threading
+from solver.app import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    assert limit_malloc_arenas()
+hold, together = [], threading.Barrier(12)
+def work():
+    hold.append([bytes(100_000) for _ in range(20)])  # below mmap's threshold: in an arena
+    together.wait()  # every thread alive at once: none leaves its arena free for the next
+threads = [threading.Thread(target=work) for _ in range(12)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+os.dup2(1, 2)
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize("mode", ["limit", "default"])
+def test_the_solver_keeps_two_malloc_arenas_however_many_threads_allocate(mode: str) -> None:
+    """Each thread got a glibc arena of its own (up to 8 a core), which holds on to what it
+    freed: the solver's memory grew with its jobs. limit_malloc_arenas keeps two."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS, mode], capture_output=True, text=True, env=env, check=True
+    )
+    arenas = done.stdout.count("Arena ")
+    if mode == "limit":
+        assert arenas <= 2, done.stdout
+    else:  # the default this guards against (so the check above can fail)
+        assert arenas > 2, done.stdout

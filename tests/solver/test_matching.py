@@ -275,3 +275,33 @@ def test_the_expiry_heap_stays_small_while_offers_come_and_go() -> None:
         book.settle(f"j{i}")
         book.remove_offer(f"ro{i}")
     assert len(book._expiries) < 200
+
+
+def test_slots_offered_for_many_modules_leave_nothing_behind_once_taken() -> None:
+    """A provider offers each free slot for every module it serves; a job of one module takes
+    it and the slot's other offers are withdrawn. Jobs of only that module come: the withdrawn
+    offers of the others must not pile up in the book (they did, 31 a job, in a soak)."""
+    book = OrderBook()
+    served = [f"module-{m}:v1" for m in range(32)]
+    for i in range(3_000):
+        for module in served:
+            prices, mediators = {module: 5}, frozenset(MEDIATORS)
+            offer_id, group = f"ro{i}-{module}", f"slot{i}"
+            book.add_offer(
+                ResourceOffer(
+                    offer_id, "0xp", SLOT_MACHINES[1], prices, mediators, 1, i, group=group
+                )
+            )
+        book.add_job(JobRequest(f"j{i}", served[0], NEEDS[1], 10, frozenset(MEDIATORS), i, 1e9))
+        [match] = book.match(0.0)
+        assert match.offer_id == f"ro{i}-{served[0]}"
+        book.settle(match.job_id)
+        assert len(book.remove_slot(match.offer_id)) == len(served) - 1
+    entries = sum(len(cls.heap) for classes in book._classes.values() for cls in classes.values())
+    assert entries < 10 * len(served) * len(MEDIATORS), entries
+    # and what is listed still matches: a slot offered for the last module takes its job
+    book.add_offer(
+        ResourceOffer("late", "0xp", SLOT_MACHINES[1], {served[-1]: 5}, frozenset(MEDIATORS), 1, 9)
+    )
+    book.add_job(JobRequest("last", served[-1], NEEDS[1], 10, frozenset(MEDIATORS), 9, 1e9))
+    assert [(m.job_id, m.offer_id) for m in book.match(0.0)] == [("last", "late")]
