@@ -183,7 +183,11 @@ def create_app(
     _error_handlers(app)
     _offer_routes(app, solver)
     _query_routes(app, solver)
-    _log_routes(app, solver, LogWaiters(max_streams, streams_per_party))
+    waiters = LogWaiters(max_streams, streams_per_party)
+    # a read waiting for a running job's next line answers as soon as the job's result is on
+    # chain (its log has ended): the job creator goes on at once, not after its long poll
+    solver.add_deal_listener(waiters.posted)
+    _log_routes(app, solver, waiters)
     _dashboard_routes(app, solver)
 
     @app.get(

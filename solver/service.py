@@ -319,6 +319,7 @@ class Solver:
         self._saved_block = (-1, 0.0)  # the follower's next block as last saved, and when
         self._settle_due = time.monotonic() + SETTLE_S  # when _settle_unknown runs next
         self._listeners: list[Callable[[], None]] = []
+        self._deal_listeners: list[Callable[[str], None]] = []
         self.chain_id = market.chain.chain_id
 
     # -------------------------------------------------------------------------- lifecycle
@@ -341,6 +342,13 @@ class Solver:
         """Have ``callback()`` called, from any thread, whenever new events may be in the
         store. It must be quick and must not raise (the event stream bridges it to its loop)."""
         self._listeners.append(callback)
+
+    def add_deal_listener(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback(deal_id)`` called, from the chain follower's thread, once a deal's
+        state on chain has changed (a result, an acceptance, a challenge, a timeout) and the
+        store says so: what waits on the deal (a read of its log) looks again. It must be quick
+        and must not raise."""
+        self._deal_listeners.append(callback)
 
     def recover(self) -> None:
         """Rebuild the order book from the store (marking what expired meanwhile) and settle
@@ -778,6 +786,8 @@ class Solver:
             tx_hash=event.tx_hash,
             **values,
         )
+        for listener in self._deal_listeners:
+            listener(deal_id)
 
     # ------------------------------------------------------------------------------ loops
     def _match_loop(self) -> None:

@@ -287,7 +287,7 @@ class LogWaiters:
                     del self._events[deal_id]
 
     def posted(self, deal_id: str) -> None:
-        """From any thread: a batch of ``deal_id`` was kept."""
+        """From any thread: a batch of ``deal_id`` was kept, or the deal's state changed."""
         loop = self._loop
         if loop is None:
             return

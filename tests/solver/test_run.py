@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
+from lilypad import solver_api as api
 from lilypad.chain.market import DealState, JobMarketClient
 from lilypad.chain.offers import Deal, Machine, min_job_timeout, module_id
 from lilypad.network import load_network, save_network
@@ -77,10 +80,13 @@ class StandInProvider(threading.Thread):
         *,
         deliver: bool = True,
         exit_code: int = 0,
+        gate: threading.Event | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.stack, self.account, self.folder = stack, account, folder
-        self.deliver, self.exit_code = deliver, exit_code
+        self.deliver, self.exit_code, self.gate = deliver, exit_code, gate
+        self.deal: Deal | None = None
+        self.dealt = threading.Event()  # the deal is known: self.deal
         self.market = JobMarketClient(stack.net.chain, stack.net.deployment.market)
         self.done = threading.Event()
         net = stack.net
@@ -108,6 +114,10 @@ class StandInProvider(threading.Thread):
                     return
 
     def answer(self, deal: Deal, client: httpx.Client, job_offer_id: str) -> None:
+        self.deal = deal
+        self.dealt.set()
+        if self.gate is not None:  # the test says when the result goes on chain
+            assert self.gate.wait(60)
         spec = client.get(f"/api/v1/job_offers/{job_offer_id}").json()["offer"]["spec"]
         message = spec["tunables"]["Message"]
         (self.folder / "outputs").mkdir(parents=True)
@@ -171,6 +181,50 @@ def test_run_completes_a_job_and_saves_exactly_the_result(
     assert [j["state"] for j in listed] == ["accepted"]
     shown = cli("jobs", "show", record["deal_id"][:12])
     assert record["result_cid"] in shown.stdout
+
+
+def test_a_read_waiting_for_a_jobs_next_log_line_answers_once_its_result_is_on_chain(
+    stack: Stack, cli: CliRunner, tmp_path: Path
+) -> None:
+    """A read of a running job's log waits (long poll) for its next line. When the result
+    lands instead, the read answers at once that the log has ended: the job creator, which
+    takes its last lines before it goes on to the result, waited out the poll (2 s) on every
+    job before."""
+    net = stack.net
+    gate = threading.Event()
+    provider = StandInProvider(stack, net.providers[0], tmp_path / "result", gate=gate)
+    provider.start()
+    runs: list[CliResult] = []
+    args = ("run", "cowsay:v0.0.4", "--network", "test", "--yes", "-i", "Message=hi")
+    job = threading.Thread(target=lambda: runs.append(cli(*args)))
+    job.start()
+    assert provider.dealt.wait(60)
+    assert provider.deal is not None
+    pages: list[api.DealLogs] = []
+    reader = provider.account
+
+    deal_id = provider.deal.deal_id
+
+    def sign(text: str) -> str:
+        return "0x" + bytes(reader.sign_message(encode_defunct(text=text)).signature).hex()
+
+    def read() -> None:
+        with SolverClient(stack.server.url) as client:
+            pages.append(client.deal_logs(deal_id, sign, after=0, wait=api.MAX_LOG_WAIT_S))
+
+    waiting = threading.Thread(target=read)
+    started = time.monotonic()
+    waiting.start()
+    time.sleep(0.5)  # the read waits at the solver now: no line will come
+    assert not pages
+    gate.set()  # the result goes on chain
+    waiting.join(api.MAX_LOG_WAIT_S / 2)
+    assert pages, "the read waited out its poll"
+    assert pages[0].ended
+    assert pages[0].lines == ()
+    assert time.monotonic() - started < api.MAX_LOG_WAIT_S / 2
+    job.join(120)
+    assert runs[0].exit_code == 0, runs[0].stderr
 
 
 def test_the_same_job_run_again_replaces_its_earlier_output_folder(
