@@ -536,7 +536,9 @@ def test_healthchecks_probe_what_the_services_serve(monkeypatch: pytest.MonkeyPa
     from solver.app import create_app
 
     # only the routes are read: a stand-in solver with no store, whose changes nobody follows
-    stand_in = types.SimpleNamespace(store=None, add_listener=lambda _listener: None)
+    stand_in = types.SimpleNamespace(
+        store=None, add_listener=lambda _listener: None, add_deal_listener=lambda _listener: None
+    )
     routes = {getattr(r, "path", None) for r in create_app(stand_in).routes}  # type: ignore[arg-type]
     for name in NODE_SERVICES:
         service = _services()[name]
