@@ -168,12 +168,8 @@ class Meter:
         return out
 
     def memory(self) -> dict[str, float]:
-        """Resident MB of each service, the providers summed."""
-        used = {name: rss_mb(pid) for name, pid in self.pids.items()}
-        out = {"anvil": used.pop("chain")}
-        out["providers"] = sum(v for k, v in used.items() if k.startswith("provider"))
-        out.update(used)
-        return out
+        """Resident MB of each service, by its name (``chain`` is anvil)."""
+        return {name: rss_mb(pid) for name, pid in self.pids.items()}
 
     def settle(self, name: str, quiet: float = 0.1, longest: float = 300.0) -> None:
         """Wait until service ``name`` uses under ``quiet`` of a CPU over a second."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lilypad.client import Client, Result
-from lilypad.localnet import key_file, state_dir
+from lilypad.localnet import key_file, status
 from tests.e2e.conftest import (
     Up,
     chain_events,
@@ -137,14 +137,12 @@ def test_a_thousand_jobs_settle_once_each_and_nothing_grows(network_up: Up) -> N
 
 
 def service_memory() -> dict[str, float]:
-    """Resident MB of each of the network's services (their pids under its state dir)."""
-    folder = state_dir(NETWORK)
+    """Resident MB of each of the network's services (as ``lilypad network status`` finds them)."""
     out = {}
-    for name in (folder / "services").read_text().split():
-        pid = int((folder / f"{name}.pid").read_text())
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        [rss] = [line.split()[1] for line in status if line.startswith("VmRSS:")]
-        out[name] = int(rss) / 1024
+    for service in status(NETWORK, None):
+        status_lines = Path(f"/proc/{service['pid']}/status").read_text().splitlines()
+        [rss] = [line.split()[1] for line in status_lines if line.startswith("VmRSS:")]
+        out[service["service"]] = int(rss) / 1024
     return out
 
 
